@@ -1,0 +1,325 @@
+//! Headlamp's WebSocket multiplexer protocol (`/wsMultiplexer`).
+//!
+//! Client messages: `{clusterId, path, query, userId, type}` with `type`
+//! `REQUEST` or `CLOSE`. Server frames echo the subscriber's own
+//! clusterId/path/query, because Headlamp's frontend routes them by
+//! `clusterId:path:query`:
+//! - `DATA`: `data` is the watch event as a JSON string;
+//! - `ERROR`: `data` is `{"error":"…"}` as a JSON string;
+//! - `COMPLETE`: the subscription has ended; nothing more follows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocket;
+use base64::Engine;
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::hub::{EndReason, Hub, Overflow, SubscribeRequest, Subscriber, Subscription};
+use crate::server::ServerConfig;
+use crate::server::conn::{self, ConnContext, Dialect};
+use crate::server::outbound::{Frame, Outbound};
+use crate::upstream::event::WatchEvent;
+
+/// The subprotocol Headlamp's frontend offers.
+pub const PROTOCOL: &str = "headlamp.multiplexer.k8s.io";
+/// Prefix of the subprotocol that carries a base64url bearer token.
+pub const TOKEN_PROTOCOL_PREFIX: &str = "base64url.headlamp.backend.authorization.k8s.io.";
+
+/// The bearer token offered as a subprotocol, if any.
+pub fn token_from_protocols(offered: &[String]) -> Option<String> {
+    offered.iter().find_map(|p| {
+        let encoded = p.strip_prefix(TOKEN_PROTOCOL_PREFIX)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(encoded.trim_end_matches('='))
+            .ok()?;
+        String::from_utf8(bytes).ok().filter(|t| !t.is_empty())
+    })
+}
+
+/// Serves one upgraded connection.
+pub async fn serve(
+    socket: WebSocket,
+    hub: Hub,
+    config: Arc<ServerConfig>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    token: Option<String>,
+) {
+    let outbound = Arc::new(Outbound::new(config.queue, hub.metrics().clone()));
+    let (notices_tx, notices_rx) = mpsc::unbounded_channel();
+    if token.is_some() {
+        debug!("client offered a bearer token subprotocol");
+    }
+    let dialect = Headlamp {
+        hub: hub.clone(),
+        outbound: outbound.clone(),
+        notices: notices_tx,
+        subs: HashMap::new(),
+        next_token: 1,
+        max_subscriptions: config.max_subscriptions,
+    };
+    let ctx = ConnContext {
+        outbound,
+        liveness: config.liveness,
+        metrics: hub.metrics().clone(),
+        shutdown,
+    };
+    conn::run(socket, ctx, notices_rx, dialect).await
+}
+
+/// A subscription as the client names it.
+type SubKey = (String, String, String);
+
+struct Active {
+    token: u64,
+    _subscription: Subscription,
+}
+
+struct Headlamp {
+    hub: Hub,
+    outbound: Arc<Outbound>,
+    notices: mpsc::UnboundedSender<(SubKey, u64)>,
+    subs: HashMap<SubKey, Active>,
+    next_token: u64,
+    max_subscriptions: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClientMessage {
+    #[serde(default)]
+    cluster_id: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+impl Dialect for Headlamp {
+    type Notice = (SubKey, u64);
+
+    fn on_text(&mut self, text: &str) {
+        let parsed = if text.trim_start().starts_with('{') {
+            serde_json::from_str::<ClientMessage>(text).map_err(|e| e.to_string())
+        } else {
+            Err("not an object".to_string())
+        };
+        let msg = match parsed {
+            Ok(m) => m,
+            Err(e) => {
+                let why = if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+                    format!(
+                        "invalid message: expected an object with clusterId, path, query and type ({e})"
+                    )
+                } else {
+                    format!("invalid message: not JSON ({e})")
+                };
+                return self.error_frame("", "", "", &why);
+            }
+        };
+        let cluster = msg.cluster_id.unwrap_or_default();
+        let path = msg.path.unwrap_or_default();
+        let query = msg.query.unwrap_or_default();
+        match msg.kind.as_deref() {
+            Some("REQUEST") => self.request(cluster, path, query),
+            Some("CLOSE") => {
+                self.subs.remove(&(cluster, path, query));
+            }
+            Some("") | None => self.error_frame(
+                &cluster,
+                &path,
+                &query,
+                "invalid message: missing field type (REQUEST or CLOSE)",
+            ),
+            Some(other) => {
+                let other: String = other.chars().take(40).collect();
+                self.error_frame(
+                    &cluster,
+                    &path,
+                    &query,
+                    &format!("invalid message: unknown type {other:?}, expected REQUEST or CLOSE"),
+                )
+            }
+        }
+    }
+
+    fn on_binary(&mut self, _data: &[u8]) {
+        self.error_frame(
+            "",
+            "",
+            "",
+            "invalid message: binary frames are not accepted, send JSON text",
+        );
+    }
+
+    fn on_notice(&mut self, (key, token): (SubKey, u64)) {
+        if self.subs.get(&key).is_some_and(|a| a.token == token) {
+            self.subs.remove(&key);
+        }
+    }
+}
+
+impl Headlamp {
+    fn request(&mut self, cluster: String, path: String, query: String) {
+        let key = (cluster, path, query);
+        if self.subs.contains_key(&key) {
+            return;
+        }
+        let (cluster, path, query) = &key;
+        if cluster.is_empty() {
+            return self.error_frame(
+                cluster,
+                path,
+                query,
+                "invalid message: missing or empty field clusterId",
+            );
+        }
+        if self.subs.len() >= self.max_subscriptions {
+            return self.error_frame(
+                cluster,
+                path,
+                query,
+                &format!(
+                    "too many subscriptions on this connection (limit {})",
+                    self.max_subscriptions
+                ),
+            );
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let sink = Arc::new(HeadlampSink {
+            outbound: self.outbound.clone(),
+            head: Bytes::from(head(cluster, path, query)),
+            key: key.clone(),
+            token,
+            notices: self.notices.clone(),
+        });
+        let request = SubscribeRequest {
+            cluster,
+            path,
+            query,
+        };
+        match self.hub.subscribe(request, sink) {
+            Ok(subscription) => {
+                self.subs.insert(
+                    key,
+                    Active {
+                        token,
+                        _subscription: subscription,
+                    },
+                );
+            }
+            Err(e) => self.error_frame(cluster, path, query, &e.to_string()),
+        }
+    }
+
+    fn error_frame(&self, cluster: &str, path: &str, query: &str, message: &str) {
+        self.outbound.push_forced(error_frame(
+            &Bytes::from(head(cluster, path, query)),
+            message,
+        ));
+    }
+}
+
+/// `{"clusterId":…,"path":…,"query":…` — the part every frame of one
+/// subscriber starts with, encoded once per subscription.
+fn head(cluster: &str, path: &str, query: &str) -> String {
+    serde_json::json!({"clusterId": cluster, "path": path, "query": query})
+        .to_string()
+        .trim_end_matches('}')
+        .to_string()
+}
+
+fn error_frame(head: &Bytes, message: &str) -> Frame {
+    let data = serde_json::json!({ "error": message }).to_string();
+    let data = serde_json::Value::String(data).to_string();
+    Frame::from_parts([
+        head.clone(),
+        Bytes::from_static(b",\"data\":"),
+        Bytes::from(data),
+        Bytes::from_static(b",\"type\":\"ERROR\"}"),
+    ])
+}
+
+fn complete_frame(head: &Bytes) -> Frame {
+    Frame::from_parts([
+        head.clone(),
+        Bytes::from_static(b",\"type\":\"COMPLETE\"}"),
+        Bytes::new(),
+        Bytes::new(),
+    ])
+}
+
+struct HeadlampSink {
+    outbound: Arc<Outbound>,
+    head: Bytes,
+    key: SubKey,
+    token: u64,
+    notices: mpsc::UnboundedSender<(SubKey, u64)>,
+}
+
+impl Subscriber for HeadlampSink {
+    fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
+        self.outbound.push(Frame::from_parts([
+            self.head.clone(),
+            Bytes::from_static(b",\"data\":"),
+            event.json_string().clone(),
+            Bytes::from_static(b",\"type\":\"DATA\"}"),
+        ]))
+    }
+
+    fn warning(&self, message: &str) {
+        self.outbound.push_forced(error_frame(&self.head, message));
+    }
+
+    fn end(&self, reason: EndReason) {
+        match reason {
+            EndReason::Failed(message) => {
+                self.outbound.push_forced(error_frame(&self.head, &message))
+            }
+            EndReason::SlowConsumer => self.outbound.push_forced(error_frame(
+                &self.head,
+                "slow consumer: the client did not read events fast enough; subscription ended",
+            )),
+            EndReason::Timeout | EndReason::Expired | EndReason::Shutdown => {}
+        }
+        self.outbound.push_forced(complete_frame(&self.head));
+        let _ = self.notices.send((self.key.clone(), self.token));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_headlamps_shape() {
+        let head = Bytes::from(head("c", "/api/v1/pods", "watch=1"));
+        let v: serde_json::Value =
+            serde_json::from_str(&error_frame(&head, "boom \"x\"").into_string()).unwrap();
+        assert_eq!(v["clusterId"], "c");
+        assert_eq!(v["query"], "watch=1");
+        assert_eq!(v["type"], "ERROR");
+        let data: serde_json::Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data["error"], "boom \"x\"");
+        let v: serde_json::Value =
+            serde_json::from_str(&complete_frame(&head).into_string()).unwrap();
+        assert_eq!(v["type"], "COMPLETE");
+        assert_eq!(v["path"], "/api/v1/pods");
+    }
+
+    #[test]
+    fn token_subprotocol_is_decoded() {
+        let offered = vec![
+            PROTOCOL.to_string(),
+            format!("{TOKEN_PROTOCOL_PREFIX}bXktdG9rZW4"),
+        ];
+        assert_eq!(token_from_protocols(&offered).as_deref(), Some("my-token"));
+        assert_eq!(token_from_protocols(&[PROTOCOL.to_string()]), None);
+    }
+}

@@ -1,0 +1,417 @@
+//! The cache of one shared watch: current objects plus a history of recent
+//! events, like the API server's own watch cache.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::upstream::Listing;
+use crate::upstream::event::{EventType, WatchEvent};
+
+/// Bounds of the event history.
+#[derive(Clone, Debug)]
+pub struct HistoryLimits {
+    /// At most this many events are kept.
+    pub max_events: usize,
+    /// Events older than this are dropped. Keep it at 75 s or more so clients
+    /// resuming after a reconnect are served from history.
+    pub max_age: Duration,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            max_events: 10_000,
+            max_age: Duration::from_secs(150),
+        }
+    }
+}
+
+struct Stored {
+    last: Arc<WatchEvent>,
+    as_added: OnceLock<Arc<WatchEvent>>,
+}
+
+impl Stored {
+    fn new(last: Arc<WatchEvent>) -> Self {
+        Stored {
+            last,
+            as_added: OnceLock::new(),
+        }
+    }
+
+    /// The object as an `ADDED` event, built once and shared by every
+    /// subscriber that starts from a snapshot.
+    fn added(&self) -> Arc<WatchEvent> {
+        if self.last.kind() == EventType::Added {
+            return self.last.clone();
+        }
+        self.as_added
+            .get_or_init(|| Arc::new(self.last.retyped(EventType::Added)))
+            .clone()
+    }
+}
+
+struct Entry {
+    /// Version a client holds after this event; monotone along the history.
+    position: u64,
+    at: Instant,
+    event: Arc<WatchEvent>,
+}
+
+/// How a new subscriber is to be started, decided from its `resourceVersion`.
+pub enum Start {
+    /// Every current object as `ADDED`.
+    Snapshot(Vec<Arc<WatchEvent>>),
+    /// The events after the client's version.
+    Replay(Vec<Arc<WatchEvent>>),
+    /// The version is older than the history: the in-band 410.
+    Expired(String),
+    /// The version is newer than anything seen: wait for it.
+    Future(u64),
+}
+
+/// Current objects and recent history of one collection.
+pub struct Cache {
+    objects: BTreeMap<Box<str>, Stored>,
+    history: VecDeque<Entry>,
+    limits: HistoryLimits,
+    /// Versions at or below this are no longer covered by the history.
+    horizon: u64,
+    latest: String,
+    latest_num: u64,
+    numeric: bool,
+    item_kind: String,
+    api_version: String,
+}
+
+impl Cache {
+    /// An empty cache, not yet listed.
+    pub fn new(limits: HistoryLimits) -> Self {
+        Cache {
+            objects: BTreeMap::new(),
+            history: VecDeque::new(),
+            limits,
+            horizon: 0,
+            latest: String::new(),
+            latest_num: 0,
+            numeric: true,
+            item_kind: String::new(),
+            api_version: String::new(),
+        }
+    }
+
+    /// Number of current objects.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Whether the cache holds no objects.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// The latest resourceVersion seen (events and bookmarks).
+    pub fn latest(&self) -> &str {
+        &self.latest
+    }
+
+    /// The latest version as an integer (0 if not numeric).
+    pub fn latest_num(&self) -> u64 {
+        self.latest_num
+    }
+
+    /// Kind and apiVersion of the objects, learned from the list.
+    pub fn kind(&self) -> (&str, &str) {
+        (&self.item_kind, &self.api_version)
+    }
+
+    /// Every current object as `ADDED`, in key order.
+    pub fn snapshot(&self) -> Vec<Arc<WatchEvent>> {
+        self.objects.values().map(Stored::added).collect()
+    }
+
+    /// Raw JSON of every current object, in key order.
+    pub fn objects(&self) -> impl Iterator<Item = &Arc<WatchEvent>> {
+        self.objects.values().map(|s| &s.last)
+    }
+
+    fn note_version(&mut self, rv: &str) {
+        if rv.is_empty() {
+            return;
+        }
+        match rv.parse::<u64>() {
+            Ok(n) if n >= self.latest_num => {
+                self.latest_num = n;
+                self.latest = rv.to_string();
+            }
+            Ok(_) => {}
+            Err(_) => {
+                self.numeric = false;
+                self.latest = rv.to_string();
+            }
+        }
+    }
+
+    /// Replaces the contents with a listing. Returns the differences against
+    /// what was held before (empty for the first listing), already applied
+    /// and recorded in the history.
+    pub fn reset(&mut self, listing: Listing, first: bool) -> Vec<Arc<WatchEvent>> {
+        self.item_kind = listing.item_kind;
+        self.api_version = listing.api_version;
+        let list_rv = listing.resource_version;
+        if first {
+            for ev in listing.objects {
+                self.objects
+                    .insert(ev.key().into(), Stored::new(Arc::new(ev)));
+            }
+            self.note_version(&list_rv);
+            self.horizon = self.latest_num;
+            return Vec::new();
+        }
+        let mut fresh: BTreeMap<Box<str>, WatchEvent> = listing
+            .objects
+            .into_iter()
+            .map(|ev| (Box::<str>::from(ev.key()), ev))
+            .collect();
+        let mut diff = Vec::new();
+        let gone: Vec<Box<str>> = self
+            .objects
+            .keys()
+            .filter(|k| !fresh.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(old) = self.objects.get(&key) {
+                diff.push(deleted_at(&old.last, &list_rv));
+            }
+        }
+        for (key, ev) in std::mem::take(&mut fresh) {
+            match self.objects.get(&key) {
+                Some(old) if old.last.resource_version() == ev.resource_version() => {}
+                Some(_) => diff.push(ev.retyped(EventType::Modified)),
+                None => diff.push(ev),
+            }
+        }
+        let position = list_rv.parse::<u64>().unwrap_or(self.latest_num);
+        let out: Vec<Arc<WatchEvent>> = diff
+            .into_iter()
+            .map(|ev| self.apply_at(ev, position))
+            .collect();
+        self.note_version(&list_rv);
+        out
+    }
+
+    /// Applies a live event; returns it shared.
+    pub fn apply(&mut self, event: WatchEvent) -> Arc<WatchEvent> {
+        let position = event.rv().unwrap_or(self.latest_num);
+        if event.rv().is_none() {
+            self.numeric = false;
+        }
+        self.apply_at(event, position)
+    }
+
+    fn apply_at(&mut self, event: WatchEvent, position: u64) -> Arc<WatchEvent> {
+        let event = Arc::new(event);
+        match event.kind() {
+            EventType::Added | EventType::Modified => {
+                self.objects
+                    .insert(event.key().into(), Stored::new(event.clone()));
+            }
+            EventType::Deleted => {
+                self.objects.remove(event.key());
+            }
+            EventType::Bookmark | EventType::Error => return event,
+        }
+        let position = position.max(self.history.back().map_or(0, |e| e.position));
+        self.note_version(event.resource_version());
+        self.history.push_back(Entry {
+            position,
+            at: Instant::now(),
+            event: event.clone(),
+        });
+        self.trim(Instant::now());
+        event
+    }
+
+    /// Records progress without a change.
+    pub fn bookmark(&mut self, rv: &str) {
+        self.note_version(rv);
+    }
+
+    /// Drops history beyond the limits.
+    pub fn trim(&mut self, now: Instant) {
+        while let Some(front) = self.history.front() {
+            let too_many = self.history.len() > self.limits.max_events;
+            let too_old = now.duration_since(front.at) > self.limits.max_age;
+            if !(too_many || too_old) {
+                break;
+            }
+            self.horizon = self.horizon.max(front.position);
+            self.history.pop_front();
+        }
+    }
+
+    /// Decides how a subscriber asking for `resource_version` starts.
+    pub fn start(&self, resource_version: Option<&str>, initial_events: bool) -> Start {
+        let rv = match resource_version {
+            None | Some("0") | Some("") => return Start::Snapshot(self.snapshot()),
+            Some(rv) => rv,
+        };
+        let Ok(n) = rv.parse::<u64>() else {
+            if rv == self.latest && !initial_events {
+                return Start::Replay(Vec::new());
+            }
+            return if initial_events {
+                Start::Snapshot(self.snapshot())
+            } else {
+                Start::Expired(format!("too old resource version: {rv}"))
+            };
+        };
+        if n > self.latest_num && self.numeric {
+            return Start::Future(n);
+        }
+        if initial_events {
+            return Start::Snapshot(self.snapshot());
+        }
+        if !self.numeric {
+            return Start::Expired(format!("too old resource version: {rv}"));
+        }
+        if n < self.horizon {
+            return Start::Expired(format!(
+                "too old resource version: {n} ({})",
+                self.horizon + 1
+            ));
+        }
+        let from = self.history.partition_point(|e| e.position <= n);
+        Start::Replay(
+            self.history
+                .range(from..)
+                .map(|e| e.event.clone())
+                .collect(),
+        )
+    }
+}
+
+/// A `DELETED` event for an object that vanished while the watch was broken,
+/// stamped with the version of the listing that showed it gone.
+fn deleted_at(last: &WatchEvent, list_rv: &str) -> WatchEvent {
+    let stamped = serde_json::from_slice::<serde_json::Value>(last.object())
+        .ok()
+        .and_then(|mut obj| {
+            obj.get_mut("metadata")?
+                .as_object_mut()?
+                .insert("resourceVersion".into(), list_rv.into());
+            serde_json::to_vec(&obj).ok()
+        });
+    stamped
+        .and_then(|bytes| WatchEvent::synthesize(EventType::Deleted, &bytes).ok())
+        .unwrap_or_else(|| last.retyped(EventType::Deleted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(kind: EventType, name: &str, rv: u64) -> WatchEvent {
+        let obj = format!(
+            r#"{{"kind":"Pod","apiVersion":"v1","metadata":{{"name":"{name}","namespace":"d","resourceVersion":"{rv}"}}}}"#
+        );
+        WatchEvent::synthesize(kind, obj.as_bytes()).unwrap()
+    }
+
+    fn listing(rv: u64, objects: Vec<WatchEvent>) -> Listing {
+        Listing {
+            item_kind: "Pod".into(),
+            api_version: "v1".into(),
+            resource_version: rv.to_string(),
+            objects,
+        }
+    }
+
+    fn names(events: &[Arc<WatchEvent>]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| format!("{}:{}@{}", e.kind(), e.key(), e.resource_version()))
+            .collect()
+    }
+
+    #[test]
+    fn resume_table() {
+        let mut c = Cache::new(HistoryLimits {
+            max_events: 3,
+            max_age: Duration::from_secs(600),
+        });
+        c.reset(listing(10, vec![pod(EventType::Added, "a", 5)]), true);
+        for (i, name) in ["b", "c", "d", "e"].iter().enumerate() {
+            c.apply(pod(EventType::Added, name, 11 + i as u64));
+        }
+        assert!(matches!(c.start(None, false), Start::Snapshot(s) if s.len() == 5));
+        assert!(matches!(c.start(Some("0"), false), Start::Snapshot(_)));
+        match c.start(Some("12"), false) {
+            Start::Replay(r) => assert_eq!(names(&r), ["ADDED:d/d@13", "ADDED:d/e@14"]),
+            _ => panic!("expected replay"),
+        }
+        assert!(matches!(c.start(Some("14"), false), Start::Replay(r) if r.is_empty()));
+        assert!(matches!(c.start(Some("10"), false), Start::Expired(_)));
+        assert!(matches!(c.start(Some("11"), false), Start::Replay(r) if r.len() == 3));
+        assert!(matches!(c.start(Some("99"), false), Start::Future(99)));
+        assert!(matches!(c.start(Some("12"), true), Start::Snapshot(_)));
+    }
+
+    #[test]
+    fn relist_emits_differences() {
+        let mut c = Cache::new(HistoryLimits::default());
+        c.reset(
+            listing(
+                10,
+                vec![
+                    pod(EventType::Added, "keep", 3),
+                    pod(EventType::Added, "change", 4),
+                    pod(EventType::Added, "gone", 5),
+                ],
+            ),
+            true,
+        );
+        let diff = c.reset(
+            listing(
+                20,
+                vec![
+                    pod(EventType::Added, "keep", 3),
+                    pod(EventType::Added, "change", 15),
+                    pod(EventType::Added, "new", 16),
+                ],
+            ),
+            false,
+        );
+        assert_eq!(
+            names(&diff),
+            [
+                "DELETED:d/gone@20",
+                "MODIFIED:d/change@15",
+                "ADDED:d/new@16"
+            ]
+        );
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.latest(), "20");
+        assert!(matches!(c.start(Some("10"), false), Start::Replay(r) if r.len() == 3));
+        assert!(matches!(c.start(Some("20"), false), Start::Replay(r) if r.is_empty()));
+    }
+
+    #[test]
+    fn snapshot_reuses_added_events() {
+        let mut c = Cache::new(HistoryLimits::default());
+        c.reset(listing(1, vec![]), true);
+        c.apply(pod(EventType::Added, "a", 2));
+        c.apply(pod(EventType::Modified, "a", 3));
+        let Start::Snapshot(first) = c.start(None, false) else {
+            panic!()
+        };
+        let Start::Snapshot(second) = c.start(None, false) else {
+            panic!()
+        };
+        assert!(Arc::ptr_eq(&first[0], &second[0]));
+        assert_eq!(first[0].kind(), EventType::Added);
+        assert_eq!(first[0].resource_version(), "3");
+    }
+}

@@ -1,0 +1,541 @@
+//! Watch keys: what a subscription watches, independent of where the client is.
+//!
+//! Two requests share an upstream watch when cluster, path and the parameters
+//! that select objects (`labelSelector`, `fieldSelector`) are the same after
+//! normalisation. Parameters that describe the client's position in the
+//! stream (`resourceVersion`, `timeoutSeconds`, …) are split off into
+//! [`ClientParams`].
+
+use std::fmt;
+use std::sync::Arc;
+
+/// What a shared upstream watch is for.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct WatchKey {
+    cluster: Arc<str>,
+    path: Arc<str>,
+    selectors: Arc<str>,
+    identity: Option<Arc<str>>,
+}
+
+impl fmt::Debug for WatchKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}?{}", self.cluster, self.path, self.selectors)
+    }
+}
+
+impl WatchKey {
+    /// The cluster id.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The collection path.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The canonical selector query, possibly empty.
+    pub fn selectors(&self) -> &str {
+        &self.selectors
+    }
+
+    /// Restricts sharing to one upstream identity (a hash, never a token).
+    pub fn with_identity(mut self, identity: Option<Arc<str>>) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// A short stable hash for logs, so keys can be correlated without
+    /// printing selectors.
+    pub fn short_hash(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut h);
+        format!("{:08x}", h.finish() as u32)
+    }
+}
+
+/// Where in the stream a subscriber wants to start, and how it wants to be served.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientParams {
+    /// `resourceVersion` as sent, if any.
+    pub resource_version: Option<String>,
+    /// `resourceVersionMatch` as sent, if any.
+    pub resource_version_match: Option<String>,
+    /// Whether the client asked for bookmarks.
+    pub allow_bookmarks: bool,
+    /// The client's own deadline for this watch.
+    pub timeout_seconds: Option<u64>,
+    /// Watch-list semantics: initial state, then an end-of-initial-events bookmark.
+    pub send_initial_events: bool,
+}
+
+/// A parsed collection path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourcePath {
+    /// API group, empty for the core group.
+    pub group: String,
+    /// API version.
+    pub version: String,
+    /// Namespace, for a namespaced collection.
+    pub namespace: Option<String>,
+    /// Plural resource name.
+    pub resource: String,
+}
+
+/// Why a request cannot be turned into a watch key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// A required field is missing or empty.
+    #[error("missing or empty field: {0}")]
+    Missing(&'static str),
+    /// The path is not a watchable collection.
+    #[error("path {path:?} is not a watchable collection: {why}")]
+    BadPath {
+        /// The offending path (truncated).
+        path: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A query parameter kubemux does not know.
+    #[error("unknown query parameter {0:?}")]
+    UnknownParam(String),
+    /// A query parameter given twice.
+    #[error("query parameter {0:?} given more than once")]
+    DuplicateParam(String),
+    /// A parameter with an unacceptable value.
+    #[error("invalid value for {name}: {why}")]
+    BadValue {
+        /// The parameter.
+        name: &'static str,
+        /// What is wrong with its value.
+        why: String,
+    },
+}
+
+const MAX_PATH: usize = 512;
+const MAX_QUERY: usize = 4096;
+
+/// Parses and validates a collection path.
+pub fn parse_path(path: &str) -> Result<ResourcePath, KeyError> {
+    let bad = |why| KeyError::BadPath {
+        path: path.chars().take(100).collect(),
+        why,
+    };
+    if path.is_empty() {
+        return Err(KeyError::Missing("path"));
+    }
+    if path.len() > MAX_PATH {
+        return Err(bad("too long"));
+    }
+    let rest = path
+        .strip_prefix('/')
+        .ok_or_else(|| bad("must start with /"))?;
+    if rest.contains('?') || rest.contains('#') {
+        return Err(bad("query belongs in the query field"));
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    for s in &segments {
+        if s.is_empty() {
+            return Err(bad("empty path segment"));
+        }
+        if *s == "." || *s == ".." {
+            return Err(bad("relative segments are not allowed"));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
+            return Err(bad(
+                "segments may only hold letters, digits, '-', '.' and '_'",
+            ));
+        }
+    }
+    let (group, version, tail) = match segments.as_slice() {
+        ["api", version, tail @ ..] => (String::new(), *version, tail),
+        ["apis", group, version, tail @ ..] => (group.to_string(), *version, tail),
+        _ => {
+            return Err(bad(
+                "must start with /api/<version>/ or /apis/<group>/<version>/",
+            ));
+        }
+    };
+    let (namespace, resource) = match tail {
+        [resource] => (None, *resource),
+        ["namespaces", ns, resource] => (Some(ns.to_string()), *resource),
+        [] => return Err(bad("names an API version, not a collection")),
+        ["namespaces", _] => return Err(bad("names a single namespace, not a collection")),
+        [_, _] => return Err(bad("names a single object, not a collection")),
+        _ => return Err(bad("names a subresource or object, not a collection")),
+    };
+    Ok(ResourcePath {
+        group,
+        version: version.to_string(),
+        namespace,
+        resource: resource.to_string(),
+    })
+}
+
+fn parse_bool(name: &'static str, value: &str) -> Result<bool, KeyError> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" | "" => Ok(false),
+        other => Err(KeyError::BadValue {
+            name,
+            why: format!("expected true or false, got {:?}", truncate(other)),
+        }),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Splits a request into its watch key and the subscriber's own parameters.
+pub fn normalize(
+    cluster: &str,
+    path: &str,
+    query: &str,
+) -> Result<(WatchKey, ResourcePath, ClientParams), KeyError> {
+    if cluster.is_empty() {
+        return Err(KeyError::Missing("clusterId"));
+    }
+    let resource = parse_path(path)?;
+    let query = query.strip_prefix('?').unwrap_or(query);
+    if query.len() > MAX_QUERY {
+        return Err(KeyError::BadValue {
+            name: "query",
+            why: format!("longer than {MAX_QUERY} bytes"),
+        });
+    }
+    let mut params = ClientParams::default();
+    let mut label: Option<String> = None;
+    let mut field: Option<String> = None;
+    let mut seen: Vec<String> = Vec::new();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        if seen.iter().any(|s| *s == name) {
+            return Err(KeyError::DuplicateParam(truncate(&name)));
+        }
+        seen.push(name.to_string());
+        match name.as_ref() {
+            "labelSelector" => label = Some(selector::canonical_labels(&value)?),
+            "fieldSelector" => field = Some(selector::canonical_fields(&value)?),
+            "watch" => {
+                if !parse_bool("watch", &value)? && !value.is_empty() {
+                    return Err(KeyError::BadValue {
+                        name: "watch",
+                        why: "only watches are served here".into(),
+                    });
+                }
+            }
+            "resourceVersion" => {
+                if value.len() > 64 {
+                    return Err(KeyError::BadValue {
+                        name: "resourceVersion",
+                        why: "longer than 64 characters".into(),
+                    });
+                }
+                if !value.is_empty() {
+                    params.resource_version = Some(value.into_owned());
+                }
+            }
+            "resourceVersionMatch" => match value.as_ref() {
+                "" => {}
+                "NotOlderThan" | "Exact" => {
+                    params.resource_version_match = Some(value.into_owned())
+                }
+                other => {
+                    return Err(KeyError::BadValue {
+                        name: "resourceVersionMatch",
+                        why: format!("expected NotOlderThan or Exact, got {:?}", truncate(other)),
+                    });
+                }
+            },
+            "allowWatchBookmarks" => {
+                params.allow_bookmarks = parse_bool("allowWatchBookmarks", &value)?
+            }
+            "sendInitialEvents" => {
+                params.send_initial_events = parse_bool("sendInitialEvents", &value)?
+            }
+            "timeoutSeconds" => {
+                let secs = value.parse::<u64>().map_err(|_| KeyError::BadValue {
+                    name: "timeoutSeconds",
+                    why: format!(
+                        "expected a whole number of seconds, got {:?}",
+                        truncate(&value)
+                    ),
+                })?;
+                params.timeout_seconds = Some(secs);
+            }
+            // List-only parameters that a watch ignores, as the API server does.
+            "limit" | "pretty" => {}
+            other => return Err(KeyError::UnknownParam(truncate(other))),
+        }
+    }
+    if params.send_initial_events
+        && params.resource_version_match.as_deref() != Some("NotOlderThan")
+    {
+        return Err(KeyError::BadValue {
+            name: "sendInitialEvents",
+            why: "requires resourceVersionMatch=NotOlderThan".into(),
+        });
+    }
+    let mut selectors = form_urlencoded::Serializer::new(String::new());
+    if let Some(f) = field.filter(|f| !f.is_empty()) {
+        selectors.append_pair("fieldSelector", &f);
+    }
+    if let Some(l) = label.filter(|l| !l.is_empty()) {
+        selectors.append_pair("labelSelector", &l);
+    }
+    let key = WatchKey {
+        cluster: cluster.into(),
+        path: path.into(),
+        selectors: selectors.finish().into(),
+        identity: None,
+    };
+    Ok((key, resource, params))
+}
+
+/// Canonical forms of label and field selectors, so that equivalent selectors
+/// written differently share one upstream watch.
+mod selector {
+    use super::KeyError;
+
+    /// Splits at commas outside parentheses.
+    fn terms(s: &str) -> Option<Vec<&str>> {
+        let mut out = Vec::new();
+        let mut depth = 0i32;
+        let mut start = 0;
+        for (i, c) in s.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth < 0 {
+                        return None;
+                    }
+                }
+                ',' if depth == 0 => {
+                    out.push(s[start..i].trim());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        if depth != 0 {
+            return None;
+        }
+        out.push(s[start..].trim());
+        Some(out)
+    }
+
+    fn bad(name: &'static str, why: &str) -> KeyError {
+        KeyError::BadValue {
+            name,
+            why: why.to_string(),
+        }
+    }
+
+    fn valid_token(t: &str) -> bool {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+    }
+
+    fn valid_value(t: &str) -> bool {
+        t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    }
+
+    /// `a==1, b in (y,x)` → `a=1,b in (x,y)`, terms sorted.
+    pub fn canonical_labels(s: &str) -> Result<String, KeyError> {
+        const NAME: &str = "labelSelector";
+        if s.trim().is_empty() {
+            return Ok(String::new());
+        }
+        let mut out = Vec::new();
+        for term in terms(s).ok_or_else(|| bad(NAME, "unbalanced parentheses"))? {
+            if term.is_empty() {
+                return Err(bad(NAME, "empty term"));
+            }
+            out.push(canonical_label_term(term)?);
+        }
+        out.sort();
+        out.dedup();
+        Ok(out.join(","))
+    }
+
+    fn canonical_label_term(term: &str) -> Result<String, KeyError> {
+        const NAME: &str = "labelSelector";
+        if let Some(key) = term.strip_prefix('!') {
+            let key = key.trim();
+            if !valid_token(key) {
+                return Err(bad(NAME, &format!("invalid key in {term:?}")));
+            }
+            return Ok(format!("!{key}"));
+        }
+        for (op, canon) in [("!=", "!="), ("==", "="), ("=", "=")] {
+            if let Some((k, v)) = term.split_once(op) {
+                let (k, v) = (k.trim(), v.trim());
+                if !valid_token(k) || !valid_value(v) {
+                    return Err(bad(NAME, &format!("invalid term {term:?}")));
+                }
+                return Ok(format!("{k}{canon}{v}"));
+            }
+        }
+        let words: Vec<&str> = term.splitn(2, char::is_whitespace).collect();
+        if let [key, rest] = words.as_slice() {
+            let rest = rest.trim();
+            for op in ["notin", "in"] {
+                if let Some(set) = rest.strip_prefix(op) {
+                    let set = set.trim();
+                    let inner = set
+                        .strip_prefix('(')
+                        .and_then(|s| s.strip_suffix(')'))
+                        .ok_or_else(|| bad(NAME, &format!("expected a (set) in {term:?}")))?;
+                    let mut values: Vec<&str> = inner.split(',').map(str::trim).collect();
+                    if !valid_token(key) || values.iter().any(|v| !valid_value(v)) {
+                        return Err(bad(NAME, &format!("invalid term {term:?}")));
+                    }
+                    values.sort_unstable();
+                    values.dedup();
+                    return Ok(format!("{key} {op} ({})", values.join(",")));
+                }
+            }
+            return Err(bad(NAME, &format!("unknown operator in {term:?}")));
+        }
+        if valid_token(term) {
+            return Ok(term.to_string());
+        }
+        Err(bad(NAME, &format!("invalid term {term:?}")))
+    }
+
+    /// `metadata.name==x,status.phase!=y` → terms with `=`/`!=`, sorted.
+    pub fn canonical_fields(s: &str) -> Result<String, KeyError> {
+        const NAME: &str = "fieldSelector";
+        if s.trim().is_empty() {
+            return Ok(String::new());
+        }
+        let mut out = Vec::new();
+        for term in s.split(',').map(str::trim) {
+            let parsed = ["!=", "==", "="].iter().find_map(|op| {
+                term.split_once(op)
+                    .map(|(k, v)| (k.trim(), if *op == "!=" { "!=" } else { "=" }, v.trim()))
+            });
+            let (k, op, v) =
+                parsed.ok_or_else(|| bad(NAME, &format!("expected field=value in {term:?}")))?;
+            if !valid_token(k) || v.contains(['(', ')', ' ']) {
+                return Err(bad(NAME, &format!("invalid term {term:?}")));
+            }
+            out.push(format!("{k}{op}{v}"));
+        }
+        out.sort();
+        out.dedup();
+        Ok(out.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(q: &str) -> WatchKey {
+        normalize("c", "/api/v1/pods", q).unwrap().0
+    }
+
+    #[test]
+    fn position_parameters_do_not_split_keys() {
+        assert_eq!(
+            key("watch=1&resourceVersion=5"),
+            key("resourceVersion=9&watch=true&allowWatchBookmarks=true&timeoutSeconds=30")
+        );
+        assert_eq!(key(""), key("watch=1"));
+    }
+
+    #[test]
+    fn selectors_are_canonical() {
+        assert_eq!(
+            key("labelSelector=a%3D1%2Cb%3D2"),
+            key("labelSelector=b==2,a=1")
+        );
+        assert_eq!(
+            key("labelSelector=app+in+(y,x)"),
+            key("labelSelector=app%20in%20(x,%20y)")
+        );
+        assert_ne!(key("labelSelector=a=1"), key("labelSelector=a=2"));
+        assert_eq!(
+            key("fieldSelector=status.phase%3DRunning&labelSelector=a=1"),
+            key("labelSelector=a=1&fieldSelector=status.phase==Running")
+        );
+        assert_eq!(key("labelSelector="), key(""));
+    }
+
+    #[test]
+    fn rejects_bad_requests_specifically() {
+        assert!(matches!(
+            normalize("", "/api/v1/pods", ""),
+            Err(KeyError::Missing("clusterId"))
+        ));
+        for bad in [
+            "/api/v1/namespaces/x/pods/y/exec",
+            "/metrics",
+            "/api/v1/../secrets",
+            "/api/v1/namespaces/x",
+            "api/v1/pods",
+            "/api/v1//pods",
+            "/api/v1",
+            "/api/v1/pods?watch=1",
+        ] {
+            assert!(
+                matches!(parse_path(bad), Err(KeyError::BadPath { .. })),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            normalize("c", "/api/v1/pods", "foo=1").unwrap_err(),
+            KeyError::UnknownParam("foo".into())
+        );
+        assert!(matches!(
+            normalize("c", "/api/v1/pods", "watch=1&watch=1"),
+            Err(KeyError::DuplicateParam(_))
+        ));
+        assert!(matches!(
+            normalize("c", "/api/v1/pods", "timeoutSeconds=x"),
+            Err(KeyError::BadValue { .. })
+        ));
+        assert!(matches!(
+            normalize("c", "/api/v1/pods", "labelSelector=a%20in%20(b"),
+            Err(KeyError::BadValue { .. })
+        ));
+        assert!(matches!(
+            normalize("c", "/api/v1/pods", "watch=0"),
+            Err(KeyError::BadValue { .. })
+        ));
+    }
+
+    #[test]
+    fn parses_paths() {
+        let p = parse_path("/apis/apps/v1/namespaces/team-a/deployments").unwrap();
+        assert_eq!(p.group, "apps");
+        assert_eq!(p.namespace.as_deref(), Some("team-a"));
+        assert_eq!(p.resource, "deployments");
+        assert_eq!(
+            parse_path("/api/v1/namespaces").unwrap().resource,
+            "namespaces"
+        );
+    }
+
+    #[test]
+    fn client_params_are_parsed() {
+        let (_, _, p) = normalize(
+            "c",
+            "/api/v1/pods",
+            "resourceVersion=12&allowWatchBookmarks=true&timeoutSeconds=2&sendInitialEvents=true&resourceVersionMatch=NotOlderThan",
+        )
+        .unwrap();
+        assert_eq!(p.resource_version.as_deref(), Some("12"));
+        assert!(p.allow_bookmarks && p.send_initial_events);
+        assert_eq!(p.timeout_seconds, Some(2));
+    }
+}

@@ -1,0 +1,267 @@
+//! The hub: one shared upstream watch per [`WatchKey`], reference-counted
+//! across every subscriber, with a cache that serves joins and resumes
+//! without touching the cluster.
+//!
+//! Dialects call [`Hub::subscribe`] with a [`Subscriber`] and keep the
+//! returned [`Subscription`]; dropping it unsubscribes. The hub never knows
+//! how a dialect frames events.
+
+pub mod cache;
+pub mod key;
+mod shared;
+pub mod subscriber;
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tracing::info;
+
+use crate::cluster::Registry;
+use crate::metrics::Metrics;
+use crate::upstream::{self, UpstreamConfig, WatchTarget};
+pub use cache::HistoryLimits;
+pub use key::{ClientParams, KeyError, ResourcePath, WatchKey};
+use shared::{SharedWatch, SubscriberId, Upstream};
+pub use subscriber::{EndReason, Overflow, Subscriber};
+
+/// Settings of the hub.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// How long a shared watch outlives its last subscriber.
+    pub linger: Duration,
+    /// How long a subscriber asking for a future resourceVersion waits for it.
+    pub wait_limit: Duration,
+    /// Interval of kubemux's own bookmarks to subscribers that asked for them.
+    pub bookmark_interval: Duration,
+    /// History bounds of each shared watch.
+    pub history: HistoryLimits,
+    /// Upstream request settings.
+    pub upstream: UpstreamConfig,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            linger: Duration::from_secs(30),
+            wait_limit: Duration::from_secs(3),
+            bookmark_interval: Duration::from_secs(60),
+            history: HistoryLimits::default(),
+            upstream: UpstreamConfig::default(),
+        }
+    }
+}
+
+/// What a dialect asks for, exactly as its client sent it.
+#[derive(Clone, Debug)]
+pub struct SubscribeRequest<'a> {
+    /// Cluster id.
+    pub cluster: &'a str,
+    /// Collection path.
+    pub path: &'a str,
+    /// Query string, without `?`.
+    pub query: &'a str,
+}
+
+/// Why a subscription could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// The request does not name a watchable collection.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// No cluster with that id is configured.
+    #[error("unknown cluster {0:?}")]
+    UnknownCluster(String),
+    /// The hub is shutting down.
+    #[error("kubemux is shutting down")]
+    ShuttingDown,
+}
+
+pub(crate) struct HubInner {
+    pub(crate) config: HubConfig,
+    pub(crate) watches: DashMap<WatchKey, Arc<SharedWatch>>,
+    clusters: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    closing: std::sync::atomic::AtomicBool,
+}
+
+/// The shared-watch hub. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+/// A live subscription. Dropping it unsubscribes (without an end notice).
+pub struct Subscription {
+    watch: Arc<SharedWatch>,
+    id: SubscriberId,
+    linger: Duration,
+}
+
+impl Subscription {
+    /// The key of the shared watch this subscription is on.
+    pub fn key(&self) -> &WatchKey {
+        self.watch.key()
+    }
+
+    /// The subscriber's id within its shared watch.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.watch.remove(self.id, self.linger);
+    }
+}
+
+impl Hub {
+    /// A hub over the clusters of `clusters`.
+    pub fn new(config: HubConfig, clusters: Arc<Registry>, metrics: Arc<Metrics>) -> Self {
+        Hub {
+            inner: Arc::new(HubInner {
+                config,
+                watches: DashMap::new(),
+                clusters,
+                metrics,
+                closing: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The metrics the hub updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The cluster registry.
+    pub fn clusters(&self) -> &Arc<Registry> {
+        &self.inner.clusters
+    }
+
+    /// Number of shared (= upstream) watches.
+    pub fn watch_count(&self) -> usize {
+        self.inner.watches.len()
+    }
+
+    /// Subscribes `sink` to a collection. The sink first receives what it is
+    /// owed from the cache (by the request's `resourceVersion`), then live events.
+    pub fn subscribe(
+        &self,
+        request: SubscribeRequest<'_>,
+        sink: Arc<dyn Subscriber>,
+    ) -> Result<Subscription, SubscribeError> {
+        if self
+            .inner
+            .closing
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(SubscribeError::ShuttingDown);
+        }
+        let (key, _resource, params) =
+            key::normalize(request.cluster, request.path, request.query)?;
+        let cluster = self.inner.clusters.get(request.cluster).ok_or_else(|| {
+            SubscribeError::UnknownCluster(request.cluster.chars().take(100).collect())
+        })?;
+        loop {
+            let watch = self
+                .inner
+                .watches
+                .entry(key.clone())
+                .or_insert_with(|| self.start_watch(&key, cluster.client()))
+                .clone();
+            if let Some(id) = watch.add(sink.clone(), params.clone(), self.inner.config.wait_limit)
+            {
+                return Ok(Subscription {
+                    watch,
+                    id,
+                    linger: self.inner.config.linger,
+                });
+            }
+            self.inner
+                .watches
+                .remove_if(&key, |_, w| Arc::ptr_eq(w, &watch));
+        }
+    }
+
+    fn start_watch(&self, key: &WatchKey, client: kube::Client) -> Arc<SharedWatch> {
+        let config = &self.inner.config;
+        let watch = Arc::new(SharedWatch::new(
+            key.clone(),
+            Arc::downgrade(&self.inner),
+            self.inner.metrics.clone(),
+            cache::Cache::new(config.history.clone()),
+        ));
+        self.inner
+            .metrics
+            .upstream_watches
+            .get_or_create(&Metrics::cluster(key.cluster()))
+            .inc();
+        info!(cluster = key.cluster(), key = %key.short_hash(), path = key.path(), "starting shared watch");
+        let target = WatchTarget {
+            client,
+            path: key.path().to_string(),
+            selectors: key.selectors().to_string(),
+        };
+        let sink = Arc::new(Upstream(Arc::downgrade(&watch)));
+        let upstream = tokio::spawn(upstream::run(target, config.upstream.clone(), sink));
+        watch.add_task(upstream.abort_handle());
+        watch.add_task(spawn_bookmarks(
+            Arc::downgrade(&watch),
+            config.bookmark_interval,
+        ));
+        watch
+    }
+
+    /// Ends every subscription with [`EndReason::Shutdown`] and stops every
+    /// upstream watch; later subscribe calls fail.
+    pub fn shutdown(&self) {
+        self.inner
+            .closing
+            .store(true, std::sync::atomic::Ordering::Release);
+        let watches: Vec<Arc<SharedWatch>> = self.inner.watches.iter().map(|w| w.clone()).collect();
+        for w in watches {
+            w.shutdown(EndReason::Shutdown);
+        }
+    }
+
+    /// Ends every subscription on one cluster (the cluster was removed).
+    pub fn end_cluster(&self, cluster: &str, reason: EndReason) {
+        let watches: Vec<Arc<SharedWatch>> = self
+            .inner
+            .watches
+            .iter()
+            .filter(|w| w.key().cluster() == cluster)
+            .map(|w| w.clone())
+            .collect();
+        for w in watches {
+            w.shutdown(reason.clone());
+        }
+    }
+
+    /// A summary of every shared watch: key and subscriber count.
+    pub fn watches(&self) -> Vec<(WatchKey, usize)> {
+        self.inner
+            .watches
+            .iter()
+            .map(|w| (w.key().clone(), w.subscriber_count()))
+            .collect()
+    }
+}
+
+fn spawn_bookmarks(watch: Weak<SharedWatch>, every: Duration) -> tokio::task::AbortHandle {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match watch.upgrade() {
+                Some(w) => w.send_bookmarks(),
+                None => return,
+            }
+        }
+    })
+    .abort_handle()
+}

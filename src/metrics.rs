@@ -1,0 +1,146 @@
+//! Prometheus metrics of the proxy.
+//!
+//! Labels are bounded: cluster ids and fixed outcome names, never a path, a
+//! query or a user.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label for per-cluster series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    /// The cluster id.
+    pub cluster: String,
+}
+
+/// Label for outcome series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// A fixed outcome name.
+    pub outcome: &'static str,
+}
+
+/// Every metric kubemux exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Open client connections.
+    pub connections: Gauge,
+    /// Live subscriptions across all connections.
+    pub subscribers: Gauge,
+    /// Open shared (= upstream) watches per cluster.
+    pub upstream_watches: Family<ClusterLabel, Gauge>,
+    /// Upstream watch requests (first watch and re-watches) per cluster.
+    pub upstream_watch_starts: Family<ClusterLabel, Counter>,
+    /// Upstream LIST cycles (first list and relists) per cluster.
+    pub upstream_lists: Family<ClusterLabel, Counter>,
+    /// Upstream failures per cluster.
+    pub upstream_failures: Family<ClusterLabel, Counter>,
+    /// Upstream events received per cluster.
+    pub events_in: Family<ClusterLabel, Counter>,
+    /// How new subscriptions were served: snapshot, history, expired (410), waited.
+    pub resumes: Family<OutcomeLabel, Counter>,
+    /// Subscriptions ended because their client could not keep up.
+    pub slow_consumers: Counter,
+    /// Frames handed to connection queues.
+    pub frames_out: Counter,
+    /// Bytes waiting in connection outbound queues.
+    pub queue_bytes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kubemux");
+        let m = Metrics {
+            registry: Registry::default(),
+            connections: Gauge::default(),
+            subscribers: Gauge::default(),
+            upstream_watches: Family::default(),
+            upstream_watch_starts: Family::default(),
+            upstream_lists: Family::default(),
+            upstream_failures: Family::default(),
+            events_in: Family::default(),
+            resumes: Family::default(),
+            slow_consumers: Counter::default(),
+            frames_out: Counter::default(),
+            queue_bytes: Gauge::default(),
+        };
+        registry.register(
+            "connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
+        registry.register("subscribers", "Live subscriptions", m.subscribers.clone());
+        registry.register(
+            "upstream_watches",
+            "Open shared upstream watches",
+            m.upstream_watches.clone(),
+        );
+        registry.register(
+            "upstream_watch_requests",
+            "Upstream watch requests, including silent re-watches",
+            m.upstream_watch_starts.clone(),
+        );
+        registry.register(
+            "upstream_lists",
+            "Upstream LIST cycles, including relists after 410",
+            m.upstream_lists.clone(),
+        );
+        registry.register(
+            "upstream_failures",
+            "Failed upstream requests",
+            m.upstream_failures.clone(),
+        );
+        registry.register(
+            "events_in",
+            "Upstream watch events received",
+            m.events_in.clone(),
+        );
+        registry.register(
+            "resumes",
+            "How subscriptions started: snapshot, history, expired, waited",
+            m.resumes.clone(),
+        );
+        registry.register(
+            "slow_consumer_terminations",
+            "Subscriptions ended because the client could not keep up",
+            m.slow_consumers.clone(),
+        );
+        registry.register(
+            "frames_out",
+            "Frames queued to clients",
+            m.frames_out.clone(),
+        );
+        registry.register(
+            "queue_bytes",
+            "Bytes waiting in connection outbound queues",
+            m.queue_bytes.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The per-cluster label value.
+    pub fn cluster(cluster: &str) -> ClusterLabel {
+        ClusterLabel {
+            cluster: cluster.to_string(),
+        }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,215 @@
+//! One client connection: a reader loop feeding the dialect, a writer task
+//! draining the outbound queue, server pings and their deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info};
+
+use super::outbound::{Out, Outbound};
+use crate::metrics::Metrics;
+
+/// A protocol spoken over a connection.
+pub trait Dialect: Send + 'static {
+    /// Messages the dialect's subscribers send back to it (e.g. "this
+    /// subscription has ended"), delivered on the connection's own task.
+    type Notice: Send + 'static;
+    /// A text message from the client.
+    fn on_text(&mut self, text: &str);
+    /// A binary message from the client.
+    fn on_binary(&mut self, _data: &[u8]) {}
+    /// A notice from one of the dialect's subscribers.
+    fn on_notice(&mut self, notice: Self::Notice);
+}
+
+/// Liveness settings of a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Liveness {
+    /// Interval of server pings.
+    pub ping_interval: Duration,
+    /// A connection that has not answered a ping for this long after it was
+    /// sent is closed.
+    pub pong_timeout: Duration,
+    /// A single write blocked for longer than this means the client is gone
+    /// or stuck; the connection is closed.
+    pub write_timeout: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// WebSocket close codes used by kubemux.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The server is going away (shutdown).
+    pub const GOING_AWAY: u16 = 1001;
+    /// Policy violation (e.g. a client that never answers pings).
+    pub const POLICY: u16 = 1008;
+    /// A message was too big to process.
+    pub const TOO_BIG: u16 = 1009;
+}
+
+static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// What a connection needs besides its socket and dialect.
+pub struct ConnContext {
+    /// The connection's outbound queue, shared with the dialect's subscribers.
+    pub outbound: Arc<Outbound>,
+    /// Liveness settings.
+    pub liveness: Liveness,
+    /// Metrics to update.
+    pub metrics: Arc<Metrics>,
+    /// Becomes `true` when the server shuts down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Serves one upgraded socket with `dialect` until either side closes.
+pub async fn run<D: Dialect>(
+    socket: WebSocket,
+    ctx: ConnContext,
+    notices: mpsc::UnboundedReceiver<D::Notice>,
+    dialect: D,
+) {
+    let conn_id = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let span = tracing::info_span!("conn", id = conn_id);
+    serve(socket, ctx, notices, dialect).instrument(span).await
+}
+
+async fn serve<D: Dialect>(
+    socket: WebSocket,
+    ctx: ConnContext,
+    mut notices: mpsc::UnboundedReceiver<D::Notice>,
+    mut dialect: D,
+) {
+    let ConnContext {
+        outbound,
+        liveness,
+        metrics,
+        mut shutdown,
+    } = ctx;
+    metrics.connections.inc();
+    info!("connection opened");
+    let (sink, mut stream) = socket.split();
+    let writer = tokio::spawn(write_loop(sink, outbound.clone(), liveness.write_timeout));
+    let mut ping = tokio::time::interval(liveness.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut last_pong = Instant::now();
+    let close_reason;
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(text))) => dialect.on_text(text.as_str()),
+                Some(Ok(Message::Binary(data))) => dialect.on_binary(&data),
+                Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
+                Some(Ok(Message::Ping(_))) => {}
+                Some(Ok(Message::Close(_))) | None => {
+                    close_reason = "client closed";
+                    break;
+                }
+                Some(Err(err)) => {
+                    if is_too_big(&err) {
+                        outbound.close_with(close::TOO_BIG, "message too big");
+                        close_reason = "message too big";
+                    } else {
+                        debug!(error = %err, "read error");
+                        close_reason = "read error";
+                    }
+                    break;
+                }
+            },
+            Some(notice) = notices.recv() => dialect.on_notice(notice),
+            _ = ping.tick() => {
+                if last_pong.elapsed() > liveness.ping_interval + liveness.pong_timeout {
+                    outbound.close_with(close::POLICY, "no pong received");
+                    close_reason = "pong timeout";
+                    break;
+                }
+                outbound.ping();
+            }
+            _ = outbound.wait_closed() => {
+                close_reason = "writer stopped";
+                break;
+            }
+            _ = shutdown.changed() => {
+                close_reason = "server shutting down";
+                break;
+            }
+        }
+    }
+    drop(dialect);
+    while notices.try_recv().is_ok() {}
+    if *shutdown.borrow() {
+        outbound.close_with(close::GOING_AWAY, "server shutting down");
+    } else {
+        outbound.close_with(close::NORMAL, "");
+    }
+    if tokio::time::timeout(Duration::from_secs(2), writer)
+        .await
+        .is_err()
+    {
+        debug!("writer did not finish in time");
+    }
+    outbound.shut();
+    metrics.connections.dec();
+    info!(reason = close_reason, "connection closed");
+}
+
+fn is_too_big(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+async fn write_loop(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    outbound: Arc<Outbound>,
+    write_timeout: Duration,
+) {
+    let mut batch = Vec::new();
+    'outer: loop {
+        outbound.next_batch(&mut batch).await;
+        for out in batch.drain(..) {
+            let (msg, last) = match out {
+                Out::Text(frame) => (Message::Text(frame.into_string().into()), false),
+                Out::Ping => (Message::Ping(Default::default()), false),
+                Out::Close(code, reason) => (
+                    Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    })),
+                    true,
+                ),
+            };
+            match tokio::time::timeout(write_timeout, sink.feed(msg)).await {
+                Ok(Ok(())) if !last => {}
+                Ok(Ok(())) => {
+                    let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
+                    break 'outer;
+                }
+                Ok(Err(_)) | Err(_) => break 'outer,
+            }
+        }
+        match tokio::time::timeout(write_timeout, sink.flush()).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+    }
+    outbound.shut();
+}

@@ -1,0 +1,180 @@
+//! The HTTP server: WebSocket endpoints for each dialect, health and metrics.
+
+pub mod conn;
+pub mod outbound;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::dialect::headlamp;
+use crate::hub::Hub;
+use conn::Liveness;
+use outbound::QueueLimits;
+
+/// Limits and timings of client connections.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Largest accepted client message, in bytes; larger closes with 1009.
+    pub max_message_size: usize,
+    /// Most subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Bounds of each connection's outbound queue.
+    pub queue: QueueLimits,
+    /// Ping, pong and write deadlines.
+    pub liveness: Liveness,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_message_size: 64 * 1024,
+            max_subscriptions: 1000,
+            queue: QueueLimits::default(),
+            liveness: Liveness::default(),
+        }
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The hub.
+    pub hub: Hub,
+    /// Connection settings.
+    pub config: Arc<ServerConfig>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    connections: tokio_util::task::TaskTracker,
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    hub: Hub,
+    connections: tokio_util::task::TaskTracker,
+}
+
+impl Server {
+    /// Binds `listen` and serves in the background.
+    pub async fn start(
+        listen: SocketAddr,
+        hub: Hub,
+        config: ServerConfig,
+    ) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        let connections = tokio_util::task::TaskTracker::new();
+        let state = AppState {
+            hub: hub.clone(),
+            config: Arc::new(config),
+            shutdown: rx.clone(),
+            connections: connections.clone(),
+        };
+        let app = router(state);
+        let mut stop = rx;
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|v| *v).await;
+                })
+                .await
+        });
+        Ok(Server {
+            addr,
+            shutdown,
+            task,
+            hub,
+            connections,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, completes every subscription, closes every socket
+    /// with 1001 and waits (up to `grace`) for the connections to finish.
+    pub async fn shutdown(self, grace: std::time::Duration) {
+        self.hub.shutdown();
+        let _ = self.shutdown.send(true);
+        self.connections.close();
+        let _ = tokio::time::timeout(grace, async {
+            let _ = self.task.await;
+            self.connections.wait().await;
+        })
+        .await;
+    }
+}
+
+/// The router with every endpoint.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/wsMultiplexer", get(headlamp_ws))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/", get(index))
+        .with_state(state)
+}
+
+async fn index(State(state): State<AppState>) -> impl IntoResponse {
+    let clusters = state.hub.clusters().ids().join(", ");
+    format!(
+        "kubemux: Kubernetes watch multiplexer\n\nclusters: {clusters}\nshared watches: {}\n\nHeadlamp multiplexer: /wsMultiplexer\nmetrics: /metrics\n",
+        state.hub.watch_count()
+    )
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.hub.metrics().encode(),
+    )
+        .into_response()
+}
+
+async fn headlamp_ws(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    if *state.shutdown.borrow() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kubemux is shutting down\n",
+        )
+            .into_response();
+    }
+    let offered: Vec<String> = ws
+        .requested_protocols()
+        .filter_map(|p| p.to_str().ok().map(str::to_string))
+        .collect();
+    let token = headlamp::token_from_protocols(&offered);
+    let mut ws = ws
+        .max_message_size(state.config.max_message_size)
+        .max_frame_size(state.config.max_message_size);
+    if offered.iter().any(|p| p == headlamp::PROTOCOL) {
+        ws = ws.protocols([headlamp::PROTOCOL]);
+    }
+    let tracked = state.connections.token();
+    ws.on_upgrade(move |socket| async move {
+        headlamp::serve(
+            socket,
+            state.hub.clone(),
+            state.config.clone(),
+            state.shutdown.clone(),
+            token,
+        )
+        .await;
+        drop(tracked);
+    })
+}

@@ -1,0 +1,239 @@
+//! The bounded outbound queue of one connection.
+//!
+//! The hub pushes frames here without ever waiting; the connection's writer
+//! task drains it into the socket. A push that would exceed the byte or frame
+//! bound fails, and the hub then ends that subscriber as a slow consumer.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::hub::Overflow;
+use crate::metrics::Metrics;
+
+/// A text frame made of shared parts, concatenated only when written. This
+/// keeps per-subscriber work at a few reference-count increments: the
+/// event's encoded body is shared by every subscriber.
+#[derive(Clone, Debug, Default)]
+pub struct Frame {
+    parts: [Bytes; 4],
+}
+
+impl Frame {
+    /// A frame from up to four parts, written in order.
+    pub fn from_parts(parts: [Bytes; 4]) -> Self {
+        Frame { parts }
+    }
+
+    /// A frame from one string.
+    pub fn text(text: impl Into<String>) -> Self {
+        Frame {
+            parts: [
+                Bytes::from(text.into()),
+                Bytes::new(),
+                Bytes::new(),
+                Bytes::new(),
+            ],
+        }
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether the frame is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame as one contiguous string. Parts are UTF-8 by construction;
+    /// anything else is replaced rather than sent as invalid text.
+    pub fn into_string(self) -> String {
+        let mut buf = Vec::with_capacity(self.len());
+        for p in &self.parts {
+            buf.extend_from_slice(p);
+        }
+        String::from_utf8(buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+}
+
+/// Something for the writer to send.
+#[derive(Debug)]
+pub enum Out {
+    /// A text frame.
+    Text(Frame),
+    /// A WebSocket ping.
+    Ping,
+    /// A close frame with code and reason; the writer stops after it.
+    Close(u16, String),
+}
+
+/// Bounds of one connection's queue.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    /// Most bytes waiting at once.
+    pub max_bytes: usize,
+    /// Most frames waiting at once.
+    pub max_frames: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            max_bytes: 8 << 20,
+            max_frames: 65_536,
+        }
+    }
+}
+
+struct Queue {
+    items: VecDeque<Out>,
+    bytes: usize,
+    closed: bool,
+}
+
+/// One connection's outbound queue.
+pub struct Outbound {
+    queue: Mutex<Queue>,
+    ready: Notify,
+    closed: Notify,
+    limits: QueueLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl Outbound {
+    /// An empty queue.
+    pub fn new(limits: QueueLimits, metrics: Arc<Metrics>) -> Self {
+        Outbound {
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                bytes: 0,
+                closed: false,
+            }),
+            ready: Notify::new(),
+            closed: Notify::new(),
+            limits,
+            metrics,
+        }
+    }
+
+    /// Queues a frame if it fits within the bounds.
+    pub fn push(&self, frame: Frame) -> Result<(), Overflow> {
+        let len = frame.len();
+        let mut q = self.queue.lock();
+        if q.closed {
+            return Ok(());
+        }
+        if q.bytes + len > self.limits.max_bytes || q.items.len() >= self.limits.max_frames {
+            return Err(Overflow);
+        }
+        self.enqueue(&mut q, Out::Text(frame), len);
+        Ok(())
+    }
+
+    /// Queues a small control frame (an error, a completion) even when the
+    /// queue is full, so a client that is cut off learns why.
+    pub fn push_forced(&self, frame: Frame) {
+        let len = frame.len();
+        let mut q = self.queue.lock();
+        if !q.closed {
+            self.enqueue(&mut q, Out::Text(frame), len);
+        }
+    }
+
+    /// Queues a ping.
+    pub fn ping(&self) {
+        let mut q = self.queue.lock();
+        if !q.closed {
+            q.items.push_back(Out::Ping);
+            drop(q);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Queues a close frame; nothing queued after it is sent.
+    pub fn close_with(&self, code: u16, reason: &str) {
+        let mut q = self.queue.lock();
+        if !q.closed {
+            q.items.push_back(Out::Close(code, reason.to_string()));
+            q.closed = true;
+            drop(q);
+            self.ready.notify_one();
+        }
+    }
+
+    fn enqueue(&self, q: &mut Queue, out: Out, len: usize) {
+        q.items.push_back(out);
+        q.bytes += len;
+        self.metrics.queue_bytes.inc_by(len as i64);
+        self.metrics.frames_out.inc();
+        if q.items.len() == 1 {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Takes everything queued, waiting until there is something.
+    pub async fn next_batch(&self, batch: &mut Vec<Out>) {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut q = self.queue.lock();
+                if !q.items.is_empty() {
+                    batch.extend(q.items.drain(..));
+                    self.metrics.queue_bytes.dec_by(q.bytes as i64);
+                    q.bytes = 0;
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks the connection gone: later pushes are dropped silently because
+    /// nobody can read them, and waiters on [`Outbound::wait_closed`] wake.
+    pub fn shut(&self) {
+        let mut q = self.queue.lock();
+        q.closed = true;
+        self.metrics.queue_bytes.dec_by(q.bytes as i64);
+        q.bytes = 0;
+        q.items.clear();
+        drop(q);
+        self.closed.notify_waiters();
+        self.closed.notify_one();
+    }
+
+    /// Resolves once [`Outbound::shut`] was called.
+    pub async fn wait_closed(&self) {
+        self.closed.notified().await;
+    }
+
+    /// Bytes waiting now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_bytes_but_lets_control_frames_through() {
+        let q = Outbound::new(
+            QueueLimits {
+                max_bytes: 10,
+                max_frames: 100,
+            },
+            Arc::new(Metrics::new()),
+        );
+        assert!(q.push(Frame::text("123456")).is_ok());
+        assert_eq!(q.push(Frame::text("123456")), Err(Overflow));
+        q.push_forced(Frame::text("error"));
+        assert_eq!(q.queued_bytes(), 11);
+    }
+}

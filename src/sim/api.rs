@@ -1,0 +1,290 @@
+//! Handlers for resource requests: LIST/WATCH/create on collections and
+//! get/update/patch/delete on objects, answering exactly like the real server.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::sim::discovery;
+use crate::sim::error::ApiError;
+use crate::sim::http::AppState;
+use crate::sim::object::{WithoutTypeMeta, meta_str};
+use crate::sim::pagination::ContinueToken;
+use crate::sim::path::{self, ApiPath};
+use crate::sim::query::ListQuery;
+use crate::sim::resources::ResourceDef;
+use crate::sim::selector::Filter;
+use crate::sim::store::WatchFrom;
+use crate::sim::watch::{self, WatchSpec, WatchStart};
+
+/// A request under `/api/...` or `/apis/...`, already split up by axum.
+#[derive(Debug)]
+pub struct ApiRequest {
+    /// `true` for `/api/...` (core group), `false` for `/apis/...`.
+    pub core: bool,
+    /// The path after `/api` or `/apis`.
+    pub rest: String,
+    /// The raw query string.
+    pub query: Option<String>,
+    /// HTTP method.
+    pub method: Method,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Request body.
+    pub body: Bytes,
+}
+
+/// Routes an API request and renders any failure as a `Status`.
+pub fn handle(app: &AppState, request: ApiRequest) -> Response {
+    dispatch(app, request).unwrap_or_else(IntoResponse::into_response)
+}
+
+fn dispatch(app: &AppState, request: ApiRequest) -> Result<Response, ApiError> {
+    let get_only = |doc: Result<Value, ApiError>| match request.method {
+        Method::GET => doc.map(|d| Json(d).into_response()),
+        _ => Err(ApiError::method_not_allowed()),
+    };
+    match path::parse(request.core, &request.rest)? {
+        ApiPath::Group(group) => get_only(discovery::api_group(&group)),
+        ApiPath::Resources { group, version } => {
+            get_only(discovery::api_resource_list(&group, &version))
+        }
+        ApiPath::Collection { def, namespace } => match request.method {
+            Method::GET => {
+                let query = ListQuery::parse(request.query.as_deref())?;
+                if query.watch {
+                    start_watch(app, def, namespace, &query)
+                } else {
+                    list(app, def, namespace, &query)
+                }
+            }
+            Method::POST if namespace.is_some() || !def.namespaced => {
+                let object = parse_body(&request.body)?;
+                let created = app.store.create(def.plural, namespace.as_deref(), object)?;
+                Ok((StatusCode::CREATED, Json(created)).into_response())
+            }
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        ApiPath::Object {
+            def,
+            namespace,
+            name,
+        } => {
+            let ns = namespace.as_deref();
+            let object = match request.method {
+                Method::GET => app.store.get(def.plural, ns, &name)?,
+                Method::PUT => {
+                    let object = named_body(&request.body, &name)?;
+                    app.store.update(def.plural, ns, object)?
+                }
+                Method::PATCH => {
+                    check_patch_type(&request.headers)?;
+                    let patch = parse_body(&request.body)?;
+                    app.store.merge_patch(def.plural, ns, &name, &patch)?
+                }
+                Method::DELETE => {
+                    let deleted = app.store.delete(def.plural, ns, &name)?;
+                    if !def.delete_returns_object {
+                        return Ok(Json(DeleteStatus::new(def, &deleted, &name)).into_response());
+                    }
+                    deleted
+                }
+                _ => return Err(ApiError::method_not_allowed()),
+            };
+            Ok(Json(object).into_response())
+        }
+    }
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+/// A PUT body, whose name must match the URL's.
+fn named_body(body: &[u8], name: &str) -> Result<Value, ApiError> {
+    let mut object = parse_body(body)?;
+    match meta_str(&object, "name") {
+        Some(body_name) if body_name != name => Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        ))),
+        Some(_) => Ok(object),
+        None => {
+            if let Some(meta) = crate::sim::object::metadata_mut(&mut object) {
+                meta.insert("name".into(), name.into());
+            }
+            Ok(object)
+        }
+    }
+}
+
+/// Merge patches are implemented; strategic merge patches are applied as
+/// merge patches (identical except for lists with merge keys).
+fn check_patch_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    match media {
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => Ok(()),
+        _ => Err(ApiError::unsupported_media_type(content_type)),
+    }
+}
+
+fn list(
+    app: &AppState,
+    def: &'static ResourceDef,
+    namespace: Option<String>,
+    query: &ListQuery,
+) -> Result<Response, ApiError> {
+    app.metrics.list_requested(def.plural);
+    let filter = filter(def, namespace, query)?;
+    let token = query
+        .continue_token
+        .as_deref()
+        .map(ContinueToken::decode)
+        .transpose()?;
+    let page = app
+        .store
+        .list_page(def, &filter, query.limit, token.as_ref())?;
+    let remaining =
+        (page.continue_token.is_some() && !filter.has_selectors()).then_some(page.remaining);
+    let body = ListBody {
+        kind: format!("{}List", def.kind),
+        api_version: def.api_version(),
+        metadata: ListMeta {
+            resource_version: page.rv.to_string(),
+            continue_token: page.continue_token,
+            remaining_item_count: remaining,
+        },
+        items: page.items.iter().map(|o| WithoutTypeMeta(o)).collect(),
+    };
+    Ok(Json(body).into_response())
+}
+
+fn filter(
+    def: &'static ResourceDef,
+    namespace: Option<String>,
+    query: &ListQuery,
+) -> Result<Filter, ApiError> {
+    Filter::new(
+        def,
+        namespace.as_deref(),
+        query.label_selector.as_deref(),
+        query.field_selector.as_deref(),
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn start_watch(
+    app: &AppState,
+    def: &'static ResourceDef,
+    namespace: Option<String>,
+    query: &ListQuery,
+) -> Result<Response, ApiError> {
+    app.metrics.watch_requested(def.plural);
+    if let Some(failure) = app.faults.take_watch_failure() {
+        tracing::debug!(resource = def.plural, ?failure, "injected watch failure");
+        return Err(failure.error());
+    }
+    let filter = filter(def, namespace, query)?;
+    let rv = query.resource_version_number()?;
+    let start = if query.send_initial_events {
+        if query.resource_version_match.as_deref() != Some("NotOlderThan") {
+            return Err(ApiError::invalid(
+                "sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan",
+            ));
+        }
+        WatchStart {
+            from: WatchFrom::CurrentState,
+            min_rv: rv.unwrap_or(0),
+            initial_events_end: true,
+        }
+    } else {
+        WatchStart {
+            from: rv.map_or(WatchFrom::CurrentState, WatchFrom::After),
+            min_rv: rv.unwrap_or(0),
+            initial_events_end: false,
+        }
+    };
+    let timeout = match query.timeout {
+        Some(t) if !t.is_zero() => t.min(app.settings.watch_timeout),
+        _ => app.settings.watch_timeout,
+    };
+    Ok(watch::response(WatchSpec {
+        store: Arc::clone(&app.store),
+        def,
+        filter,
+        start,
+        deadline: tokio::time::Instant::now() + timeout,
+        bookmark_interval: query
+            .allow_bookmarks
+            .then_some(app.settings.bookmark_interval),
+        cancel: app.faults.watch_token(),
+        stall: app.faults.stall_receiver(),
+        guard: app.metrics.watch_opened(def.plural),
+    }))
+}
+
+#[derive(Serialize)]
+struct ListBody<'a> {
+    kind: String,
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    metadata: ListMeta,
+    items: Vec<WithoutTypeMeta<'a>>,
+}
+
+#[derive(Serialize)]
+struct ListMeta {
+    #[serde(rename = "resourceVersion")]
+    resource_version: String,
+    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
+    continue_token: Option<String>,
+    #[serde(rename = "remainingItemCount", skip_serializing_if = "Option::is_none")]
+    remaining_item_count: Option<usize>,
+}
+
+/// The `Status` of `Success` some types answer DELETE with.
+#[derive(Serialize)]
+struct DeleteStatus {
+    kind: &'static str,
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    metadata: Map<String, Value>,
+    status: &'static str,
+    details: Map<String, Value>,
+}
+
+impl DeleteStatus {
+    fn new(def: &ResourceDef, deleted: &Value, name: &str) -> Self {
+        let mut details = Map::new();
+        details.insert("name".into(), name.into());
+        if !def.group.is_empty() {
+            details.insert("group".into(), def.group.into());
+        }
+        details.insert("kind".into(), def.plural.into());
+        if let Some(uid) = meta_str(deleted, "uid") {
+            details.insert("uid".into(), uid.into());
+        }
+        DeleteStatus {
+            kind: "Status",
+            api_version: "v1",
+            metadata: Map::new(),
+            status: "Success",
+            details,
+        }
+    }
+}

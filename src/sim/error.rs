@@ -1,0 +1,250 @@
+//! Errors: [`ApiError`] is what the Kubernetes API returns as a `Status`
+//! object; [`SimError`] is what can go wrong running the simulator itself.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+
+use crate::sim::resources::ResourceDef;
+
+/// A Kubernetes API failure, rendered as a `Status` object with the matching
+/// HTTP code so that clients (notably `kube`) decode it exactly as they would
+/// a real API server's error.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{reason} ({code}): {message}")]
+pub struct ApiError {
+    /// HTTP status code, also written as `code` in the Status body.
+    pub code: u16,
+    /// Machine-readable `reason` (`NotFound`, `Conflict`, `Expired`, ...).
+    pub reason: &'static str,
+    /// Human-readable message, worded like the real server's.
+    pub message: String,
+    /// Optional `details` (name, group, kind, retryAfterSeconds).
+    pub details: Option<StatusDetails>,
+}
+
+impl ApiError {
+    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    fn with_details(mut self, details: StatusDetails) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// 400: the request could not be understood (bad selector, bad body).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+
+    /// 404 for a path or resource type the server does not serve.
+    pub fn unknown_resource() -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    }
+
+    /// 404 for a named object that does not exist.
+    pub fn not_found(def: &ResourceDef, name: &str) -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", def.qualified_name()),
+        )
+        .with_details(object_details(def, name))
+    }
+
+    /// 409 when creating an object whose name is taken.
+    pub fn already_exists(def: &ResourceDef, name: &str) -> Self {
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", def.qualified_name()),
+        )
+        .with_details(object_details(def, name))
+    }
+
+    /// 409 when an update's resourceVersion precondition fails.
+    pub fn conflict(def: &ResourceDef, name: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; \
+                 please apply your changes to the latest version and try again",
+                def.qualified_name()
+            ),
+        )
+        .with_details(object_details(def, name))
+    }
+
+    /// 410 when a resourceVersion is older than the retained history.
+    pub fn too_old(requested: u64, oldest: u64) -> Self {
+        Self::new(
+            410,
+            "Expired",
+            format!("too old resource version: {requested} ({oldest})"),
+        )
+    }
+
+    /// 410 Expired with a custom message (injected faults).
+    pub fn expired(message: impl Into<String>) -> Self {
+        Self::new(410, "Expired", message)
+    }
+
+    /// 410 when a continue token's snapshot has been compacted away.
+    pub fn continue_expired() -> Self {
+        Self::new(
+            410,
+            "Expired",
+            "The provided continue parameter is too old to display a consistent list result. \
+             You can start a new list without the continue parameter.",
+        )
+    }
+
+    /// 405 for a verb the path does not support.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
+    }
+
+    /// 415 for a PATCH content type the simulator does not implement.
+    pub fn unsupported_media_type(content_type: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"
+            ),
+        )
+    }
+
+    /// 422 for a semantically invalid request or object.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(422, "Invalid", message)
+    }
+
+    /// 429 with a retry hint, as priority-and-fairness throttling answers.
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+        Self::new(
+            429,
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        )
+        .with_details(StatusDetails {
+            retry_after_seconds: Some(retry_after_secs),
+            ..StatusDetails::default()
+        })
+    }
+
+    /// 500 for an injected or unexpected server failure.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+        )
+    }
+
+    /// The `Status` object, fields in the order the real API server writes
+    /// them.
+    pub fn status(&self) -> StatusBody<'_> {
+        StatusBody {
+            kind: "Status",
+            api_version: "v1",
+            metadata: Map::new(),
+            status: "Failure",
+            message: &self.message,
+            reason: self.reason,
+            details: self.details.as_ref(),
+            code: self.code,
+        }
+    }
+
+    /// The `Retry-After` seconds to send as a header, if any.
+    fn retry_after(&self) -> Option<u64> {
+        self.details.as_ref().and_then(|d| d.retry_after_seconds)
+    }
+}
+
+/// Serialised form of a failure `Status` (see [`ApiError::status`]).
+#[derive(Debug, serde::Serialize)]
+pub struct StatusBody<'a> {
+    kind: &'static str,
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    metadata: Map<String, Value>,
+    status: &'static str,
+    message: &'a str,
+    reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a StatusDetails>,
+    code: u16,
+}
+
+fn object_details(def: &ResourceDef, name: &str) -> StatusDetails {
+    StatusDetails {
+        name: Some(name.to_string()),
+        group: (!def.group.is_empty()).then_some(def.group),
+        kind: Some(def.plural),
+        retry_after_seconds: None,
+    }
+}
+
+/// `Status.details`, fields in the real server's order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatusDetails {
+    /// Name of the object concerned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// API group of the object, if not core.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<&'static str>,
+    /// Resource (plural) of the object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// Seconds to wait before retrying.
+    #[serde(rename = "retryAfterSeconds", skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (code, axum::Json(self.status())).into_response();
+        if let Some(secs) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// Failures starting or running the simulator.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The listen address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address that was requested.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Seeding the initial population failed (a bug in the population table).
+    #[error("seeding the initial population: {0}")]
+    Populate(#[from] ApiError),
+}

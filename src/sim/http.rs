@@ -1,0 +1,123 @@
+//! The axum router: discovery, resources, `/metrics` and the `/_sim/` fault
+//! and churn controls.
+//!
+//! Seam for later work: per-request identity (bearer token → user) belongs in
+//! a middleware layer added in [`router`], stored as a request extension that
+//! [`crate::sim::api`] reads; TokenReview/SubjectAccessReview are new rows in
+//! the resource table plus a create-only handler in `api`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+
+use crate::sim::api::{self, ApiRequest};
+use crate::sim::churn::ChurnControl;
+use crate::sim::discovery;
+use crate::sim::error::ApiError;
+use crate::sim::faults::Faults;
+use crate::sim::metrics::Metrics;
+use crate::sim::store::Store;
+
+/// Largest request body accepted (objects are small).
+const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// Server-wide watch settings taken from [`crate::sim::SimConfig`].
+#[derive(Debug, Clone, Copy)]
+pub struct WatchSettings {
+    /// Maximum lifetime of any watch.
+    pub watch_timeout: Duration,
+    /// Interval between BOOKMARK events when the client allows them.
+    pub bookmark_interval: Duration,
+}
+
+/// Shared state of every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The object store.
+    pub store: Arc<Store>,
+    /// Request and watch metrics.
+    pub metrics: Arc<Metrics>,
+    /// Fault switches.
+    pub faults: Arc<Faults>,
+    /// Churn rate control.
+    pub churn: ChurnControl,
+    /// The address clients reach the server at.
+    pub addr: SocketAddr,
+    /// Watch timeouts and bookmark cadence.
+    pub settings: WatchSettings,
+}
+
+/// Builds the complete router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/version",
+            get(|| async { axum::Json(discovery::version()) }),
+        )
+        .route("/api", get(api_versions))
+        .route(
+            "/apis",
+            get(|| async { axum::Json(discovery::api_group_list()) }),
+        )
+        .route("/api/{*rest}", any(core_api))
+        .route("/apis/{*rest}", any(group_api))
+        .route("/metrics", get(metrics))
+        .nest("/_sim", crate::sim::admin::router())
+        .fallback(|| async { ApiError::unknown_resource() })
+        .with_state(state)
+}
+
+async fn api_versions(State(app): State<AppState>) -> Response {
+    axum::Json(discovery::api_versions(app.addr)).into_response()
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let mut response = app.metrics.encode().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+async fn core_api(State(app): State<AppState>, request: Request) -> Response {
+    resource_request(&app, true, request).await
+}
+
+async fn group_api(State(app): State<AppState>, request: Request) -> Response {
+    resource_request(&app, false, request).await
+}
+
+async fn resource_request(app: &AppState, core: bool, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let prefix = if core { "/api" } else { "/apis" };
+    let rest = parts
+        .uri
+        .path()
+        .strip_prefix(prefix)
+        .unwrap_or("")
+        .to_string();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(body) => body,
+        Err(e) => {
+            return ApiError::bad_request(format!("reading the request body: {e}")).into_response();
+        }
+    };
+    api::handle(
+        app,
+        ApiRequest {
+            core,
+            rest,
+            query: parts.uri.query().map(str::to_string),
+            method: parts.method,
+            headers: parts.headers,
+            body,
+        },
+    )
+}

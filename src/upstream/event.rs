@@ -1,0 +1,464 @@
+//! Watch events, parsed once and kept as shared bytes.
+//!
+//! An upstream event is parsed exactly once, for the few fields the hub needs
+//! (type, namespace/name, resourceVersion). Its raw JSON stays a
+//! [`Bytes`] slice of the line the API server sent, so fan-out to thousands of
+//! subscribers clones a reference count instead of re-serialising the object.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::OnceLock;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The `type` of a Kubernetes watch event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// An object was created (or is reported as part of an initial state).
+    Added,
+    /// An object changed.
+    Modified,
+    /// An object was deleted; the event carries its last state.
+    Deleted,
+    /// A progress marker carrying only a resourceVersion.
+    Bookmark,
+    /// An in-band error, carrying a `Status` object.
+    Error,
+}
+
+impl EventType {
+    /// The wire spelling of the type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+            EventType::Bookmark => "BOOKMARK",
+            EventType::Error => "ERROR",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ADDED" => EventType::Added,
+            "MODIFIED" => EventType::Modified,
+            "DELETED" => EventType::Deleted,
+            "BOOKMARK" => EventType::Bookmark,
+            "ERROR" => EventType::Error,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why bytes could not be read as a watch event or list.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// The bytes are not the JSON shape of a watch event or list.
+    #[error("malformed JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The event's `type` is not one Kubernetes defines.
+    #[error("unknown watch event type {0:?}")]
+    UnknownType(String),
+    /// An object lacks `metadata.name`.
+    #[error("object without metadata.name")]
+    MissingName,
+}
+
+/// One watch event: its type, identity, resourceVersion and raw bytes.
+pub struct WatchEvent {
+    kind: EventType,
+    key: Box<str>,
+    resource_version: Box<str>,
+    rv: Option<u64>,
+    line: Bytes,
+    object: Bytes,
+    json_string: OnceLock<Bytes>,
+}
+
+impl fmt::Debug for WatchEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatchEvent")
+            .field("kind", &self.kind)
+            .field("key", &self.key)
+            .field("resource_version", &self.resource_version)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    object: &'a RawValue,
+}
+
+#[derive(Deserialize, Default)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    metadata: Meta<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Meta<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    resource_version: Option<Cow<'a, str>>,
+}
+
+/// The position of `inner` inside `outer`, which must contain it.
+fn offset_in(outer: &[u8], inner: &str) -> usize {
+    inner.as_ptr() as usize - outer.as_ptr() as usize
+}
+
+/// The store key of an object: `namespace/name`, or `name` when cluster-scoped.
+pub fn object_key(namespace: Option<&str>, name: &str) -> Box<str> {
+    match namespace {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{name}").into_boxed_str(),
+        _ => name.into(),
+    }
+}
+
+impl WatchEvent {
+    /// Parses one line of a watch stream, keeping `line` as the event's bytes.
+    pub fn parse_line(line: Bytes) -> Result<WatchEvent, ParseError> {
+        let parsed: Line<'_> = serde_json::from_slice(&line)?;
+        let kind = EventType::parse(&parsed.kind)
+            .ok_or_else(|| ParseError::UnknownType(parsed.kind.to_string()))?;
+        let raw = parsed.object.get();
+        let start = offset_in(&line, raw);
+        let object = line.slice(start..start + raw.len());
+        let head: Head<'_> = if kind == EventType::Error {
+            Head::default()
+        } else {
+            serde_json::from_str(raw)?
+        };
+        let (key, resource_version) = identity(&head, kind)?;
+        Ok(WatchEvent {
+            kind,
+            rv: resource_version.parse().ok(),
+            key,
+            resource_version,
+            line: line.clone(),
+            object,
+            json_string: OnceLock::new(),
+        })
+    }
+
+    /// Builds an event around an object's raw JSON, as kubemux itself sends it
+    /// (initial `ADDED` events, relist differences).
+    pub fn synthesize(kind: EventType, object: &[u8]) -> Result<WatchEvent, ParseError> {
+        let head: Head<'_> = serde_json::from_slice(object)?;
+        let (key, resource_version) = identity(&head, kind)?;
+        Ok(Self::assemble(kind, object, key, resource_version))
+    }
+
+    /// A `BOOKMARK` event for `resource_version`, optionally marking the end of
+    /// the initial events of a watch-list request.
+    pub fn bookmark(
+        kind: &str,
+        api_version: &str,
+        resource_version: &str,
+        initial_events_end: bool,
+    ) -> WatchEvent {
+        let mut metadata = serde_json::json!({ "resourceVersion": resource_version });
+        if initial_events_end {
+            metadata["annotations"] = serde_json::json!({"k8s.io/initial-events-end": "true"});
+        }
+        let object =
+            serde_json::json!({"kind": kind, "apiVersion": api_version, "metadata": metadata});
+        Self::assemble(
+            EventType::Bookmark,
+            object.to_string().as_bytes(),
+            "".into(),
+            resource_version.into(),
+        )
+    }
+
+    /// The in-band `410 Gone` event the API server sends for a too-old version.
+    pub fn expired(message: &str) -> WatchEvent {
+        let object = serde_json::json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": "Expired",
+            "code": 410
+        });
+        Self::assemble(
+            EventType::Error,
+            object.to_string().as_bytes(),
+            "".into(),
+            "".into(),
+        )
+    }
+
+    fn assemble(
+        kind: EventType,
+        object: &[u8],
+        key: Box<str>,
+        resource_version: Box<str>,
+    ) -> WatchEvent {
+        let mut buf = BytesMut::with_capacity(object.len() + 32);
+        buf.put_slice(b"{\"type\":\"");
+        buf.put_slice(kind.as_str().as_bytes());
+        buf.put_slice(b"\",\"object\":");
+        let start = buf.len();
+        buf.put_slice(object);
+        let end = buf.len();
+        buf.put_slice(b"}");
+        let line = buf.freeze();
+        WatchEvent {
+            kind,
+            rv: resource_version.parse().ok(),
+            key,
+            resource_version,
+            object: line.slice(start..end),
+            line,
+            json_string: OnceLock::new(),
+        }
+    }
+
+    /// The event type.
+    pub fn kind(&self) -> EventType {
+        self.kind
+    }
+
+    /// `namespace/name` (or `name`) of the object; empty for bookmarks and errors.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// `metadata.resourceVersion` as sent.
+    pub fn resource_version(&self) -> &str {
+        &self.resource_version
+    }
+
+    /// The resourceVersion as an integer, when it is one (etcd-backed clusters).
+    pub fn rv(&self) -> Option<u64> {
+        self.rv
+    }
+
+    /// The raw JSON of the object.
+    pub fn object(&self) -> &Bytes {
+        &self.object
+    }
+
+    /// The whole event, `{"type":…,"object":…}`, as raw JSON.
+    pub fn line(&self) -> &Bytes {
+        &self.line
+    }
+
+    /// The whole event encoded as a JSON string literal (quotes included),
+    /// computed once and shared by every subscriber that embeds it.
+    pub fn json_string(&self) -> &Bytes {
+        self.json_string.get_or_init(|| {
+            let text = String::from_utf8_lossy(&self.line);
+            Bytes::from(serde_json::to_vec(text.as_ref()).unwrap_or_default())
+        })
+    }
+
+    /// The same object as an event of another type (a stored object replayed as `ADDED`).
+    pub fn retyped(&self, kind: EventType) -> WatchEvent {
+        Self::assemble(
+            kind,
+            &self.object,
+            self.key.clone(),
+            self.resource_version.clone(),
+        )
+    }
+}
+
+fn identity(head: &Head<'_>, kind: EventType) -> Result<(Box<str>, Box<str>), ParseError> {
+    let rv: Box<str> = head
+        .metadata
+        .resource_version
+        .as_deref()
+        .unwrap_or_default()
+        .into();
+    match kind {
+        EventType::Bookmark | EventType::Error => Ok(("".into(), rv)),
+        _ => {
+            let name = head
+                .metadata
+                .name
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .ok_or(ParseError::MissingName)?;
+            Ok((object_key(head.metadata.namespace.as_deref(), name), rv))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ListBody<'a> {
+    #[serde(borrow, default)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default, rename = "apiVersion")]
+    api_version: Cow<'a, str>,
+    #[serde(borrow, default)]
+    metadata: ListMeta<'a>,
+    #[serde(borrow, default)]
+    items: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ListMeta<'a> {
+    #[serde(borrow, default)]
+    resource_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "continue")]
+    continue_token: Option<Cow<'a, str>>,
+}
+
+/// One page of a LIST response.
+#[derive(Debug)]
+pub struct ListPage {
+    /// Kind of the items (`Pod` for a `PodList`).
+    pub item_kind: String,
+    /// `apiVersion` of the list and its items.
+    pub api_version: String,
+    /// `metadata.resourceVersion` of the list.
+    pub resource_version: String,
+    /// Token for the next page, if any.
+    pub continue_token: Option<String>,
+    /// The items as `ADDED` events, each with `kind` and `apiVersion` filled in
+    /// (the API server leaves them out of list items, but watch events carry them).
+    pub items: Vec<WatchEvent>,
+}
+
+/// Parses a LIST response body.
+pub fn parse_list(body: &[u8]) -> Result<ListPage, ParseError> {
+    let list: ListBody<'_> = serde_json::from_slice(body)?;
+    let item_kind = list
+        .kind
+        .strip_suffix("List")
+        .unwrap_or(&list.kind)
+        .to_string();
+    let prefix = format!(
+        "{{\"kind\":{},\"apiVersion\":{}",
+        serde_json::to_string(&item_kind)?,
+        serde_json::to_string(list.api_version.as_ref())?
+    );
+    let mut items = Vec::with_capacity(list.items.len());
+    let mut buf = Vec::new();
+    for raw in list.items {
+        let text = raw.get();
+        buf.clear();
+        if has_kind(raw) {
+            buf.extend_from_slice(text.as_bytes());
+        } else {
+            let rest = text
+                .trim_start()
+                .strip_prefix('{')
+                .unwrap_or(text)
+                .trim_start();
+            buf.extend_from_slice(prefix.as_bytes());
+            if !rest.starts_with('}') {
+                buf.push(b',');
+            }
+            buf.extend_from_slice(rest.as_bytes());
+        }
+        items.push(WatchEvent::synthesize(EventType::Added, &buf)?);
+    }
+    Ok(ListPage {
+        item_kind,
+        api_version: list.api_version.into_owned(),
+        resource_version: list
+            .metadata
+            .resource_version
+            .map(Cow::into_owned)
+            .unwrap_or_default(),
+        continue_token: list
+            .metadata
+            .continue_token
+            .map(Cow::into_owned)
+            .filter(|c| !c.is_empty()),
+        items,
+    })
+}
+
+/// Whether an item already carries `kind` (some aggregated APIs include it).
+fn has_kind(raw: &RawValue) -> bool {
+    #[derive(Deserialize)]
+    struct Kind<'a> {
+        #[serde(borrow, default)]
+        kind: Option<Cow<'a, str>>,
+    }
+    serde_json::from_str::<Kind<'_>>(raw.get())
+        .map(|k| k.kind.is_some())
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_line_without_copying_the_object() {
+        let line = Bytes::from_static(
+            br#"{"type":"MODIFIED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"a","namespace":"ns","resourceVersion":"42"}}}"#,
+        );
+        let ev = WatchEvent::parse_line(line.clone()).unwrap();
+        assert_eq!(ev.kind(), EventType::Modified);
+        assert_eq!(ev.key(), "ns/a");
+        assert_eq!(ev.rv(), Some(42));
+        assert!(ev.object().starts_with(b"{\"kind\":\"Pod\""));
+        assert_eq!(ev.object().as_ptr() as usize - line.as_ptr() as usize, 28);
+        let s: String = serde_json::from_slice(ev.json_string()).unwrap();
+        assert_eq!(s.as_bytes(), &line[..]);
+    }
+
+    #[test]
+    fn rejects_bad_lines() {
+        assert!(WatchEvent::parse_line(Bytes::from_static(b"{")).is_err());
+        assert!(matches!(
+            WatchEvent::parse_line(Bytes::from_static(br#"{"type":"NOPE","object":{}}"#)),
+            Err(ParseError::UnknownType(_))
+        ));
+        assert!(matches!(
+            WatchEvent::parse_line(Bytes::from_static(
+                br#"{"type":"ADDED","object":{"metadata":{}}}"#
+            )),
+            Err(ParseError::MissingName)
+        ));
+    }
+
+    #[test]
+    fn list_items_gain_kind_and_api_version() {
+        let body = br#"{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"7","continue":"x"},"items":[{"metadata":{"name":"a","namespace":"d","resourceVersion":"5"}},{}]}"#;
+        let page = parse_list(body);
+        assert!(page.is_err(), "an item without a name is rejected");
+        let body = br#"{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"7","continue":"x"},"items":[{"metadata":{"name":"a","namespace":"d","resourceVersion":"5"}}]}"#;
+        let page = parse_list(body).unwrap();
+        assert_eq!(page.item_kind, "Pod");
+        assert_eq!(page.resource_version, "7");
+        assert_eq!(page.continue_token.as_deref(), Some("x"));
+        let obj: serde_json::Value = serde_json::from_slice(page.items[0].object()).unwrap();
+        assert_eq!(obj["kind"], "Pod");
+        assert_eq!(obj["apiVersion"], "v1");
+        assert_eq!(obj["metadata"]["name"], "a");
+    }
+
+    #[test]
+    fn expired_event_matches_the_api_server() {
+        let ev = WatchEvent::expired("too old resource version: 1 (5)");
+        let v: serde_json::Value = serde_json::from_slice(ev.line()).unwrap();
+        assert_eq!(v["type"], "ERROR");
+        assert_eq!(v["object"]["code"], 410);
+        assert_eq!(v["object"]["reason"], "Expired");
+    }
+}

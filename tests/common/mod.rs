@@ -1,0 +1,235 @@
+//! Test harness: a simulated API server and the real proxy on loopback, and a
+//! Headlamp-speaking WebSocket client.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use kubemux::cluster::Registry;
+use kubemux::hub::{Hub, HubConfig};
+use kubemux::metrics::Metrics;
+use kubemux::server::{Server, ServerConfig};
+use kubemux::sim::{SimConfig, SimServer};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Generous upper bound for anything a test waits for; never asserted as a speed.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub const CLUSTER: &str = "sim";
+
+pub struct Env {
+    pub sim: SimServer,
+    pub server: Server,
+    pub hub: Hub,
+}
+
+pub fn quick_hub() -> HubConfig {
+    HubConfig {
+        linger: Duration::from_millis(200),
+        ..HubConfig::default()
+    }
+}
+
+pub async fn start(sim: SimConfig, hub: HubConfig, server: ServerConfig) -> Env {
+    let sim = SimServer::start(sim).await.expect("sim starts");
+    let registry = Arc::new(Registry::new());
+    registry
+        .load_kubeconfig_text(&sim.kubeconfig(CLUSTER), "test")
+        .await
+        .expect("kubeconfig loads");
+    let hub = Hub::new(hub, registry, Arc::new(Metrics::new()));
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), hub.clone(), server)
+        .await
+        .expect("proxy starts");
+    Env { sim, server, hub }
+}
+
+pub async fn start_default() -> Env {
+    start(SimConfig::default(), quick_hub(), ServerConfig::default()).await
+}
+
+impl Env {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/wsMultiplexer", self.server.addr())
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.ws_url()).await
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        http_get(self.server.addr(), "/metrics").await
+    }
+
+    /// Polls `f` until it holds; panics with `what` after [`PATIENCE`].
+    pub async fn eventually(&self, what: &str, f: impl Fn() -> bool) {
+        eventually(what, f).await
+    }
+}
+
+pub async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !f() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("gave up waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a plain socket.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The value of a metric line like `name{labels} value` in exposition text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connects");
+        Client { ws }
+    }
+
+    pub async fn send(&mut self, msg: Value) {
+        self.ws.send(Message::text(msg.to_string())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_string())).await.unwrap();
+    }
+
+    pub async fn request(&mut self, path: &str, query: &str) {
+        self.send(json!({"clusterId": CLUSTER, "path": path, "query": query, "userId": "u", "type": "REQUEST"}))
+            .await;
+    }
+
+    pub async fn close(&mut self, path: &str, query: &str) {
+        self.send(json!({"clusterId": CLUSTER, "path": path, "query": query, "userId": "u", "type": "CLOSE"}))
+            .await;
+    }
+
+    /// The next text frame as JSON, or `None` if the socket closed.
+    pub async fn next(&mut self) -> Option<Value> {
+        self.next_within(PATIENCE).await
+    }
+
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(wait, self.ws.next()).await.ok()??;
+            match msg {
+                Ok(Message::Text(t)) => {
+                    return Some(serde_json::from_str(&t).expect("frames are JSON"));
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// The next frame, which must exist.
+    pub async fn frame(&mut self) -> Value {
+        self.next().await.expect("a frame before the deadline")
+    }
+
+    /// The next DATA frame's watch event.
+    pub async fn event(&mut self) -> (Value, Value) {
+        let frame = self.frame().await;
+        assert_eq!(frame["type"], "DATA", "expected DATA, got {frame}");
+        let ev: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+        (frame, ev)
+    }
+
+    /// Reads events until `n` have arrived.
+    pub async fn events(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            out.push(self.event().await.1);
+        }
+        out
+    }
+}
+
+/// Objects by `namespace/name`, built by applying watch events.
+#[derive(Default, Debug, Clone)]
+pub struct Applied {
+    pub objects: BTreeMap<String, Value>,
+}
+
+pub fn object_key(obj: &Value) -> String {
+    let md = &obj["metadata"];
+    match md["namespace"].as_str() {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{}", md["name"].as_str().unwrap()),
+        _ => md["name"].as_str().unwrap().to_string(),
+    }
+}
+
+impl Applied {
+    pub fn apply(&mut self, ev: &Value) {
+        let obj = &ev["object"];
+        match ev["type"].as_str().unwrap() {
+            "ADDED" | "MODIFIED" => {
+                self.objects.insert(object_key(obj), obj.clone());
+            }
+            "DELETED" => {
+                self.objects.remove(&object_key(obj));
+            }
+            _ => {}
+        }
+    }
+
+    /// `key -> resourceVersion`, for comparing with the server's state.
+    pub fn versions(&self) -> BTreeMap<String, String> {
+        self.objects
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+pub fn versions_of(objects: &[Value]) -> BTreeMap<String, String> {
+    objects
+        .iter()
+        .map(|o| {
+            (
+                object_key(o),
+                o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
