@@ -106,7 +106,11 @@ fn churn(env: &Env, step: u64, n: u8) {
     let store = env.sim.store();
     for i in 0..n as u64 {
         let x = step * 31 + i * 7;
-        let ns = if x.is_multiple_of(2) { "default" } else { "team-a" };
+        let ns = if x.is_multiple_of(2) {
+            "default"
+        } else {
+            "team-a"
+        };
         let name = format!("p-{}", x % 6);
         let r = match x % 3 {
             0 => store.create(

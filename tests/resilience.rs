@@ -33,7 +33,8 @@ fn churning() -> SimConfig {
 }
 
 /// Follows one subscription: applies DATA events, counts ERROR frames, and
-/// checks that versions only move forward after the snapshot.
+/// checks that versions only move forward after the initial state (which
+/// ends with the `initial-events-end` bookmark).
 struct Follower {
     client: Client,
     query: String,
@@ -41,25 +42,26 @@ struct Follower {
     errors: Vec<String>,
     last_rv: u64,
     live_events: usize,
-    snapshot_left: usize,
+    in_snapshot: bool,
 }
 
 impl Follower {
-    async fn start(env: &Env, path: &str, query: &str, resource: &str) -> Follower {
-        let (objects, _) = env.sim.store().list(resource, None, None, None).unwrap();
+    async fn start(env: &Env, path: &str, extra: &str) -> Follower {
+        let query =
+            format!("watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan{extra}");
         let mut client = env.client().await;
-        client.request(path, query).await;
+        client.request(path, &query).await;
         let mut f = Follower {
             client,
-            query: query.to_string(),
+            query,
             applied: Applied::default(),
             errors: Vec::new(),
             last_rv: 0,
             live_events: 0,
-            snapshot_left: objects.len(),
+            in_snapshot: true,
         };
-        while f.snapshot_left > 0 {
-            f.read(PATIENCE).await;
+        while f.in_snapshot {
+            assert!(f.read(PATIENCE).await, "initial state arrives");
         }
         f
     }
@@ -82,9 +84,16 @@ impl Follower {
                     .unwrap()
                     .parse()
                     .unwrap();
-                if self.snapshot_left > 0 {
-                    self.snapshot_left -= 1;
-                } else {
+                if ev["type"] == "BOOKMARK" {
+                    let marker =
+                        &ev["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"];
+                    if marker == "true" {
+                        self.in_snapshot = false;
+                        self.last_rv = rv;
+                    }
+                    return true;
+                }
+                if !self.in_snapshot {
                     assert!(
                         rv > self.last_rv,
                         "versions move forward: {rv} after {}",
@@ -92,7 +101,9 @@ impl Follower {
                     );
                     self.live_events += 1;
                 }
-                self.last_rv = self.last_rv.max(rv);
+                if !self.in_snapshot {
+                    self.last_rv = rv;
+                }
                 self.applied.apply(&ev);
             }
             "ERROR" => {
@@ -132,7 +143,7 @@ impl Follower {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_upstream_watches_are_invisible() {
     let env = start(churning(), fast_retries(), ServerConfig::default()).await;
-    let mut f = Follower::start(&env, "/api/v1/pods", "watch=1", "pods").await;
+    let mut f = Follower::start(&env, "/api/v1/pods", "").await;
     f.read_live(20).await;
     assert_eq!(env.sim.watch_requests("pods"), 1);
     env.sim.faults().drop_watches();
@@ -147,7 +158,7 @@ async fn dropped_upstream_watches_are_invisible() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_410_relists_and_subscribers_stay_exact() {
     let env = start(churning(), fast_retries(), ServerConfig::default()).await;
-    let mut f = Follower::start(&env, "/api/v1/pods", "watch=1", "pods").await;
+    let mut f = Follower::start(&env, "/api/v1/pods", "").await;
     f.read_live(20).await;
     env.sim.faults().fail_next_watches(1, WatchFailure::Expired);
     env.sim.faults().drop_watches();
@@ -173,7 +184,7 @@ async fn compaction_while_disconnected_relists_without_a_client_410() {
         ServerConfig::default(),
     )
     .await;
-    let mut f = Follower::start(&env, "/api/v1/pods", "watch=1", "pods").await;
+    let mut f = Follower::start(&env, "/api/v1/pods", "").await;
     env.sim.faults().stall_watches();
     for i in 0..5 {
         let obj = json!({"metadata": {"name": format!("during-{i}"), "namespace": "default"}, "spec": {"containers": []}});
@@ -197,8 +208,8 @@ async fn compaction_while_disconnected_relists_without_a_client_410() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_give_one_error_per_subscription_then_resume() {
     let env = start(churning(), fast_retries(), ServerConfig::default()).await;
-    let mut f = Follower::start(&env, "/api/v1/pods", "watch=1", "pods").await;
-    let mut g = Follower::start(&env, "/api/v1/nodes", "watch=1", "nodes").await;
+    let mut f = Follower::start(&env, "/api/v1/pods", "").await;
+    let mut g = Follower::start(&env, "/api/v1/nodes", "").await;
     f.read_live(10).await;
     env.sim
         .faults()
@@ -246,13 +257,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_get_everything() {
     .await;
     let mut stuck = env.client().await;
     stuck.request("/api/v1/configmaps", "watch=1").await;
-    let mut reader = Follower::start(
-        &env,
-        "/api/v1/configmaps",
-        "watch=1&allowWatchBookmarks=false",
-        "configmaps",
-    )
-    .await;
+    let mut reader = Follower::start(&env, "/api/v1/configmaps", "&timeoutSeconds=3600").await;
     let payload = "x".repeat(2048);
     let store = env.sim.store().clone();
     const N: usize = 8_000;

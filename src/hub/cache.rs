@@ -174,29 +174,31 @@ impl Cache {
             .into_iter()
             .map(|ev| (Box::<str>::from(ev.key()), ev))
             .collect();
-        let mut diff = Vec::new();
-        let gone: Vec<Box<str>> = self
-            .objects
-            .keys()
-            .filter(|k| !fresh.contains_key(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            if let Some(old) = self.objects.get(&key) {
-                diff.push(deleted_at(&old.last, &list_rv));
+        let mut changed = Vec::new();
+        let mut gone = Vec::new();
+        for (key, old) in &self.objects {
+            if !fresh.contains_key(key) {
+                gone.push(deleted_at(&old.last, &list_rv));
             }
         }
         for (key, ev) in std::mem::take(&mut fresh) {
             match self.objects.get(&key) {
                 Some(old) if old.last.resource_version() == ev.resource_version() => {}
-                Some(_) => diff.push(ev.retyped(EventType::Modified)),
-                None => diff.push(ev),
+                Some(_) => changed.push(ev.retyped(EventType::Modified)),
+                None => changed.push(ev),
             }
         }
-        let position = list_rv.parse::<u64>().unwrap_or(self.latest_num);
-        let out: Vec<Arc<WatchEvent>> = diff
+        // In version order, deletions (stamped with the listing's version)
+        // last, so a client tracking the latest version never goes back.
+        changed.sort_by_key(|ev| ev.rv());
+        let list_position = list_rv.parse::<u64>().unwrap_or(self.latest_num);
+        let out: Vec<Arc<WatchEvent>> = changed
             .into_iter()
-            .map(|ev| self.apply_at(ev, position))
+            .chain(gone)
+            .map(|ev| {
+                let position = ev.rv().unwrap_or(list_position);
+                self.apply_at(ev, position)
+            })
             .collect();
         self.note_version(&list_rv);
         out
@@ -387,13 +389,14 @@ mod tests {
         assert_eq!(
             names(&diff),
             [
-                "DELETED:d/gone@20",
                 "MODIFIED:d/change@15",
-                "ADDED:d/new@16"
+                "ADDED:d/new@16",
+                "DELETED:d/gone@20"
             ]
         );
         assert_eq!(c.len(), 3);
         assert_eq!(c.latest(), "20");
+        assert!(matches!(c.start(Some("15"), false), Start::Replay(r) if r.len() == 2));
         assert!(matches!(c.start(Some("10"), false), Start::Replay(r) if r.len() == 3));
         assert!(matches!(c.start(Some("20"), false), Start::Replay(r) if r.is_empty()));
     }
