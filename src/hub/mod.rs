@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod key;
+pub mod local;
 mod shared;
 pub mod subscriber;
 
@@ -22,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::upstream::{self, UpstreamConfig, WatchTarget};
 pub use cache::HistoryLimits;
 pub use key::{ClientParams, KeyError, ResourcePath, WatchKey};
+pub use local::LocalWatch;
 use shared::{SharedWatch, SubscriberId, Upstream};
 pub use subscriber::{EndReason, Overflow, Subscriber};
 

@@ -229,8 +229,11 @@ impl SharedWatch {
     }
 
     fn schedule_linger(self: &Arc<Self>, generation: u64, linger: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.expire_if_idle(generation);
+        };
         let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             tokio::time::sleep(linger).await;
             if let Some(watch) = weak.upgrade() {
                 watch.expire_if_idle(generation);
