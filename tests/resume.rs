@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -250,17 +252,43 @@ async fn headlamp_resubscribe_pattern_costs_nothing_upstream() {
         create(&env, &format!("churn-{i}"));
     }
     let store = env.sim.store().clone();
+    // Live events arrive while the client re-subscribes, as in a browser,
+    // at most a few ahead of it (each re-subscription replays the backlog
+    // after its version, so a long backlog would only make the test slow).
+    let progress = Arc::new(AtomicUsize::new(0));
+    let acked = progress.clone();
     let producer = tokio::spawn(async move {
         for i in 0..N {
+            while i >= acked.load(Ordering::Relaxed) + 10 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let patch = json!({"metadata": {"labels": {"step": i.to_string()}}});
             store
                 .merge_patch("pods", Some("default"), &format!("churn-{}", i % 5), &patch)
                 .ok();
-            if i % 20 == 0 {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
         }
     });
+    let mut c = env.client().await;
+    let mut query = format!("watch=1&resourceVersion={start_rv}");
+    c.request(PATH, &query).await;
+    let mut seen = Vec::new();
+    while seen.len() < N + 5 {
+        let frame = c.frame().await;
+        if frame["query"] != query.as_str() {
+            continue;
+        }
+        assert_eq!(frame["type"], "DATA", "{frame}");
+        let ev: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+        let rv = ev["object"]["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        seen.push(rv.clone());
+        progress.store(seen.len(), Ordering::Relaxed);
+        let old = std::mem::replace(&mut query, format!("watch=1&resourceVersion={rv}"));
+        c.request(PATH, &query).await;
+        c.close(PATH, &old).await;
+    }
     producer.await.unwrap();
     let expected: Vec<String> = witness
         .events(N + 5)
@@ -273,27 +301,6 @@ async fn headlamp_resubscribe_pattern_costs_nothing_upstream() {
                 .to_string()
         })
         .collect();
-
-    let mut c = env.client().await;
-    let mut query = format!("watch=1&resourceVersion={start_rv}");
-    c.request(PATH, &query).await;
-    let mut seen = Vec::new();
-    while seen.len() < expected.len() {
-        let frame = c.frame().await;
-        if frame["query"] != query.as_str() {
-            continue;
-        }
-        assert_eq!(frame["type"], "DATA", "{frame}");
-        let ev: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
-        let rv = ev["object"]["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        seen.push(rv.clone());
-        let old = std::mem::replace(&mut query, format!("watch=1&resourceVersion={rv}"));
-        c.request(PATH, &query).await;
-        c.close(PATH, &old).await;
-    }
     assert_eq!(seen, expected, "every event exactly once, in order");
     assert_upstream_untouched(&env);
 }
@@ -325,5 +332,94 @@ async fn subscriber_timeout_completes_only_that_subscriber() {
             .next_within(Duration::from_millis(300))
             .await
             .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_the_cache_cannot_place_is_forwarded_upstream() {
+    let env = start_default().await;
+    let _first = primed(&env).await;
+    let mut c = env.client().await;
+    c.request(PATH, "watch=1&resourceVersion=not-a-number")
+        .await;
+    let frame = c.frame().await;
+    assert_eq!(frame["type"], "ERROR", "{frame}");
+    let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+    assert!(
+        data["error"].as_str().unwrap().contains("400"),
+        "the API server's own answer is relayed: {data}"
+    );
+    assert_eq!(c.frame().await["type"], "COMPLETE");
+    assert_eq!(
+        env.sim.watch_requests("pods"),
+        2,
+        "the resume went to the API server"
+    );
+    let text = env.metrics_text().await;
+    assert_eq!(
+        metric(&text, "kubemux_resumes_total{outcome=\"forwarded\"}"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_bookmarks_go_only_to_subscribers_that_asked() {
+    let env = start(
+        SimConfig::default(),
+        HubConfig {
+            bookmark_interval: Duration::from_millis(200),
+            ..quick_hub()
+        },
+        ServerConfig::default(),
+    )
+    .await;
+    let mut plain = primed(&env).await;
+    let (pods, rv) = env
+        .sim
+        .store()
+        .list("pods", Some("default"), None, None)
+        .unwrap();
+    let mut asks = env.client().await;
+    asks.request(PATH, "watch=1&allowWatchBookmarks=true").await;
+    asks.events(pods.len()).await;
+    let (_, ev) = asks.event().await;
+    assert_eq!(ev["type"], "BOOKMARK");
+    assert_eq!(ev["object"]["kind"], "Pod");
+    assert_eq!(ev["object"]["apiVersion"], "v1");
+    let bookmarked: u64 = ev["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(bookmarked >= rv);
+    assert!(
+        plain
+            .next_within(Duration::from_millis(600))
+            .await
+            .is_none(),
+        "no bookmarks without allowWatchBookmarks"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_the_cluster_does_not_serve_ends_with_error_and_complete() {
+    let env = start_default().await;
+    let mut c = env.client().await;
+    c.request("/apis/example.com/v1/widgets", "watch=1").await;
+    let frame = c.frame().await;
+    assert_eq!(frame["type"], "ERROR", "{frame}");
+    assert_eq!(frame["path"], "/apis/example.com/v1/widgets");
+    let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+    assert!(data["error"].as_str().unwrap().contains("404"), "{data}");
+    assert_eq!(c.frame().await["type"], "COMPLETE");
+    env.eventually("the failed watch leaves the hub", || {
+        env.hub.watch_count() == 0
+    })
+    .await;
+    c.request(PATH, "watch=1").await;
+    assert_eq!(
+        c.event().await.1["type"],
+        "ADDED",
+        "the connection still works"
     );
 }

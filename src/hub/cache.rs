@@ -69,6 +69,9 @@ pub enum Start {
     Expired(String),
     /// The version is newer than anything seen: wait for it.
     Future(u64),
+    /// The cache cannot place this (non-numeric) version: the API server
+    /// must be asked directly.
+    Forward(String),
 }
 
 /// Current objects and recent history of one collection.
@@ -267,7 +270,7 @@ impl Cache {
             return if initial_events {
                 Start::Snapshot(self.snapshot())
             } else {
-                Start::Expired(format!("too old resource version: {rv}"))
+                Start::Forward(rv.to_string())
             };
         };
         if n > self.latest_num && self.numeric {
@@ -277,7 +280,7 @@ impl Cache {
             return Start::Snapshot(self.snapshot());
         }
         if !self.numeric {
-            return Start::Expired(format!("too old resource version: {rv}"));
+            return Start::Forward(rv.to_string());
         }
         if n < self.horizon {
             return Start::Expired(format!(
@@ -359,6 +362,7 @@ mod tests {
         assert!(matches!(c.start(Some("11"), false), Start::Replay(r) if r.len() == 3));
         assert!(matches!(c.start(Some("99"), false), Start::Future(99)));
         assert!(matches!(c.start(Some("12"), true), Start::Snapshot(_)));
+        assert!(matches!(c.start(Some("opaque"), false), Start::Forward(v) if v == "opaque"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ impl LocalWatch {
     pub fn new(key: WatchKey, config: HubConfig, metrics: Arc<Metrics>) -> Self {
         let watch = Arc::new(SharedWatch::new(
             key,
+            None,
             Weak::new(),
             metrics,
             Cache::new(config.history.clone()),

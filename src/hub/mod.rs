@@ -189,8 +189,14 @@ impl Hub {
 
     fn start_watch(&self, key: &WatchKey, client: kube::Client) -> Arc<SharedWatch> {
         let config = &self.inner.config;
+        let target = WatchTarget {
+            client,
+            path: key.path().to_string(),
+            selectors: key.selectors().to_string(),
+        };
         let watch = Arc::new(SharedWatch::new(
             key.clone(),
+            Some((target.clone(), config.upstream.clone())),
             Arc::downgrade(&self.inner),
             self.inner.metrics.clone(),
             cache::Cache::new(config.history.clone()),
@@ -201,11 +207,6 @@ impl Hub {
             .get_or_create(&Metrics::cluster(key.cluster()))
             .inc();
         info!(cluster = key.cluster(), key = %key.short_hash(), path = key.path(), "starting shared watch");
-        let target = WatchTarget {
-            client,
-            path: key.path().to_string(),
-            selectors: key.selectors().to_string(),
-        };
         let sink = Arc::new(Upstream(Arc::downgrade(&watch)));
         let upstream = tokio::spawn(upstream::run(target, config.upstream.clone(), sink));
         watch.add_task(upstream.abort_handle());

@@ -2,6 +2,7 @@
 //! share them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use super::key::{ClientParams, WatchKey};
 use super::subscriber::{EndReason, Subscriber};
 use crate::metrics::Metrics;
 use crate::upstream::event::WatchEvent;
-use crate::upstream::{Listing, UpstreamError, WatchSink};
+use crate::upstream::{self, Listing, UpstreamConfig, UpstreamError, WatchSink, WatchTarget};
 
 /// Identifies a subscriber within its shared watch.
 pub type SubscriberId = u64;
@@ -27,6 +28,8 @@ enum Phase {
     Waiting(u64),
     /// Receiving live events.
     Live,
+    /// Served by its own upstream watch (a version the cache cannot place).
+    Forwarded,
 }
 
 struct Sub {
@@ -58,6 +61,7 @@ struct State {
 /// One upstream watch shared by every subscriber of its key.
 pub struct SharedWatch {
     key: WatchKey,
+    target: Option<(WatchTarget, UpstreamConfig)>,
     hub: Weak<HubInner>,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
@@ -66,12 +70,14 @@ pub struct SharedWatch {
 impl SharedWatch {
     pub(super) fn new(
         key: WatchKey,
+        target: Option<(WatchTarget, UpstreamConfig)>,
         hub: Weak<HubInner>,
         metrics: Arc<Metrics>,
         cache: Cache,
     ) -> Self {
         SharedWatch {
             key,
+            target,
             hub,
             metrics,
             state: Mutex::new(State {
@@ -183,6 +189,44 @@ impl SharedWatch {
                 sub.sink.end(EndReason::Expired);
                 return None;
             }
+            Start::Forward(version) => {
+                let Some((target, config)) = self.target.clone() else {
+                    let _ = sub.sink.event(&Arc::new(WatchEvent::expired(&format!(
+                        "too old resource version: {version}"
+                    ))));
+                    self.metrics.subscribers.dec();
+                    sub.sink.end(EndReason::Expired);
+                    return None;
+                };
+                self.metrics
+                    .resumes
+                    .get_or_create(&outcome("forwarded"))
+                    .inc();
+                let relay = Arc::new(Relay {
+                    watch: Arc::downgrade(self),
+                    id,
+                    sink: sub.sink.clone(),
+                    warned: AtomicBool::new(false),
+                });
+                let weak = Arc::downgrade(self);
+                let task = tokio::spawn(async move {
+                    let err = upstream::follow(target, config, version, relay).await;
+                    if let Some(watch) = weak.upgrade() {
+                        let last = err
+                            .is_expired()
+                            .then(|| WatchEvent::expired("too old resource version"));
+                        let reason = if last.is_some() {
+                            EndReason::Expired
+                        } else {
+                            EndReason::Failed(err.to_string())
+                        };
+                        watch.end_subscriber_with(id, last, reason);
+                    }
+                });
+                sub.phase = Phase::Forwarded;
+                sub.timers.push(task.abort_handle());
+                return Some(sub);
+            }
             Start::Future(rv) => {
                 self.metrics.resumes.get_or_create(&outcome("waited")).inc();
                 sub.phase = Phase::Waiting(rv);
@@ -255,17 +299,32 @@ impl SharedWatch {
 
     /// Ends one subscriber with a reason (its timeout, a wait that ran out).
     pub(super) fn end_subscriber(self: &Arc<Self>, id: SubscriberId, reason: EndReason) {
+        let last = (reason == EndReason::Expired).then(|| {
+            let latest = self.state.lock().cache.latest().to_string();
+            WatchEvent::expired(&format!(
+                "too large resource version: waited for it, the cache is at {latest}"
+            ))
+        });
+        self.end_subscriber_with(id, last, reason);
+    }
+
+    /// Ends one subscriber, sending `last` (an in-band error event) first.
+    fn end_subscriber_with(
+        self: &Arc<Self>,
+        id: SubscriberId,
+        last: Option<WatchEvent>,
+        reason: EndReason,
+    ) {
         let mut st = self.state.lock();
         let Some(sub) = st.subs.remove(&id) else {
             return;
         };
         self.metrics.subscribers.dec();
-        if reason == EndReason::Expired {
-            let msg = format!(
-                "too large resource version: waited for it, the cache is at {}",
-                st.cache.latest()
-            );
-            let _ = sub.sink.event(&Arc::new(WatchEvent::expired(&msg)));
+        if reason == EndReason::SlowConsumer {
+            self.metrics.slow_consumers.inc();
+        }
+        if let Some(last) = last {
+            let _ = sub.sink.event(&Arc::new(last));
         }
         sub.sink.end(reason);
         if st.subs.is_empty() && !st.stopped {
@@ -385,6 +444,46 @@ impl SharedWatch {
             .upgrade()
             .map_or(Duration::from_secs(3), |h| h.config.wait_limit)
     }
+}
+
+/// Relays a forwarded watch to its one subscriber.
+struct Relay {
+    watch: Weak<SharedWatch>,
+    id: SubscriberId,
+    sink: Arc<dyn Subscriber>,
+    warned: AtomicBool,
+}
+
+impl WatchSink for Relay {
+    fn listed(&self, _listing: Listing) {}
+
+    fn event(&self, event: WatchEvent) {
+        if self.sink.event(&Arc::new(event)).is_err()
+            && let Some(watch) = self.watch.upgrade()
+        {
+            watch.end_subscriber(self.id, EndReason::SlowConsumer);
+        }
+    }
+
+    fn bookmark(&self, _resource_version: &str) {}
+
+    fn watch_started(&self) {
+        self.warned.store(false, Ordering::Relaxed);
+    }
+
+    fn degraded(&self, error: &UpstreamError, retry_in: Duration) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            self.sink.warning(&outage_message(error, retry_in));
+        }
+    }
+
+    fn failed(&self, _error: UpstreamError) {}
+}
+
+fn outage_message(error: &UpstreamError, retry_in: Duration) -> String {
+    format!(
+        "upstream watch interrupted ({error}); retrying in {retry_in:.1?}, the stream will resume where it left off"
+    )
 }
 
 fn outcome(name: &'static str) -> crate::metrics::OutcomeLabel {

@@ -130,7 +130,8 @@ impl UpstreamError {
         }
     }
 
-    fn is_expired(&self) -> bool {
+    /// Whether the server said the requested version is too old (410).
+    pub fn is_expired(&self) -> bool {
         matches!(self, UpstreamError::Status { code: 410, .. })
     }
 }
@@ -182,6 +183,42 @@ pub async fn run(target: WatchTarget, config: UpstreamConfig, sink: Arc<dyn Watc
             Err(err) => {
                 let delay = backoff.next_delay(err.retry_after());
                 info!(path = %target.path, error = %err, retry_in = ?delay, "upstream watch failed, retrying");
+                sink.degraded(&err, delay);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Follows the watch from `version` without listing, for a client resuming
+/// from a version a shared cache cannot place. Re-watches silently when the
+/// server ends the stream and backs off on transient failures; returns why
+/// it stopped for good (`410` included). Cancel by dropping the future.
+pub async fn follow(
+    target: WatchTarget,
+    config: UpstreamConfig,
+    version: String,
+    sink: Arc<dyn WatchSink>,
+) -> UpstreamError {
+    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+    let mut version = Some(version);
+    loop {
+        match watch_once(&target, &config, &mut version, &*sink).await {
+            Ok(WatchEnd::Closed) => {
+                backoff.reset();
+                tokio::time::sleep(config.rewatch_delay).await;
+            }
+            Ok(WatchEnd::Expired) => {
+                return UpstreamError::Status {
+                    code: 410,
+                    reason: "Expired".into(),
+                    message: "too old resource version".into(),
+                    retry_after: None,
+                };
+            }
+            Err(err) if err.is_permanent() || err.is_expired() => return err,
+            Err(err) => {
+                let delay = backoff.next_delay(err.retry_after());
                 sink.degraded(&err, delay);
                 tokio::time::sleep(delay).await;
             }
