@@ -1,10 +1,17 @@
-//! Settings of the proxy, from command-line flags and `KUBEMUX_…` environment
-//! variables (flags win).
+//! Settings of the proxy: command-line flags over `KUBEMUX_…` environment
+//! variables over a TOML file (`--config`) over built-in defaults.
+//!
+//! Clap parses flags and environment variables into [`ProxyArgs`] (every
+//! field optional, so "not given" is visible); [`Settings::resolve`] layers
+//! them over the file and the defaults and validates every value, naming the
+//! setting and its accepted range when one is out of bounds.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
 
 use crate::hub::{HistoryLimits, HubConfig};
 use crate::server::ServerConfig;
@@ -12,40 +19,165 @@ use crate::server::conn::Liveness;
 use crate::server::outbound::QueueLimits;
 use crate::upstream::UpstreamConfig;
 
-/// Settings shared by `serve` and `demo`.
-#[derive(Args, Clone, Debug)]
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags (and their environment variables) shared by `serve` and `demo`.
+/// Every value is optional here; defaults are applied by [`Settings::resolve`].
+#[derive(Args, Clone, Debug, Default)]
 pub struct ProxyArgs {
-    /// How long a shared watch outlives its last subscriber (e.g. 30s, 2m, 0s).
-    #[arg(long, env = "KUBEMUX_LINGER", default_value = "30s", value_parser = parse_duration)]
+    /// TOML config file; flags and KUBEMUX_* variables override its values.
+    #[arg(long, env = "KUBEMUX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address the proxy listens on [default: 127.0.0.1:4466].
+    #[arg(long, env = "KUBEMUX_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// How long a shared watch outlives its last subscriber, 0s to 1h [default: 30s].
+    #[arg(long, env = "KUBEMUX_LINGER", value_parser = parse_duration)]
+    pub linger: Option<Duration>,
+    /// Largest client message in bytes, 256 to 64 MiB; larger closes the socket with 1009 [default: 65536].
+    #[arg(long, env = "KUBEMUX_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<u64>,
+    /// Subscriptions one connection may hold, 1 to 100000 [default: 1000].
+    #[arg(long, env = "KUBEMUX_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<u64>,
+    /// Bytes waiting in one connection's queue before its subscriptions are cut off as slow consumers, 4096 to 4 GiB [default: 8388608].
+    #[arg(long, env = "KUBEMUX_QUEUE_MAX_BYTES")]
+    pub queue_max_bytes: Option<u64>,
+    /// Frames waiting in one connection's queue, 16 to 10000000 [default: 65536].
+    #[arg(long, env = "KUBEMUX_QUEUE_MAX_FRAMES")]
+    pub queue_max_frames: Option<u64>,
+    /// Events kept in each shared watch's history, 1 to 10000000 [default: 10000].
+    #[arg(long, env = "KUBEMUX_HISTORY_MAX_EVENTS")]
+    pub history_max_events: Option<u64>,
+    /// Age of the oldest event kept in a history, 75s to 24h [default: 150s].
+    #[arg(long, env = "KUBEMUX_HISTORY_MAX_AGE", value_parser = parse_duration)]
+    pub history_max_age: Option<Duration>,
+    /// Interval of kubemux's own bookmarks to subscribers that ask for them, 1s to 1h [default: 60s].
+    #[arg(long, env = "KUBEMUX_BOOKMARK_INTERVAL", value_parser = parse_duration)]
+    pub bookmark_interval: Option<Duration>,
+    /// Interval of server pings, 1s to 10m [default: 30s].
+    #[arg(long, env = "KUBEMUX_PING_INTERVAL", value_parser = parse_duration)]
+    pub ping_interval: Option<Duration>,
+    /// How long after a ping an unanswered connection is closed, 1s to 10m [default: 30s].
+    #[arg(long, env = "KUBEMUX_PONG_TIMEOUT", value_parser = parse_duration)]
+    pub pong_timeout: Option<Duration>,
+    /// On SIGTERM/SIGINT, how long to wait for clients to receive COMPLETE and close, 0s to 10m [default: 20s].
+    #[arg(long, env = "KUBEMUX_SHUTDOWN_GRACE", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// Log output: human or json [default: human]. The level comes from RUST_LOG (default info).
+    #[arg(long, env = "KUBEMUX_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The same settings as read from a TOML file. Unknown keys are errors, so a
+/// typo does not silently fall back to a default.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    linger: Option<String>,
+    max_message_size: Option<u64>,
+    max_subscriptions: Option<u64>,
+    queue_max_bytes: Option<u64>,
+    queue_max_frames: Option<u64>,
+    history_max_events: Option<u64>,
+    history_max_age: Option<String>,
+    bookmark_interval: Option<String>,
+    ping_interval: Option<String>,
+    pong_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+/// Why the configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for kubemux.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A setting is out of its accepted range.
+    #[error("invalid {setting} = {value}: accepted {accepted}")]
+    Invalid {
+        /// The setting's name (as in the file; the flag is `--` plus dashes).
+        setting: &'static str,
+        /// The rejected value.
+        value: String,
+        /// The accepted range.
+        accepted: &'static str,
+    },
+}
+
+/// The effective settings of the proxy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Linger of idle shared watches.
     pub linger: Duration,
-    /// Largest accepted client message in bytes; a larger one closes the socket with 1009.
-    #[arg(long, env = "KUBEMUX_MAX_MESSAGE_SIZE", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(256..=64 * 1024 * 1024))]
-    pub max_message_size: u32,
-    /// Most subscriptions one connection may hold.
-    #[arg(long, env = "KUBEMUX_MAX_SUBSCRIPTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub max_subscriptions: u32,
-    /// Most bytes waiting in one connection's outbound queue before its
-    /// subscriptions are cut off as slow consumers.
-    #[arg(long, env = "KUBEMUX_QUEUE_MAX_BYTES", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(4096..=1 << 32))]
+    /// Largest client message.
+    pub max_message_size: u64,
+    /// Subscriptions per connection.
+    pub max_subscriptions: u64,
+    /// Outbound queue bytes per connection.
     pub queue_max_bytes: u64,
-    /// Most frames waiting in one connection's outbound queue.
-    #[arg(long, env = "KUBEMUX_QUEUE_MAX_FRAMES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(16..=10_000_000))]
-    pub queue_max_frames: u32,
-    /// Most events kept in each shared watch's history.
-    #[arg(long, env = "KUBEMUX_HISTORY_MAX_EVENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
-    pub history_max_events: u32,
-    /// Oldest event kept in each shared watch's history (keep at least 75s).
-    #[arg(long, env = "KUBEMUX_HISTORY_MAX_AGE", default_value = "150s", value_parser = parse_duration)]
+    /// Outbound queue frames per connection.
+    pub queue_max_frames: u64,
+    /// History events per shared watch.
+    pub history_max_events: u64,
+    /// History age per shared watch.
     pub history_max_age: Duration,
-    /// Interval of kubemux's own bookmarks to subscribers that ask for them.
-    #[arg(long, env = "KUBEMUX_BOOKMARK_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    /// kubemux's own bookmark interval.
     pub bookmark_interval: Duration,
-    /// Interval of server pings on client connections.
-    #[arg(long, env = "KUBEMUX_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    /// Ping interval.
     pub ping_interval: Duration,
-    /// How long after a ping an unanswered connection is closed.
-    #[arg(long, env = "KUBEMUX_PONG_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    /// Pong deadline.
     pub pong_timeout: Duration,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4466)),
+            linger: Duration::from_secs(30),
+            max_message_size: 64 * 1024,
+            max_subscriptions: 1000,
+            queue_max_bytes: 8 << 20,
+            queue_max_frames: 65_536,
+            history_max_events: 10_000,
+            history_max_age: Duration::from_secs(150),
+            bookmark_interval: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
+            log_format: LogFormat::Human,
+        }
+    }
 }
 
 /// Parses `30s`, `2m`, `500ms` and the like.
@@ -53,12 +185,228 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 30s, 2m, 500ms)"))
 }
 
-impl ProxyArgs {
+fn file_duration(
+    setting: &'static str,
+    value: Option<String>,
+    accepted: &'static str,
+) -> Result<Option<Duration>, ConfigError> {
+    value
+        .map(|v| {
+            parse_duration(&v).map_err(|_| ConfigError::Invalid {
+                setting,
+                value: v.clone(),
+                accepted,
+            })
+        })
+        .transpose()
+}
+
+fn check_int(
+    setting: &'static str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+    accepted: &'static str,
+) -> Result<u64, ConfigError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid {
+            setting,
+            value: value.to_string(),
+            accepted,
+        })
+    }
+}
+
+fn check_duration(
+    setting: &'static str,
+    value: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+    accepted: &'static str,
+) -> Result<Duration, ConfigError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid {
+            setting,
+            value: humantime::format_duration(value).to_string(),
+            accepted,
+        })
+    }
+}
+
+impl Settings {
+    /// Layers flags/env over the config file (if any) over the defaults and
+    /// validates the result.
+    pub fn resolve(args: &ProxyArgs) -> Result<Settings, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::layer(args, file)
+    }
+
+    /// Parses a TOML document as a config file and layers `args` over it.
+    pub fn from_toml(
+        args: &ProxyArgs,
+        toml_text: &str,
+        origin: &str,
+    ) -> Result<Settings, ConfigError> {
+        Self::layer(args, parse_file(toml_text, origin)?)
+    }
+
+    fn layer(args: &ProxyArgs, file: FileConfig) -> Result<Settings, ConfigError> {
+        let d = Settings::default();
+        let listen = match (args.listen, file.listen) {
+            (Some(a), _) => a,
+            (None, Some(s)) => s.parse().map_err(|_| ConfigError::Invalid {
+                setting: "listen",
+                value: s.clone(),
+                accepted: "an address like 127.0.0.1:4466",
+            })?,
+            (None, None) => d.listen,
+        };
+        let dur = |flag: Option<Duration>,
+                   setting: &'static str,
+                   file: Option<String>,
+                   default: Duration,
+                   range: std::ops::RangeInclusive<Duration>,
+                   accepted: &'static str|
+         -> Result<Duration, ConfigError> {
+            let value = match flag {
+                Some(v) => v,
+                None => file_duration(setting, file, accepted)?.unwrap_or(default),
+            };
+            check_duration(setting, value, range, accepted)
+        };
+        let secs = Duration::from_secs;
+        Ok(Settings {
+            listen,
+            linger: dur(
+                args.linger,
+                "linger",
+                file.linger,
+                d.linger,
+                Duration::ZERO..=secs(3600),
+                "0s to 1h",
+            )?,
+            max_message_size: check_int(
+                "max_message_size",
+                args.max_message_size
+                    .or(file.max_message_size)
+                    .unwrap_or(d.max_message_size),
+                256..=64 << 20,
+                "256 to 67108864 bytes",
+            )?,
+            max_subscriptions: check_int(
+                "max_subscriptions",
+                args.max_subscriptions
+                    .or(file.max_subscriptions)
+                    .unwrap_or(d.max_subscriptions),
+                1..=100_000,
+                "1 to 100000",
+            )?,
+            queue_max_bytes: check_int(
+                "queue_max_bytes",
+                args.queue_max_bytes
+                    .or(file.queue_max_bytes)
+                    .unwrap_or(d.queue_max_bytes),
+                4096..=4 << 30,
+                "4096 to 4294967296 bytes",
+            )?,
+            queue_max_frames: check_int(
+                "queue_max_frames",
+                args.queue_max_frames
+                    .or(file.queue_max_frames)
+                    .unwrap_or(d.queue_max_frames),
+                16..=10_000_000,
+                "16 to 10000000",
+            )?,
+            history_max_events: check_int(
+                "history_max_events",
+                args.history_max_events
+                    .or(file.history_max_events)
+                    .unwrap_or(d.history_max_events),
+                1..=10_000_000,
+                "1 to 10000000",
+            )?,
+            history_max_age: dur(
+                args.history_max_age,
+                "history_max_age",
+                file.history_max_age,
+                d.history_max_age,
+                secs(75)..=secs(86_400),
+                "75s to 24h",
+            )?,
+            bookmark_interval: dur(
+                args.bookmark_interval,
+                "bookmark_interval",
+                file.bookmark_interval,
+                d.bookmark_interval,
+                secs(1)..=secs(3600),
+                "1s to 1h",
+            )?,
+            ping_interval: dur(
+                args.ping_interval,
+                "ping_interval",
+                file.ping_interval,
+                d.ping_interval,
+                secs(1)..=secs(600),
+                "1s to 10m",
+            )?,
+            pong_timeout: dur(
+                args.pong_timeout,
+                "pong_timeout",
+                file.pong_timeout,
+                d.pong_timeout,
+                secs(1)..=secs(600),
+                "1s to 10m",
+            )?,
+            shutdown_grace: dur(
+                args.shutdown_grace,
+                "shutdown_grace",
+                file.shutdown_grace,
+                d.shutdown_grace,
+                Duration::ZERO..=secs(600),
+                "0s to 10m",
+            )?,
+            log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
+        })
+    }
+
+    /// The settings as a TOML document, in the config file's own format.
+    pub fn to_toml(&self) -> String {
+        let d = |v: Duration| humantime::format_duration(v).to_string();
+        let format = match self.log_format {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        };
+        format!(
+            "listen = \"{}\"\nlinger = \"{}\"\nmax_message_size = {}\nmax_subscriptions = {}\n\
+             queue_max_bytes = {}\nqueue_max_frames = {}\nhistory_max_events = {}\n\
+             history_max_age = \"{}\"\nbookmark_interval = \"{}\"\nping_interval = \"{}\"\n\
+             pong_timeout = \"{}\"\nshutdown_grace = \"{}\"\nlog_format = \"{}\"\n",
+            self.listen,
+            d(self.linger),
+            self.max_message_size,
+            self.max_subscriptions,
+            self.queue_max_bytes,
+            self.queue_max_frames,
+            self.history_max_events,
+            d(self.history_max_age),
+            d(self.bookmark_interval),
+            d(self.ping_interval),
+            d(self.pong_timeout),
+            d(self.shutdown_grace),
+            format
+        )
+    }
+
     /// The hub's settings.
     pub fn hub_config(&self) -> HubConfig {
         HubConfig {
             linger: self.linger,
-            bookmark_interval: self.bookmark_interval.max(Duration::from_secs(1)),
+            bookmark_interval: self.bookmark_interval,
             history: HistoryLimits {
                 max_events: self.history_max_events as usize,
                 max_age: self.history_max_age,
@@ -78,18 +426,88 @@ impl ProxyArgs {
                 max_frames: self.queue_max_frames as usize,
             },
             liveness: Liveness {
-                ping_interval: self.ping_interval.max(Duration::from_millis(100)),
+                ping_interval: self.ping_interval,
                 pong_timeout: self.pong_timeout,
                 ..Liveness::default()
             },
+            ..ServerConfig::default()
         }
     }
 }
 
-/// Address flags.
-#[derive(Args, Clone, Debug)]
-pub struct ListenArgs {
-    /// Address the proxy listens on.
-    #[arg(long, env = "KUBEMUX_LISTEN", default_value = "127.0.0.1:4466")]
-    pub listen: SocketAddr,
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_file(&text, &path.display().to_string())
+}
+
+fn parse_file(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: origin.to_string(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_settings_read_back_identically() {
+        let custom = Settings::from_toml(
+            &ProxyArgs::default(),
+            "linger = \"5s\"\nmax_subscriptions = 7\nlog_format = \"json\"\n",
+            "test",
+        )
+        .unwrap();
+        let again =
+            Settings::from_toml(&ProxyArgs::default(), &custom.to_toml(), "printed").unwrap();
+        assert_eq!(custom, again);
+        assert_eq!(again.linger, Duration::from_secs(5));
+        assert_eq!(again.max_subscriptions, 7);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let args = ProxyArgs {
+            linger: Some(Duration::from_secs(1)),
+            ..ProxyArgs::default()
+        };
+        let s =
+            Settings::from_toml(&args, "linger = \"9s\"\nping_interval = \"9s\"\n", "t").unwrap();
+        assert_eq!(s.linger, Duration::from_secs(1));
+        assert_eq!(s.ping_interval, Duration::from_secs(9));
+        assert_eq!(s.pong_timeout, Settings::default().pong_timeout);
+    }
+
+    #[test]
+    fn every_bad_value_names_its_setting() {
+        let cases = [
+            ("max_subscriptions = 0", "max_subscriptions"),
+            ("max_message_size = 10", "max_message_size"),
+            ("queue_max_bytes = 1", "queue_max_bytes"),
+            ("queue_max_frames = 1", "queue_max_frames"),
+            ("history_max_events = 0", "history_max_events"),
+            ("history_max_age = \"10s\"", "history_max_age"),
+            ("linger = \"2h\"", "linger"),
+            ("linger = \"soon\"", "linger"),
+            ("bookmark_interval = \"0s\"", "bookmark_interval"),
+            ("ping_interval = \"0s\"", "ping_interval"),
+            ("pong_timeout = \"1h\"", "pong_timeout"),
+            ("shutdown_grace = \"1h\"", "shutdown_grace"),
+            ("listen = \"nowhere\"", "listen"),
+        ];
+        for (toml, setting) in cases {
+            let err = Settings::from_toml(&ProxyArgs::default(), toml, "t").unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(setting) && text.contains("accepted"),
+                "{toml}: {text}"
+            );
+        }
+        let err = Settings::from_toml(&ProxyArgs::default(), "lingr = \"1s\"", "t").unwrap_err();
+        assert!(err.to_string().contains("lingr"), "{err}");
+    }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kubemux::cluster::Registry;
-use kubemux::config::{ListenArgs, ProxyArgs};
+use kubemux::cluster::{Cluster, Registry};
+use kubemux::config::{LogFormat, ProxyArgs, Settings};
 use kubemux::hub::Hub;
 use kubemux::metrics::Metrics;
 use kubemux::server::Server;
@@ -23,13 +23,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve clients against the clusters of a kubeconfig (one clusterId per context).
+    /// Serve clients against real clusters (one clusterId per kubeconfig context).
     Serve {
-        /// Kubeconfig file; every context becomes a clusterId.
+        /// Kubeconfig file; every context becomes a clusterId [default: KUBECONFIG or ~/.kube/config].
         #[arg(long, env = "KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
-        #[command(flatten)]
-        listen: ListenArgs,
+        /// Use the pod's service account (clusterId `in-cluster`) instead of a kubeconfig.
+        #[arg(long, env = "KUBEMUX_IN_CLUSTER")]
+        in_cluster: bool,
         #[command(flatten)]
         proxy: ProxyArgs,
     },
@@ -48,10 +49,13 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         churn: f64,
     },
+    /// Print the effective configuration (flags over KUBEMUX_* over --config file over defaults) and exit.
+    Config {
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    },
     /// The proxy plus an embedded simulated cluster (clusterId `demo`) with churn.
     Demo {
-        #[command(flatten)]
-        listen: ListenArgs,
         /// Address of the embedded simulated API server (its /metrics too).
         #[arg(long, default_value = "127.0.0.1:4467")]
         sim_listen: SocketAddr,
@@ -63,31 +67,54 @@ enum Command {
     },
 }
 
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match Cli::parse().command {
         Command::Serve {
             kubeconfig,
-            listen,
+            in_cluster,
             proxy,
         } => {
+            let settings = Settings::resolve(&proxy)?;
+            init_logs(settings.log_format);
             let registry = Arc::new(Registry::new());
-            match kubeconfig {
-                Some(path) => registry.load_kubeconfig_file(&path).await?,
-                None => {
-                    let kubeconfig = kube::config::Kubeconfig::read()
-                        .context("no --kubeconfig given and no default kubeconfig found")?;
-                    registry.load(kubeconfig, "default kubeconfig").await?
-                }
-            };
-            run_proxy(registry, listen.listen, &proxy, None).await
+            if in_cluster {
+                let config =
+                    kube::Config::incluster().context("reading the in-cluster configuration")?;
+                let server = config.cluster_url.to_string();
+                let client = kube::Client::try_from(config)?;
+                registry.insert(Cluster::new("in-cluster", server, client));
+            } else {
+                match kubeconfig {
+                    Some(path) => registry.load_kubeconfig_file(&path).await?,
+                    None => {
+                        let kubeconfig = kube::config::Kubeconfig::read()
+                            .context("no --kubeconfig given and no default kubeconfig found")?;
+                        registry.load(kubeconfig, "default kubeconfig").await?
+                    }
+                };
+            }
+            run_proxy(registry, &settings, None).await
+        }
+        Command::Config { proxy } => {
+            print!("{}", Settings::resolve(&proxy)?.to_toml());
+            Ok(())
         }
         Command::Sim {
             listen,
@@ -95,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
             context,
             churn,
         } => {
+            init_logs(LogFormat::Human);
             let sim = SimServer::start(SimConfig {
                 listen,
                 churn_rate: churn,
@@ -107,16 +135,17 @@ async fn main() -> anyhow::Result<()> {
                 println!("kubeconfig written to {}", path.display());
             }
             println!("simulated API server listening on {}", sim.url());
-            tokio::signal::ctrl_c().await?;
+            wait_for_signal().await?;
             sim.shutdown().await;
             Ok(())
         }
         Command::Demo {
-            listen,
             sim_listen,
             churn,
             proxy,
         } => {
+            let settings = Settings::resolve(&proxy)?;
+            init_logs(settings.log_format);
             let sim = SimServer::start(SimConfig {
                 listen: sim_listen,
                 churn_rate: churn,
@@ -133,35 +162,37 @@ async fn main() -> anyhow::Result<()> {
                 sim.url(),
                 sim.url()
             );
-            run_proxy(registry, listen.listen, &proxy, Some(sim)).await
+            run_proxy(registry, &settings, Some(sim)).await
         }
     }
 }
 
 async fn run_proxy(
     registry: Arc<Registry>,
-    listen: SocketAddr,
-    proxy: &ProxyArgs,
+    settings: &Settings,
     sim: Option<SimServer>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let hub = Hub::new(proxy.hub_config(), registry.clone(), metrics);
-    let server = Server::start(listen, hub, proxy.server_config())
+    let hub = Hub::new(settings.hub_config(), registry.clone(), metrics);
+    let server = Server::start(settings.listen, hub, settings.server_config())
         .await
-        .with_context(|| format!("listening on {listen}"))?;
+        .with_context(|| format!("listening on {}", settings.listen))?;
     let addr = server.addr();
     println!(
         "kubemux listening on http://{addr} (clusters: {})",
         registry.ids().join(", ")
     );
-    println!("Headlamp multiplexer: ws://{addr}/wsMultiplexer   metrics: http://{addr}/metrics");
+    println!(
+        "status page: http://{addr}/   Headlamp multiplexer: ws://{addr}/wsMultiplexer   metrics: http://{addr}/metrics"
+    );
     if let Some(cluster) = registry.ids().first() {
         println!(
             "try:  cargo run --example client -- ws://{addr}/wsMultiplexer {cluster} /api/v1/pods"
         );
     }
     wait_for_signal().await?;
-    server.shutdown(std::time::Duration::from_secs(10)).await;
+    tracing::info!(grace = ?settings.shutdown_grace, "shutting down");
+    server.shutdown(settings.shutdown_grace).await;
     if let Some(sim) = sim {
         sim.shutdown().await;
     }

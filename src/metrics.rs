@@ -23,13 +23,24 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Label for per-dialect series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DialectLabel {
+    /// The dialect's name (`headlamp`, …).
+    pub dialect: &'static str,
+}
+
 /// Every metric kubemux exports.
 pub struct Metrics {
     registry: Registry,
-    /// Open client connections.
-    pub connections: Gauge,
+    /// Open client connections per dialect.
+    pub connections: Family<DialectLabel, Gauge>,
+    /// Client connections accepted per dialect.
+    pub connections_opened: Family<DialectLabel, Counter>,
     /// Live subscriptions across all connections.
     pub subscribers: Gauge,
+    /// Subscriptions started.
+    pub subscriptions_started: Counter,
     /// Open shared (= upstream) watches per cluster.
     pub upstream_watches: Family<ClusterLabel, Gauge>,
     /// Upstream watch requests (first watch and re-watches) per cluster.
@@ -40,12 +51,15 @@ pub struct Metrics {
     pub upstream_failures: Family<ClusterLabel, Counter>,
     /// Upstream events received per cluster.
     pub events_in: Family<ClusterLabel, Counter>,
-    /// How new subscriptions were served: snapshot, history, expired (410), waited.
+    /// How new subscriptions were served: snapshot, history, expired (410), waited, forwarded.
     pub resumes: Family<OutcomeLabel, Counter>,
     /// Subscriptions ended because their client could not keep up.
     pub slow_consumers: Counter,
     /// Frames handed to connection queues.
     pub frames_out: Counter,
+    /// Frames not delivered: refused by a full queue, or still queued when a
+    /// connection closed.
+    pub frames_dropped: Counter,
     /// Bytes waiting in connection outbound queues.
     pub queue_bytes: Gauge,
 }
@@ -62,8 +76,10 @@ impl Metrics {
         let mut registry = Registry::with_prefix("kubemux");
         let m = Metrics {
             registry: Registry::default(),
-            connections: Gauge::default(),
+            connections: Family::default(),
+            connections_opened: Family::default(),
             subscribers: Gauge::default(),
+            subscriptions_started: Counter::default(),
             upstream_watches: Family::default(),
             upstream_watch_starts: Family::default(),
             upstream_lists: Family::default(),
@@ -72,6 +88,7 @@ impl Metrics {
             resumes: Family::default(),
             slow_consumers: Counter::default(),
             frames_out: Counter::default(),
+            frames_dropped: Counter::default(),
             queue_bytes: Gauge::default(),
         };
         registry.register(
@@ -79,7 +96,17 @@ impl Metrics {
             "Open client connections",
             m.connections.clone(),
         );
+        registry.register(
+            "connections_opened",
+            "Client connections accepted",
+            m.connections_opened.clone(),
+        );
         registry.register("subscribers", "Live subscriptions", m.subscribers.clone());
+        registry.register(
+            "subscriptions",
+            "Subscriptions started",
+            m.subscriptions_started.clone(),
+        );
         registry.register(
             "upstream_watches",
             "Open shared upstream watches",
@@ -107,7 +134,7 @@ impl Metrics {
         );
         registry.register(
             "resumes",
-            "How subscriptions started: snapshot, history, expired, waited",
+            "How subscriptions started: snapshot, history, expired (410), waited, forwarded",
             m.resumes.clone(),
         );
         registry.register(
@@ -119,6 +146,11 @@ impl Metrics {
             "frames_out",
             "Frames queued to clients",
             m.frames_out.clone(),
+        );
+        registry.register(
+            "frames_dropped",
+            "Frames refused by a full queue or discarded with a closed connection",
+            m.frames_dropped.clone(),
         );
         registry.register(
             "queue_bytes",
@@ -133,6 +165,11 @@ impl Metrics {
         ClusterLabel {
             cluster: cluster.to_string(),
         }
+    }
+
+    /// The per-dialect label value.
+    pub fn dialect(dialect: &'static str) -> DialectLabel {
+        DialectLabel { dialect }
     }
 
     /// Prometheus text exposition of every metric.

@@ -53,7 +53,10 @@ async fn fifty_connections_share_one_upstream_watch() {
         "{text}"
     );
     assert_eq!(metric(&text, "kubemux_subscribers"), Some(50.0));
-    assert_eq!(metric(&text, "kubemux_connections"), Some(50.0));
+    assert_eq!(
+        metric(&text, "kubemux_connections{dialect=\"headlamp\"}"),
+        Some(50.0)
+    );
 
     env.sim
         .store()

@@ -1,16 +1,22 @@
 //! The clusters kubemux can reach, by cluster id (kubeconfig context name).
 
+mod health;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
+
+pub use health::Health;
 
 /// One cluster and the client used to reach it.
 pub struct Cluster {
     id: String,
     server: String,
     client: kube::Client,
+    health: RwLock<Health>,
 }
 
 impl Cluster {
@@ -20,7 +26,13 @@ impl Cluster {
             id: id.into(),
             server: server.into(),
             client,
+            health: RwLock::new(Health::default()),
         }
+    }
+
+    /// The latest health probe result.
+    pub fn health(&self) -> Health {
+        self.health.read().clone()
     }
 
     /// The cluster id.
@@ -67,6 +79,7 @@ pub enum ClusterError {
 #[derive(Default)]
 pub struct Registry {
     clusters: RwLock<BTreeMap<String, Arc<Cluster>>>,
+    loaded: AtomicBool,
 }
 
 impl Registry {
@@ -85,6 +98,17 @@ impl Registry {
         self.clusters
             .write()
             .insert(cluster.id.clone(), Arc::new(cluster));
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    /// Whether at least one cluster has been configured.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Every cluster, by id.
+    pub fn all(&self) -> Vec<Arc<Cluster>> {
+        self.clusters.read().values().cloned().collect()
     }
 
     /// Every cluster id, sorted.

@@ -62,6 +62,7 @@ pub async fn serve(
         max_subscriptions: config.max_subscriptions,
     };
     let ctx = ConnContext {
+        dialect: "headlamp",
         outbound,
         liveness: config.liveness,
         metrics: hub.metrics().clone(),

@@ -54,6 +54,17 @@ impl Default for HubConfig {
     }
 }
 
+/// A shared watch as the status page shows it.
+#[derive(Clone, Debug)]
+pub struct WatchInfo {
+    /// The key.
+    pub key: WatchKey,
+    /// Current subscribers.
+    pub subscribers: usize,
+    /// Upstream events received since the watch started.
+    pub events: u64,
+}
+
 /// What a dialect asks for, exactly as its client sent it.
 #[derive(Clone, Debug)]
 pub struct SubscribeRequest<'a> {
@@ -243,13 +254,26 @@ impl Hub {
         }
     }
 
-    /// A summary of every shared watch: key and subscriber count.
-    pub fn watches(&self) -> Vec<(WatchKey, usize)> {
-        self.inner
+    /// A summary of every shared watch.
+    pub fn watches(&self) -> Vec<WatchInfo> {
+        let mut out: Vec<WatchInfo> = self
+            .inner
             .watches
             .iter()
-            .map(|w| (w.key().clone(), w.subscriber_count()))
-            .collect()
+            .map(|w| WatchInfo {
+                key: w.key().clone(),
+                subscribers: w.subscriber_count(),
+                events: w.events_received(),
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (a.key.cluster(), a.key.path(), a.key.selectors()).cmp(&(
+                b.key.cluster(),
+                b.key.path(),
+                b.key.selectors(),
+            ))
+        });
+        out
     }
 }
 

@@ -2,7 +2,7 @@
 //! share them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -64,6 +64,7 @@ pub struct SharedWatch {
     target: Option<(WatchTarget, UpstreamConfig)>,
     hub: Weak<HubInner>,
     metrics: Arc<Metrics>,
+    events: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -80,6 +81,7 @@ impl SharedWatch {
             target,
             hub,
             metrics,
+            events: AtomicU64::new(0),
             state: Mutex::new(State {
                 cache,
                 listed: false,
@@ -101,6 +103,11 @@ impl SharedWatch {
     /// Number of current subscribers.
     pub fn subscriber_count(&self) -> usize {
         self.state.lock().subs.len()
+    }
+
+    /// Upstream events received so far.
+    pub fn events_received(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
     }
 
     pub(super) fn add_task(&self, task: AbortHandle) {
@@ -138,6 +145,7 @@ impl SharedWatch {
                 .push(self.timer(Duration::from_secs(secs), id, EndReason::Timeout));
         }
         self.metrics.subscribers.inc();
+        self.metrics.subscriptions_started.inc();
         if st.listed {
             if let Some(sub) = self.start(&mut st, id, sub, wait_limit) {
                 st.subs.insert(id, sub);
@@ -533,6 +541,7 @@ impl WatchSink for Upstream {
             .events_in
             .get_or_create(&Metrics::cluster(watch.key.cluster()))
             .inc();
+        watch.events.fetch_add(1, Ordering::Relaxed);
         let mut st = watch.state.lock();
         if st.stopped {
             return;

@@ -64,6 +64,8 @@ static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 
 /// What a connection needs besides its socket and dialect.
 pub struct ConnContext {
+    /// Name of the dialect, for metrics and logs.
+    pub dialect: &'static str,
     /// The connection's outbound queue, shared with the dialect's subscribers.
     pub outbound: Arc<Outbound>,
     /// Liveness settings.
@@ -82,7 +84,7 @@ pub async fn run<D: Dialect>(
     dialect: D,
 ) {
     let conn_id = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let span = tracing::info_span!("conn", id = conn_id);
+    let span = tracing::info_span!("conn", id = conn_id, dialect = ctx.dialect);
     serve(socket, ctx, notices, dialect).instrument(span).await
 }
 
@@ -93,12 +95,15 @@ async fn serve<D: Dialect>(
     mut dialect: D,
 ) {
     let ConnContext {
+        dialect: dialect_name,
         outbound,
         liveness,
         metrics,
         mut shutdown,
     } = ctx;
-    metrics.connections.inc();
+    let label = Metrics::dialect(dialect_name);
+    metrics.connections.get_or_create(&label).inc();
+    metrics.connections_opened.get_or_create(&label).inc();
     info!("connection opened");
     let (sink, mut stream) = socket.split();
     let writer = tokio::spawn(write_loop(sink, outbound.clone(), liveness.write_timeout));
@@ -162,7 +167,7 @@ async fn serve<D: Dialect>(
         debug!("writer did not finish in time");
     }
     outbound.shut();
-    metrics.connections.dec();
+    metrics.connections.get_or_create(&label).dec();
     info!(reason = close_reason, "connection closed");
 }
 

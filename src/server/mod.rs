@@ -2,6 +2,7 @@
 
 pub mod conn;
 pub mod outbound;
+mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub struct ServerConfig {
     pub queue: QueueLimits,
     /// Ping, pong and write deadlines.
     pub liveness: Liveness,
+    /// Interval of the clusters' health probes.
+    pub health_interval: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +42,7 @@ impl Default for ServerConfig {
             max_subscriptions: 1000,
             queue: QueueLimits::default(),
             liveness: Liveness::default(),
+            health_interval: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -61,6 +65,7 @@ pub struct Server {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     hub: Hub,
     connections: tokio_util::task::TaskTracker,
+    probes: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -74,6 +79,7 @@ impl Server {
         let addr = listener.local_addr()?;
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let connections = tokio_util::task::TaskTracker::new();
+        let probes = hub.clusters().spawn_health_probes(config.health_interval);
         let state = AppState {
             hub: hub.clone(),
             config: Arc::new(config),
@@ -95,6 +101,7 @@ impl Server {
             task,
             hub,
             connections,
+            probes,
         })
     }
 
@@ -107,6 +114,7 @@ impl Server {
     /// with 1001 and waits (up to `grace`) for the connections to finish.
     pub async fn shutdown(self, grace: std::time::Duration) {
         self.hub.shutdown();
+        self.probes.abort();
         let _ = self.shutdown.send(true);
         self.connections.close();
         let _ = tokio::time::timeout(grace, async {
@@ -122,17 +130,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/wsMultiplexer", get(headlamp_ws))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(status::readyz))
         .route("/metrics", get(metrics))
-        .route("/", get(index))
+        .route("/api/status", get(status::api_status))
+        .route("/", get(status::page))
         .with_state(state)
-}
-
-async fn index(State(state): State<AppState>) -> impl IntoResponse {
-    let clusters = state.hub.clusters().ids().join(", ");
-    format!(
-        "kubemux: Kubernetes watch multiplexer\n\nclusters: {clusters}\nshared watches: {}\n\nHeadlamp multiplexer: /wsMultiplexer\nmetrics: /metrics\n",
-        state.hub.watch_count()
-    )
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

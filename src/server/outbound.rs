@@ -130,6 +130,7 @@ impl Outbound {
             return Ok(());
         }
         if q.bytes + len > self.limits.max_bytes || q.items.len() >= self.limits.max_frames {
+            self.metrics.frames_dropped.inc();
             return Err(Overflow);
         }
         self.enqueue(&mut q, Out::Text(frame), len);
@@ -200,6 +201,8 @@ impl Outbound {
         let mut q = self.queue.lock();
         q.closed = true;
         self.metrics.queue_bytes.dec_by(q.bytes as i64);
+        let dropped = q.items.iter().filter(|o| matches!(o, Out::Text(_))).count();
+        self.metrics.frames_dropped.inc_by(dropped as u64);
         q.bytes = 0;
         q.items.clear();
         drop(q);

@@ -1,0 +1,366 @@
+//! Running kubemux in production: configuration precedence, metrics that
+//! match what happened, readiness, the status API and graceful shutdown.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio_tungstenite::tungstenite::Message;
+
+fn kubemux() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kubemux"));
+    c.env_remove("RUST_LOG").kill_on_drop(true);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KUBEMUX_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+async fn effective(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = kubemux();
+    c.arg("config").args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().await.expect("kubemux runs")
+}
+
+#[tokio::test]
+async fn flags_override_env_which_overrides_the_file() {
+    let dir = std::env::temp_dir().join(format!("kubemux-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.toml");
+    std::fs::write(
+        &file,
+        "linger = \"11s\"\nping_interval = \"12s\"\npong_timeout = \"13s\"\n",
+    )
+    .unwrap();
+    let out = effective(
+        &["--config", file.to_str().unwrap(), "--linger", "1s"],
+        &[("KUBEMUX_LINGER", "2s"), ("KUBEMUX_PING_INTERVAL", "3s")],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("linger = \"1s\""), "flag wins: {text}");
+    assert!(
+        text.contains("ping_interval = \"3s\""),
+        "env beats file: {text}"
+    );
+    assert!(
+        text.contains("pong_timeout = \"13s\""),
+        "file beats default: {text}"
+    );
+    assert!(text.contains("max_subscriptions = 1000"), "default: {text}");
+    let out = effective(&[], &[("KUBEMUX_CONFIG", file.to_str().unwrap())]).await;
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("linger = \"11s\"")
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn invalid_settings_are_rejected_at_start_by_name() {
+    for (args, env, setting) in [
+        (
+            vec!["--max-subscriptions", "0"],
+            vec![],
+            "max_subscriptions",
+        ),
+        (vec!["--linger", "3h"], vec![], "linger"),
+        (
+            vec![],
+            vec![("KUBEMUX_QUEUE_MAX_BYTES", "12")],
+            "queue_max_bytes",
+        ),
+        (vec!["--history-max-age", "5s"], vec![], "history_max_age"),
+    ] {
+        let out = effective(&args, &env).await;
+        assert!(!out.status.success(), "{args:?} {env:?} must be rejected");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(setting) && err.contains("accepted"),
+            "{setting}: {err}"
+        );
+    }
+    let out = kubemux().args(["serve", "--help"]).output().await.unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--config",
+        "--listen",
+        "--linger",
+        "--max-message-size",
+        "--max-subscriptions",
+        "--queue-max-bytes",
+        "--queue-max-frames",
+        "--history-max-events",
+        "--history-max-age",
+        "--bookmark-interval",
+        "--ping-interval",
+        "--pong-timeout",
+        "--shutdown-grace",
+        "--log-format",
+        "--kubeconfig",
+        "--in-cluster",
+    ] {
+        assert!(help.contains(flag), "serve --help documents {flag}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() {
+    let env = start_default().await;
+    let (pods, _) = env.sim.store().list("pods", None, None, None).unwrap();
+    let (nodes, _) = env.sim.store().list("nodes", None, None, None).unwrap();
+    let mut a = env.client().await;
+    let mut b = env.client().await;
+    let mut c = env.client().await;
+    a.request("/api/v1/pods", "watch=1").await;
+    a.request("/api/v1/nodes", "watch=1").await;
+    b.request("/api/v1/pods", "watch=1&timeoutSeconds=600")
+        .await;
+    c.request("/api/v1/nodes", "watch=1").await;
+    c.request("/api/v1/nodes", "watch=1").await;
+    let mut frames = 0;
+    frames += a.events(pods.len() + nodes.len()).await.len();
+    frames += b.events(pods.len()).await.len();
+    frames += c.events(nodes.len()).await.len();
+    env.sim
+        .store()
+        .merge_patch(
+            "nodes",
+            None,
+            nodes[0]["metadata"]["name"].as_str().unwrap(),
+            &json!({"metadata": {"labels": {"touched": "yes"}}}),
+        )
+        .unwrap();
+    frames += a.events(1).await.len();
+    frames += c.events(1).await.len();
+    let text = env.metrics_text().await;
+    for family in [
+        "kubemux_connections",
+        "kubemux_subscribers",
+        "kubemux_upstream_watches",
+        "kubemux_frames_out",
+        "kubemux_resumes",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family}")),
+            "HELP for {family}"
+        );
+        assert!(
+            text.contains(&format!("# TYPE {family}")),
+            "TYPE for {family}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &text,
+            "kubemux_connections_opened_total{dialect=\"headlamp\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "kubemux_connections{dialect=\"headlamp\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&text, "kubemux_subscriptions_total"),
+        Some(4.0),
+        "the repeated REQUEST is not a new subscription"
+    );
+    assert_eq!(metric(&text, "kubemux_subscribers"), Some(4.0));
+    assert_eq!(
+        metric(&text, "kubemux_upstream_watches{cluster=\"sim\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, "kubemux_frames_out_total"),
+        Some(frames as f64)
+    );
+    assert_eq!(
+        metric(&text, "kubemux_events_in_total{cluster=\"sim\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "kubemux_resumes_total{outcome=\"snapshot\"}"),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(&text, "kubemux_slow_consumer_terminations_total"),
+        Some(0.0)
+    );
+    assert_eq!(metric(&text, "kubemux_frames_dropped_total"), Some(0.0));
+    drop(a);
+    drop(b);
+    drop(c);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let text = env.metrics_text().await;
+        if metric(&text, "kubemux_connections{dialect=\"headlamp\"}") == Some(0.0) {
+            assert_eq!(metric(&text, "kubemux_subscribers"), Some(0.0));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections never closed: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_status_report_the_clusters_and_watches() {
+    let env = start_default().await;
+    let ready = http_get(env.server.addr(), "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let mut c = env.client().await;
+    c.request("/api/v1/pods", "watch=1&labelSelector=app%3Dweb")
+        .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let status: Value = loop {
+        let resp = http_get(env.server.addr(), "/api/status").await;
+        let body = resp
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        let body = if resp.contains("chunked") {
+            dechunk(&body)
+        } else {
+            body
+        };
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if v["clusters"][0]["reachable"] == true
+            && v["watches"].as_array().is_some_and(|w| !w.is_empty())
+        {
+            break v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status never showed the watch: {resp}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["clusters"][0]["id"], CLUSTER);
+    assert!(
+        status["clusters"][0]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("v1.")
+    );
+    assert_eq!(status["watches"][0]["path"], "/api/v1/pods");
+    assert_eq!(status["watches"][0]["selectors"], "labelSelector=app%3Dweb");
+    assert_eq!(status["watches"][0]["subscribers"], 1);
+    let verbose = http_get(env.server.addr(), "/readyz?verbose").await;
+    assert!(verbose.contains("[+]cluster sim reachable"), "{verbose}");
+    assert!(verbose.contains("readyz check passed"));
+    let page = http_get(env.server.addr(), "/").await;
+    assert!(page.contains("<title>kubemux status</title>") && page.contains("api/status"));
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_completes_every_subscriber_closes_with_1001_and_exits_zero() {
+    let mut child = kubemux()
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-listen",
+            "127.0.0.1:0",
+            "--churn",
+            "5",
+            "--shutdown-grace",
+            "5s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("kubemux listening on http://") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let url = format!("ws://{addr}/wsMultiplexer");
+    let mut clients = Vec::new();
+    for path in ["/api/v1/pods", "/api/v1/nodes"] {
+        let mut c = Client::connect(&url).await;
+        c.send(json!({"clusterId": "demo", "path": path, "query": "watch=1", "type": "REQUEST"}))
+            .await;
+        c.event().await;
+        clients.push((c, path));
+    }
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    for (c, path) in clients.iter_mut() {
+        let mut completed = false;
+        let mut close_code = None;
+        while let Ok(Some(msg)) = tokio::time::timeout(PATIENCE, c.ws.next()).await {
+            match msg {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "COMPLETE" {
+                        assert_eq!(v["path"], *path);
+                        completed = true;
+                    }
+                }
+                Ok(Message::Close(frame)) => {
+                    close_code = frame.map(|f| u16::from(f.code));
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        assert!(completed, "{path}: COMPLETE before the close");
+        assert_eq!(close_code, Some(1001), "{path}: closed with 1001");
+    }
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
