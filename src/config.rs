@@ -470,6 +470,14 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_the_defaults() {
+        let example = include_str!("../docs/kubemux.example.toml");
+        let s = Settings::from_toml(&ProxyArgs::default(), example, "docs/kubemux.example.toml")
+            .unwrap();
+        assert_eq!(s, Settings::default());
+    }
+
+    #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
         let args = ProxyArgs {
             linger: Some(Duration::from_secs(1)),

@@ -364,3 +364,91 @@ async fn sigterm_completes_every_subscriber_closes_with_1001_and_exits_zero() {
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_have_a_line_per_connection_and_watch_and_none_per_event() {
+    let mut child = kubemux()
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-listen",
+            "127.0.0.1:0",
+            "--churn",
+            "200",
+            "--log-format",
+            "json",
+            "--linger",
+            "0s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("kubemux listening on http://") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let mut c = Client::connect(&format!("ws://{addr}/wsMultiplexer")).await;
+    c.send(
+        json!({"clusterId": "demo", "path": "/api/v1/pods", "query": "watch=1", "type": "REQUEST"}),
+    )
+    .await;
+    let mut events = 0;
+    while events < 300 {
+        c.event().await;
+        events += 1;
+    }
+    c.ws.close(None).await.ok();
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8(out.stderr).unwrap();
+    let records: Vec<Value> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
+        .collect();
+    let count = |msg: &str| records.iter().filter(|r| r["message"] == msg).count();
+    assert_eq!(count("connection opened"), 1, "{log}");
+    assert_eq!(count("connection closed"), 1, "{log}");
+    assert_eq!(count("starting shared watch"), 1, "{log}");
+    assert_eq!(count("shared watch idle, stopped"), 1, "{log}");
+    let opened = records
+        .iter()
+        .find(|r| r["message"] == "connection opened")
+        .unwrap();
+    assert_eq!(opened["span"]["dialect"], "headlamp", "{opened}");
+    let started = records
+        .iter()
+        .find(|r| r["message"] == "starting shared watch")
+        .unwrap();
+    assert_eq!(started["cluster"], "demo");
+    assert!(
+        records.len() < 40,
+        "{} log lines for {events} events: nothing per event",
+        records.len()
+    );
+    assert!(
+        !log.contains("kubemux-sim-token"),
+        "credentials never logged"
+    );
+}

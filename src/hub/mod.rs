@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tracing::info;
+use tracing::{Instrument, info};
 
 use crate::cluster::Registry;
 use crate::metrics::Metrics;
@@ -219,7 +219,9 @@ impl Hub {
             .inc();
         info!(cluster = key.cluster(), key = %key.short_hash(), path = key.path(), "starting shared watch");
         let sink = Arc::new(Upstream(Arc::downgrade(&watch)));
-        let upstream = tokio::spawn(upstream::run(target, config.upstream.clone(), sink));
+        let span = tracing::info_span!("watch", cluster = key.cluster(), key = %key.short_hash());
+        let upstream =
+            tokio::spawn(upstream::run(target, config.upstream.clone(), sink).instrument(span));
         watch.add_task(upstream.abort_handle());
         watch.add_task(spawn_bookmarks(
             Arc::downgrade(&watch),

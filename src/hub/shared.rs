@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::task::AbortHandle;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::HubInner;
 use super::cache::{Cache, Start};
@@ -301,7 +301,7 @@ impl SharedWatch {
             }
             self.stop_locked(&mut st);
         }
-        debug!(key = %self.key.short_hash(), "shared watch idle, stopped");
+        info!(cluster = self.key.cluster(), key = %self.key.short_hash(), "shared watch idle, stopped");
         self.leave_hub();
     }
 
