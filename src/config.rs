@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+use crate::auth::origin::OriginPolicy;
 use crate::hub::{HistoryLimits, HubConfig};
 use crate::server::ServerConfig;
 use crate::server::conn::Liveness;
@@ -76,6 +77,9 @@ pub struct ProxyArgs {
     /// Log output: human or json [default: human]. The level comes from RUST_LOG (default info).
     #[arg(long, env = "KUBEMUX_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Browser origins allowed besides the same origin, comma-separated (e.g. https://dash.example.com, or * for any) [default: none].
+    #[arg(long, env = "KUBEMUX_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 /// The same settings as read from a TOML file. Unknown keys are errors, so a
@@ -96,6 +100,7 @@ struct FileConfig {
     pong_timeout: Option<String>,
     shutdown_grace: Option<String>,
     log_format: Option<LogFormat>,
+    allowed_origins: Option<Vec<String>>,
 }
 
 /// Why the configuration was rejected.
@@ -158,6 +163,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Browser origins allowed besides the same origin.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Settings {
@@ -176,6 +183,7 @@ impl Default for Settings {
             pong_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
             log_format: LogFormat::Human,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -371,6 +379,11 @@ impl Settings {
                 "0s to 10m",
             )?,
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
+            allowed_origins: if args.allowed_origins.is_empty() {
+                file.allowed_origins.unwrap_or(d.allowed_origins)
+            } else {
+                args.allowed_origins.clone()
+            },
         })
     }
 
@@ -385,7 +398,8 @@ impl Settings {
             "listen = \"{}\"\nlinger = \"{}\"\nmax_message_size = {}\nmax_subscriptions = {}\n\
              queue_max_bytes = {}\nqueue_max_frames = {}\nhistory_max_events = {}\n\
              history_max_age = \"{}\"\nbookmark_interval = \"{}\"\nping_interval = \"{}\"\n\
-             pong_timeout = \"{}\"\nshutdown_grace = \"{}\"\nlog_format = \"{}\"\n",
+             pong_timeout = \"{}\"\nshutdown_grace = \"{}\"\nlog_format = \"{}\"\n\
+             allowed_origins = {:?}\n",
             self.listen,
             d(self.linger),
             self.max_message_size,
@@ -398,7 +412,8 @@ impl Settings {
             d(self.ping_interval),
             d(self.pong_timeout),
             d(self.shutdown_grace),
-            format
+            format,
+            self.allowed_origins
         )
     }
 
@@ -430,6 +445,7 @@ impl Settings {
                 pong_timeout: self.pong_timeout,
                 ..Liveness::default()
             },
+            origins: OriginPolicy::new(self.allowed_origins.clone()),
             ..ServerConfig::default()
         }
     }

@@ -25,9 +25,9 @@ struct Cli {
 enum Command {
     /// Serve clients against real clusters (one clusterId per kubeconfig context).
     Serve {
-        /// Kubeconfig file; every context becomes a clusterId [default: KUBECONFIG or ~/.kube/config].
-        #[arg(long, env = "KUBECONFIG")]
-        kubeconfig: Option<PathBuf>,
+        /// Kubeconfig files (repeat, or separate with ':'); every context becomes a clusterId, and edits are picked up while running [default: KUBECONFIG or ~/.kube/config].
+        #[arg(long, env = "KUBECONFIG", value_delimiter = ':')]
+        kubeconfig: Vec<PathBuf>,
         /// Use the pod's service account (clusterId `in-cluster`) instead of a kubeconfig.
         #[arg(long, env = "KUBEMUX_IN_CLUSTER")]
         in_cluster: bool,
@@ -101,14 +101,15 @@ async fn main() -> anyhow::Result<()> {
                 let client = kube::Client::try_from(config)?;
                 registry.insert(Cluster::new("in-cluster", server, client));
             } else {
-                match kubeconfig {
-                    Some(path) => registry.load_kubeconfig_file(&path).await?,
-                    None => {
-                        let kubeconfig = kube::config::Kubeconfig::read()
-                            .context("no --kubeconfig given and no default kubeconfig found")?;
-                        registry.load(kubeconfig, "default kubeconfig").await?
-                    }
+                let paths = if kubeconfig.is_empty() {
+                    kubemux::cluster::kubeconfig::default_paths()
+                } else {
+                    kubeconfig
                 };
+                registry
+                    .load_and_follow(paths, std::time::Duration::from_secs(2))
+                    .await
+                    .context("loading clusters from the kubeconfig")?;
             }
             run_proxy(registry, &settings, None).await
         }

@@ -44,7 +44,10 @@ async fn fifty_connections_share_one_upstream_watch() {
             assert_eq!(ev["type"], "ADDED");
         }
     }
-    assert_eq!(env.sim.active_watches("pods"), 1);
+    env.eventually("the one upstream watch is open", || {
+        env.sim.active_watches("pods") == 1
+    })
+    .await;
     assert_eq!(env.sim.watch_requests("pods"), 1);
     let text = env.metrics_text().await;
     assert_eq!(

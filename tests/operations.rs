@@ -257,7 +257,7 @@ async fn readiness_and_status_report_the_clusters_and_watches() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(status["clusters"][0]["id"], CLUSTER);
+    assert_eq!(status["clusters"][0]["name"], CLUSTER);
     assert!(
         status["clusters"][0]["version"]
             .as_str()

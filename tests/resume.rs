@@ -49,7 +49,12 @@ async fn primed(env: &Env) -> Client {
 
 const PATH: &str = "/api/v1/namespaces/default/pods";
 
-fn assert_upstream_untouched(env: &Env) {
+async fn assert_upstream_untouched(env: &Env) {
+    // The shared watch's own request follows its LIST; wait for it first.
+    env.eventually("the shared watch is open", || {
+        env.sim.watch_requests("pods") >= 1
+    })
+    .await;
     assert_eq!(env.sim.watch_requests("pods"), 1, "one upstream watch only");
     assert_eq!(env.sim.list_requests("pods"), 1, "one upstream list only");
 }
@@ -72,7 +77,7 @@ async fn version_zero_gets_the_snapshot() {
     assert_eq!(applied.versions(), versions_of(&pods));
     assert!(c.next_within(Duration::from_millis(300)).await.is_none());
     assert!(rv > 0);
-    assert_upstream_untouched(&env);
+    assert_upstream_untouched(&env).await;
     drop(first.ws.close(None).await);
 }
 
@@ -98,7 +103,7 @@ async fn version_in_history_replays_only_newer_events() {
         c.next_within(Duration::from_millis(300)).await.is_none(),
         "nothing else replayed"
     );
-    assert_upstream_untouched(&env);
+    assert_upstream_untouched(&env).await;
     let text = env.metrics_text().await;
     assert_eq!(
         metric(&text, "kubemux_resumes_total{outcome=\"history\"}"),
@@ -144,7 +149,7 @@ async fn version_older_than_history_gets_one_in_band_410_then_complete() {
     );
     assert_eq!(c.frame().await["type"], "COMPLETE");
     assert!(c.next_within(Duration::from_millis(300)).await.is_none());
-    assert_upstream_untouched(&env);
+    assert_upstream_untouched(&env).await;
     let text = env.metrics_text().await;
     assert_eq!(
         metric(&text, "kubemux_resumes_total{outcome=\"expired\"}"),
@@ -177,7 +182,7 @@ async fn version_newer_than_seen_waits_for_it() {
     let (_, ev) = c.event().await;
     assert_eq!(ev["object"]["metadata"]["name"], "after-it");
     assert_eq!(ev["object"]["metadata"]["resourceVersion"], rv.as_str());
-    assert_upstream_untouched(&env);
+    assert_upstream_untouched(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +236,7 @@ async fn send_initial_events_ends_with_the_annotated_bookmark() {
     let new_rv = create(&env, "live");
     let (_, ev) = c.event().await;
     assert_eq!(ev["object"]["metadata"]["resourceVersion"], new_rv.as_str());
-    assert_upstream_untouched(&env);
+    assert_upstream_untouched(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,7 +307,7 @@ async fn headlamp_resubscribe_pattern_costs_nothing_upstream() {
         })
         .collect();
     assert_eq!(seen, expected, "every event exactly once, in order");
-    assert_upstream_untouched(&env);
+    assert_upstream_untouched(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! The clusters kubemux can reach, by cluster id (kubeconfig context name).
 
 mod health;
+pub mod kubeconfig;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,6 +18,20 @@ pub struct Cluster {
     server: String,
     client: kube::Client,
     health: RwLock<Health>,
+    fingerprint: u64,
+}
+
+/// A change to the set of clusters, announced to whoever listens
+/// ([`Registry::changes`]): the hub ends subscriptions of removed or edited
+/// clusters, the notifications dialect tells its clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterChange {
+    /// A new cluster id became usable.
+    Added(String),
+    /// A cluster's configuration changed; existing watches were made with the old one.
+    Updated(String),
+    /// A cluster id is gone.
+    Removed(String),
 }
 
 impl Cluster {
@@ -27,6 +42,7 @@ impl Cluster {
             server: server.into(),
             client,
             health: RwLock::new(Health::default()),
+            fingerprint: 0,
         }
     }
 
@@ -62,24 +78,28 @@ pub enum ClusterError {
         /// What went wrong.
         source: kube::config::KubeconfigError,
     },
-    /// A context could not be turned into a client.
-    #[error("context {context:?}: {message}")]
-    Context {
-        /// The context name.
-        context: String,
-        /// What went wrong.
-        message: String,
-    },
     /// The kubeconfig has no contexts.
     #[error("kubeconfig {0} defines no contexts")]
     NoContexts(String),
 }
 
 /// Every configured cluster, by id.
-#[derive(Default)]
 pub struct Registry {
     clusters: RwLock<BTreeMap<String, Arc<Cluster>>>,
+    default_id: RwLock<Option<String>>,
     loaded: AtomicBool,
+    changes: tokio::sync::broadcast::Sender<ClusterChange>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            clusters: RwLock::default(),
+            default_id: RwLock::default(),
+            loaded: AtomicBool::new(false),
+            changes: tokio::sync::broadcast::channel(256).0,
+        }
+    }
 }
 
 impl Registry {
@@ -101,6 +121,35 @@ impl Registry {
         self.loaded.store(true, Ordering::Release);
     }
 
+    /// Removes a cluster; whether it was there.
+    pub fn remove(&self, id: &str) -> bool {
+        self.clusters.write().remove(id).is_some()
+    }
+
+    /// Announces a change to listeners.
+    pub fn announce(&self, change: ClusterChange) {
+        let _ = self.changes.send(change);
+    }
+
+    /// Follows changes to the set of clusters from now on.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<ClusterChange> {
+        self.changes.subscribe()
+    }
+
+    /// Makes `id` the cluster used when a client names none.
+    pub fn set_default(&self, id: &str) {
+        *self.default_id.write() = Some(id.to_string());
+    }
+
+    /// The cluster used when a client names none: the kubeconfig's current
+    /// context, else the first cluster id.
+    pub fn default_id(&self) -> Option<String> {
+        let explicit = self.default_id.read().clone();
+        explicit
+            .filter(|id| self.get(id).is_some())
+            .or_else(|| self.ids().into_iter().next())
+    }
+
     /// Whether at least one cluster has been configured.
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
@@ -116,7 +165,7 @@ impl Registry {
         self.clusters.read().keys().cloned().collect()
     }
 
-    /// Loads every context of a kubeconfig document as a cluster.
+    /// Makes the clusters exactly the contexts of a kubeconfig document.
     pub async fn load_kubeconfig_text(
         &self,
         text: &str,
@@ -131,7 +180,7 @@ impl Registry {
         self.load(kubeconfig, origin).await
     }
 
-    /// Loads every context of a kubeconfig file as a cluster.
+    /// Makes the clusters exactly the contexts of a kubeconfig file.
     pub async fn load_kubeconfig_file(&self, path: &Path) -> Result<usize, ClusterError> {
         let origin = path.display().to_string();
         let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
@@ -143,34 +192,15 @@ impl Registry {
         self.load(kubeconfig, &origin).await
     }
 
-    /// Loads every context of a parsed kubeconfig as a cluster.
+    /// Makes the clusters exactly the contexts of a parsed kubeconfig
+    /// (see [`Registry::sync_kubeconfig`]); returns how many it names.
     pub async fn load(
         &self,
         kubeconfig: kube::config::Kubeconfig,
         origin: &str,
     ) -> Result<usize, ClusterError> {
-        let names: Vec<String> = kubeconfig.contexts.iter().map(|c| c.name.clone()).collect();
-        if names.is_empty() {
-            return Err(ClusterError::NoContexts(origin.to_string()));
-        }
-        for name in &names {
-            let options = kube::config::KubeConfigOptions {
-                context: Some(name.clone()),
-                ..Default::default()
-            };
-            let config = kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &options)
-                .await
-                .map_err(|e| ClusterError::Context {
-                    context: name.clone(),
-                    message: e.to_string(),
-                })?;
-            let server = config.cluster_url.to_string();
-            let client = kube::Client::try_from(config).map_err(|e| ClusterError::Context {
-                context: name.clone(),
-                message: e.to_string(),
-            })?;
-            self.insert(Cluster::new(name.clone(), server, client));
-        }
-        Ok(names.len())
+        let count = kubeconfig.contexts.len();
+        self.sync_kubeconfig(kubeconfig, origin).await?;
+        Ok(count)
     }
 }

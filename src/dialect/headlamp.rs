@@ -12,12 +12,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocket;
-use base64::Engine;
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::auth::credentials::Credentials;
 use crate::hub::{EndReason, Hub, Overflow, SubscribeRequest, Subscriber, Subscription};
 use crate::server::ServerConfig;
 use crate::server::conn::{self, ConnContext, Dialect};
@@ -26,33 +26,17 @@ use crate::upstream::event::WatchEvent;
 
 /// The subprotocol Headlamp's frontend offers.
 pub const PROTOCOL: &str = "headlamp.multiplexer.k8s.io";
-/// Prefix of the subprotocol that carries a base64url bearer token.
-pub const TOKEN_PROTOCOL_PREFIX: &str = "base64url.headlamp.backend.authorization.k8s.io.";
-
-/// The bearer token offered as a subprotocol, if any.
-pub fn token_from_protocols(offered: &[String]) -> Option<String> {
-    offered.iter().find_map(|p| {
-        let encoded = p.strip_prefix(TOKEN_PROTOCOL_PREFIX)?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(encoded.trim_end_matches('='))
-            .ok()?;
-        String::from_utf8(bytes).ok().filter(|t| !t.is_empty())
-    })
-}
-
 /// Serves one upgraded connection.
 pub async fn serve(
     socket: WebSocket,
     hub: Hub,
     config: Arc<ServerConfig>,
     shutdown: tokio::sync::watch::Receiver<bool>,
-    token: Option<String>,
+    credentials: Credentials,
 ) {
     let outbound = Arc::new(Outbound::new(config.queue, hub.metrics().clone()));
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
-    if token.is_some() {
-        debug!("client offered a bearer token subprotocol");
-    }
+    debug!(?credentials, "headlamp connection");
     let dialect = Headlamp {
         hub: hub.clone(),
         outbound: outbound.clone(),
@@ -312,15 +296,5 @@ mod tests {
             serde_json::from_str(&complete_frame(&head).into_string()).unwrap();
         assert_eq!(v["type"], "COMPLETE");
         assert_eq!(v["path"], "/api/v1/pods");
-    }
-
-    #[test]
-    fn token_subprotocol_is_decoded() {
-        let offered = vec![
-            PROTOCOL.to_string(),
-            format!("{TOKEN_PROTOCOL_PREFIX}bXktdG9rZW4"),
-        ];
-        assert_eq!(token_from_protocols(&offered).as_deref(), Some("my-token"));
-        assert_eq!(token_from_protocols(&[PROTOCOL.to_string()]), None);
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tracing::{Instrument, info};
 
-use crate::cluster::Registry;
+use crate::cluster::{ClusterChange, Registry};
 use crate::metrics::Metrics;
 use crate::upstream::{self, UpstreamConfig, WatchTarget};
 pub use cache::HistoryLimits;
@@ -63,6 +63,44 @@ pub struct WatchInfo {
     pub subscribers: usize,
     /// Upstream events received since the watch started.
     pub events: u64,
+}
+
+/// A LIST answered from a shared watch's store.
+#[derive(Clone, Debug)]
+pub struct CachedList {
+    /// Kind of the items (`Pod`).
+    pub item_kind: String,
+    /// Their apiVersion.
+    pub api_version: String,
+    /// The version the store is at.
+    pub resource_version: String,
+    /// Each object's raw JSON.
+    pub items: Vec<bytes::Bytes>,
+}
+
+impl CachedList {
+    /// The list as the API server writes it (`{"kind":"PodList",…}`).
+    pub fn to_json(&self) -> Vec<u8> {
+        let head = serde_json::json!({
+            "kind": format!("{}List", self.item_kind),
+            "apiVersion": self.api_version,
+            "metadata": {"resourceVersion": self.resource_version},
+        })
+        .to_string();
+        let mut out = Vec::with_capacity(
+            head.len() + self.items.iter().map(|i| i.len() + 1).sum::<usize>() + 16,
+        );
+        out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+        out.extend_from_slice(b",\"items\":[");
+        for (i, item) in self.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(item);
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
 }
 
 /// What a dialect asks for, exactly as its client sent it.
@@ -132,7 +170,8 @@ impl Drop for Subscription {
 impl Hub {
     /// A hub over the clusters of `clusters`.
     pub fn new(config: HubConfig, clusters: Arc<Registry>, metrics: Arc<Metrics>) -> Self {
-        Hub {
+        let changes = clusters.changes();
+        let hub = Hub {
             inner: Arc::new(HubInner {
                 config,
                 watches: DashMap::new(),
@@ -140,7 +179,11 @@ impl Hub {
                 metrics,
                 closing: std::sync::atomic::AtomicBool::new(false),
             }),
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(follow_cluster_changes(Arc::downgrade(&hub.inner), changes));
         }
+        hub
     }
 
     /// The metrics the hub updates.
@@ -230,6 +273,28 @@ impl Hub {
         watch
     }
 
+    /// A LIST answer for a collection, served from a live shared watch's
+    /// store without asking the cluster; `None` when no watch for that key
+    /// has listed yet (or the query is not one a watch can answer, such as
+    /// paging with `limit`/`continue`).
+    pub fn cached_list(&self, cluster: &str, path: &str, query: &str) -> Option<CachedList> {
+        if query
+            .split('&')
+            .any(|p| p.starts_with("limit=") || p.starts_with("continue="))
+        {
+            return None;
+        }
+        let (key, _, _) = key::normalize(cluster, path, query).ok()?;
+        let watch = self.inner.watches.get(&key)?.clone();
+        let (item_kind, api_version, resource_version, items) = watch.snapshot_list()?;
+        Some(CachedList {
+            item_kind,
+            api_version,
+            resource_version,
+            items,
+        })
+    }
+
     /// Ends every subscription with [`EndReason::Shutdown`] and stops every
     /// upstream watch; later subscribe calls fail.
     pub fn shutdown(&self) {
@@ -276,6 +341,37 @@ impl Hub {
             ))
         });
         out
+    }
+}
+
+/// Ends the subscriptions of clusters that were removed or reconfigured:
+/// their watches were made with a configuration that no longer exists.
+async fn follow_cluster_changes(
+    hub: Weak<HubInner>,
+    mut changes: tokio::sync::broadcast::Receiver<ClusterChange>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let change = match changes.recv().await {
+            Ok(change) => change,
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        let Some(inner) = hub.upgrade() else { return };
+        let hub = Hub { inner };
+        match change {
+            ClusterChange::Removed(id) => hub.end_cluster(
+                &id,
+                EndReason::Failed(format!("cluster {id:?} was removed from the configuration")),
+            ),
+            ClusterChange::Updated(id) => hub.end_cluster(
+                &id,
+                EndReason::Failed(format!(
+                    "cluster {id:?} was reconfigured; subscribe again to watch with the new configuration"
+                )),
+            ),
+            ClusterChange::Added(_) => {}
+        }
     }
 }
 

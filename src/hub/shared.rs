@@ -105,6 +105,22 @@ impl SharedWatch {
         self.state.lock().subs.len()
     }
 
+    /// The current objects as a LIST answer would hold them, if the watch
+    /// has listed: `(item kind, apiVersion, resourceVersion, raw objects)`.
+    pub(super) fn snapshot_list(&self) -> Option<(String, String, String, Vec<bytes::Bytes>)> {
+        let st = self.state.lock();
+        if !st.listed || st.stopped {
+            return None;
+        }
+        let (kind, api_version) = st.cache.kind();
+        Some((
+            kind.to_string(),
+            api_version.to_string(),
+            st.cache.latest().to_string(),
+            st.cache.objects().map(|e| e.object().clone()).collect(),
+        ))
+    }
+
     /// Upstream events received so far.
     pub fn events_received(&self) -> u64 {
         self.events.load(Ordering::Relaxed)

@@ -2,6 +2,7 @@
 
 pub mod conn;
 pub mod outbound;
+mod rest;
 mod status;
 
 use std::net::SocketAddr;
@@ -10,11 +11,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use crate::auth::credentials::Credentials;
+use crate::auth::origin::OriginPolicy;
 use crate::dialect::headlamp;
 use crate::hub::Hub;
 use conn::Liveness;
@@ -33,6 +36,8 @@ pub struct ServerConfig {
     pub liveness: Liveness,
     /// Interval of the clusters' health probes.
     pub health_interval: std::time::Duration,
+    /// Which browser origins may connect.
+    pub origins: OriginPolicy,
 }
 
 impl Default for ServerConfig {
@@ -43,6 +48,7 @@ impl Default for ServerConfig {
             queue: QueueLimits::default(),
             liveness: Liveness::default(),
             health_interval: std::time::Duration::from_secs(30),
+            origins: OriginPolicy::default(),
         }
     }
 }
@@ -133,6 +139,12 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(metrics))
         .route("/api/status", get(status::api_status))
+        .route("/api/clusters", get(rest::clusters))
+        .route("/api/clusters/{name}", get(rest::cluster))
+        .route(
+            "/clusters/{cluster}/{*path}",
+            axum::routing::any(rest::kubernetes),
+        )
         .route("/", get(status::page))
         .with_state(state)
 }
@@ -148,7 +160,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn headlamp_ws(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+async fn headlamp_ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if *state.shutdown.borrow() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -156,11 +172,14 @@ async fn headlamp_ws(State(state): State<AppState>, ws: WebSocketUpgrade) -> Res
         )
             .into_response();
     }
+    if let Err(refused) = state.config.origins.check(&headers) {
+        return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();
+    }
+    let credentials = Credentials::from_headers(&headers);
     let offered: Vec<String> = ws
         .requested_protocols()
         .filter_map(|p| p.to_str().ok().map(str::to_string))
         .collect();
-    let token = headlamp::token_from_protocols(&offered);
     let mut ws = ws
         .max_message_size(state.config.max_message_size)
         .max_frame_size(state.config.max_message_size);
@@ -174,7 +193,7 @@ async fn headlamp_ws(State(state): State<AppState>, ws: WebSocketUpgrade) -> Res
             state.hub.clone(),
             state.config.clone(),
             state.shutdown.clone(),
-            token,
+            credentials,
         )
         .await;
         drop(tracked);

@@ -6,7 +6,7 @@ use axum::response::{Html, IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use crate::cluster::Health;
+use crate::cluster::{Cluster, Health};
 
 #[derive(Deserialize)]
 pub(super) struct ReadyQuery {
@@ -57,13 +57,24 @@ pub(super) async fn readyz(State(state): State<AppState>, Query(q): Query<ReadyQ
     (code, body).into_response()
 }
 
+/// One cluster as `/api/status` and `/api/clusters` show it.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct ClusterStatus {
-    id: String,
+pub(super) struct ClusterStatus {
+    name: String,
     server: String,
     #[serde(flatten)]
     health: Health,
+}
+
+impl ClusterStatus {
+    pub(super) fn of(c: &Cluster) -> Self {
+        ClusterStatus {
+            name: c.id().to_string(),
+            server: c.server().to_string(),
+            health: c.health(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -92,11 +103,7 @@ pub(super) async fn api_status(State(state): State<AppState>) -> Response {
         .clusters()
         .all()
         .iter()
-        .map(|c| ClusterStatus {
-            id: c.id().to_string(),
-            server: c.server().to_string(),
-            health: c.health(),
-        })
+        .map(|c| ClusterStatus::of(c))
         .collect();
     let watches = state
         .hub

@@ -1,0 +1,185 @@
+//! Client credentials as Headlamp and other dashboards send them: an
+//! `Authorization: Bearer` header, Headlamp's token subprotocol, or Headlamp's
+//! per-cluster cookies (`headlamp-auth-<cluster>.<n>`, one token split over
+//! numbered cookies).
+//!
+//! Tokens never reach logs or metrics: `Debug` is redacted, and only a hash
+//! ([`Credentials::identity_hash`]) may be used as a label or key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine;
+use http::HeaderMap;
+
+/// Prefix of the subprotocol that carries a base64url bearer token.
+pub const TOKEN_PROTOCOL_PREFIX: &str = "base64url.headlamp.backend.authorization.k8s.io.";
+const COOKIE_PREFIX: &str = "headlamp-auth-";
+
+/// The credentials one connection presented.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    bearer: Option<String>,
+    protocol: Option<String>,
+    cookies: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .field("protocol", &self.protocol.as_ref().map(|_| "<redacted>"))
+            .field("cookie_clusters", &self.cookies.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Reads every credential an upgrade (or REST) request carries.
+    pub fn from_headers(headers: &HeaderMap) -> Credentials {
+        let bearer = headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_string())
+            })
+            .filter(|t| !t.is_empty());
+        let offered: Vec<String> = headers
+            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
+            .collect();
+        let cookies = headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .filter_map(|(name, value)| {
+                let rest = name.strip_prefix(COOKIE_PREFIX)?;
+                let (cluster, n) = rest.rsplit_once('.')?;
+                Some((
+                    cluster.to_string(),
+                    n.parse::<u32>().ok()?,
+                    value.to_string(),
+                ))
+            })
+            .fold(
+                BTreeMap::<String, BTreeMap<u32, String>>::new(),
+                |mut acc, (cluster, n, part)| {
+                    acc.entry(cluster).or_default().insert(n, part);
+                    acc
+                },
+            )
+            .into_iter()
+            .map(|(cluster, parts)| (cluster, parts.into_values().collect::<String>()))
+            .filter(|(_, token)| !token.is_empty())
+            .collect();
+        Credentials {
+            bearer,
+            protocol: token_from_protocols(&offered),
+            cookies,
+        }
+    }
+
+    /// The token to use for `cluster`: its own cookie first (the most
+    /// specific), then the subprotocol token, then the `Authorization` header.
+    pub fn token_for(&self, cluster: &str) -> Option<&str> {
+        self.cookies
+            .get(cluster)
+            .or(self.protocol.as_ref())
+            .or(self.bearer.as_ref())
+            .map(String::as_str)
+    }
+
+    /// Whether any credential was presented.
+    pub fn is_empty(&self) -> bool {
+        self.bearer.is_none() && self.protocol.is_none() && self.cookies.is_empty()
+    }
+}
+
+/// A short, stable, non-reversible name for a token, usable in keys and logs.
+pub fn identity_hash(token: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    "kubemux-identity".hash(&mut h);
+    token.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// The bearer token offered as a Headlamp subprotocol, if any.
+pub fn token_from_protocols(offered: &[String]) -> Option<String> {
+    offered.iter().find_map(|p| {
+        let encoded = p.strip_prefix(TOKEN_PROTOCOL_PREFIX)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(encoded.trim_end_matches('='))
+            .ok()?;
+        String::from_utf8(bytes).ok().filter(|t| !t.is_empty())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_header() {
+        let c = Credentials::from_headers(&headers(&[("authorization", "Bearer abc")]));
+        assert_eq!(c.token_for("any"), Some("abc"));
+        let c = Credentials::from_headers(&headers(&[("authorization", "Basic xyz")]));
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn subprotocol_token_is_base64url_decoded() {
+        let c = Credentials::from_headers(&headers(&[(
+            "sec-websocket-protocol",
+            "headlamp.multiplexer.k8s.io, base64url.headlamp.backend.authorization.k8s.io.bXktdG9rZW4",
+        )]));
+        assert_eq!(c.token_for("x"), Some("my-token"));
+        assert_eq!(token_from_protocols(&["other".into()]), None);
+    }
+
+    #[test]
+    fn split_cookies_are_joined_in_order_per_cluster() {
+        let c = Credentials::from_headers(&headers(&[
+            (
+                "cookie",
+                "headlamp-auth-prod.1=def; theme=dark; headlamp-auth-prod.0=abc",
+            ),
+            (
+                "cookie",
+                "headlamp-auth-my.cluster.0=zzz; headlamp-auth-prod.10=ghi",
+            ),
+            ("authorization", "Bearer fallback"),
+        ]));
+        assert_eq!(c.token_for("prod"), Some("abcdefghi"));
+        assert_eq!(c.token_for("my.cluster"), Some("zzz"));
+        assert_eq!(c.token_for("other"), Some("fallback"));
+    }
+
+    #[test]
+    fn debug_never_shows_tokens() {
+        let c = Credentials::from_headers(&headers(&[
+            ("authorization", "Bearer secret-token"),
+            ("cookie", "headlamp-auth-a.0=secret-cookie"),
+        ]));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert_ne!(identity_hash("a"), identity_hash("b"));
+        assert!(!identity_hash("secret-token").contains("secret"));
+    }
+}

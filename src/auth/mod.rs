@@ -1,0 +1,5 @@
+//! Who a client is: credentials from the upgrade request, and the policy on
+//! where requests may come from.
+
+pub mod credentials;
+pub mod origin;

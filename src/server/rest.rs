@@ -1,0 +1,136 @@
+//! Read-only REST: the cluster registry (`/api/clusters`) and Kubernetes
+//! GETs (`/clusters/{cluster}/{path}`), answered from a live shared watch's
+//! store when one exists, otherwise forwarded to the cluster.
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use serde_json::json;
+use tracing::debug;
+
+use super::AppState;
+use super::status::ClusterStatus;
+
+fn json_error(code: StatusCode, message: String) -> Response {
+    (code, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// `GET /api/clusters`: every cluster with its health.
+pub(super) async fn clusters(State(state): State<AppState>) -> Response {
+    let all: Vec<ClusterStatus> = state
+        .hub
+        .clusters()
+        .all()
+        .iter()
+        .map(|c| ClusterStatus::of(c))
+        .collect();
+    axum::Json(all).into_response()
+}
+
+/// `GET /api/clusters/{name}`: one cluster, or 404 with a JSON error.
+pub(super) async fn cluster(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    match state.hub.clusters().get(&name) {
+        Some(c) => axum::Json(ClusterStatus::of(&c)).into_response(),
+        None => json_error(StatusCode::NOT_FOUND, format!("unknown cluster {name:?}")),
+    }
+}
+
+/// Segments of a forwarded path: what Kubernetes names and paths use, and
+/// nothing that could climb out of the API (`..`) or smuggle a query.
+fn forwardable(path: &str) -> bool {
+    (path.starts_with("api/")
+        || path.starts_with("apis/")
+        || path == "api"
+        || path == "apis"
+        || path == "version")
+        && path.split('/').all(|s| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'))
+        })
+}
+
+/// `GET /clusters/{cluster}/{path}`: a LIST from the cache when a shared
+/// watch for that key is live (the cluster sees no request), otherwise the
+/// cluster's own answer. Anything but GET is 405: kubemux is read-only.
+pub(super) async fn kubernetes(
+    State(state): State<AppState>,
+    method: Method,
+    Path((cluster, path)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if method != Method::GET {
+        let mut resp = json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed: kubemux is read-only"),
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return resp;
+    }
+    let Some(target) = state.hub.clusters().get(&cluster) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            format!("unknown cluster {cluster:?}"),
+        );
+    };
+    if !forwardable(&path) {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!("path {path:?} is not a Kubernetes API path"),
+        );
+    }
+    let query = query.unwrap_or_default();
+    let full = format!("/{path}");
+    if let Some(list) = state.hub.cached_list(&cluster, &full, &query) {
+        debug!(cluster = %cluster, path = %full, "LIST served from a shared watch");
+        return ([(header::CONTENT_TYPE, "application/json")], list.to_json()).into_response();
+    }
+    let uri = if query.is_empty() {
+        full
+    } else {
+        format!("{full}?{query}")
+    };
+    let request = match http::Request::get(&uri)
+        .header(header::ACCEPT, "application/json")
+        .body(kube::client::Body::empty())
+    {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
+    };
+    match target.client().send(request).await {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            let mut out = Response::new(Body::from_stream(body.into_data_stream()));
+            *out.status_mut() = parts.status;
+            if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+                out.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+            }
+            out
+        }
+        Err(e) => json_error(
+            StatusCode::BAD_GATEWAY,
+            format!("cluster {cluster:?} did not answer: {e}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwardable;
+
+    #[test]
+    fn only_api_paths_are_forwarded() {
+        assert!(forwardable("api/v1/namespaces/default/pods"));
+        assert!(forwardable("apis/apps/v1/deployments"));
+        assert!(forwardable("version"));
+        assert!(!forwardable("api/v1/../../etc"));
+        assert!(!forwardable("metrics"));
+        assert!(!forwardable("api//v1"));
+        assert!(!forwardable("api/v1/pods?x=1"));
+    }
+}
