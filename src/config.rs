@@ -14,6 +14,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use crate::auth::origin::OriginPolicy;
+use crate::auth::policy::{AuthMode, Policy};
 use crate::hub::{HistoryLimits, HubConfig};
 use crate::server::ServerConfig;
 use crate::server::conn::Liveness;
@@ -80,6 +81,15 @@ pub struct ProxyArgs {
     /// Browser origins allowed besides the same origin, comma-separated (e.g. https://dash.example.com, or * for any) [default: none].
     #[arg(long, env = "KUBEMUX_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Whose identity upstream requests use: passthrough (each client's own token) or none (kubemux's, loopback only) [default: passthrough for serve, none for demo].
+    #[arg(long, env = "KUBEMUX_AUTH")]
+    pub auth: Option<AuthMode>,
+    /// Allow --auth none on a non-loopback listener.
+    #[arg(long, env = "KUBEMUX_ALLOW_UNAUTHENTICATED_REMOTE")]
+    pub allow_unauthenticated_remote: bool,
+    /// With --auth none, serve secrets too.
+    #[arg(long, env = "KUBEMUX_ALLOW_SECRETS")]
+    pub allow_secrets: bool,
 }
 
 /// The same settings as read from a TOML file. Unknown keys are errors, so a
@@ -101,6 +111,9 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     log_format: Option<LogFormat>,
     allowed_origins: Option<Vec<String>>,
+    auth: Option<AuthMode>,
+    allow_unauthenticated_remote: Option<bool>,
+    allow_secrets: Option<bool>,
 }
 
 /// Why the configuration was rejected.
@@ -122,6 +135,9 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// The combination of settings is unsafe.
+    #[error("{0}")]
+    Unsafe(String),
     /// A setting is out of its accepted range.
     #[error("invalid {setting} = {value}: accepted {accepted}")]
     Invalid {
@@ -165,6 +181,12 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Browser origins allowed besides the same origin.
     pub allowed_origins: Vec<String>,
+    /// Auth mode.
+    pub auth: AuthMode,
+    /// `none` on a non-loopback listener is allowed.
+    pub allow_unauthenticated_remote: bool,
+    /// `none` serves secrets.
+    pub allow_secrets: bool,
 }
 
 impl Default for Settings {
@@ -184,6 +206,9 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(20),
             log_format: LogFormat::Human,
             allowed_origins: Vec::new(),
+            auth: AuthMode::Passthrough,
+            allow_unauthenticated_remote: false,
+            allow_secrets: false,
         }
     }
 }
@@ -245,25 +270,48 @@ fn check_duration(
 
 impl Settings {
     /// Layers flags/env over the config file (if any) over the defaults and
-    /// validates the result.
-    pub fn resolve(args: &ProxyArgs) -> Result<Settings, ConfigError> {
+    /// validates the result; `default_auth` is the command's own default.
+    pub fn resolve(args: &ProxyArgs, default_auth: AuthMode) -> Result<Settings, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        Self::layer(args, file)
+        Self::layer(args, file, default_auth)
     }
 
-    /// Parses a TOML document as a config file and layers `args` over it.
+    /// Parses a TOML document as a config file and layers `args` over it
+    /// (with `serve`'s defaults).
     pub fn from_toml(
         args: &ProxyArgs,
         toml_text: &str,
         origin: &str,
     ) -> Result<Settings, ConfigError> {
-        Self::layer(args, parse_file(toml_text, origin)?)
+        Self::layer(args, parse_file(toml_text, origin)?, AuthMode::Passthrough)
     }
 
-    fn layer(args: &ProxyArgs, file: FileConfig) -> Result<Settings, ConfigError> {
+    /// The auth policy these settings describe.
+    pub fn policy(&self) -> Policy {
+        Policy::new(self.auth, self.allow_secrets)
+    }
+
+    fn layer(
+        args: &ProxyArgs,
+        file: FileConfig,
+        default_auth: AuthMode,
+    ) -> Result<Settings, ConfigError> {
+        let settings = Self::layer_values(args, file, default_auth)?;
+        settings
+            .policy()
+            .check_listener(settings.listen, settings.allow_unauthenticated_remote)
+            .map_err(|e| ConfigError::Unsafe(e.to_string()))?;
+        Ok(settings)
+    }
+
+    fn layer_values(
+        args: &ProxyArgs,
+        file: FileConfig,
+        default_auth: AuthMode,
+    ) -> Result<Settings, ConfigError> {
         let d = Settings::default();
         let listen = match (args.listen, file.listen) {
             (Some(a), _) => a,
@@ -384,6 +432,10 @@ impl Settings {
             } else {
                 args.allowed_origins.clone()
             },
+            auth: args.auth.or(file.auth).unwrap_or(default_auth),
+            allow_unauthenticated_remote: args.allow_unauthenticated_remote
+                || file.allow_unauthenticated_remote.unwrap_or(false),
+            allow_secrets: args.allow_secrets || file.allow_secrets.unwrap_or(false),
         })
     }
 
@@ -399,7 +451,8 @@ impl Settings {
              queue_max_bytes = {}\nqueue_max_frames = {}\nhistory_max_events = {}\n\
              history_max_age = \"{}\"\nbookmark_interval = \"{}\"\nping_interval = \"{}\"\n\
              pong_timeout = \"{}\"\nshutdown_grace = \"{}\"\nlog_format = \"{}\"\n\
-             allowed_origins = {:?}\n",
+             allowed_origins = {:?}\nauth = \"{}\"\nallow_unauthenticated_remote = {}\n\
+             allow_secrets = {}\n",
             self.listen,
             d(self.linger),
             self.max_message_size,
@@ -413,7 +466,10 @@ impl Settings {
             d(self.pong_timeout),
             d(self.shutdown_grace),
             format,
-            self.allowed_origins
+            self.allowed_origins,
+            self.auth.as_str(),
+            self.allow_unauthenticated_remote,
+            self.allow_secrets
         )
     }
 
@@ -446,6 +502,7 @@ impl Settings {
                 ..Liveness::default()
             },
             origins: OriginPolicy::new(self.allowed_origins.clone()),
+            policy: self.policy(),
             ..ServerConfig::default()
         }
     }
@@ -531,6 +588,24 @@ mod tests {
                 "{toml}: {text}"
             );
         }
+        let err = Settings::from_toml(
+            &ProxyArgs::default(),
+            "auth = \"none\"\nlisten = \"0.0.0.0:1\"",
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("--allow-unauthenticated-remote"),
+            "{err}"
+        );
+        assert!(
+            Settings::from_toml(
+                &ProxyArgs::default(),
+                "auth = \"none\"\nlisten = \"0.0.0.0:1\"\nallow_unauthenticated_remote = true",
+                "t"
+            )
+            .is_ok()
+        );
         let err = Settings::from_toml(&ProxyArgs::default(), "lingr = \"1s\"", "t").unwrap_err();
         assert!(err.to_string().contains("lingr"), "{err}");
     }

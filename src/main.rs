@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use kubemux::auth::policy::AuthMode;
 use kubemux::cluster::{Cluster, Registry};
 use kubemux::config::{LogFormat, ProxyArgs, Settings};
 use kubemux::hub::Hub;
@@ -91,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
             in_cluster,
             proxy,
         } => {
-            let settings = Settings::resolve(&proxy)?;
+            let settings = Settings::resolve(&proxy, AuthMode::Passthrough)?;
             init_logs(settings.log_format);
             let registry = Arc::new(Registry::new());
             if in_cluster {
@@ -114,7 +115,10 @@ async fn main() -> anyhow::Result<()> {
             run_proxy(registry, &settings, None).await
         }
         Command::Config { proxy } => {
-            print!("{}", Settings::resolve(&proxy)?.to_toml());
+            print!(
+                "{}",
+                Settings::resolve(&proxy, AuthMode::Passthrough)?.to_toml()
+            );
             Ok(())
         }
         Command::Sim {
@@ -145,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
             churn,
             proxy,
         } => {
-            let settings = Settings::resolve(&proxy)?;
+            let settings = Settings::resolve(&proxy, AuthMode::None)?;
             init_logs(settings.log_format);
             let sim = SimServer::start(SimConfig {
                 listen: sim_listen,
@@ -180,8 +184,9 @@ async fn run_proxy(
         .with_context(|| format!("listening on {}", settings.listen))?;
     let addr = server.addr();
     println!(
-        "kubemux listening on http://{addr} (clusters: {})",
-        registry.ids().join(", ")
+        "kubemux listening on http://{addr} (clusters: {}; auth: {})",
+        registry.ids().join(", "),
+        settings.auth.as_str()
     );
     println!(
         "status page: http://{addr}/   Headlamp multiplexer: ws://{addr}/wsMultiplexer   metrics: http://{addr}/metrics"

@@ -452,3 +452,46 @@ async fn json_logs_have_a_line_per_connection_and_watch_and_none_per_event() {
         "credentials never logged"
     );
 }
+
+#[tokio::test]
+async fn auth_none_refuses_a_non_loopback_listener_without_the_override() {
+    let out = kubemux()
+        .args([
+            "demo",
+            "--listen",
+            "0.0.0.0:0",
+            "--sim-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "demo (auth none) must not serve 0.0.0.0"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--allow-unauthenticated-remote") && err.contains("0.0.0.0"),
+        "{err}"
+    );
+    let out = effective(
+        &[
+            "--auth",
+            "none",
+            "--listen",
+            "0.0.0.0:4466",
+            "--allow-unauthenticated-remote",
+        ],
+        &[],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = effective(&["--listen", "0.0.0.0:4466"], &[]).await;
+    assert!(out.status.success(), "passthrough may listen anywhere");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("auth = \"passthrough\""));
+}

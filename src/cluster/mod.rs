@@ -17,9 +17,15 @@ pub struct Cluster {
     id: String,
     server: String,
     client: kube::Client,
+    config: Option<kube::Config>,
+    per_token:
+        parking_lot::Mutex<std::collections::HashMap<String, (kube::Client, std::time::Instant)>>,
     health: RwLock<Health>,
     fingerprint: u64,
 }
+
+/// Clients made for callers' own tokens are kept this long after last use.
+const TOKEN_CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A change to the set of clusters, announced to whoever listens
 /// ([`Registry::changes`]): the hub ends subscriptions of removed or edited
@@ -41,9 +47,44 @@ impl Cluster {
             id: id.into(),
             server: server.into(),
             client,
+            config: None,
+            per_token: Default::default(),
             health: RwLock::new(Health::default()),
             fingerprint: 0,
         }
+    }
+
+    /// A cluster whose [`Cluster::client_for_token`] can act as callers.
+    pub fn with_config(id: impl Into<String>, config: kube::Config) -> Result<Self, kube::Error> {
+        let server = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config.clone())?;
+        let mut cluster = Cluster::new(id, server, client);
+        cluster.config = Some(config);
+        Ok(cluster)
+    }
+
+    /// A client that authenticates as the holder of `token` (passthrough
+    /// mode), built from the cluster's configuration with the credentials
+    /// swapped; reused while the token keeps being used.
+    pub fn client_for_token(&self, token: &str) -> Result<kube::Client, kube::Error> {
+        let hash = crate::auth::credentials::identity_hash(token);
+        let now = std::time::Instant::now();
+        let mut cache = self.per_token.lock();
+        if let Some((client, used)) = cache.get_mut(&hash) {
+            *used = now;
+            return Ok(client.clone());
+        }
+        cache.retain(|_, (_, used)| now.duration_since(*used) < TOKEN_CLIENT_IDLE);
+        let mut config = self.config.clone().ok_or_else(|| {
+            kube::Error::Service(format!("cluster {:?} cannot act as callers", self.id).into())
+        })?;
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(secrecy::SecretString::from(token.to_string())),
+            ..Default::default()
+        };
+        let client = kube::Client::try_from(config)?;
+        cache.insert(hash, (client.clone(), now));
+        Ok(client)
     }
 
     /// The latest health probe result.

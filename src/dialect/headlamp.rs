@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::auth::credentials::Credentials;
-use crate::hub::{EndReason, Hub, Overflow, SubscribeRequest, Subscriber, Subscription};
+use crate::auth::policy::Policy;
+use crate::hub::{EndReason, Hub, Overflow, SubscribeRequest, Subscriber, Subscription, key};
 use crate::server::ServerConfig;
 use crate::server::conn::{self, ConnContext, Dialect};
 use crate::server::outbound::{Frame, Outbound};
@@ -36,8 +37,14 @@ pub async fn serve(
 ) {
     let outbound = Arc::new(Outbound::new(config.queue, hub.metrics().clone()));
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
-    debug!(?credentials, "headlamp connection");
+    debug!(
+        ?credentials,
+        mode = config.policy.mode().as_str(),
+        "headlamp connection"
+    );
     let dialect = Headlamp {
+        credentials,
+        policy: config.policy.clone(),
         hub: hub.clone(),
         outbound: outbound.clone(),
         notices: notices_tx,
@@ -64,6 +71,8 @@ struct Active {
 }
 
 struct Headlamp {
+    credentials: Credentials,
+    policy: Policy,
     hub: Hub,
     outbound: Arc<Outbound>,
     notices: mpsc::UnboundedSender<(SubKey, u64)>,
@@ -175,6 +184,16 @@ impl Headlamp {
                 ),
             );
         }
+        let identity = match key::parse_path(path)
+            .map_err(|e| e.to_string())
+            .and_then(|resource| {
+                self.policy
+                    .identity(&self.credentials, cluster, &resource)
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(identity) => identity,
+            Err(message) => return self.error_frame(cluster, path, query, &message),
+        };
         let token = self.next_token;
         self.next_token += 1;
         let sink = Arc::new(HeadlampSink {
@@ -188,6 +207,7 @@ impl Headlamp {
             cluster,
             path,
             query,
+            identity: &identity,
         };
         match self.hub.subscribe(request, sink) {
             Ok(subscription) => {

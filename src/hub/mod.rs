@@ -103,6 +103,40 @@ impl CachedList {
     }
 }
 
+/// Whose identity an upstream watch runs as.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// kubemux's own (the cluster's configured credentials).
+    Proxy,
+    /// The caller's bearer token; watches are shared only among callers
+    /// with the same token.
+    Bearer(String),
+}
+
+impl Identity {
+    /// Restricts a key to this identity: watches made with a caller's token
+    /// are shared only with callers holding the same token.
+    fn scope(&self, key: WatchKey) -> WatchKey {
+        match self {
+            Identity::Proxy => key,
+            Identity::Bearer(token) => {
+                key.with_identity(Some(crate::auth::credentials::identity_hash(token).into()))
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Proxy => f.write_str("Proxy"),
+            Identity::Bearer(t) => {
+                write!(f, "Bearer({})", crate::auth::credentials::identity_hash(t))
+            }
+        }
+    }
+}
+
 /// What a dialect asks for, exactly as its client sent it.
 #[derive(Clone, Debug)]
 pub struct SubscribeRequest<'a> {
@@ -112,6 +146,8 @@ pub struct SubscribeRequest<'a> {
     pub path: &'a str,
     /// Query string, without `?`.
     pub query: &'a str,
+    /// Identity of the upstream watch.
+    pub identity: &'a Identity,
 }
 
 /// Why a subscription could not be made.
@@ -123,6 +159,9 @@ pub enum SubscribeError {
     /// No cluster with that id is configured.
     #[error("unknown cluster {0:?}")]
     UnknownCluster(String),
+    /// A client for the caller's identity could not be made.
+    #[error("cannot act as the caller on cluster {0:?}: {1}")]
+    Identity(String, String),
     /// The hub is shutting down.
     #[error("kubemux is shutting down")]
     ShuttingDown,
@@ -220,12 +259,21 @@ impl Hub {
         let cluster = self.inner.clusters.get(request.cluster).ok_or_else(|| {
             SubscribeError::UnknownCluster(request.cluster.chars().take(100).collect())
         })?;
+        let (key, client) = match request.identity {
+            Identity::Proxy => (key, cluster.client()),
+            Identity::Bearer(token) => {
+                let client = cluster.client_for_token(token).map_err(|e| {
+                    SubscribeError::Identity(request.cluster.to_string(), e.to_string())
+                })?;
+                (request.identity.scope(key), client)
+            }
+        };
         loop {
             let watch = self
                 .inner
                 .watches
                 .entry(key.clone())
-                .or_insert_with(|| self.start_watch(&key, cluster.client()))
+                .or_insert_with(|| self.start_watch(&key, client.clone()))
                 .clone();
             if let Some(id) = watch.add(sink.clone(), params.clone(), self.inner.config.wait_limit)
             {
@@ -277,7 +325,13 @@ impl Hub {
     /// store without asking the cluster; `None` when no watch for that key
     /// has listed yet (or the query is not one a watch can answer, such as
     /// paging with `limit`/`continue`).
-    pub fn cached_list(&self, cluster: &str, path: &str, query: &str) -> Option<CachedList> {
+    pub fn cached_list(
+        &self,
+        cluster: &str,
+        path: &str,
+        query: &str,
+        identity: &Identity,
+    ) -> Option<CachedList> {
         if query
             .split('&')
             .any(|p| p.starts_with("limit=") || p.starts_with("continue="))
@@ -285,6 +339,7 @@ impl Hub {
             return None;
         }
         let (key, _, _) = key::normalize(cluster, path, query).ok()?;
+        let key = identity.scope(key);
         let watch = self.inner.watches.get(&key)?.clone();
         let (item_kind, api_version, resource_version, items) = watch.snapshot_list()?;
         Some(CachedList {

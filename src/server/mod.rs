@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::credentials::Credentials;
 use crate::auth::origin::OriginPolicy;
+use crate::auth::policy::Policy;
 use crate::dialect::headlamp;
 use crate::hub::Hub;
 use conn::Liveness;
@@ -38,6 +39,8 @@ pub struct ServerConfig {
     pub health_interval: std::time::Duration,
     /// Which browser origins may connect.
     pub origins: OriginPolicy,
+    /// Whose identity upstream requests run as.
+    pub policy: Policy,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +52,7 @@ impl Default for ServerConfig {
             liveness: Liveness::default(),
             health_interval: std::time::Duration::from_secs(30),
             origins: OriginPolicy::default(),
+            policy: Policy::default(),
         }
     }
 }

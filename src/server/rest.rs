@@ -4,7 +4,7 @@
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde_json::json;
@@ -12,6 +12,9 @@ use tracing::debug;
 
 use super::AppState;
 use super::status::ClusterStatus;
+use crate::auth::credentials::Credentials;
+use crate::auth::policy::Denied;
+use crate::hub::Identity;
 
 fn json_error(code: StatusCode, message: String) -> Response {
     (code, axum::Json(json!({ "error": message }))).into_response()
@@ -59,6 +62,7 @@ fn forwardable(path: &str) -> bool {
 /// cluster's own answer. Anything but GET is 405: kubemux is read-only.
 pub(super) async fn kubernetes(
     State(state): State<AppState>,
+    headers: HeaderMap,
     method: Method,
     Path((cluster, path)): Path<(String, String)>,
     RawQuery(query): RawQuery,
@@ -86,7 +90,19 @@ pub(super) async fn kubernetes(
     }
     let query = query.unwrap_or_default();
     let full = format!("/{path}");
-    if let Some(list) = state.hub.cached_list(&cluster, &full, &query) {
+    let credentials = Credentials::from_headers(&headers);
+    let identity = match state
+        .config
+        .policy
+        .identity_for_path(&credentials, &cluster, &full)
+    {
+        Ok(identity) => identity,
+        Err(denied @ Denied::NoCredentials(_)) => {
+            return json_error(StatusCode::UNAUTHORIZED, denied.to_string());
+        }
+        Err(denied) => return json_error(StatusCode::FORBIDDEN, denied.to_string()),
+    };
+    if let Some(list) = state.hub.cached_list(&cluster, &full, &query, &identity) {
         debug!(cluster = %cluster, path = %full, "LIST served from a shared watch");
         return ([(header::CONTENT_TYPE, "application/json")], list.to_json()).into_response();
     }
@@ -102,7 +118,19 @@ pub(super) async fn kubernetes(
         Ok(r) => r,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
     };
-    match target.client().send(request).await {
+    let client = match &identity {
+        Identity::Proxy => target.client(),
+        Identity::Bearer(token) => match target.client_for_token(token) {
+            Ok(client) => client,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_GATEWAY,
+                    format!("cannot act as the caller: {e}"),
+                );
+            }
+        },
+    };
+    match client.send(request).await {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
             let mut out = Response::new(Body::from_stream(body.into_data_stream()));

@@ -1,0 +1,193 @@
+//! Whose identity an upstream watch runs as, by auth mode.
+//!
+//! - `passthrough`: the caller's own token; a shared watch is shared only
+//!   among the same identity (its key holds a hash of the token).
+//! - `none`: kubemux's own identity for everyone. Only for local use:
+//!   refused on a non-loopback listener unless explicitly allowed, and
+//!   `secrets` are never served unless allowed too.
+
+use std::net::SocketAddr;
+
+use clap::ValueEnum;
+use serde::Deserialize;
+
+use super::credentials::Credentials;
+use crate::hub::{Identity, ResourcePath};
+
+/// How clients are identified to the clusters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Each upstream watch runs with the client's own token.
+    Passthrough,
+    /// Everyone is served with kubemux's own identity (local use only).
+    None,
+}
+
+impl AuthMode {
+    /// The spelling used in flags and the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Passthrough => "passthrough",
+            AuthMode::None => "none",
+        }
+    }
+}
+
+/// Why a subscription is refused before it reaches a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// Passthrough mode without any credential for the cluster.
+    #[error(
+        "no credentials for cluster {0:?}: send a bearer token (Authorization header, Headlamp's token subprotocol or its headlamp-auth cookies)"
+    )]
+    NoCredentials(String),
+    /// `secrets` in `none` mode.
+    #[error("secrets are not served when kubemux runs with --auth none (see --allow-secrets)")]
+    Secrets,
+}
+
+/// The auth policy of a server.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    mode: AuthMode,
+    allow_secrets: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            mode: AuthMode::None,
+            allow_secrets: false,
+        }
+    }
+}
+
+/// The auth mode cannot be used on this listener.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--auth none serves everyone with kubemux's own identity and is refused on the non-loopback address {0}; listen on 127.0.0.1, choose another --auth, or pass --allow-unauthenticated-remote"
+)]
+pub struct UnsafeListener(pub SocketAddr);
+
+impl Policy {
+    /// A policy for `mode`.
+    pub fn new(mode: AuthMode, allow_secrets: bool) -> Self {
+        Policy {
+            mode,
+            allow_secrets,
+        }
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// Refuses `none` on a non-loopback listener unless `allow_remote`.
+    pub fn check_listener(
+        &self,
+        listen: SocketAddr,
+        allow_remote: bool,
+    ) -> Result<(), UnsafeListener> {
+        if self.mode == AuthMode::None && !listen.ip().is_loopback() && !allow_remote {
+            return Err(UnsafeListener(listen));
+        }
+        Ok(())
+    }
+
+    /// The identity a REST GET of `path` (a collection or one object) runs as.
+    pub fn identity_for_path(
+        &self,
+        credentials: &Credentials,
+        cluster: &str,
+        path: &str,
+    ) -> Result<Identity, Denied> {
+        let resource = crate::hub::key::parse_path(path)
+            .ok()
+            .or_else(|| {
+                path.rsplit_once('/')
+                    .and_then(|(parent, _)| crate::hub::key::parse_path(parent).ok())
+            })
+            .unwrap_or(ResourcePath {
+                group: "-".into(),
+                version: String::new(),
+                namespace: None,
+                resource: String::new(),
+            });
+        self.identity(credentials, cluster, &resource)
+    }
+
+    /// The identity an upstream watch for this caller and resource runs as.
+    pub fn identity(
+        &self,
+        credentials: &Credentials,
+        cluster: &str,
+        resource: &ResourcePath,
+    ) -> Result<Identity, Denied> {
+        match self.mode {
+            AuthMode::None => {
+                if resource.group.is_empty()
+                    && resource.resource == "secrets"
+                    && !self.allow_secrets
+                {
+                    return Err(Denied::Secrets);
+                }
+                Ok(Identity::Proxy)
+            }
+            AuthMode::Passthrough => credentials
+                .token_for(cluster)
+                .map(|t| Identity::Bearer(t.to_string()))
+                .ok_or_else(|| Denied::NoCredentials(cluster.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::key::parse_path;
+
+    #[test]
+    fn none_is_local_only_and_hides_secrets() {
+        let p = Policy::new(AuthMode::None, false);
+        assert!(
+            p.check_listener("127.0.0.1:1".parse().unwrap(), false)
+                .is_ok()
+        );
+        assert!(
+            p.check_listener("0.0.0.0:1".parse().unwrap(), false)
+                .is_err()
+        );
+        assert!(p.check_listener("0.0.0.0:1".parse().unwrap(), true).is_ok());
+        let creds = Credentials::default();
+        let secrets = parse_path("/api/v1/namespaces/a/secrets").unwrap();
+        assert_eq!(p.identity(&creds, "c", &secrets), Err(Denied::Secrets));
+        let pods = parse_path("/api/v1/pods").unwrap();
+        assert_eq!(p.identity(&creds, "c", &pods), Ok(Identity::Proxy));
+        assert_eq!(
+            p.identity_for_path(&creds, "c", "/api/v1/namespaces/a/secrets/s"),
+            Err(Denied::Secrets)
+        );
+        assert_eq!(
+            p.identity_for_path(&creds, "c", "/version"),
+            Ok(Identity::Proxy)
+        );
+        let p = Policy::new(AuthMode::None, true);
+        assert_eq!(p.identity(&creds, "c", &secrets), Ok(Identity::Proxy));
+    }
+
+    #[test]
+    fn passthrough_needs_a_token() {
+        let p = Policy::new(AuthMode::Passthrough, false);
+        assert!(
+            p.check_listener("0.0.0.0:1".parse().unwrap(), false)
+                .is_ok()
+        );
+        let pods = parse_path("/api/v1/pods").unwrap();
+        assert!(matches!(
+            p.identity(&Credentials::default(), "c", &pods),
+            Err(Denied::NoCredentials(_))
+        ));
+    }
+}
