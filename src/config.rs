@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -15,7 +16,9 @@ use serde::Deserialize;
 
 use crate::auth::origin::OriginPolicy;
 use crate::auth::policy::{AuthMode, Policy};
+use crate::auth::review::Reviewer;
 use crate::hub::{HistoryLimits, HubConfig};
+use crate::metrics::Metrics;
 use crate::server::ServerConfig;
 use crate::server::conn::Liveness;
 use crate::server::outbound::QueueLimits;
@@ -90,6 +93,12 @@ pub struct ProxyArgs {
     /// With --auth none, serve secrets too.
     #[arg(long, env = "KUBEMUX_ALLOW_SECRETS")]
     pub allow_secrets: bool,
+    /// With --auth shared, how long TokenReview and SubjectAccessReview answers are reused, 0s to 10m [default: 30s].
+    #[arg(long, env = "KUBEMUX_AUTH_CACHE_TTL", value_parser = parse_duration)]
+    pub auth_cache_ttl: Option<Duration>,
+    /// With --auth shared, how often live subscribers are re-authorised (a revoked one gets ERROR and COMPLETE), 1s to 1h [default: 30s].
+    #[arg(long, env = "KUBEMUX_AUTH_RECHECK_INTERVAL", value_parser = parse_duration)]
+    pub auth_recheck_interval: Option<Duration>,
 }
 
 /// The same settings as read from a TOML file. Unknown keys are errors, so a
@@ -114,6 +123,8 @@ struct FileConfig {
     auth: Option<AuthMode>,
     allow_unauthenticated_remote: Option<bool>,
     allow_secrets: Option<bool>,
+    auth_cache_ttl: Option<String>,
+    auth_recheck_interval: Option<String>,
 }
 
 /// Why the configuration was rejected.
@@ -187,6 +198,10 @@ pub struct Settings {
     pub allow_unauthenticated_remote: bool,
     /// `none` serves secrets.
     pub allow_secrets: bool,
+    /// `shared`: review answers are reused this long.
+    pub auth_cache_ttl: Duration,
+    /// `shared`: live subscribers are re-authorised this often.
+    pub auth_recheck_interval: Duration,
 }
 
 impl Default for Settings {
@@ -209,6 +224,8 @@ impl Default for Settings {
             auth: AuthMode::Passthrough,
             allow_unauthenticated_remote: false,
             allow_secrets: false,
+            auth_cache_ttl: Duration::from_secs(30),
+            auth_recheck_interval: Duration::from_secs(30),
         }
     }
 }
@@ -290,8 +307,14 @@ impl Settings {
     }
 
     /// The auth policy these settings describe.
-    pub fn policy(&self) -> Policy {
-        Policy::new(self.auth, self.allow_secrets)
+    pub fn policy(&self, metrics: &Arc<Metrics>) -> Policy {
+        match self.auth {
+            AuthMode::Shared => Policy::shared(
+                Arc::new(Reviewer::new(self.auth_cache_ttl, metrics.clone())),
+                self.auth_recheck_interval,
+            ),
+            mode => Policy::new(mode, self.allow_secrets),
+        }
     }
 
     fn layer(
@@ -300,8 +323,7 @@ impl Settings {
         default_auth: AuthMode,
     ) -> Result<Settings, ConfigError> {
         let settings = Self::layer_values(args, file, default_auth)?;
-        settings
-            .policy()
+        Policy::new(settings.auth, settings.allow_secrets)
             .check_listener(settings.listen, settings.allow_unauthenticated_remote)
             .map_err(|e| ConfigError::Unsafe(e.to_string()))?;
         Ok(settings)
@@ -436,6 +458,22 @@ impl Settings {
             allow_unauthenticated_remote: args.allow_unauthenticated_remote
                 || file.allow_unauthenticated_remote.unwrap_or(false),
             allow_secrets: args.allow_secrets || file.allow_secrets.unwrap_or(false),
+            auth_cache_ttl: dur(
+                args.auth_cache_ttl,
+                "auth_cache_ttl",
+                file.auth_cache_ttl,
+                d.auth_cache_ttl,
+                Duration::ZERO..=secs(600),
+                "0s to 10m",
+            )?,
+            auth_recheck_interval: dur(
+                args.auth_recheck_interval,
+                "auth_recheck_interval",
+                file.auth_recheck_interval,
+                d.auth_recheck_interval,
+                secs(1)..=secs(3600),
+                "1s to 1h",
+            )?,
         })
     }
 
@@ -452,7 +490,7 @@ impl Settings {
              history_max_age = \"{}\"\nbookmark_interval = \"{}\"\nping_interval = \"{}\"\n\
              pong_timeout = \"{}\"\nshutdown_grace = \"{}\"\nlog_format = \"{}\"\n\
              allowed_origins = {:?}\nauth = \"{}\"\nallow_unauthenticated_remote = {}\n\
-             allow_secrets = {}\n",
+             allow_secrets = {}\nauth_cache_ttl = \"{}\"\nauth_recheck_interval = \"{}\"\n",
             self.listen,
             d(self.linger),
             self.max_message_size,
@@ -469,7 +507,9 @@ impl Settings {
             self.allowed_origins,
             self.auth.as_str(),
             self.allow_unauthenticated_remote,
-            self.allow_secrets
+            self.allow_secrets,
+            d(self.auth_cache_ttl),
+            d(self.auth_recheck_interval)
         )
     }
 
@@ -488,7 +528,7 @@ impl Settings {
     }
 
     /// The server's settings.
-    pub fn server_config(&self) -> ServerConfig {
+    pub fn server_config(&self, metrics: &Arc<Metrics>) -> ServerConfig {
         ServerConfig {
             max_message_size: self.max_message_size as usize,
             max_subscriptions: self.max_subscriptions as usize,
@@ -502,7 +542,7 @@ impl Settings {
                 ..Liveness::default()
             },
             origins: OriginPolicy::new(self.allowed_origins.clone()),
-            policy: self.policy(),
+            policy: self.policy(metrics),
             ..ServerConfig::default()
         }
     }

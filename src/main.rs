@@ -178,8 +178,9 @@ async fn run_proxy(
     sim: Option<SimServer>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    let server_config = settings.server_config(&metrics);
     let hub = Hub::new(settings.hub_config(), registry.clone(), metrics);
-    let server = Server::start(settings.listen, hub, settings.server_config())
+    let server = Server::start(settings.listen, hub, server_config)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
     let addr = server.addr();

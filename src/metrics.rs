@@ -30,6 +30,15 @@ pub struct DialectLabel {
     pub dialect: &'static str,
 }
 
+/// Label for auth decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabel {
+    /// `token` (TokenReview) or `access` (SubjectAccessReview).
+    pub kind: &'static str,
+    /// `allowed`, `denied` or `cache_hit`.
+    pub outcome: &'static str,
+}
+
 /// Every metric kubemux exports.
 pub struct Metrics {
     registry: Registry,
@@ -62,6 +71,8 @@ pub struct Metrics {
     pub frames_dropped: Counter,
     /// Bytes waiting in connection outbound queues.
     pub queue_bytes: Gauge,
+    /// Auth decisions (shared mode) by kind and outcome, cache hits included.
+    pub auth_decisions: Family<AuthLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -90,6 +101,7 @@ impl Metrics {
             frames_out: Counter::default(),
             frames_dropped: Counter::default(),
             queue_bytes: Gauge::default(),
+            auth_decisions: Family::default(),
         };
         registry.register(
             "connections",
@@ -156,6 +168,11 @@ impl Metrics {
             "queue_bytes",
             "Bytes waiting in connection outbound queues",
             m.queue_bytes.clone(),
+        );
+        registry.register(
+            "auth_decisions",
+            "TokenReview and SubjectAccessReview outcomes, and answers served from the cache",
+            m.auth_decisions.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -4,3 +4,4 @@
 pub mod credentials;
 pub mod origin;
 pub mod policy;
+pub mod review;

@@ -2,6 +2,10 @@
 //!
 //! - `passthrough`: the caller's own token; a shared watch is shared only
 //!   among the same identity (its key holds a hash of the token).
+//! - `shared`: kubemux's own identity upstream, one watch per key for
+//!   everyone; each caller is authenticated (TokenReview) and authorised
+//!   (SubjectAccessReview) before a single event reaches it, and re-checked
+//!   periodically (see [`super::review`]).
 //! - `none`: kubemux's own identity for everyone. Only for local use:
 //!   refused on a non-loopback listener unless explicitly allowed, and
 //!   `secrets` are never served unless allowed too.
@@ -11,7 +15,11 @@ use std::net::SocketAddr;
 use clap::ValueEnum;
 use serde::Deserialize;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use super::credentials::Credentials;
+use super::review::Reviewer;
 use crate::hub::{Identity, ResourcePath};
 
 /// How clients are identified to the clusters.
@@ -20,6 +28,9 @@ use crate::hub::{Identity, ResourcePath};
 pub enum AuthMode {
     /// Each upstream watch runs with the client's own token.
     Passthrough,
+    /// One upstream watch per key under kubemux's identity; callers are
+    /// reviewed with TokenReview and SubjectAccessReview.
+    Shared,
     /// Everyone is served with kubemux's own identity (local use only).
     None,
 }
@@ -29,6 +40,7 @@ impl AuthMode {
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMode::Passthrough => "passthrough",
+            AuthMode::Shared => "shared",
             AuthMode::None => "none",
         }
     }
@@ -48,10 +60,20 @@ pub enum Denied {
 }
 
 /// The auth policy of a server.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Policy {
     mode: AuthMode,
     allow_secrets: bool,
+    review: Option<(Arc<Reviewer>, Duration)>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("mode", &self.mode)
+            .field("allow_secrets", &self.allow_secrets)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Policy {
@@ -59,6 +81,7 @@ impl Default for Policy {
         Policy {
             mode: AuthMode::None,
             allow_secrets: false,
+            review: None,
         }
     }
 }
@@ -76,7 +99,23 @@ impl Policy {
         Policy {
             mode,
             allow_secrets,
+            review: None,
         }
+    }
+
+    /// The `shared` mode: callers reviewed by `reviewer`, live subscribers
+    /// re-checked every `recheck`.
+    pub fn shared(reviewer: Arc<Reviewer>, recheck: Duration) -> Self {
+        Policy {
+            mode: AuthMode::Shared,
+            allow_secrets: false,
+            review: Some((reviewer, recheck)),
+        }
+    }
+
+    /// The reviewer and re-check interval, in `shared` mode.
+    pub fn review(&self) -> Option<(&Arc<Reviewer>, Duration)> {
+        self.review.as_ref().map(|(r, d)| (r, *d))
     }
 
     /// The mode.
@@ -103,19 +142,7 @@ impl Policy {
         cluster: &str,
         path: &str,
     ) -> Result<Identity, Denied> {
-        let resource = crate::hub::key::parse_path(path)
-            .ok()
-            .or_else(|| {
-                path.rsplit_once('/')
-                    .and_then(|(parent, _)| crate::hub::key::parse_path(parent).ok())
-            })
-            .unwrap_or(ResourcePath {
-                group: "-".into(),
-                version: String::new(),
-                namespace: None,
-                resource: String::new(),
-            });
-        self.identity(credentials, cluster, &resource)
+        self.identity(credentials, cluster, &resource_of_path(path))
     }
 
     /// The identity an upstream watch for this caller and resource runs as.
@@ -135,12 +162,30 @@ impl Policy {
                 }
                 Ok(Identity::Proxy)
             }
+            AuthMode::Shared => Ok(Identity::Proxy),
             AuthMode::Passthrough => credentials
                 .token_for(cluster)
                 .map(|t| Identity::Bearer(t.to_string()))
                 .ok_or_else(|| Denied::NoCredentials(cluster.to_string())),
         }
     }
+}
+
+/// The resource a REST path (a collection or one object in it) is about;
+/// an unknown shape yields a resource that matches no rule.
+pub fn resource_of_path(path: &str) -> ResourcePath {
+    crate::hub::key::parse_path(path)
+        .ok()
+        .or_else(|| {
+            path.rsplit_once('/')
+                .and_then(|(parent, _)| crate::hub::key::parse_path(parent).ok())
+        })
+        .unwrap_or(ResourcePath {
+            group: "-".into(),
+            version: String::new(),
+            namespace: None,
+            resource: String::new(),
+        })
 }
 
 #[cfg(test)]

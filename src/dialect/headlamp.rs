@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::WebSocket;
 use bytes::Bytes;
@@ -19,7 +20,11 @@ use tracing::debug;
 
 use crate::auth::credentials::Credentials;
 use crate::auth::policy::Policy;
-use crate::hub::{EndReason, Hub, Overflow, SubscribeRequest, Subscriber, Subscription, key};
+use crate::auth::review::ReviewError;
+use crate::hub::{
+    EndReason, Hub, Identity, Overflow, ResourcePath, SubscribeRequest, Subscriber, Subscription,
+    key,
+};
 use crate::server::ServerConfig;
 use crate::server::conn::{self, ConnContext, Dialect};
 use crate::server::outbound::{Frame, Outbound};
@@ -65,9 +70,33 @@ pub async fn serve(
 /// A subscription as the client names it.
 type SubKey = (String, String, String);
 
-struct Active {
-    token: u64,
-    _subscription: Subscription,
+/// What comes back to the connection's task from elsewhere.
+enum Notice {
+    /// The hub ended this subscription (its frames were already queued).
+    Ended(SubKey, u64),
+    /// The `shared` mode's review of a requested subscription finished.
+    Reviewed(SubKey, u64, Result<(), String>),
+    /// A periodic re-check found the caller no longer authorised.
+    Revoked(SubKey, u64, String),
+}
+
+enum Slot {
+    /// Waiting for its review; no event is sent before it succeeds.
+    Pending { token: u64, resource: ResourcePath },
+    /// Subscribed.
+    Active {
+        token: u64,
+        resource: ResourcePath,
+        _subscription: Subscription,
+    },
+}
+
+impl Slot {
+    fn token(&self) -> u64 {
+        match self {
+            Slot::Pending { token, .. } | Slot::Active { token, .. } => *token,
+        }
+    }
 }
 
 struct Headlamp {
@@ -75,8 +104,8 @@ struct Headlamp {
     policy: Policy,
     hub: Hub,
     outbound: Arc<Outbound>,
-    notices: mpsc::UnboundedSender<(SubKey, u64)>,
-    subs: HashMap<SubKey, Active>,
+    notices: mpsc::UnboundedSender<Notice>,
+    subs: HashMap<SubKey, Slot>,
     next_token: u64,
     max_subscriptions: usize,
 }
@@ -95,7 +124,7 @@ struct ClientMessage {
 }
 
 impl Dialect for Headlamp {
-    type Notice = (SubKey, u64);
+    type Notice = Notice;
 
     fn on_text(&mut self, text: &str) {
         let parsed = if text.trim_start().starts_with('{') {
@@ -151,10 +180,88 @@ impl Dialect for Headlamp {
         );
     }
 
-    fn on_notice(&mut self, (key, token): (SubKey, u64)) {
-        if self.subs.get(&key).is_some_and(|a| a.token == token) {
-            self.subs.remove(&key);
+    fn on_notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Ended(key, token) => {
+                if self.subs.get(&key).is_some_and(|s| s.token() == token) {
+                    self.subs.remove(&key);
+                }
+            }
+            Notice::Reviewed(key, token, result) => {
+                let Some(Slot::Pending { token: t, .. }) = self.subs.get(&key) else {
+                    return;
+                };
+                if *t != token {
+                    return;
+                }
+                let Some(Slot::Pending { resource, .. }) = self.subs.remove(&key) else {
+                    return;
+                };
+                match result {
+                    Ok(()) => self.subscribe(key, token, resource, Identity::Proxy),
+                    Err(message) => self.end_frames(&key, &message),
+                }
+            }
+            Notice::Revoked(key, token, message) => {
+                if matches!(self.subs.get(&key), Some(Slot::Active { token: t, .. }) if *t == token)
+                {
+                    self.subs.remove(&key);
+                    self.end_frames(&key, &message);
+                }
+            }
         }
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        self.policy.review().map(|(_, every)| every)
+    }
+
+    /// Re-authorises every live subscription (`shared` mode), bypassing the
+    /// cache so a revocation is seen within one interval.
+    fn on_tick(&mut self) {
+        let Some((reviewer, _)) = self.policy.review() else {
+            return;
+        };
+        let live: Vec<(SubKey, u64, ResourcePath)> = self
+            .subs
+            .iter()
+            .filter_map(|(key, slot)| match slot {
+                Slot::Active {
+                    token, resource, ..
+                } => Some((key.clone(), *token, resource.clone())),
+                Slot::Pending { .. } => None,
+            })
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let (reviewer, hub, credentials, notices) = (
+            reviewer.clone(),
+            self.hub.clone(),
+            self.credentials.clone(),
+            self.notices.clone(),
+        );
+        tokio::spawn(async move {
+            for (key, token, resource) in live {
+                let Some(cluster) = hub.clusters().get(&key.0) else {
+                    continue;
+                };
+                let verdict = reviewer
+                    .check(&cluster, credentials.token_for(&key.0), &resource, true)
+                    .await;
+                match verdict {
+                    Err(
+                        e @ (ReviewError::Forbidden { .. } | ReviewError::Unauthenticated { .. }),
+                    ) => {
+                        let _ = notices.send(Notice::Revoked(key, token, e.to_string()));
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "re-check could not be made; keeping the subscription")
+                    }
+                    Ok(_) => {}
+                }
+            }
+        });
     }
 }
 
@@ -184,18 +291,51 @@ impl Headlamp {
                 ),
             );
         }
-        let identity = match key::parse_path(path)
-            .map_err(|e| e.to_string())
-            .and_then(|resource| {
-                self.policy
-                    .identity(&self.credentials, cluster, &resource)
-                    .map_err(|e| e.to_string())
-            }) {
+        let resource = match key::parse_path(path) {
+            Ok(resource) => resource,
+            Err(e) => return self.error_frame(cluster, path, query, &e.to_string()),
+        };
+        let identity = match self.policy.identity(&self.credentials, cluster, &resource) {
             Ok(identity) => identity,
-            Err(message) => return self.error_frame(cluster, path, query, &message),
+            Err(denied) => return self.error_frame(cluster, path, query, &denied.to_string()),
         };
         let token = self.next_token;
         self.next_token += 1;
+        let Some((reviewer, _)) = self.policy.review() else {
+            return self.subscribe(key, token, resource, identity);
+        };
+        let Some(target) = self.hub.clusters().get(cluster) else {
+            return self.error_frame(
+                cluster,
+                path,
+                query,
+                &format!("unknown cluster {cluster:?}"),
+            );
+        };
+        let (reviewer, credentials, notices) = (
+            reviewer.clone(),
+            self.credentials.clone(),
+            self.notices.clone(),
+        );
+        let (checked_key, checked_resource) = (key.clone(), resource.clone());
+        tokio::spawn(async move {
+            let verdict = reviewer
+                .check(
+                    &target,
+                    credentials.token_for(target.id()),
+                    &checked_resource,
+                    false,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let _ = notices.send(Notice::Reviewed(checked_key, token, verdict));
+        });
+        self.subs.insert(key, Slot::Pending { token, resource });
+    }
+
+    fn subscribe(&mut self, key: SubKey, token: u64, resource: ResourcePath, identity: Identity) {
+        let (cluster, path, query) = &key;
         let sink = Arc::new(HeadlampSink {
             outbound: self.outbound.clone(),
             head: Bytes::from(head(cluster, path, query)),
@@ -213,14 +353,22 @@ impl Headlamp {
             Ok(subscription) => {
                 self.subs.insert(
                     key,
-                    Active {
+                    Slot::Active {
                         token,
+                        resource,
                         _subscription: subscription,
                     },
                 );
             }
             Err(e) => self.error_frame(cluster, path, query, &e.to_string()),
         }
+    }
+
+    /// ERROR then COMPLETE: the subscription ended for `message`.
+    fn end_frames(&self, (cluster, path, query): &SubKey, message: &str) {
+        let head = Bytes::from(head(cluster, path, query));
+        self.outbound.push_forced(error_frame(&head, message));
+        self.outbound.push_forced(complete_frame(&head));
     }
 
     fn error_frame(&self, cluster: &str, path: &str, query: &str, message: &str) {
@@ -265,7 +413,7 @@ struct HeadlampSink {
     head: Bytes,
     key: SubKey,
     token: u64,
-    notices: mpsc::UnboundedSender<(SubKey, u64)>,
+    notices: mpsc::UnboundedSender<Notice>,
 }
 
 impl Subscriber for HeadlampSink {
@@ -294,7 +442,9 @@ impl Subscriber for HeadlampSink {
             EndReason::Timeout | EndReason::Expired | EndReason::Shutdown => {}
         }
         self.outbound.push_forced(complete_frame(&self.head));
-        let _ = self.notices.send((self.key.clone(), self.token));
+        let _ = self
+            .notices
+            .send(Notice::Ended(self.key.clone(), self.token));
     }
 }
 

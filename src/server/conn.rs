@@ -23,6 +23,12 @@ pub trait Dialect: Send + 'static {
     fn on_binary(&mut self, _data: &[u8]) {}
     /// A notice from one of the dialect's subscribers.
     fn on_notice(&mut self, notice: Self::Notice);
+    /// How often [`Dialect::on_tick`] runs, if at all.
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+    /// Periodic work (re-checks, batches, metrics).
+    fn on_tick(&mut self) {}
 }
 
 /// Liveness settings of a connection.
@@ -111,6 +117,11 @@ async fn serve<D: Dialect>(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut last_pong = Instant::now();
+    let mut dialect_tick = dialect.tick_interval().map(|every| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     let close_reason;
     loop {
         tokio::select! {
@@ -135,6 +146,12 @@ async fn serve<D: Dialect>(
                 }
             },
             Some(notice) = notices.recv() => dialect.on_notice(notice),
+            Some(_) = async {
+                match dialect_tick.as_mut() {
+                    Some(t) => Some(t.tick().await),
+                    None => None,
+                }
+            }, if dialect_tick.is_some() => dialect.on_tick(),
             _ = ping.tick() => {
                 if last_pong.elapsed() > liveness.ping_interval + liveness.pong_timeout {
                     outbound.close_with(close::POLICY, "no pong received");

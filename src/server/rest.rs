@@ -13,7 +13,8 @@ use tracing::debug;
 use super::AppState;
 use super::status::ClusterStatus;
 use crate::auth::credentials::Credentials;
-use crate::auth::policy::Denied;
+use crate::auth::policy::{Denied, resource_of_path};
+use crate::auth::review::ReviewError;
 use crate::hub::Identity;
 
 fn json_error(code: StatusCode, message: String) -> Response {
@@ -102,6 +103,22 @@ pub(super) async fn kubernetes(
         }
         Err(denied) => return json_error(StatusCode::FORBIDDEN, denied.to_string()),
     };
+    if let Some((reviewer, _)) = state.config.policy.review() {
+        let resource = resource_of_path(&full);
+        if let Err(e) = reviewer
+            .check(&target, credentials.token_for(&cluster), &resource, false)
+            .await
+        {
+            let code = match e {
+                ReviewError::NoCredentials(_) | ReviewError::Unauthenticated { .. } => {
+                    StatusCode::UNAUTHORIZED
+                }
+                ReviewError::Forbidden { .. } => StatusCode::FORBIDDEN,
+                ReviewError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
+            };
+            return json_error(code, e.to_string());
+        }
+    }
     if let Some(list) = state.hub.cached_list(&cluster, &full, &query, &identity) {
         debug!(cluster = %cluster, path = %full, "LIST served from a shared watch");
         return ([(header::CONTENT_TYPE, "application/json")], list.to_json()).into_response();

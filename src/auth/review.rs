@@ -1,0 +1,268 @@
+//! The `shared` auth mode's checks: who a token belongs to (TokenReview) and
+//! whether that user may list and watch a resource (SubjectAccessReview),
+//! asked of the cluster with kubemux's own identity and cached briefly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use kube::api::{Api, PostParams};
+use parking_lot::Mutex;
+
+use super::credentials::identity_hash;
+use crate::cluster::Cluster;
+use crate::hub::ResourcePath;
+use crate::metrics::Metrics;
+
+/// A user as the cluster's authenticator names them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct User {
+    /// Username.
+    pub name: String,
+    /// UID, if the authenticator gives one.
+    pub uid: Option<String>,
+    /// Groups.
+    pub groups: Vec<String>,
+}
+
+/// Why a caller is not served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    /// No token was presented.
+    #[error(
+        "no credentials for cluster {0:?}: send a bearer token (Authorization header, Headlamp's token subprotocol or its headlamp-auth cookies)"
+    )]
+    NoCredentials(String),
+    /// The cluster does not accept the token.
+    #[error("the token was rejected by cluster {cluster:?}: {reason}")]
+    Unauthenticated {
+        /// Cluster id.
+        cluster: String,
+        /// The authenticator's reason, if any.
+        reason: String,
+    },
+    /// The user may not list and watch the resource.
+    #[error("user {user:?} may not {verb} {resource} in {scope} on cluster {cluster:?}{reason}")]
+    Forbidden {
+        /// Username.
+        user: String,
+        /// The denied verb.
+        verb: &'static str,
+        /// Resource (with group).
+        resource: String,
+        /// Namespace or cluster scope.
+        scope: String,
+        /// Cluster id.
+        cluster: String,
+        /// The authorizer's reason, prefixed with ": ", or empty.
+        reason: String,
+    },
+    /// The review itself failed (kubemux lacks permission, the cluster is down).
+    #[error("could not check access on cluster {cluster:?}: {message}")]
+    Unavailable {
+        /// Cluster id.
+        cluster: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct AccessKey {
+    cluster: String,
+    user: User,
+    verb: &'static str,
+    group: String,
+    resource: String,
+    namespace: Option<String>,
+}
+
+/// Cached TokenReview answers, by (cluster, token hash).
+type TokenCache = HashMap<(String, String), (Result<User, String>, Instant)>;
+/// Cached SubjectAccessReview answers.
+type AccessCache = HashMap<AccessKey, (Result<(), String>, Instant)>;
+
+/// TokenReview and SubjectAccessReview with a short cache.
+pub struct Reviewer {
+    ttl: Duration,
+    tokens: Mutex<TokenCache>,
+    access: Mutex<AccessCache>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reviewer {
+    /// A reviewer whose answers are reused for `ttl`.
+    pub fn new(ttl: Duration, metrics: Arc<Metrics>) -> Self {
+        Reviewer {
+            ttl,
+            tokens: Mutex::default(),
+            access: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// Authenticates `token` and authorises `list` and `watch` on
+    /// `resource`. `fresh` skips the cache (periodic re-checks must see a
+    /// revocation within their interval).
+    pub async fn check(
+        &self,
+        cluster: &Cluster,
+        token: Option<&str>,
+        resource: &ResourcePath,
+        fresh: bool,
+    ) -> Result<User, ReviewError> {
+        let token = token.ok_or_else(|| ReviewError::NoCredentials(cluster.id().to_string()))?;
+        let user = self.authenticate(cluster, token, fresh).await?;
+        for verb in ["list", "watch"] {
+            self.authorize(cluster, &user, verb, resource, fresh)
+                .await?;
+        }
+        Ok(user)
+    }
+
+    fn record(&self, kind: &'static str, outcome: &'static str) {
+        self.metrics
+            .auth_decisions
+            .get_or_create(&crate::metrics::AuthLabel { kind, outcome })
+            .inc();
+    }
+
+    async fn authenticate(
+        &self,
+        cluster: &Cluster,
+        token: &str,
+        fresh: bool,
+    ) -> Result<User, ReviewError> {
+        let key = (cluster.id().to_string(), identity_hash(token));
+        if !fresh
+            && let Some((answer, at)) = self.tokens.lock().get(&key).cloned()
+            && at.elapsed() < self.ttl
+        {
+            self.record("token", "cache_hit");
+            return answer.map_err(|reason| ReviewError::Unauthenticated {
+                cluster: cluster.id().to_string(),
+                reason,
+            });
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<TokenReview> = Api::all(cluster.client());
+        let created = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| ReviewError::Unavailable {
+                cluster: cluster.id().to_string(),
+                message: format!("TokenReview failed: {e}"),
+            })?;
+        let status = created.status.unwrap_or_default();
+        let answer = match (status.authenticated, status.user) {
+            (Some(true), Some(u)) => Ok(User {
+                name: u.username.unwrap_or_default(),
+                uid: u.uid,
+                groups: u.groups.unwrap_or_default(),
+            }),
+            _ => Err(status
+                .error
+                .unwrap_or_else(|| "token not recognised".into())),
+        };
+        self.record("token", if answer.is_ok() { "allowed" } else { "denied" });
+        self.tokens
+            .lock()
+            .insert(key, (answer.clone(), Instant::now()));
+        answer.map_err(|reason| ReviewError::Unauthenticated {
+            cluster: cluster.id().to_string(),
+            reason,
+        })
+    }
+
+    async fn authorize(
+        &self,
+        cluster: &Cluster,
+        user: &User,
+        verb: &'static str,
+        resource: &ResourcePath,
+        fresh: bool,
+    ) -> Result<(), ReviewError> {
+        let key = AccessKey {
+            cluster: cluster.id().to_string(),
+            user: user.clone(),
+            verb,
+            group: resource.group.clone(),
+            resource: resource.resource.clone(),
+            namespace: resource.namespace.clone(),
+        };
+        let forbidden = |reason: String| ReviewError::Forbidden {
+            user: user.name.clone(),
+            verb,
+            resource: if resource.group.is_empty() {
+                resource.resource.clone()
+            } else {
+                format!("{}.{}", resource.resource, resource.group)
+            },
+            scope: resource
+                .namespace
+                .as_ref()
+                .map_or("all namespaces".to_string(), |ns| {
+                    format!("namespace {ns:?}")
+                }),
+            cluster: cluster.id().to_string(),
+            reason: if reason.is_empty() {
+                reason
+            } else {
+                format!(": {reason}")
+            },
+        };
+        if !fresh
+            && let Some((answer, at)) = self.access.lock().get(&key).cloned()
+            && at.elapsed() < self.ttl
+        {
+            self.record("access", "cache_hit");
+            return answer.map_err(forbidden);
+        }
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(user.name.clone()),
+                uid: user.uid.clone(),
+                groups: Some(user.groups.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(verb.to_string()),
+                    group: Some(resource.group.clone()),
+                    version: Some(resource.version.clone()),
+                    resource: Some(resource.resource.clone()),
+                    namespace: resource.namespace.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<SubjectAccessReview> = Api::all(cluster.client());
+        let created = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| ReviewError::Unavailable {
+                cluster: cluster.id().to_string(),
+                message: format!("SubjectAccessReview failed: {e}"),
+            })?;
+        let status = created.status.unwrap_or_default();
+        let answer = if status.allowed {
+            Ok(())
+        } else {
+            Err(status.reason.unwrap_or_default())
+        };
+        self.record("access", if answer.is_ok() { "allowed" } else { "denied" });
+        self.access
+            .lock()
+            .insert(key, (answer.clone(), Instant::now()));
+        answer.map_err(forbidden)
+    }
+}
