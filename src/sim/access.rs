@@ -25,7 +25,11 @@ pub struct Identity(pub Arc<UserInfo>);
 
 /// Middleware: resolves the bearer token to an [`Identity`] or answers 401.
 /// `/metrics` and the `/_sim/` controls are test tooling and stay open.
-pub async fn authenticate(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(app): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path();
     if path == "/metrics" || path == "/_sim" || path.starts_with("/_sim/") {
         return next.run(request).await;
@@ -111,12 +115,16 @@ fn verb_of(method: &Method) -> Option<&'static str> {
 /// `fieldSelector=metadata.name=X` names the object for RBAC, as on the
 /// real server, so `resourceNames` rules can allow single-object watches.
 fn selected_name(query: &ListQuery) -> Option<String> {
-    query.field_selector.as_deref()?.split(',').find_map(|term| {
-        let term = term.trim();
-        term.strip_prefix("metadata.name==")
-            .or_else(|| term.strip_prefix("metadata.name="))
-            .map(str::to_string)
-    })
+    query
+        .field_selector
+        .as_deref()?
+        .split(',')
+        .find_map(|term| {
+            let term = term.trim();
+            term.strip_prefix("metadata.name==")
+                .or_else(|| term.strip_prefix("metadata.name="))
+                .map(str::to_string)
+        })
 }
 
 /// Counts the request under its user and checks it against the rules;
@@ -152,18 +160,35 @@ mod tests {
     fn attrs(path: &str, method: Method, query: Option<&str>) -> Option<Attributes> {
         let path = parse(true, path).expect("path");
         let query = query.map(|q| ListQuery::parse(Some(q)).expect("query"));
-        attributes(&UserInfo::new("u", "", ["g"]), &path, &method, query.as_ref()).map(|(_, a)| a)
+        attributes(
+            &UserInfo::new("u", "", ["g"]),
+            &path,
+            &method,
+            query.as_ref(),
+        )
+        .map(|(_, a)| a)
     }
 
     #[test]
     fn resolves_request_info() {
         let a = attrs("v1/namespaces/a/pods", Method::GET, Some("watch=1")).expect("a");
-        assert_eq!((a.verb.as_str(), a.namespace.as_deref()), ("watch", Some("a")));
-        let a = attrs("v1/pods", Method::GET, Some("fieldSelector=metadata.name%3Dp1")).expect("a");
+        assert_eq!(
+            (a.verb.as_str(), a.namespace.as_deref()),
+            ("watch", Some("a"))
+        );
+        let a = attrs(
+            "v1/pods",
+            Method::GET,
+            Some("fieldSelector=metadata.name%3Dp1"),
+        )
+        .expect("a");
         assert_eq!((a.verb.as_str(), a.name.as_deref()), ("list", Some("p1")));
         assert_eq!(a.namespace, None);
         let a = attrs("v1/namespaces/x", Method::DELETE, None).expect("a");
-        assert_eq!((a.verb.as_str(), a.namespace.as_deref()), ("delete", Some("x")));
+        assert_eq!(
+            (a.verb.as_str(), a.namespace.as_deref()),
+            ("delete", Some("x"))
+        );
         assert!(attrs("v1", Method::GET, None).is_none());
     }
 

@@ -155,7 +155,9 @@ async fn churn(State(app): State<AppState>, request: Request) -> Response {
 }
 
 async fn auth_rules(State(app): State<AppState>) -> Response {
-    respond(Ok(json!({"enabled": app.auth.enabled(), "rules": app.auth.rules()})))
+    respond(Ok(
+        json!({"enabled": app.auth.enabled(), "rules": app.auth.rules()}),
+    ))
 }
 
 /// Replaces the rules: the body is a JSON list of rules (or `{"rules": [...]}`).

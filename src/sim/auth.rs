@@ -361,7 +361,9 @@ mod tests {
         let json = r#"{"adminToken":"root","tokens":{"t":{"username":"bob"}},"rules":[]}"#;
         let auth = SimAuth::from_yaml(json).expect("json");
         assert_eq!(auth.admin_token, "root");
-        assert!(SimAuth::from_yaml("rules: [{users: [a], verbs: [fly], resources: [pods]}]").is_err());
+        assert!(
+            SimAuth::from_yaml("rules: [{users: [a], verbs: [fly], resources: [pods]}]").is_err()
+        );
         assert!(SimAuth::from_yaml("tokenz: {}").is_err());
     }
 

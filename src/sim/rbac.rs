@@ -132,7 +132,9 @@ impl Rule {
             .iter()
             .find(|v| *v != "*" && !VERBS.contains(&v.as_str()))
         {
-            return invalid(format!("unknown verb {verb:?}; use one of {VERBS:?} or \"*\""));
+            return invalid(format!(
+                "unknown verb {verb:?}; use one of {VERBS:?} or \"*\""
+            ));
         }
         if self.resources.is_empty() {
             return invalid("a rule needs at least one resource".into());
@@ -310,6 +312,11 @@ mod tests {
                 .validate()
                 .is_err()
         );
-        assert!(Rule::allow(["get"], ["pods"]).users(["a"]).validate().is_ok());
+        assert!(
+            Rule::allow(["get"], ["pods"])
+                .users(["a"])
+                .validate()
+                .is_ok()
+        );
     }
 }

@@ -147,7 +147,10 @@ fn non_resource_decision(groups: &[String], verb: &str, path: &str) -> Decision 
     let (allowed, reason) = if member(SUPERUSER_GROUP) {
         (true, format!("allowed: member of {SUPERUSER_GROUP}"))
     } else if discovery && member(AUTHENTICATED_GROUP) {
-        (true, "allowed: discovery is open to system:authenticated".into())
+        (
+            true,
+            "allowed: discovery is open to system:authenticated".into(),
+        )
     } else {
         (false, String::new())
     };
