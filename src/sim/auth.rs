@@ -56,7 +56,7 @@ pub enum AuthError {
         origin: String,
         /// The parser's error.
         #[source]
-        source: serde_saphyr::Error,
+        source: Box<serde_saphyr::Error>,
     },
     /// A rule that could never match or names an unknown verb.
     #[error("invalid rule: {0}")]
@@ -181,7 +181,7 @@ impl SimAuth {
     fn parse(text: &str, origin: &str) -> Result<SimAuth, AuthError> {
         let auth: SimAuth = serde_saphyr::from_str(text).map_err(|source| AuthError::Parse {
             origin: origin.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         auth.validate()?;
         Ok(auth)
