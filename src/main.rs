@@ -128,7 +128,10 @@ async fn main() -> anyhow::Result<()> {
         } => {
             init_logs(LogFormat::Human);
             let auth = auth_file
-                .map(|path| kubemux::sim::SimAuth::from_file(&path))
+                .map(|path| {
+                    kubemux::sim::SimAuth::from_file(&path)
+                        .with_context(|| format!("loading --auth-file {}", path.display()))
+                })
                 .transpose()?;
             let sim = SimServer::start(SimConfig {
                 listen,
