@@ -606,4 +606,11 @@ async fn rules_load_from_a_file_and_discovery_lists_the_reviews() {
     );
     assert!(SimAuth::from_file(&path).is_err());
     server.shutdown().await;
+    let invalid = SimAuth::new().with_rule(Rule::allow(["get"], ["pods"]));
+    let refused = SimServer::start(SimConfig {
+        auth: Some(invalid),
+        ..test_config()
+    })
+    .await;
+    assert!(matches!(refused, Err(kubemux::sim::SimError::Auth(_))));
 }

@@ -141,7 +141,7 @@ pub fn authorize(
     };
     app.metrics
         .user_request(&attrs.user, &attrs.verb, &attrs.resource);
-    if def.create_only {
+    if def.create_only && attrs.verb == "create" {
         app.metrics.review_requested(def.plural);
     }
     if app.auth.authorize(&attrs).allowed {

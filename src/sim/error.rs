@@ -285,4 +285,7 @@ pub enum SimError {
     /// Seeding the initial population failed (a bug in the population table).
     #[error("seeding the initial population: {0}")]
     Populate(#[from] ApiError),
+    /// `SimConfig::auth` has an invalid token entry or rule.
+    #[error("authentication settings: {0}")]
+    Auth(#[from] crate::sim::auth::AuthError),
 }

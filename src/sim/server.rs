@@ -88,6 +88,7 @@ impl SimServer {
     /// Binds `config.listen`, seeds the initial population and starts
     /// serving (and churning, if `churn_rate > 0`).
     pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
+        config.auth.as_ref().map(SimAuth::validate).transpose()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| SimError::Bind {
@@ -188,7 +189,8 @@ impl SimServer {
         &self.inner.auth
     }
 
-    /// Request and watch metrics, for assertions beyond the helpers below.
+    /// Request and watch metrics, for assertions beyond the helpers here and
+    /// in [`crate::sim::identity`].
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
