@@ -49,6 +49,9 @@ enum Command {
         /// Object changes per second made by the churn generator.
         #[arg(long, default_value_t = 0.0)]
         churn: f64,
+        /// Static tokens and RBAC-like rules (YAML/JSON); without it every request is admin.
+        #[arg(long)]
+        auth_file: Option<PathBuf>,
     },
     /// Print the effective configuration (flags over KUBEMUX_* over --config file over defaults) and exit.
     Config {
@@ -126,11 +129,19 @@ async fn main() -> anyhow::Result<()> {
             kubeconfig_out,
             context,
             churn,
+            auth_file,
         } => {
             init_logs(LogFormat::Human);
+            let auth = auth_file
+                .map(|path| {
+                    kubemux::sim::SimAuth::from_file(&path)
+                        .with_context(|| format!("loading --auth-file {}", path.display()))
+                })
+                .transpose()?;
             let sim = SimServer::start(SimConfig {
                 listen,
                 churn_rate: churn,
+                auth,
                 ..SimConfig::default()
             })
             .await?;

@@ -1,5 +1,6 @@
-//! `/_sim/` control routes: fault injection and churn over HTTP, for driving
-//! the simulator from outside the process (benchmarks, manual testing).
+//! `/_sim/` control routes: fault injection, churn and authorization rules
+//! over HTTP, for driving the simulator from outside the process
+//! (benchmarks, manual testing, revoking access mid-test).
 //! Parameters come from the query string or a small JSON object body.
 
 use std::collections::HashMap;
@@ -7,13 +8,14 @@ use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::sim::error::ApiError;
 use crate::sim::faults::WatchFailure;
 use crate::sim::http::AppState;
+use crate::sim::rbac::Rule;
 
 /// Delay before a connection-refusal fault takes effect, so the caller still
 /// receives its 200 answer over the connection that is about to be reset.
@@ -29,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/refuse-connections", post(refuse_connections))
         .route("/compact", post(compact))
         .route("/churn", post(churn))
+        .route("/auth/rules", get(auth_rules).post(set_auth_rules))
 }
 
 type Params = HashMap<String, String>;
@@ -146,6 +149,36 @@ async fn churn(State(app): State<AppState>, request: Request) -> Response {
         }
         app.churn.set_rate(rate);
         Ok(json!({"churnRate": rate}))
+    }
+    .await;
+    respond(result)
+}
+
+async fn auth_rules(State(app): State<AppState>) -> Response {
+    respond(Ok(
+        json!({"enabled": app.auth.enabled(), "rules": app.auth.rules()}),
+    ))
+}
+
+/// Replaces the rules: the body is a JSON list of rules (or `{"rules": [...]}`).
+async fn set_auth_rules(State(app): State<AppState>, request: Request) -> Response {
+    let result = async {
+        let body = axum::body::to_bytes(request.into_body(), 1024 * 1024)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("body must be JSON: {e}")))?;
+        let list = match value {
+            Value::Object(mut object) => object.remove("rules").unwrap_or(Value::Null),
+            other => other,
+        };
+        let rules: Vec<Rule> = serde_json::from_value(list)
+            .map_err(|e| ApiError::bad_request(format!("body must be a list of rules: {e}")))?;
+        let count = rules.len();
+        app.auth
+            .set_rules(rules)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(json!({"enabled": app.auth.enabled(), "rules": count}))
     }
     .await;
     respond(result)

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::sim::access;
+use crate::sim::auth::UserInfo;
 use crate::sim::discovery;
 use crate::sim::error::ApiError;
 use crate::sim::http::AppState;
@@ -18,6 +20,7 @@ use crate::sim::pagination::ContinueToken;
 use crate::sim::path::{self, ApiPath};
 use crate::sim::query::ListQuery;
 use crate::sim::resources::ResourceDef;
+use crate::sim::review;
 use crate::sim::selector::Filter;
 use crate::sim::store::WatchFrom;
 use crate::sim::watch::{self, WatchSpec, WatchStart};
@@ -37,6 +40,8 @@ pub struct ApiRequest {
     pub headers: HeaderMap,
     /// Request body.
     pub body: Bytes,
+    /// Who is asking (from the bearer token, see [`crate::sim::access`]).
+    pub user: Arc<UserInfo>,
 }
 
 /// Routes an API request and renders any failure as a `Status`.
@@ -49,21 +54,39 @@ fn dispatch(app: &AppState, request: ApiRequest) -> Result<Response, ApiError> {
         Method::GET => doc.map(|d| Json(d).into_response()),
         _ => Err(ApiError::method_not_allowed()),
     };
-    match path::parse(request.core, &request.rest)? {
+    let api_path = path::parse(request.core, &request.rest)?;
+    let query = match (&api_path, &request.method) {
+        (ApiPath::Collection { .. }, &Method::GET) => {
+            Some(ListQuery::parse(request.query.as_deref())?)
+        }
+        _ => None,
+    };
+    access::authorize(
+        app,
+        &request.user,
+        &api_path,
+        &request.method,
+        query.as_ref(),
+    )?;
+    match api_path {
         ApiPath::Group(group) => get_only(discovery::api_group(&group)),
         ApiPath::Resources { group, version } => {
             get_only(discovery::api_resource_list(&group, &version))
         }
-        ApiPath::Collection { def, namespace } => match request.method {
-            Method::GET => {
-                let query = ListQuery::parse(request.query.as_deref())?;
+        ApiPath::Collection { def, .. } if def.create_only => match request.method {
+            Method::POST => review::create(app, def, &request.body),
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        ApiPath::Object { def, .. } if def.create_only => Err(ApiError::method_not_allowed()),
+        ApiPath::Collection { def, namespace } => match (request.method.clone(), query) {
+            (Method::GET, Some(query)) => {
                 if query.watch {
-                    start_watch(app, def, namespace, &query)
+                    start_watch(app, def, namespace, &query, &request.user.username)
                 } else {
                     list(app, def, namespace, &query)
                 }
             }
-            Method::POST if namespace.is_some() || !def.namespaced => {
+            (Method::POST, _) if namespace.is_some() || !def.namespaced => {
                 let object = parse_body(&request.body)?;
                 let created = app.store.create(def.plural, namespace.as_deref(), object)?;
                 Ok((StatusCode::CREATED, Json(created)).into_response())
@@ -193,6 +216,7 @@ fn start_watch(
     def: &'static ResourceDef,
     namespace: Option<String>,
     query: &ListQuery,
+    user: &str,
 ) -> Result<Response, ApiError> {
     app.metrics.watch_requested(def.plural);
     if let Some(failure) = app.faults.take_watch_failure() {
@@ -234,7 +258,7 @@ fn start_watch(
             .then_some(app.settings.bookmark_interval),
         cancel: app.faults.watch_token(),
         stall: app.faults.stall_receiver(),
-        guard: app.metrics.watch_opened(def.plural),
+        guard: app.metrics.watch_opened_by(def.plural, user),
     }))
 }
 

@@ -80,7 +80,7 @@ fn resource_json(def: &ResourceDef) -> Value {
         "singularName": def.kind.to_lowercase(),
         "namespaced": def.namespaced,
         "kind": def.kind,
-        "verbs": VERBS,
+        "verbs": if def.create_only { &["create"][..] } else { VERBS },
     })
 }
 

@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
+use crate::sim::rbac::Attributes;
 use crate::sim::resources::ResourceDef;
 
 /// A Kubernetes API failure, rendered as a `Status` object with the matching
@@ -41,6 +42,43 @@ impl ApiError {
     /// 400: the request could not be understood (bad selector, bad body).
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
+    }
+
+    /// 401 for a missing or unknown bearer token, worded as the real server.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// 403 when no rule allows the request, with the real server's message:
+    /// `pods is forbidden: User "alice" cannot list resource "pods" in API
+    /// group "" in the namespace "default"`.
+    pub fn forbidden(def: &ResourceDef, attrs: &Attributes) -> Self {
+        let subject = match &attrs.name {
+            Some(name) => format!("{} \"{name}\"", def.qualified_name()),
+            None => def.qualified_name(),
+        };
+        let resource = match &attrs.subresource {
+            Some(sub) => format!("{}/{sub}", attrs.resource),
+            None => attrs.resource.clone(),
+        };
+        let scope = match &attrs.namespace {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_string(),
+        };
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{subject} is forbidden: User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
+                attrs.user, attrs.verb, attrs.api_group
+            ),
+        )
+        .with_details(StatusDetails {
+            name: attrs.name.clone(),
+            group: (!def.group.is_empty()).then_some(def.group),
+            kind: Some(def.plural),
+            retry_after_seconds: None,
+        })
     }
 
     /// 404 for a path or resource type the server does not serve.
@@ -247,4 +285,7 @@ pub enum SimError {
     /// Seeding the initial population failed (a bug in the population table).
     #[error("seeding the initial population: {0}")]
     Populate(#[from] ApiError),
+    /// `SimConfig::auth` has an invalid token entry or rule.
+    #[error("authentication settings: {0}")]
+    Auth(#[from] crate::sim::auth::AuthError),
 }

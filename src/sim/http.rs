@@ -1,10 +1,9 @@
 //! The axum router: discovery, resources, `/metrics` and the `/_sim/` fault
 //! and churn controls.
 //!
-//! Seam for later work: per-request identity (bearer token → user) belongs in
-//! a middleware layer added in [`router`], stored as a request extension that
-//! [`crate::sim::api`] reads; TokenReview/SubjectAccessReview are new rows in
-//! the resource table plus a create-only handler in `api`.
+//! Every route except `/metrics` and `/_sim/` passes the authentication
+//! middleware ([`crate::sim::access::authenticate`]), which stores the
+//! caller's [`Identity`] as a request extension for [`crate::sim::api`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +15,9 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
+use crate::sim::access::{self, Identity};
 use crate::sim::api::{self, ApiRequest};
+use crate::sim::auth::Auth;
 use crate::sim::churn::ChurnControl;
 use crate::sim::discovery;
 use crate::sim::error::ApiError;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub addr: SocketAddr,
     /// Watch timeouts and bookmark cadence.
     pub settings: WatchSettings,
+    /// Tokens and rules (authentication may be disabled).
+    pub auth: Arc<Auth>,
 }
 
 /// Builds the complete router.
@@ -70,6 +73,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .nest("/_sim", crate::sim::admin::router())
         .fallback(|| async { ApiError::unknown_resource() })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::authenticate,
+        ))
         .with_state(state)
 }
 
@@ -96,6 +103,9 @@ async fn group_api(State(app): State<AppState>, request: Request) -> Response {
 
 async fn resource_request(app: &AppState, core: bool, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    let Some(Identity(user)) = parts.extensions.get::<Identity>().cloned() else {
+        return ApiError::unauthorized().into_response();
+    };
     let prefix = if core { "/api" } else { "/apis" };
     let rest = parts
         .uri
@@ -118,6 +128,7 @@ async fn resource_request(app: &AppState, core: bool, request: Request) -> Respo
             method: parts.method,
             headers: parts.headers,
             body,
+            user,
         },
     )
 }

@@ -11,20 +11,25 @@
 //! the global resourceVersion and the event history; [`watch`] streams
 //! events; [`http`], [`api`], [`discovery`] and [`admin`] are the routes;
 //! [`faults`], [`listener`] and [`churn`] implement the test knobs.
+//! Identities: [`auth`] (static tokens, live tables), [`rbac`] (rules),
+//! [`access`] (401/403 and per-user counting), [`review`] (TokenReview and
+//! SubjectAccessReview) and [`identity`] (per-user assertions).
 //!
-//! Seams for later work: per-request identity and TokenReview /
-//! SubjectAccessReview plug into [`http::router`] (a middleware layer and new
-//! table rows); a latency-stamp annotation belongs in [`event::Event`]'s
-//! serialisation, the one place every watch line is produced.
+//! Seam for later work: a latency-stamp annotation belongs in
+//! [`event::Event`]'s serialisation, the one place every watch line is
+//! produced.
 
+pub mod access;
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod churn;
 pub mod discovery;
 pub mod error;
 pub mod event;
 pub mod faults;
 pub mod http;
+pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod object;
@@ -32,7 +37,9 @@ pub mod pagination;
 pub mod path;
 pub mod population;
 pub mod query;
+pub mod rbac;
 pub mod resources;
+pub mod review;
 pub mod selector;
 pub mod server;
 pub mod store;
@@ -40,7 +47,9 @@ pub mod templates;
 pub mod time;
 pub mod watch;
 
+pub use auth::{Auth, AuthError, SimAuth, UserInfo};
 pub use error::{ApiError, SimError};
 pub use faults::{Faults, WatchFailure};
+pub use rbac::Rule;
 pub use server::{SimConfig, SimServer};
 pub use store::Store;

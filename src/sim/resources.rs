@@ -22,6 +22,9 @@ pub struct ResourceDef {
     /// Whether DELETE answers with the deleted object (true) or with a
     /// `Status` of `Success` (false), as the real registry does per type.
     pub delete_returns_object: bool,
+    /// A virtual, create-only review type (TokenReview, SubjectAccessReview):
+    /// nothing is stored, POST answers with the evaluated review.
+    pub create_only: bool,
 }
 
 impl ResourceDef {
@@ -65,6 +68,12 @@ pub static RESOURCES: &[ResourceDef] = &[
     core("secrets", "Secret", true, &["type"], false),
     core("resourcequotas", "ResourceQuota", true, &[], true),
     grouped("apps", "v1", "deployments", "Deployment", true),
+    review("authentication.k8s.io", "tokenreviews", "TokenReview"),
+    review(
+        "authorization.k8s.io",
+        "subjectaccessreviews",
+        "SubjectAccessReview",
+    ),
 ];
 
 const fn core(
@@ -82,6 +91,7 @@ const fn core(
         namespaced,
         extra_fields,
         delete_returns_object,
+        create_only: false,
     }
 }
 
@@ -100,6 +110,20 @@ const fn grouped(
         namespaced,
         extra_fields: &[],
         delete_returns_object: true,
+        create_only: false,
+    }
+}
+
+const fn review(group: &'static str, plural: &'static str, kind: &'static str) -> ResourceDef {
+    ResourceDef {
+        group,
+        version: "v1",
+        plural,
+        kind,
+        namespaced: false,
+        extra_fields: &[],
+        delete_returns_object: false,
+        create_only: true,
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::sim::auth::{Auth, SimAuth};
 use crate::sim::churn::{self, ChurnControl, ChurnTargets};
 use crate::sim::error::SimError;
 use crate::sim::faults::Faults;
@@ -44,6 +45,8 @@ pub struct SimConfig {
     pub initial_nodes: usize,
     /// Pods in the initial population.
     pub initial_pods: usize,
+    /// Static tokens and rules; `None` serves every request as the admin.
+    pub auth: Option<SimAuth>,
 }
 
 impl Default for SimConfig {
@@ -57,6 +60,7 @@ impl Default for SimConfig {
             history_limit: 10_000,
             initial_nodes: 3,
             initial_pods: 20,
+            auth: None,
         }
     }
 }
@@ -75,6 +79,7 @@ struct Inner {
     faults: Arc<Faults>,
     metrics: Arc<Metrics>,
     churn: ChurnControl,
+    auth: Arc<Auth>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -83,6 +88,7 @@ impl SimServer {
     /// Binds `config.listen`, seeds the initial population and starts
     /// serving (and churning, if `churn_rate > 0`).
     pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
+        config.auth.as_ref().map(SimAuth::validate).transpose()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| SimError::Bind {
@@ -113,6 +119,7 @@ impl SimServer {
             config.churn_rate,
             shutdown.clone(),
         );
+        let auth = Arc::new(Auth::new(config.auth.clone()));
         let app = router(AppState {
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
@@ -123,6 +130,7 @@ impl SimServer {
                 watch_timeout: config.watch_timeout,
                 bookmark_interval: config.bookmark_interval,
             },
+            auth: Arc::clone(&auth),
         });
         let serve = axum::serve(SimListener::new(listener, addr, Arc::clone(&faults)), app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -139,6 +147,7 @@ impl SimServer {
                 faults,
                 metrics,
                 churn,
+                auth,
                 shutdown,
                 tasks: Mutex::new(vec![serve_task, churn_task]),
             }),
@@ -156,13 +165,13 @@ impl SimServer {
     }
 
     /// A kubeconfig (JSON, which is valid YAML) with one cluster, user and
-    /// context named `context`, pointing at this server with a dummy token.
+    /// context named `context`, pointing at this server with the admin token.
     pub fn kubeconfig(&self, context: &str) -> String {
         json!({
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": context, "cluster": {"server": self.url()}}],
-            "users": [{"name": context, "user": {"token": "kubemux-sim-token"}}],
+            "users": [{"name": context, "user": {"token": self.inner.auth.admin_token()}}],
             "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": "default"}}],
             "current-context": context,
             "preferences": {}
@@ -173,6 +182,17 @@ impl SimServer {
     /// The object store, for direct reads and writes that bypass HTTP.
     pub fn store(&self) -> &Arc<Store> {
         &self.inner.store
+    }
+
+    /// Tokens and rules, changeable while the server runs.
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
+    /// Request and watch metrics, for assertions beyond the helpers here and
+    /// in [`crate::sim::identity`].
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// In-process fault injection.
