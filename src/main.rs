@@ -101,9 +101,7 @@ async fn main() -> anyhow::Result<()> {
             if in_cluster {
                 let config =
                     kube::Config::incluster().context("reading the in-cluster configuration")?;
-                let server = config.cluster_url.to_string();
-                let client = kube::Client::try_from(config)?;
-                registry.insert(Cluster::new("in-cluster", server, client));
+                registry.insert(Cluster::with_config("in-cluster", config)?);
             } else {
                 let paths = if kubeconfig.is_empty() {
                     kubemux::cluster::kubeconfig::default_paths()

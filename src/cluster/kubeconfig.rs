@@ -87,13 +87,10 @@ impl Registry {
             let built = async {
                 let config =
                     kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &options).await?;
-                let server = config.cluster_url.to_string();
-                let client = kube::Client::try_from(config)?;
-                Ok::<_, kube::Error>((server, client))
+                Cluster::with_config(name.clone(), config)
             };
             match built.await {
-                Ok((server, client)) => {
-                    let mut cluster = Cluster::new(name.clone(), server, client);
+                Ok(mut cluster) => {
                     cluster.fingerprint = *print;
                     self.insert(cluster);
                     changes.push(match existing {

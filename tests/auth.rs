@@ -1,0 +1,381 @@
+//! Real identities (issue 6): `shared` mode shares one upstream watch among
+//! many users while reviewing each; `passthrough` watches as each user;
+//! tokens arrive by header, subprotocol or split cookies.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+use kubemux::auth::policy::{AuthMode, Policy};
+use kubemux::auth::review::Reviewer;
+use kubemux::cluster::Registry;
+use kubemux::hub::Hub;
+use kubemux::metrics::Metrics;
+use kubemux::server::{Server, ServerConfig};
+use kubemux::sim::{Rule, SimAuth, SimConfig, SimServer, UserInfo};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const ADMIN: &str = "kubemux-sim";
+const PATH: &str = "/api/v1/namespaces/default/pods";
+
+fn users(n: usize) -> SimAuth {
+    let mut auth = SimAuth::new().with_admin_token("admin-token");
+    for i in 0..n {
+        auth = auth.with_token(
+            format!("token-u{i}"),
+            UserInfo::new(format!("u{i}"), format!("uid-{i}"), ["team"]),
+        );
+    }
+    auth.with_token("alice-token", UserInfo::new("alice", "uid-alice", ["dev"]))
+        .with_rule(pods_rule((0..n).map(|i| format!("u{i}")).collect()))
+        .with_rule(
+            Rule::allow(["list", "watch"], ["pods"])
+                .users(["alice"])
+                .api_groups([""])
+                .namespaces(["team-a"]),
+        )
+}
+
+fn pods_rule(users: Vec<String>) -> Rule {
+    Rule::allow(["get", "list", "watch"], ["pods"])
+        .users(users)
+        .api_groups([""])
+        .namespaces(["default"])
+}
+
+struct Setup {
+    sim: SimServer,
+    server: Server,
+    metrics: Arc<Metrics>,
+}
+
+async fn setup(auth: SimAuth, policy: impl FnOnce(Arc<Metrics>) -> Policy) -> Setup {
+    let sim = SimServer::start(SimConfig {
+        auth: Some(auth),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let registry = Arc::new(Registry::new());
+    registry
+        .load_kubeconfig_text(&sim.kubeconfig(CLUSTER), "test")
+        .await
+        .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let hub = Hub::new(quick_hub(), registry, metrics.clone());
+    let config = ServerConfig {
+        policy: policy(metrics.clone()),
+        ..ServerConfig::default()
+    };
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), hub, config)
+        .await
+        .unwrap();
+    Setup {
+        sim,
+        server,
+        metrics,
+    }
+}
+
+fn shared(recheck: Duration) -> impl FnOnce(Arc<Metrics>) -> Policy {
+    move |metrics| {
+        Policy::shared(
+            Arc::new(Reviewer::new(Duration::from_secs(30), metrics)),
+            recheck,
+        )
+    }
+}
+
+async fn client_with(s: &Setup, header: (&'static str, String)) -> Client {
+    let mut req = format!("ws://{}/wsMultiplexer", s.server.addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert(header.0, header.1.parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("ws connects");
+    Client { ws }
+}
+
+async fn bearer(s: &Setup, token: &str) -> Client {
+    client_with(s, ("authorization", format!("Bearer {token}"))).await
+}
+
+fn error_text(frame: &Value) -> String {
+    assert_eq!(frame["type"], "ERROR", "expected ERROR, got {frame}");
+    let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+    data["error"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_mode_serves_many_users_from_one_watch_and_enforces_rbac() {
+    let s = setup(users(20), shared(Duration::from_millis(300))).await;
+    let (pods, _) = s
+        .sim
+        .store()
+        .list("pods", Some("default"), None, None)
+        .unwrap();
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut c = bearer(&s, &format!("token-u{i}")).await;
+        c.request(PATH, "watch=1").await;
+        clients.push(c);
+    }
+    for c in clients.iter_mut() {
+        c.events(pods.len()).await;
+    }
+    eventually("one shared watch", || s.sim.active_watches("pods") == 1).await;
+    assert_eq!(
+        s.sim.watch_requests("pods"),
+        1,
+        "20 users, one upstream watch"
+    );
+    assert_eq!(
+        s.sim.watch_requests_by(ADMIN, "pods"),
+        1,
+        "under kubemux's identity"
+    );
+    for i in 0..20 {
+        assert_eq!(
+            s.sim.requests_by(&format!("u{i}")),
+            0,
+            "users never reach the cluster"
+        );
+    }
+
+    let mut alice = bearer(&s, "alice-token").await;
+    alice.request(PATH, "watch=1").await;
+    let err = error_text(&alice.frame().await);
+    assert!(err.contains("alice") && err.contains("default"), "{err}");
+    assert_eq!(alice.frame().await["type"], "COMPLETE");
+    alice
+        .request("/api/v1/namespaces/team-a/pods", "watch=1")
+        .await;
+    assert_eq!(
+        alice.event().await.0["path"],
+        "/api/v1/namespaces/team-a/pods",
+        "allowed where the rules say"
+    );
+
+    let mut bad = bearer(&s, "no-such-token").await;
+    bad.request(PATH, "watch=1").await;
+    assert!(error_text(&bad.frame().await).contains("token was rejected"));
+
+    s.sim
+        .auth()
+        .set_rules(vec![pods_rule((1..20).map(|i| format!("u{i}")).collect())])
+        .unwrap();
+    loop {
+        let frame = clients[0].frame().await;
+        match frame["type"].as_str().unwrap() {
+            "ERROR" => assert!(error_text(&frame).contains("u0"), "{frame}"),
+            "COMPLETE" => break,
+            _ => {}
+        }
+    }
+    let created = s.sim.store().create("pods", Some("default"), json!({"metadata": {"name": "after-revoke", "namespace": "default"}, "spec": {"containers": []}})).unwrap();
+    for c in clients.iter_mut().skip(1) {
+        let (_, ev) = c.event().await;
+        assert_eq!(
+            ev["object"]["metadata"]["uid"], created["metadata"]["uid"],
+            "the others continue"
+        );
+    }
+    assert!(
+        clients[0]
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the revoked user gets nothing more"
+    );
+    let text = s.metrics.encode();
+    assert!(
+        metric(
+            &text,
+            "kubemux_auth_decisions_total{kind=\"access\",outcome=\"allowed\"}"
+        )
+        .unwrap()
+            >= 40.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "kubemux_auth_decisions_total{kind=\"access\",outcome=\"denied\"}"
+        )
+        .unwrap()
+            >= 2.0,
+        "{text}"
+    );
+    assert!(!text.contains("token-u"), "tokens never appear in metrics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_watches_as_each_user_and_shares_only_within_one() {
+    let s = setup(users(2), |_| Policy::new(AuthMode::Passthrough, false)).await;
+    let (pods, _) = s
+        .sim
+        .store()
+        .list("pods", Some("default"), None, None)
+        .unwrap();
+    let mut tab1 = bearer(&s, "token-u0").await;
+    let mut tab2 = bearer(&s, "token-u0").await;
+    let mut other = bearer(&s, "token-u1").await;
+    for c in [&mut tab1, &mut tab2, &mut other] {
+        c.request(PATH, "watch=1").await;
+        c.events(pods.len()).await;
+    }
+    eventually("two upstream watches", || s.sim.active_watches("pods") == 2).await;
+    assert_eq!(
+        s.sim.watch_requests_by("u0", "pods"),
+        1,
+        "two tabs of one user share a watch"
+    );
+    assert_eq!(
+        s.sim.watch_requests_by("u1", "pods"),
+        1,
+        "another user gets their own"
+    );
+    assert_eq!(
+        s.sim.watch_requests_by(ADMIN, "pods"),
+        0,
+        "never kubemux's identity"
+    );
+
+    let mut alice = bearer(&s, "alice-token").await;
+    alice.request(PATH, "watch=1").await;
+    let err = error_text(&alice.frame().await);
+    assert!(
+        err.contains("403") && err.contains("forbidden"),
+        "the cluster's own 403: {err}"
+    );
+    assert_eq!(alice.frame().await["type"], "COMPLETE");
+    let mut nobody = Client::connect(&format!("ws://{}/wsMultiplexer", s.server.addr())).await;
+    nobody.request(PATH, "watch=1").await;
+    assert!(error_text(&nobody.frame().await).contains("no credentials"));
+    let mut wrong = bearer(&s, "wrong-token").await;
+    wrong.request(PATH, "watch=1").await;
+    assert!(error_text(&wrong.frame().await).contains("401"));
+    tab1.request("/api/v1/nodes", "watch=1").await;
+    let frame = tab1.frame().await;
+    assert_eq!(frame["path"], "/api/v1/nodes");
+    assert!(error_text(&frame).contains("403"));
+    assert_eq!(tab1.frame().await["type"], "COMPLETE");
+    let created = s
+        .sim
+        .store()
+        .create("pods", Some("default"), json!({"metadata": {"name": "seen-by-all", "namespace": "default"}, "spec": {"containers": []}}))
+        .unwrap();
+    for c in [&mut tab1, &mut tab2, &mut other] {
+        let (frame, ev) = c.event().await;
+        assert_eq!(
+            frame["path"], PATH,
+            "the denied subscription affected nothing else"
+        );
+        assert_eq!(ev["object"]["metadata"]["uid"], created["metadata"]["uid"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_arrive_by_header_subprotocol_and_split_cookie() {
+    let s = setup(users(3), |_| Policy::new(AuthMode::Passthrough, false)).await;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("token-u1");
+    let by_protocol = client_with(
+        &s,
+        ("sec-websocket-protocol", format!("headlamp.multiplexer.k8s.io, base64url.headlamp.backend.authorization.k8s.io.{encoded}")),
+    )
+    .await;
+    let by_cookie = client_with(
+        &s,
+        (
+            "cookie",
+            format!("headlamp-auth-{CLUSTER}.1=n-u2; other=1; headlamp-auth-{CLUSTER}.0=toke"),
+        ),
+    )
+    .await;
+    let by_header = bearer(&s, "token-u0").await;
+    for (mut c, user) in [(by_header, "u0"), (by_protocol, "u1"), (by_cookie, "u2")] {
+        c.request(PATH, "watch=1").await;
+        c.event().await;
+        eventually(&format!("{user}'s own watch"), || {
+            s.sim.watch_requests_by(user, "pods") == 1
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn tokens_never_reach_the_logs() {
+    let sim = SimServer::start(SimConfig {
+        auth: Some(users(1)),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("kubemux-auth-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("config");
+    std::fs::write(&kubeconfig, sim.kubeconfig(CLUSTER)).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubemux"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--auth",
+            "passthrough",
+            "--log-format",
+            "json",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("kubemux listening on http://") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    for token in ["token-u0", "bogus-secret-token"] {
+        let mut req = format!("ws://{addr}/wsMultiplexer")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let mut c = Client { ws };
+        c.request(PATH, "watch=1").await;
+        c.frame().await;
+    }
+    let pid = child.id().unwrap().to_string();
+    tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("connection opened"),
+        "logs were captured: {log}"
+    );
+    for secret in ["token-u0", "bogus-secret-token", "admin-token"] {
+        assert!(!log.contains(secret), "{secret} leaked into the logs");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
