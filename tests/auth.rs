@@ -321,8 +321,9 @@ async fn tokens_never_reach_the_logs() {
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("config");
     std::fs::write(&kubeconfig, sim.kubeconfig(CLUSTER)).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubemux"))
-        .args([
+    let kubeconfig = kubeconfig.to_str().unwrap().to_string();
+    let serve = spawn_kubemux(
+        &[
             "serve",
             "--listen",
             "127.0.0.1:0",
@@ -330,27 +331,13 @@ async fn tokens_never_reach_the_logs() {
             "passthrough",
             "--log-format",
             "json",
-        ])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .env("RUST_LOG", "debug")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(PATIENCE, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(rest) = line.strip_prefix("kubemux listening on http://") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+            "--kubeconfig",
+            &kubeconfig,
+        ],
+        &[("RUST_LOG", "kubemux=debug,info")],
+    )
+    .await;
+    let addr = serve.addr.clone();
     for token in ["token-u0", "bogus-secret-token"] {
         let mut req = format!("ws://{addr}/wsMultiplexer")
             .into_client_request()
@@ -362,14 +349,7 @@ async fn tokens_never_reach_the_logs() {
         c.request(PATH, "watch=1").await;
         c.frame().await;
     }
-    let pid = child.id().unwrap().to_string();
-    tokio::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let (_, log) = serve.terminate().await;
     assert!(
         log.contains("connection opened"),
         "logs were captured: {log}"

@@ -2,16 +2,12 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_starts_and_a_client_sees_live_pod_events() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kubemux"))
-        .args([
+    let demo = spawn_kubemux(
+        &[
             "demo",
             "--listen",
             "127.0.0.1:0",
@@ -19,24 +15,11 @@ async fn demo_starts_and_a_client_sees_live_pod_events() {
             "127.0.0.1:0",
             "--churn",
             "50",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("kubemux starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(PATIENCE, lines.next_line())
-            .await
-            .expect("demo prints its address in time")
-            .unwrap()
-            .expect("demo keeps running");
-        if let Some(rest) = line.strip_prefix("kubemux listening on http://") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    let mut c = Client::connect(&format!("ws://{addr}/wsMultiplexer")).await;
+        ],
+        &[],
+    )
+    .await;
+    let mut c = Client::connect(&format!("ws://{}/wsMultiplexer", demo.addr)).await;
     c.send(serde_json::json!({"clusterId": "demo", "path": "/api/v1/pods", "query": "watch=1", "userId": "", "type": "REQUEST"}))
         .await;
     loop {
@@ -46,6 +29,6 @@ async fn demo_starts_and_a_client_sees_live_pod_events() {
             break;
         }
     }
-    child.start_kill().unwrap();
-    child.wait().await.unwrap();
+    let (status, _) = demo.terminate().await;
+    assert!(status.success());
 }

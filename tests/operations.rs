@@ -3,13 +3,11 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -292,8 +290,8 @@ fn dechunk(body: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_completes_every_subscriber_closes_with_1001_and_exits_zero() {
-    let mut child = kubemux()
-        .args([
+    let demo = spawn_kubemux(
+        &[
             "demo",
             "--listen",
             "127.0.0.1:0",
@@ -303,22 +301,11 @@ async fn sigterm_completes_every_subscriber_closes_with_1001_and_exits_zero() {
             "5",
             "--shutdown-grace",
             "5s",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(PATIENCE, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(rest) = line.strip_prefix("kubemux listening on http://") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+        ],
+        &[],
+    )
+    .await;
+    let addr = demo.addr.clone();
     let url = format!("ws://{addr}/wsMultiplexer");
     let mut clients = Vec::new();
     for path in ["/api/v1/pods", "/api/v1/nodes"] {
@@ -328,13 +315,7 @@ async fn sigterm_completes_every_subscriber_closes_with_1001_and_exits_zero() {
         c.event().await;
         clients.push((c, path));
     }
-    let pid = child.id().unwrap().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
+    let terminated = tokio::spawn(demo.terminate());
     for (c, path) in clients.iter_mut() {
         let mut completed = false;
         let mut close_code = None;
@@ -358,17 +339,14 @@ async fn sigterm_completes_every_subscriber_closes_with_1001_and_exits_zero() {
         assert!(completed, "{path}: COMPLETE before the close");
         assert_eq!(close_code, Some(1001), "{path}: closed with 1001");
     }
-    let status = tokio::time::timeout(PATIENCE, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let (status, _) = terminated.await.unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_have_a_line_per_connection_and_watch_and_none_per_event() {
-    let mut child = kubemux()
-        .args([
+    let demo = spawn_kubemux(
+        &[
             "demo",
             "--listen",
             "127.0.0.1:0",
@@ -380,22 +358,11 @@ async fn json_logs_have_a_line_per_connection_and_watch_and_none_per_event() {
             "json",
             "--linger",
             "0s",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(PATIENCE, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(rest) = line.strip_prefix("kubemux listening on http://") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+        ],
+        &[],
+    )
+    .await;
+    let addr = demo.addr.clone();
     let mut c = Client::connect(&format!("ws://{addr}/wsMultiplexer")).await;
     c.send(
         json!({"clusterId": "demo", "path": "/api/v1/pods", "query": "watch=1", "type": "REQUEST"}),
@@ -409,18 +376,8 @@ async fn json_logs_have_a_line_per_connection_and_watch_and_none_per_event() {
     c.ws.close(None).await.ok();
     drop(c);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = child.id().unwrap().to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(out.status.success());
-    let log = String::from_utf8(out.stderr).unwrap();
+    let (status, log) = demo.terminate().await;
+    assert!(status.success());
     let records: Vec<Value> = log
         .lines()
         .map(|l| {

@@ -14,9 +14,11 @@ use super::HubInner;
 use super::cache::{Cache, Start};
 use super::key::{ClientParams, WatchKey};
 use super::subscriber::{EndReason, Subscriber};
-use crate::metrics::Metrics;
+use crate::metrics::{ClusterLabel, Metrics};
 use crate::upstream::event::WatchEvent;
 use crate::upstream::{self, Listing, UpstreamConfig, UpstreamError, WatchSink, WatchTarget};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// Identifies a subscriber within its shared watch.
 pub type SubscriberId = u64;
@@ -64,6 +66,7 @@ pub struct SharedWatch {
     target: Option<(WatchTarget, UpstreamConfig)>,
     hub: Weak<HubInner>,
     metrics: Arc<Metrics>,
+    label: ClusterLabel,
     events: AtomicU64,
     state: Mutex<State>,
 }
@@ -77,6 +80,7 @@ impl SharedWatch {
         cache: Cache,
     ) -> Self {
         SharedWatch {
+            label: Metrics::cluster(key.cluster()),
             key,
             target,
             hub,
@@ -98,6 +102,11 @@ impl SharedWatch {
     /// The key this watch serves.
     pub fn key(&self) -> &WatchKey {
         &self.key
+    }
+
+    /// Counts one occurrence in a per-cluster counter.
+    fn count(&self, family: &Family<ClusterLabel, Counter>) {
+        family.get_or_create(&self.label).inc();
     }
 
     /// Number of current subscribers.
@@ -387,7 +396,7 @@ impl SharedWatch {
         }
         self.metrics
             .upstream_watches
-            .get_or_create(&Metrics::cluster(self.key.cluster()))
+            .get_or_create(&self.label)
             .dec();
     }
 
@@ -523,8 +532,7 @@ impl WatchSink for Upstream {
         let Some(watch) = self.0.upgrade() else {
             return;
         };
-        let label = Metrics::cluster(watch.key.cluster());
-        watch.metrics.upstream_lists.get_or_create(&label).inc();
+        watch.count(&watch.metrics.upstream_lists);
         let mut st = watch.state.lock();
         if st.stopped {
             return;
@@ -552,11 +560,7 @@ impl WatchSink for Upstream {
         let Some(watch) = self.0.upgrade() else {
             return;
         };
-        watch
-            .metrics
-            .events_in
-            .get_or_create(&Metrics::cluster(watch.key.cluster()))
-            .inc();
+        watch.count(&watch.metrics.events_in);
         watch.events.fetch_add(1, Ordering::Relaxed);
         let mut st = watch.state.lock();
         if st.stopped {
@@ -579,11 +583,7 @@ impl WatchSink for Upstream {
         let Some(watch) = self.0.upgrade() else {
             return;
         };
-        watch
-            .metrics
-            .upstream_watch_starts
-            .get_or_create(&Metrics::cluster(watch.key.cluster()))
-            .inc();
+        watch.count(&watch.metrics.upstream_watch_starts);
         watch.state.lock().outage_reported = false;
     }
 
@@ -591,11 +591,7 @@ impl WatchSink for Upstream {
         let Some(watch) = self.0.upgrade() else {
             return;
         };
-        watch
-            .metrics
-            .upstream_failures
-            .get_or_create(&Metrics::cluster(watch.key.cluster()))
-            .inc();
+        watch.count(&watch.metrics.upstream_failures);
         let mut st = watch.state.lock();
         if st.outage_reported {
             return;
@@ -613,11 +609,7 @@ impl WatchSink for Upstream {
         let Some(watch) = self.0.upgrade() else {
             return;
         };
-        watch
-            .metrics
-            .upstream_failures
-            .get_or_create(&Metrics::cluster(watch.key.cluster()))
-            .inc();
+        watch.count(&watch.metrics.upstream_failures);
         watch.shutdown(EndReason::Failed(error.to_string()));
     }
 }

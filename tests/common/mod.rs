@@ -233,3 +233,65 @@ pub fn versions_of(objects: &[Value]) -> BTreeMap<String, String> {
         })
         .collect()
 }
+
+/// A `kubemux` process started by a test, and the address it printed.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub addr: String,
+}
+
+/// Starts the real `kubemux` binary with `args` (stdout and stderr piped,
+/// `KUBEMUX_*`/`RUST_LOG` from the test's environment removed unless set
+/// in `env`) and waits for its "listening on" line.
+pub async fn spawn_kubemux(args: &[&str], env: &[(&str, &str)]) -> Process {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubemux"));
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KUBEMUX_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("kubemux starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .expect("kubemux prints its address in time")
+            .unwrap()
+            .expect("kubemux keeps running");
+        if let Some(rest) = line.strip_prefix("kubemux listening on http://") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Process { child, addr }
+}
+
+impl Process {
+    /// Sends SIGTERM and returns the exit status and everything written to stderr.
+    pub async fn terminate(self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().unwrap().to_string();
+        let killed = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let out = tokio::time::timeout(PATIENCE, self.child.wait_with_output())
+            .await
+            .expect("kubemux exits in time")
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
