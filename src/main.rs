@@ -47,6 +47,12 @@ enum Command {
         /// Object changes per second made by the churn generator.
         #[arg(long, default_value_t = 0.0)]
         churn: f64,
+        /// Pad churned pods to about this many bytes of JSON (0 = no padding).
+        #[arg(long, default_value_t = 0)]
+        object_size: usize,
+        /// Stamp every change with the annotation `kubemux.io/sent-at` (Unix µs).
+        #[arg(long)]
+        stamp_sent_at: bool,
     },
     /// The proxy plus an embedded simulated cluster (clusterId `demo`) with churn.
     Demo {
@@ -94,10 +100,14 @@ async fn main() -> anyhow::Result<()> {
             kubeconfig_out,
             context,
             churn,
+            object_size,
+            stamp_sent_at,
         } => {
             let sim = SimServer::start(SimConfig {
                 listen,
                 churn_rate: churn,
+                object_size,
+                stamp_sent_at,
                 ..SimConfig::default()
             })
             .await?;
