@@ -796,6 +796,8 @@ const FIELDS: &[(&str, &str)] = &[
         "server CPU per delivered frame, µs",
     ),
     ("sim_cpu_percent", "sim CPU, % of a core"),
+    ("loadgen_cpu_percent", "loadgen CPU, % of a core"),
+    ("load_average", "machine load average (1 min)"),
     ("server_rss_base_mib", "server RSS before clients, MiB"),
     (
         "server_rss_per_idle_connection_kib",
@@ -1027,6 +1029,7 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     };
     let cpu0 = server_pid.and_then(cpu_seconds);
     let sim_cpu0 = sim_pid.and_then(cpu_seconds);
+    let own_cpu0 = cpu_seconds(std::process::id());
     let rv0 = sim_rv(sim).await?;
     let t0 = Instant::now();
     shared.measuring.store(true, Ordering::Relaxed);
@@ -1035,6 +1038,7 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     let window = t0.elapsed().as_secs_f64();
     let cpu1 = server_pid.and_then(cpu_seconds);
     let sim_cpu1 = sim_pid.and_then(cpu_seconds);
+    let own_cpu1 = cpu_seconds(std::process::id());
     let rv1 = sim_rv(sim).await?;
     let frames = shared.frames_window.load(Ordering::Relaxed);
     report.set("window_secs", round(window, 2));
@@ -1056,6 +1060,20 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     if let (Some(a), Some(b)) = (sim_cpu0, sim_cpu1) {
         report.set("sim_cpu_percent", round((b - a) / window * 100.0, 1));
     }
+    if let (Some(a), Some(b)) = (own_cpu0, own_cpu1) {
+        report.set("loadgen_cpu_percent", round((b - a) / window * 100.0, 1));
+    }
+    report.set(
+        "load_average",
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| {
+                l.split_whitespace()
+                    .next()
+                    .and_then(|x| x.parse::<f64>().ok())
+            })
+            .map_or(Value::Null, |l| json!(l)),
+    );
     let sim_after_window = scrape(sim).await?;
     let watch_requests_before = metric_with(
         &sim_after_window,
