@@ -49,6 +49,12 @@ enum Command {
         /// Object changes per second made by the churn generator.
         #[arg(long, default_value_t = 0.0)]
         churn: f64,
+        /// Pad churned pods to about this many bytes of JSON (0 = no padding).
+        #[arg(long, default_value_t = 0)]
+        object_size: usize,
+        /// Stamp every change with the annotation `kubemux.io/sent-at` (Unix µs).
+        #[arg(long)]
+        stamp_sent_at: bool,
         /// Static tokens and RBAC-like rules (YAML/JSON); without it every request is admin.
         #[arg(long)]
         auth_file: Option<PathBuf>,
@@ -128,6 +134,8 @@ async fn main() -> anyhow::Result<()> {
             context,
             churn,
             auth_file,
+            object_size,
+            stamp_sent_at,
         } => {
             init_logs(LogFormat::Human);
             let auth = auth_file
@@ -140,6 +148,8 @@ async fn main() -> anyhow::Result<()> {
                 listen,
                 churn_rate: churn,
                 auth,
+                object_size,
+                stamp_sent_at,
                 ..SimConfig::default()
             })
             .await?;

@@ -164,3 +164,49 @@ async fn churn_is_deterministic_for_a_seed() {
     let c = churn_sequence(8, 200).await;
     assert_ne!(a, c);
 }
+
+#[tokio::test]
+async fn churn_pads_objects_and_stamps_the_commit_time() {
+    let server = start(SimConfig {
+        churn_rate: 500.0,
+        object_size: 4096,
+        stamp_sent_at: true,
+        ..test_config()
+    })
+    .await;
+    let client = client(&server).await;
+    let from = server.store().resource_version();
+    let mut stream = watch(
+        &client,
+        &format!("/api/v1/pods?watch=1&resourceVersion={from}"),
+    )
+    .await;
+    let mut checked = 0;
+    while checked < 50 {
+        let event = stream.next_event().await.expect("event");
+        let object = &event["object"];
+        let annotations = &object["metadata"]["annotations"];
+        let sent: u64 = annotations["kubemux.io/sent-at"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("sent-at stamp");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        assert!(
+            sent <= now && now - sent < 10_000_000,
+            "stamp {sent} vs now {now}"
+        );
+        if event["type"] != "DELETED" || annotations.get("kubemux.io/padding").is_some() {
+            let len = serde_json::to_vec(object).unwrap().len();
+            assert!(
+                (3900..4400).contains(&len),
+                "{} object of {len} bytes",
+                event["type"]
+            );
+        }
+        checked += 1;
+    }
+    server.shutdown().await;
+}

@@ -228,6 +228,7 @@ async fn write_loop(
                 Ok(Err(_)) | Err(_) => break 'outer,
             }
         }
+        batch.shrink_to(super::outbound::KEEP_CAPACITY);
         match tokio::time::timeout(write_timeout, sink.flush()).await {
             Ok(Ok(())) => {}
             _ => break,

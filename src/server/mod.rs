@@ -184,9 +184,15 @@ async fn headlamp_ws(
         .requested_protocols()
         .filter_map(|p| p.to_str().ok().map(str::to_string))
         .collect();
+    // tungstenite preallocates its read buffer (128 KiB by default) for every
+    // connection and keeps the capacity its write buffer grew to (up to 128
+    // KiB) after a burst; client messages are small, and 16 KiB batches
+    // writes well enough, so idle connections stay cheap.
     let mut ws = ws
         .max_message_size(state.config.max_message_size)
-        .max_frame_size(state.config.max_message_size);
+        .max_frame_size(state.config.max_message_size)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024);
     if offered.iter().any(|p| p == headlamp::PROTOCOL) {
         ws = ws.protocols([headlamp::PROTOCOL]);
     }

@@ -91,6 +91,9 @@ impl Default for QueueLimits {
     }
 }
 
+/// Queue capacity kept after a drain; more is released.
+pub const KEEP_CAPACITY: usize = 64;
+
 struct Queue {
     items: VecDeque<Out>,
     bytes: usize,
@@ -186,6 +189,9 @@ impl Outbound {
                 let mut q = self.queue.lock();
                 if !q.items.is_empty() {
                     batch.extend(q.items.drain(..));
+                    // Do not keep the capacity of a burst (an initial state)
+                    // for the life of an idle connection.
+                    q.items.shrink_to(KEEP_CAPACITY);
                     self.metrics.queue_bytes.dec_by(q.bytes as i64);
                     q.bytes = 0;
                     return;

@@ -29,6 +29,8 @@ const NODE_SHARE: f64 = 0.05;
 const FLIP_LABEL: &str = "churn.kubemux.io/flip";
 /// Prefix of nodes the churn generator adds (and is allowed to delete).
 const CHURN_NODE_PREFIX: &str = "churn-node-";
+/// Annotation that pads churned pods to [`ChurnTargets::object_size`].
+pub const PADDING_ANNOTATION: &str = "kubemux.io/padding";
 
 /// Handle to change the churn rate at runtime.
 #[derive(Debug, Clone)]
@@ -57,6 +59,8 @@ pub struct ChurnTargets {
     pub pods: usize,
     /// Nodes to hover around.
     pub nodes: usize,
+    /// Pad written pods to about this many bytes of JSON (0 = no padding).
+    pub object_size: usize,
 }
 
 /// Starts the generator task; it runs until `shutdown` is cancelled.
@@ -171,7 +175,10 @@ impl Churner {
                 } else {
                     "a"
                 };
-                let patch = json!({"metadata": {"labels": {FLIP_LABEL: flipped}}});
+                let mut patch = json!({"metadata": {"labels": {FLIP_LABEL: flipped}}});
+                if let Some(padding) = self.padding(&pod) {
+                    patch["metadata"]["annotations"] = json!({ PADDING_ANNOTATION: padding });
+                }
                 return self
                     .store
                     .merge_patch("pods", ns.as_deref(), &name, &patch)
@@ -187,6 +194,7 @@ impl Churner {
             }
             _ => templates::toggle_container_ready(&mut pod),
         }
+        self.pad(&mut pod);
         strip_resource_version(&mut pod);
         self.store.update("pods", ns.as_deref(), pod).map(drop)
     }
@@ -204,8 +212,46 @@ impl Churner {
             self.next_id,
             random_suffix(&mut self.rng, 5)
         );
-        let pod = templates::pod(&name, ns, app, node.as_deref(), self.next_id as usize);
+        let mut pod = templates::pod(&name, ns, app, node.as_deref(), self.next_id as usize);
+        self.pad(&mut pod);
         self.store.create("pods", Some(ns), pod).map(drop)
+    }
+
+    /// The padding `pod` needs to reach the configured size, if any (the
+    /// existing padding counts towards the size, so the result is stable).
+    fn padding(&self, pod: &Value) -> Option<String> {
+        if self.targets.object_size == 0 {
+            return None;
+        }
+        let current = pod
+            .pointer(&format!(
+                "/metadata/annotations/{}",
+                PADDING_ANNOTATION.replace('/', "~1")
+            ))
+            .and_then(Value::as_str)
+            .map_or(0, str::len);
+        let len = serde_json::to_vec(pod).map_or(0, |v| v.len());
+        let bare = len.saturating_sub(current);
+        // Room for the annotation's key and quotes when it is new.
+        let overhead = if current == 0 {
+            PADDING_ANNOTATION.len() + 6
+        } else {
+            0
+        };
+        let want = self.targets.object_size.saturating_sub(bare + overhead);
+        (want != current).then(|| "x".repeat(want))
+    }
+
+    /// Pads `pod` to the configured size.
+    fn pad(&self, pod: &mut Value) {
+        if let Some(padding) = self.padding(pod)
+            && let Some(meta) = pod.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+            if let Some(map) = annotations.as_object_mut() {
+                map.insert(PADDING_ANNOTATION.into(), Value::String(padding));
+            }
+        }
     }
 
     fn node_event(&mut self) -> Result<(), ApiError> {

@@ -47,6 +47,13 @@ pub struct SimConfig {
     pub initial_pods: usize,
     /// Static tokens and rules; `None` serves every request as the admin.
     pub auth: Option<SimAuth>,
+    /// Approximate serialised size of objects written by the churn
+    /// generator: an annotation pads them up to it (0 = no padding).
+    pub object_size: usize,
+    /// Stamp every committed change with the annotation
+    /// [`SENT_AT_ANNOTATION`](crate::sim::store::SENT_AT_ANNOTATION) (Unix
+    /// microseconds), so load generators can measure end-to-end latency.
+    pub stamp_sent_at: bool,
 }
 
 impl Default for SimConfig {
@@ -61,6 +68,8 @@ impl Default for SimConfig {
             initial_nodes: 3,
             initial_pods: 20,
             auth: None,
+            object_size: 0,
+            stamp_sent_at: false,
         }
     }
 }
@@ -100,6 +109,7 @@ impl SimServer {
             source,
         })?;
         let store = Arc::new(Store::new(config.history_limit));
+        store.set_stamp_sent_at(config.stamp_sent_at);
         let mut rng = StdRng::seed_from_u64(config.seed);
         population::seed(&store, &mut rng, config.initial_nodes, config.initial_pods)?;
         let metrics = Arc::new(Metrics::new());
@@ -115,6 +125,7 @@ impl SimServer {
             ChurnTargets {
                 pods: config.initial_pods,
                 nodes: config.initial_nodes,
+                object_size: config.object_size,
             },
             config.churn_rate,
             shutdown.clone(),

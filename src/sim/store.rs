@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use rand::Rng;
@@ -25,6 +26,10 @@ use crate::sim::time::now_rfc3339;
 /// How many events a live watcher may fall behind before it is ended, as the
 /// real server ends watchers whose buffer overflows.
 const WATCH_BUFFER: usize = 16_384;
+
+/// Annotation carrying the time a change was committed, in Unix microseconds
+/// (only when [`Store::set_stamp_sent_at`] is on).
+pub const SENT_AT_ANNOTATION: &str = "kubemux.io/sent-at";
 
 /// `(namespace or "", name)`, ordered like etcd keys.
 type Key = (String, String);
@@ -90,6 +95,7 @@ pub struct Store {
     state: Mutex<State>,
     channels: HashMap<&'static str, broadcast::Sender<Arc<Event>>>,
     rv_tx: watch::Sender<u64>,
+    stamp_sent_at: AtomicBool,
 }
 
 fn resource(plural: &str) -> Result<&'static ResourceDef, ApiError> {
@@ -121,6 +127,30 @@ impl Store {
             }),
             channels,
             rv_tx: watch::channel(0).0,
+            stamp_sent_at: AtomicBool::new(false),
+        }
+    }
+
+    /// Stamps every later change with [`SENT_AT_ANNOTATION`] (the commit time
+    /// in Unix microseconds), for latency measurements.
+    pub fn set_stamp_sent_at(&self, on: bool) {
+        self.stamp_sent_at.store(on, Ordering::Relaxed);
+    }
+
+    fn stamp(&self, object: &mut Value) {
+        if !self.stamp_sent_at.load(Ordering::Relaxed) {
+            return;
+        }
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        if let Some(meta) = metadata_mut(object) {
+            let annotations = meta
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Some(map) = annotations.as_object_mut() {
+                map.insert(SENT_AT_ANNOTATION.into(), Value::String(micros.to_string()));
+            }
         }
     }
 
@@ -183,6 +213,7 @@ impl Store {
         meta.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
         meta.insert("creationTimestamp".into(), now_rfc3339().into());
         set_resource_version(&mut object, rv);
+        self.stamp(&mut object);
         let object = Arc::new(object);
         state.objects_mut(def).insert(key, Arc::clone(&object));
         self.commit(&mut state, def, EventType::Added, Arc::clone(&object), None);
@@ -459,6 +490,7 @@ impl Store {
             return object;
         }
         set_resource_version(&mut object, state.rv + 1);
+        self.stamp(&mut object);
         let object = Arc::new(object);
         state.objects_mut(def).insert(key, Arc::clone(&object));
         self.commit(
@@ -480,6 +512,7 @@ impl Store {
         let existing = state.objects_mut(def).remove(key)?;
         let mut last = (*existing).clone();
         set_resource_version(&mut last, state.rv + 1);
+        self.stamp(&mut last);
         let last = Arc::new(last);
         self.commit(
             state,

@@ -1,0 +1,1268 @@
+//! Load generator for kubemux: many WebSocket clients with many subscriptions
+//! each, against the simulated API server through the proxy, or (`--direct`)
+//! the same subscriptions as plain HTTP watches on the simulated server.
+//!
+//! ```sh
+//! cargo build --release
+//! taskset -c 0 target/release/examples/loadgen --proxy-cpu 1 --sim-cpu 0 \
+//!     --connections 1000 --subs 10 --keys 10 --rate 10 --mode both
+//! ```
+//!
+//! Phases of one run: start the simulated server (and the proxy) as child
+//! processes; open the connections (idle memory per connection); subscribe
+//! (idle memory per subscription, once every subscription has its initial
+//! state); start churn, warm up, measure a window (delivered frames,
+//! latency, CPU); optionally reconnect storms (every client drops and resumes
+//! from its last resourceVersion at once); stop everything.
+//!
+//! Every key is `/api/v1/pods` with a label selector that matches every pod
+//! (`lg-key!=N`), so each subscription receives every pod event and
+//! delivered frames/s ≈ pod events/s × subscriptions. Latency is measured from
+//! the `kubemux.io/sent-at` stamp the simulated server puts on each change
+//! when it commits it, to the moment the client has the frame; events that
+//! were committed before their subscription was (re)requested (initial state,
+//! replays) are not counted.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, ValueEnum};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Clients talk to kubemux over WebSockets.
+    Kubemux,
+    /// Clients watch the simulated API server directly (the baseline).
+    Direct,
+    /// Direct first, then kubemux, with the same settings.
+    Both,
+}
+
+/// Load generator for kubemux (see the module documentation).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "loadgen")]
+struct Args {
+    /// The kubemux binary (runs `sim` and `serve`).
+    #[arg(long, default_value = "target/release/kubemux")]
+    bin: PathBuf,
+    /// Which side the clients talk to.
+    #[arg(long, value_enum, default_value = "kubemux")]
+    mode: Mode,
+    /// Same as `--mode direct`.
+    #[arg(long)]
+    direct: bool,
+    /// Use this running simulated server (`host:port`) instead of starting one.
+    /// Its churn rate is changed through `/_sim/churn`; it must stamp objects
+    /// (`kubemux sim --stamp-sent-at`).
+    #[arg(long)]
+    sim_addr: Option<SocketAddr>,
+    /// Use this running proxy (`host:port`), pointed at `--sim-addr`, instead of starting one.
+    #[arg(long, requires = "sim_addr")]
+    proxy_addr: Option<SocketAddr>,
+    /// Pid of the `--proxy-addr` process, for CPU and memory figures.
+    #[arg(long)]
+    proxy_pid: Option<u32>,
+    /// clusterId of the simulated cluster at `--proxy-addr`.
+    #[arg(long, default_value = "sim")]
+    cluster: String,
+    /// Pin the proxy to this CPU (`taskset -c`). In direct mode the simulated
+    /// server, being the server the clients talk to, is pinned here instead.
+    #[arg(long)]
+    proxy_cpu: Option<String>,
+    /// Pin the simulated server to this CPU (kubemux mode).
+    #[arg(long)]
+    sim_cpu: Option<String>,
+    /// WebSocket connections (M).
+    #[arg(long, short = 'm', default_value_t = 100)]
+    connections: usize,
+    /// Subscriptions per connection (K).
+    #[arg(long, short = 'k', default_value_t = 10)]
+    subs: usize,
+    /// Distinct watch keys (D) the subscriptions are spread over.
+    #[arg(long, short = 'd', default_value_t = 10)]
+    keys: usize,
+    /// Churn: object changes per second in the simulated cluster (R).
+    #[arg(long, short = 'r', default_value_t = 10.0)]
+    rate: f64,
+    /// Size of churned objects in bytes (S).
+    #[arg(long, short = 's', default_value_t = 1024)]
+    object_size: usize,
+    /// Seconds of churn before the measured window.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Seconds of the measured window.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Reconnect storms after the window: every client drops and resumes at once.
+    #[arg(long, default_value_t = 0)]
+    storms: usize,
+    /// Connections opened at once while connecting.
+    #[arg(long, default_value_t = 64)]
+    connect_parallelism: usize,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// A few seconds with small counts, both modes; exits non-zero if a report field is missing.
+    #[arg(long)]
+    smoke: bool,
+}
+
+const SENT_AT: &[u8] = b"kubemux.io/sent-at";
+const RESOURCE_VERSION: &[u8] = b"resourceVersion";
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+// ---------------------------------------------------------------- processes
+
+/// A child process, killed on drop.
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Starts `bin args…` (under `taskset -c cpu` if given) and waits for a
+/// stdout line containing `marker`, returning the address that follows `http://`.
+fn spawn(
+    name: &'static str,
+    bin: &PathBuf,
+    args: &[String],
+    cpu: Option<&str>,
+    marker: &str,
+) -> Result<(Proc, SocketAddr)> {
+    let mut cmd = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    cmd.args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {} ({})", name, bin.display()))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let proc = Proc { child };
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow!("{name} exited before printing {marker:?}"))??;
+        if line.contains(marker)
+            && let Some(rest) = line.split("http://").nth(1)
+        {
+            let addr = rest.split_whitespace().next().unwrap_or_default();
+            break addr
+                .parse()
+                .with_context(|| format!("{name} address {addr:?}"))?;
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok((proc, addr))
+}
+
+/// User + system CPU time of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Resident set size of a process, in bytes.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+// ---------------------------------------------------------------- HTTP helpers
+
+/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+async fn http(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer loadgen\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body.as_bytes())
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut data: &[u8]) -> String {
+    let mut out = Vec::new();
+    while let Some(pos) = data.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..pos]).unwrap_or("0").trim(), 16)
+                .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = pos + 2;
+        let end = (start + size).min(data.len());
+        out.extend_from_slice(&data[start..end]);
+        data = &data[(end + 2).min(data.len())..];
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Prometheus samples `name{labels} value` → value, keyed by `name{labels}`.
+async fn scrape(addr: SocketAddr) -> Result<BTreeMap<String, f64>> {
+    let (status, body) = http(addr, "GET", "/metrics").await?;
+    if status != 200 {
+        bail!("GET {addr}/metrics answered {status}");
+    }
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect())
+}
+
+fn metric(m: &BTreeMap<String, f64>, name: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn metric_with(m: &BTreeMap<String, f64>, name: &str, label: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(label))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// The simulated server's current resourceVersion.
+async fn sim_rv(sim: SocketAddr) -> Result<u64> {
+    let (_, body) = http(sim, "GET", "/api/v1/namespaces?limit=1").await?;
+    let v: Value = serde_json::from_str(&body)?;
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("no resourceVersion in a list from the simulated server"))
+}
+
+// ---------------------------------------------------------------- frames
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(hay, needle)
+}
+
+/// The first decimal number within a few bytes after `key` in `text`.
+fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = find(text, key)? + key.len();
+    let rest = &text[at..];
+    let start = rest.iter().take(8).position(u8::is_ascii_digit)?;
+    let digits = &rest[start..];
+    let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&digits[..len]).ok()?.parse().ok()
+}
+
+/// What one received frame (kubemux) or watch line (direct) is.
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
+    /// A watch event of an object.
+    Data,
+    /// A BOOKMARK (not expected: no client asks for them).
+    Bookmark,
+    /// An in-band ERROR event (410 Expired, …).
+    EventError,
+    /// A Headlamp ERROR frame; `true` when it reports a slow consumer.
+    FrameError(bool),
+    /// A Headlamp COMPLETE frame.
+    Complete,
+}
+
+fn classify_event(data: &[u8]) -> Kind {
+    // The event starts `{"type":"X"` (escaped or not).
+    let head = &data[..data.len().min(40)];
+    if find(head, b"BOOKMARK").is_some() {
+        Kind::Bookmark
+    } else if find(head, b"ERROR").is_some() {
+        Kind::EventError
+    } else {
+        Kind::Data
+    }
+}
+
+fn classify_frame(frame: &[u8]) -> Kind {
+    let tail = &frame[frame.len().saturating_sub(24)..];
+    if find(tail, b"\"DATA\"").is_some() {
+        match find(frame, b"\"data\":\"") {
+            Some(at) => classify_event(&frame[at + 8..]),
+            None => Kind::Data,
+        }
+    } else if find(tail, b"\"COMPLETE\"").is_some() {
+        Kind::Complete
+    } else {
+        Kind::FrameError(find(frame, b"slow consumer").is_some())
+    }
+}
+
+// ---------------------------------------------------------------- shared state
+
+#[derive(Clone, Debug, Default)]
+struct Ctl {
+    subscribe: bool,
+    storm: usize,
+    stop: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    measuring: AtomicBool,
+    connected: AtomicU64,
+    subscribed: AtomicU64,
+    subs_with_data: AtomicU64,
+    frames_total: AtomicU64,
+    frames_window: AtomicU64,
+    resumed: AtomicU64,
+    resumes_expired: AtomicU64,
+    slow_cuts: AtomicU64,
+    completes: AtomicU64,
+    errors: AtomicU64,
+    connect_failures: AtomicU64,
+}
+
+/// What a client task hands back.
+#[derive(Default)]
+struct ClientResult {
+    latencies_us: Vec<u32>,
+}
+
+struct SubState {
+    query: String,
+    last_rv: u64,
+    requested_at: u64,
+    has_data: bool,
+    /// Waiting for the first frame after a resume.
+    resuming: bool,
+}
+
+impl SubState {
+    fn new(query: String) -> Self {
+        SubState {
+            query,
+            last_rv: 0,
+            requested_at: 0,
+            has_data: false,
+            resuming: false,
+        }
+    }
+
+    /// Bookkeeping for one event; returns its latency if it counts.
+    fn on_event(&mut self, kind: &Kind, event: &[u8], shared: &Shared) -> Option<u32> {
+        if self.resuming {
+            self.resuming = false;
+            if *kind == Kind::EventError {
+                shared.resumes_expired.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        match kind {
+            Kind::Data => {}
+            Kind::EventError => {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            _ => return None,
+        }
+        if !self.has_data {
+            self.has_data = true;
+            shared.subs_with_data.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(rv) = number_after(event, RESOURCE_VERSION) {
+            self.last_rv = self.last_rv.max(rv);
+        }
+        shared.frames_total.fetch_add(1, Ordering::Relaxed);
+        if !shared.measuring.load(Ordering::Relaxed) {
+            return None;
+        }
+        shared.frames_window.fetch_add(1, Ordering::Relaxed);
+        let sent = number_after(event, SENT_AT)?;
+        if sent < self.requested_at {
+            return None;
+        }
+        Some(now_us().saturating_sub(sent).min(u32::MAX as u64) as u32)
+    }
+
+    /// The query to send: the original, plus where to resume from.
+    fn request_query(&self) -> String {
+        if self.last_rv > 0 {
+            format!("{}&resourceVersion={}", self.query, self.last_rv)
+        } else {
+            self.query.clone()
+        }
+    }
+}
+
+/// The query of subscription `j` of connection `c`.
+fn sub_query(c: usize, j: usize, args: &Args) -> (usize, String) {
+    let key = (c * args.subs + j) % args.keys;
+    // `limit` is ignored for watches (not part of the key); it only makes
+    // two subscriptions of one connection on the same key distinct.
+    (
+        key,
+        format!("watch=1&labelSelector=lg-key%21%3D{key}&limit={j}"),
+    )
+}
+
+// ---------------------------------------------------------------- kubemux clients
+
+async fn ws_connect(
+    addr: SocketAddr,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>> {
+    let url = format!("ws://{addr}/wsMultiplexer");
+    let mut delay = Duration::from_millis(50);
+    for attempt in 0..20 {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(&url),
+        )
+        .await
+        {
+            Ok(Ok((ws, _))) => return Ok(ws),
+            Ok(Err(e)) if attempt == 19 => return Err(e.into()),
+            Err(_) if attempt == 19 => bail!("connecting timed out"),
+            _ => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    unreachable!()
+}
+
+async fn ws_client(
+    c: usize,
+    args: Arc<Args>,
+    proxy: SocketAddr,
+    shared: Arc<Shared>,
+    gate: Arc<tokio::sync::Semaphore>,
+    mut ctl: watch::Receiver<Ctl>,
+) -> ClientResult {
+    let mut result = ClientResult::default();
+    let mut subs: Vec<SubState> = (0..args.subs)
+        .map(|j| SubState::new(sub_query(c, j, &args).1))
+        .collect();
+    let permit = gate.acquire().await;
+    let mut ws = match ws_connect(proxy).await {
+        Ok(ws) => ws,
+        Err(_) => {
+            shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+            return result;
+        }
+    };
+    drop(permit);
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    let mut generation = 0;
+    let mut subscribed = false;
+    loop {
+        if !subscribed && ctl.borrow().subscribe {
+            subscribed = true;
+            let now = now_us();
+            for s in subs.iter_mut() {
+                s.requested_at = now;
+                let msg = json!({"clusterId": args.cluster, "path": "/api/v1/pods",
+                                 "query": s.request_query(), "userId": "", "type": "REQUEST"});
+                if ws.send(Message::text(msg.to_string())).await.is_err() {
+                    break;
+                }
+            }
+            shared
+                .subscribed
+                .fetch_add(subs.len() as u64, Ordering::Relaxed);
+        }
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    let frame = text.as_bytes();
+                    let kind = classify_frame(frame);
+                    // Route by the `limit=N` in the echoed query.
+                    let sub = find(frame, b"limit=")
+                        .map(|at| frame[at + 6..].iter().take_while(|b| b.is_ascii_digit())
+                            .fold(0usize, |n, d| n * 10 + usize::from(d - b'0')))
+                        .filter(|i| *i < subs.len());
+                    match (&kind, sub) {
+                        (Kind::Complete, _) => { shared.completes.fetch_add(1, Ordering::Relaxed); }
+                        (Kind::FrameError(slow), _) => {
+                            if *slow { shared.slow_cuts.fetch_add(1, Ordering::Relaxed); }
+                            shared.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        (_, Some(i)) => {
+                            if let Some(l) = subs[i].on_event(&kind, frame, &shared) {
+                                result.latencies_us.push(l);
+                            }
+                        }
+                        (_, None) => { shared.errors.fetch_add(1, Ordering::Relaxed); }
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    // The proxy closed on us; wait for the end.
+                    let _ = ctl.wait_for(|c| c.stop || c.storm > generation).await;
+                    if ctl.borrow().stop { break; }
+                }
+            },
+            changed = ctl.changed() => {
+                if changed.is_err() { break; }
+                let c = ctl.borrow_and_update().clone();
+                if c.stop {
+                    let _ = ws.close(None).await;
+                    break;
+                }
+                if c.storm > generation {
+                    generation = c.storm;
+                    let _ = ws.close(None).await;
+                    drop(ws);
+                    let permit = gate.acquire().await;
+                    ws = match ws_connect(proxy).await {
+                        Ok(ws) => ws,
+                        Err(_) => {
+                            shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+                            return result;
+                        }
+                    };
+                    drop(permit);
+                    for s in subs.iter_mut() {
+                        s.resuming = s.last_rv > 0;
+                    }
+                    shared.resumed.fetch_add(subs.iter().filter(|s| s.resuming).count() as u64, Ordering::Relaxed);
+                    subscribed = false;
+                }
+            }
+        }
+    }
+    result
+}
+
+// ---------------------------------------------------------------- direct clients
+
+/// Reads a chunked HTTP body and yields complete lines.
+struct ChunkedLines {
+    reader: TokioBufReader<TcpStream>,
+    pending: Vec<u8>,
+    remaining_in_chunk: usize,
+    done: bool,
+}
+
+impl ChunkedLines {
+    async fn open(sim: SocketAddr, path: &str) -> Result<Self> {
+        let mut s = TcpStream::connect(sim).await?;
+        s.set_nodelay(true)?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {sim}\r\nAuthorization: Bearer loadgen\r\nAccept: application/json\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut reader = TokioBufReader::with_capacity(64 * 1024, s);
+        let mut line = String::new();
+        reader.read_line(&mut line).await?;
+        if !line.contains(" 200 ") {
+            bail!("watch {path}: {}", line.trim());
+        }
+        let mut chunked = false;
+        loop {
+            line.clear();
+            reader.read_line(&mut line).await?;
+            if line.trim().is_empty() {
+                break;
+            }
+            if line.to_ascii_lowercase().starts_with("transfer-encoding:")
+                && line.contains("chunked")
+            {
+                chunked = true;
+            }
+        }
+        if !chunked {
+            bail!("watch {path}: response is not chunked");
+        }
+        Ok(ChunkedLines {
+            reader,
+            pending: Vec::new(),
+            remaining_in_chunk: 0,
+            done: false,
+        })
+    }
+
+    /// The next line (without the newline), or `None` at the end of the body.
+    async fn next_line(&mut self) -> Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
+                let rest = self.pending.split_off(pos + 1);
+                let mut line = std::mem::replace(&mut self.pending, rest);
+                line.pop();
+                return Ok(Some(line));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            if self.remaining_in_chunk == 0 {
+                let mut size = String::new();
+                if self.reader.read_line(&mut size).await? == 0 {
+                    self.done = true;
+                    continue;
+                }
+                let size = size.trim();
+                if size.is_empty() {
+                    continue;
+                }
+                let n = usize::from_str_radix(size.split(';').next().unwrap_or("0"), 16)?;
+                if n == 0 {
+                    self.done = true;
+                    continue;
+                }
+                self.remaining_in_chunk = n;
+            }
+            let buf = self.reader.fill_buf().await?;
+            if buf.is_empty() {
+                self.done = true;
+                continue;
+            }
+            let take = buf.len().min(self.remaining_in_chunk);
+            self.pending.extend_from_slice(&buf[..take]);
+            self.reader.consume(take);
+            self.remaining_in_chunk -= take;
+            if self.remaining_in_chunk == 0 {
+                let mut crlf = [0u8; 2];
+                self.reader.read_exact(&mut crlf).await?;
+            }
+        }
+    }
+}
+
+async fn direct_client(
+    c: usize,
+    j: usize,
+    args: Arc<Args>,
+    sim: SocketAddr,
+    shared: Arc<Shared>,
+    gate: Arc<tokio::sync::Semaphore>,
+    mut ctl: watch::Receiver<Ctl>,
+) -> ClientResult {
+    let mut result = ClientResult::default();
+    let (_, query) = sub_query(c, j, &args);
+    let query = query.split("&limit").next().unwrap_or_default().to_string();
+    let mut sub = SubState::new(query);
+    // A direct client "connects" when it subscribes: one watch per TCP connection.
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    if ctl.wait_for(|c| c.subscribe || c.stop).await.is_err() || ctl.borrow().stop {
+        return result;
+    }
+    let mut generation = ctl.borrow().storm;
+    loop {
+        let permit = gate.acquire().await;
+        sub.requested_at = now_us();
+        let path = format!("/api/v1/pods?{}", sub.request_query());
+        let mut stream = match ChunkedLines::open(sim, &path).await {
+            Ok(s) => s,
+            Err(_) => {
+                shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+                return result;
+            }
+        };
+        drop(permit);
+        shared.subscribed.fetch_add(1, Ordering::Relaxed);
+        loop {
+            tokio::select! {
+                line = stream.next_line() => match line {
+                    Ok(Some(line)) => {
+                        let kind = classify_event(&line);
+                        if let Some(l) = sub.on_event(&kind, &line, &shared) {
+                            result.latencies_us.push(l);
+                        }
+                    }
+                    _ => {
+                        shared.completes.fetch_add(1, Ordering::Relaxed);
+                        let _ = ctl.wait_for(|c| c.stop || c.storm > generation).await;
+                        if ctl.borrow().stop { return result; }
+                    }
+                },
+                changed = ctl.changed() => {
+                    if changed.is_err() { return result; }
+                    let c = ctl.borrow_and_update().clone();
+                    if c.stop { return result; }
+                    if c.storm > generation {
+                        generation = c.storm;
+                        sub.resuming = sub.last_rv > 0;
+                        if sub.resuming { shared.resumed.fetch_add(1, Ordering::Relaxed); }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- a run
+
+#[derive(Debug, Default)]
+struct Report {
+    fields: BTreeMap<&'static str, Value>,
+}
+
+impl Report {
+    fn set(&mut self, k: &'static str, v: impl Into<Value>) {
+        self.fields.insert(k, v.into());
+    }
+}
+
+/// Fields every report must have, with a label and unit for the table.
+const FIELDS: &[(&str, &str)] = &[
+    ("mode", "mode"),
+    ("connections", "connections (M)"),
+    ("subscriptions", "subscriptions (M×K)"),
+    ("keys", "distinct keys (D)"),
+    ("churn_rate", "churn requested, events/s (R)"),
+    ("churn_measured", "churn measured, events/s"),
+    ("object_size", "object size, bytes (S)"),
+    ("upstream_watches", "upstream watches (sim, pods)"),
+    ("window_secs", "measured window, s"),
+    ("delivered_frames", "delivered frames in window"),
+    ("delivered_frames_per_sec", "delivered frames/s"),
+    ("latency_samples", "latency samples"),
+    ("latency_p50_ms", "latency p50, ms"),
+    ("latency_p99_ms", "latency p99, ms"),
+    ("latency_max_ms", "latency max, ms"),
+    ("server_cpu_percent", "server CPU, % of a core"),
+    (
+        "server_cpu_us_per_frame",
+        "server CPU per delivered frame, µs",
+    ),
+    ("sim_cpu_percent", "sim CPU, % of a core"),
+    ("loadgen_cpu_percent", "loadgen CPU, % of a core"),
+    ("load_average", "machine load average (1 min)"),
+    ("server_rss_base_mib", "server RSS before clients, MiB"),
+    (
+        "server_rss_per_idle_connection_kib",
+        "server RSS per idle connection, KiB",
+    ),
+    (
+        "server_rss_per_idle_subscription_kib",
+        "server RSS per idle subscription, KiB",
+    ),
+    ("slow_consumer_cuts", "slow-consumer cuts"),
+    ("storms", "reconnect storms"),
+    ("reconnects", "reconnects (resumes with a resourceVersion)"),
+    ("reconnects_expired", "reconnects answered 410"),
+    (
+        "reconnects_from_history_pct",
+        "reconnects served from history, %",
+    ),
+    (
+        "storm_upstream_watch_requests",
+        "upstream watch requests during storms",
+    ),
+    ("storm_recovery_secs", "storm: all resubscribed after, s"),
+    ("connect_failures", "connect failures"),
+    ("errors", "error frames / events"),
+];
+
+async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > limit {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Waits until the frame counter has been still for `quiet`.
+async fn wait_quiet(shared: &Shared, quiet: Duration, limit: Duration) {
+    let start = Instant::now();
+    let mut last = shared.frames_total.load(Ordering::Relaxed);
+    let mut since = Instant::now();
+    while start.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = shared.frames_total.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return;
+        }
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn round(x: f64, digits: i32) -> Value {
+    if !x.is_finite() {
+        return Value::Null;
+    }
+    let m = 10f64.powi(digits);
+    json!((x * m).round() / m)
+}
+
+async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
+    let mut report = Report::default();
+    let direct = mode == Mode::Direct;
+    report.set("mode", if direct { "direct" } else { "kubemux" });
+    // Processes.
+    let tmp = std::env::temp_dir().join(format!("loadgen-{}-kubeconfig", std::process::id()));
+    let mut procs: Vec<Proc> = Vec::new();
+    let sim = match args.sim_addr {
+        Some(addr) => addr,
+        None => {
+            let cpu = if direct {
+                args.proxy_cpu.as_deref()
+            } else {
+                args.sim_cpu.as_deref()
+            };
+            let sim_args: Vec<String> = [
+                "sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--context",
+                &args.cluster,
+                "--kubeconfig-out",
+                tmp.to_str().unwrap_or("/tmp/loadgen-kubeconfig"),
+                "--object-size",
+                &args.object_size.to_string(),
+                "--stamp-sent-at",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let (p, addr) = spawn("sim", &args.bin, &sim_args, cpu, "listening on")?;
+            procs.push(p);
+            addr
+        }
+    };
+    let sim_pid = procs.first().map(Proc::pid);
+    let (proxy, server_pid) = if direct {
+        (None, sim_pid)
+    } else {
+        match args.proxy_addr {
+            Some(addr) => (Some(addr), args.proxy_pid),
+            None => {
+                let proxy_args: Vec<String> = vec![
+                    "serve".into(),
+                    "--kubeconfig".into(),
+                    tmp.to_string_lossy().into_owned(),
+                    "--listen".into(),
+                    "127.0.0.1:0".into(),
+                ];
+                let (p, addr) = spawn(
+                    "proxy",
+                    &args.bin,
+                    &proxy_args,
+                    args.proxy_cpu.as_deref(),
+                    "kubemux listening on",
+                )?;
+                let pid = p.pid();
+                procs.push(p);
+                (Some(addr), Some(pid))
+            }
+        }
+    };
+    let _ = http(sim, "POST", "/_sim/churn?rate=0").await?;
+    if let Some(proxy) = proxy {
+        scrape(proxy).await.context("proxy metrics")?;
+    }
+    let total_subs = args.connections * args.subs;
+    report.set("connections", args.connections);
+    report.set("subscriptions", total_subs);
+    report.set("keys", args.keys);
+    report.set("churn_rate", args.rate);
+    report.set("object_size", args.object_size);
+    report.set("storms", args.storms);
+
+    let shared = Arc::new(Shared::default());
+    let (ctl_tx, ctl_rx) = watch::channel(Ctl::default());
+    let gate = Arc::new(tokio::sync::Semaphore::new(args.connect_parallelism.max(1)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_base = server_pid.and_then(rss_bytes);
+
+    // Connect.
+    let mut tasks = Vec::new();
+    if direct {
+        for c in 0..args.connections {
+            for j in 0..args.subs {
+                tasks.push(tokio::spawn(direct_client(
+                    c,
+                    j,
+                    args.clone(),
+                    sim,
+                    shared.clone(),
+                    gate.clone(),
+                    ctl_rx.clone(),
+                )));
+            }
+        }
+    } else {
+        let proxy = proxy.expect("proxy address");
+        for c in 0..args.connections {
+            tasks.push(tokio::spawn(ws_client(
+                c,
+                args.clone(),
+                proxy,
+                shared.clone(),
+                gate.clone(),
+                ctl_rx.clone(),
+            )));
+        }
+    }
+    let expected_conns = tasks.len() as u64;
+    wait_until("connections", Duration::from_secs(120), || {
+        shared.connected.load(Ordering::Relaxed) + shared.connect_failures.load(Ordering::Relaxed)
+            >= expected_conns
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_conns = server_pid.and_then(rss_bytes);
+
+    // Subscribe and wait for every initial state.
+    ctl_tx.send_modify(|c| c.subscribe = true);
+    wait_until("subscriptions", Duration::from_secs(120), || {
+        shared.subscribed.load(Ordering::Relaxed) as usize >= total_subs
+            || shared.connect_failures.load(Ordering::Relaxed) > 0
+    })
+    .await?;
+    wait_until("initial states", Duration::from_secs(120), || {
+        shared.subs_with_data.load(Ordering::Relaxed) as usize >= total_subs
+            || shared.connect_failures.load(Ordering::Relaxed) > 0
+    })
+    .await?;
+    wait_quiet(&shared, Duration::from_millis(500), Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_subs = server_pid.and_then(rss_bytes);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    if let (Some(base), Some(conns), Some(subs)) = (rss_base, rss_conns, rss_subs) {
+        report.set("server_rss_base_mib", round(mib(base), 1));
+        let per_conn = conns.saturating_sub(base) as f64 / 1024.0 / args.connections.max(1) as f64;
+        let per_sub = subs.saturating_sub(conns) as f64 / 1024.0 / total_subs.max(1) as f64;
+        if direct {
+            // Every direct watch is its own connection: all of it is per subscription.
+            report.set("server_rss_per_idle_connection_kib", "-");
+        } else {
+            report.set("server_rss_per_idle_connection_kib", round(per_conn, 2));
+        }
+        report.set("server_rss_per_idle_subscription_kib", round(per_sub, 2));
+    }
+    let sim_watches = scrape(sim).await?;
+    report.set(
+        "upstream_watches",
+        metric_with(&sim_watches, "sim_active_watches", "resource=\"pods\""),
+    );
+
+    // Churn, warm up, measure.
+    http(sim, "POST", &format!("/_sim/churn?rate={}", args.rate)).await?;
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+    let proxy_before = match proxy {
+        Some(p) => Some(scrape(p).await?),
+        None => None,
+    };
+    let cpu0 = server_pid.and_then(cpu_seconds);
+    let sim_cpu0 = sim_pid.and_then(cpu_seconds);
+    let own_cpu0 = cpu_seconds(std::process::id());
+    let rv0 = sim_rv(sim).await?;
+    let t0 = Instant::now();
+    shared.measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    shared.measuring.store(false, Ordering::Relaxed);
+    let window = t0.elapsed().as_secs_f64();
+    let cpu1 = server_pid.and_then(cpu_seconds);
+    let sim_cpu1 = sim_pid.and_then(cpu_seconds);
+    let own_cpu1 = cpu_seconds(std::process::id());
+    let rv1 = sim_rv(sim).await?;
+    let frames = shared.frames_window.load(Ordering::Relaxed);
+    report.set("window_secs", round(window, 2));
+    report.set(
+        "churn_measured",
+        round(rv1.saturating_sub(rv0) as f64 / window, 1),
+    );
+    report.set("delivered_frames", frames);
+    report.set("delivered_frames_per_sec", round(frames as f64 / window, 0));
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        report.set("server_cpu_percent", round((b - a) / window * 100.0, 1));
+        if frames > 0 {
+            report.set(
+                "server_cpu_us_per_frame",
+                round((b - a) * 1e6 / frames as f64, 2),
+            );
+        }
+    }
+    if let (Some(a), Some(b)) = (sim_cpu0, sim_cpu1) {
+        report.set("sim_cpu_percent", round((b - a) / window * 100.0, 1));
+    }
+    if let (Some(a), Some(b)) = (own_cpu0, own_cpu1) {
+        report.set("loadgen_cpu_percent", round((b - a) / window * 100.0, 1));
+    }
+    report.set(
+        "load_average",
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| {
+                l.split_whitespace()
+                    .next()
+                    .and_then(|x| x.parse::<f64>().ok())
+            })
+            .map_or(Value::Null, |l| json!(l)),
+    );
+    let sim_after_window = scrape(sim).await?;
+    let watch_requests_before = metric_with(
+        &sim_after_window,
+        "sim_watch_requests_total",
+        "resource=\"pods\"",
+    );
+
+    // Reconnect storms.
+    let resumed_before = shared.resumed.load(Ordering::Relaxed);
+    let proxy_resumes_before = proxy_before.as_ref().map(|m| {
+        (
+            metric_with(m, "kubemux_resumes_total", "history"),
+            metric(m, "kubemux_resumes_total"),
+        )
+    });
+    let mut recovery = 0.0f64;
+    for storm in 1..=args.storms {
+        let subscribed_before = shared.subscribed.load(Ordering::Relaxed);
+        let t = Instant::now();
+        ctl_tx.send_modify(|c| {
+            c.storm = storm;
+            c.subscribe = true;
+        });
+        wait_until("storm resubscriptions", Duration::from_secs(120), || {
+            shared.subscribed.load(Ordering::Relaxed) - subscribed_before >= total_subs as u64
+                || shared.connect_failures.load(Ordering::Relaxed) > 0
+        })
+        .await?;
+        recovery = recovery.max(t.elapsed().as_secs_f64());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let resumed = shared.resumed.load(Ordering::Relaxed) - resumed_before;
+    let expired = shared.resumes_expired.load(Ordering::Relaxed);
+    report.set("reconnects", resumed);
+    report.set("reconnects_expired", expired);
+    report.set("storm_recovery_secs", round(recovery, 2));
+    let sim_after = scrape(sim).await?;
+    report.set(
+        "storm_upstream_watch_requests",
+        metric_with(&sim_after, "sim_watch_requests_total", "resource=\"pods\"")
+            - watch_requests_before,
+    );
+    let history_pct = match (proxy, proxy_resumes_before) {
+        (Some(p), Some((hist0, _))) => {
+            // kubemux: its own count of resumes served from a shared watch's history.
+            let m = scrape(p).await?;
+            let hist = metric_with(&m, "kubemux_resumes_total", "history") - hist0;
+            (resumed > 0).then(|| hist / resumed as f64 * 100.0)
+        }
+        _ => {
+            // direct: the simulated server replays from its history unless it answers 410.
+            (resumed > 0).then(|| (resumed - expired.min(resumed)) as f64 / resumed as f64 * 100.0)
+        }
+    };
+    report.set(
+        "reconnects_from_history_pct",
+        match history_pct {
+            Some(p) => round(p, 2),
+            None if args.storms == 0 => json!("-"),
+            None => Value::Null,
+        },
+    );
+    let slow = match proxy {
+        Some(p) => metric(
+            &scrape(p).await?,
+            "kubemux_slow_consumer_terminations_total",
+        ),
+        None => shared.slow_cuts.load(Ordering::Relaxed) as f64,
+    };
+    report.set("slow_consumer_cuts", slow);
+
+    // Stop.
+    ctl_tx.send_modify(|c| c.stop = true);
+    let mut latencies = Vec::new();
+    for t in tasks {
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(10), t).await {
+            latencies.extend(r.latencies_us);
+        }
+    }
+    latencies.sort_unstable();
+    report.set("latency_samples", latencies.len());
+    report.set("latency_p50_ms", round(percentile(&latencies, 0.50), 2));
+    report.set("latency_p99_ms", round(percentile(&latencies, 0.99), 2));
+    report.set(
+        "latency_max_ms",
+        round(latencies.last().map_or(f64::NAN, |l| *l as f64 / 1000.0), 2),
+    );
+    report.set(
+        "connect_failures",
+        shared.connect_failures.load(Ordering::Relaxed),
+    );
+    report.set("errors", shared.errors.load(Ordering::Relaxed));
+    drop(procs);
+    let _ = std::fs::remove_file(&tmp);
+    Ok(report)
+}
+
+fn missing(report: &Report) -> Vec<&'static str> {
+    FIELDS
+        .iter()
+        .filter(|(k, _)| report.fields.get(k).is_none_or(Value::is_null))
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+fn print_table(reports: &[Report]) {
+    let width = FIELDS
+        .iter()
+        .map(|(_, l)| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (k, label) in FIELDS {
+        let mut line = format!("{label:<width$}");
+        for r in reports {
+            let v = match r.fields.get(k) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None => "n/a".into(),
+                Some(v) => v.to_string(),
+            };
+            line.push_str(&format!("  {v:>12}"));
+        }
+        println!("{line}");
+    }
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.direct {
+        args.mode = Mode::Direct;
+    }
+    if args.smoke {
+        args.mode = Mode::Both;
+        args.connections = 4;
+        args.subs = 3;
+        args.keys = 2;
+        args.rate = 50.0;
+        args.warmup = 1.0;
+        args.duration = 2.0;
+        args.storms = 1;
+    }
+    if args.keys == 0 || args.subs == 0 || args.connections == 0 {
+        bail!("--connections, --subs and --keys must be positive");
+    }
+    let modes = match args.mode {
+        Mode::Both => vec![Mode::Direct, Mode::Kubemux],
+        m => vec![m],
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let args = Arc::new(args);
+    let mut reports = Vec::new();
+    for mode in modes {
+        let report = runtime.block_on(run(args.clone(), mode))?;
+        reports.push(report);
+    }
+    if args.json {
+        let out: Vec<Value> = reports
+            .iter()
+            .map(|r| {
+                Value::Object(
+                    r.fields
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.clone()))
+                        .collect(),
+                )
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_table(&reports);
+    }
+    let mut incomplete = false;
+    for r in &reports {
+        let m = missing(r);
+        if !m.is_empty() {
+            eprintln!(
+                "report for {} is missing: {}",
+                r.fields["mode"],
+                m.join(", ")
+            );
+            incomplete = true;
+        }
+    }
+    if args.smoke && incomplete {
+        std::process::exit(1);
+    }
+    if args.smoke {
+        eprintln!("smoke: reports complete");
+    }
+    Ok(())
+}
