@@ -93,6 +93,12 @@ pub struct ProxyArgs {
     /// With --auth none, serve secrets too.
     #[arg(long, env = "KUBEMUX_ALLOW_SECRETS")]
     pub allow_secrets: bool,
+    /// Also serve cluster notifications (seed 002) at /ws and /api/clusters on this address [default: off].
+    #[arg(long, env = "KUBEMUX_NOTIFICATIONS_LISTEN")]
+    pub notifications_listen: Option<SocketAddr>,
+    /// Cluster notifications: updates to one cluster closer together than this are merged, 0s to 1m [default: 1s].
+    #[arg(long, env = "KUBEMUX_NOTIFICATIONS_DEBOUNCE", value_parser = parse_duration)]
+    pub notifications_debounce: Option<Duration>,
     /// With --auth shared, how long TokenReview and SubjectAccessReview answers are reused, 0s to 10m [default: 30s].
     #[arg(long, env = "KUBEMUX_AUTH_CACHE_TTL", value_parser = parse_duration)]
     pub auth_cache_ttl: Option<Duration>,
@@ -125,6 +131,8 @@ struct FileConfig {
     allow_secrets: Option<bool>,
     auth_cache_ttl: Option<String>,
     auth_recheck_interval: Option<String>,
+    notifications_listen: Option<String>,
+    notifications_debounce: Option<String>,
 }
 
 /// Why the configuration was rejected.
@@ -202,6 +210,10 @@ pub struct Settings {
     pub auth_cache_ttl: Duration,
     /// `shared`: live subscribers are re-authorised this often.
     pub auth_recheck_interval: Duration,
+    /// Own listener for cluster notifications.
+    pub notifications_listen: Option<SocketAddr>,
+    /// Debounce of cluster updates.
+    pub notifications_debounce: Duration,
 }
 
 impl Default for Settings {
@@ -226,6 +238,8 @@ impl Default for Settings {
             allow_secrets: false,
             auth_cache_ttl: Duration::from_secs(30),
             auth_recheck_interval: Duration::from_secs(30),
+            notifications_listen: None,
+            notifications_debounce: Duration::from_secs(1),
         }
     }
 }
@@ -474,6 +488,23 @@ impl Settings {
                 secs(1)..=secs(3600),
                 "1s to 1h",
             )?,
+            notifications_listen: match (args.notifications_listen, file.notifications_listen) {
+                (Some(a), _) => Some(a),
+                (None, Some(s)) => Some(s.parse().map_err(|_| ConfigError::Invalid {
+                    setting: "notifications_listen",
+                    value: s.clone(),
+                    accepted: "an address like 127.0.0.1:8080",
+                })?),
+                (None, None) => None,
+            },
+            notifications_debounce: dur(
+                args.notifications_debounce,
+                "notifications_debounce",
+                file.notifications_debounce,
+                d.notifications_debounce,
+                Duration::ZERO..=secs(60),
+                "0s to 1m",
+            )?,
         })
     }
 
@@ -490,7 +521,8 @@ impl Settings {
              history_max_age = \"{}\"\nbookmark_interval = \"{}\"\nping_interval = \"{}\"\n\
              pong_timeout = \"{}\"\nshutdown_grace = \"{}\"\nlog_format = \"{}\"\n\
              allowed_origins = {:?}\nauth = \"{}\"\nallow_unauthenticated_remote = {}\n\
-             allow_secrets = {}\nauth_cache_ttl = \"{}\"\nauth_recheck_interval = \"{}\"\n",
+             allow_secrets = {}\nauth_cache_ttl = \"{}\"\nauth_recheck_interval = \"{}\"\n\
+             {}notifications_debounce = \"{}\"\n",
             self.listen,
             d(self.linger),
             self.max_message_size,
@@ -509,7 +541,11 @@ impl Settings {
             self.allow_unauthenticated_remote,
             self.allow_secrets,
             d(self.auth_cache_ttl),
-            d(self.auth_recheck_interval)
+            d(self.auth_recheck_interval),
+            self.notifications_listen
+                .map(|a| format!("notifications_listen = \"{a}\"\n"))
+                .unwrap_or_default(),
+            d(self.notifications_debounce)
         )
     }
 
@@ -543,6 +579,8 @@ impl Settings {
             },
             origins: OriginPolicy::new(self.allowed_origins.clone()),
             policy: self.policy(metrics),
+            notifications_listen: self.notifications_listen,
+            notifications_debounce: self.notifications_debounce,
             ..ServerConfig::default()
         }
     }

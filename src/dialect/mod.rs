@@ -1,1 +1,2 @@
 pub mod headlamp;
+pub mod notifications;

@@ -20,6 +20,7 @@ use crate::auth::credentials::Credentials;
 use crate::auth::origin::OriginPolicy;
 use crate::auth::policy::Policy;
 use crate::dialect::headlamp;
+use crate::dialect::notifications::{self, Feed};
 use crate::hub::Hub;
 use conn::Liveness;
 use outbound::QueueLimits;
@@ -41,6 +42,11 @@ pub struct ServerConfig {
     pub origins: OriginPolicy,
     /// Whose identity upstream requests run as.
     pub policy: Policy,
+    /// Cluster notifications: updates closer together than this are merged.
+    pub notifications_debounce: std::time::Duration,
+    /// Also serve cluster notifications at `/ws` (and `/api/clusters`) on
+    /// this address, for frontends that expect the seed's own path.
+    pub notifications_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +59,8 @@ impl Default for ServerConfig {
             health_interval: std::time::Duration::from_secs(30),
             origins: OriginPolicy::default(),
             policy: Policy::default(),
+            notifications_debounce: std::time::Duration::from_secs(1),
+            notifications_listen: None,
         }
     }
 }
@@ -66,13 +74,15 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     connections: tokio_util::task::TaskTracker,
+    feed: Arc<Feed>,
 }
 
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
+    extra_addrs: Vec<SocketAddr>,
     shutdown: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     hub: Hub,
     connections: tokio_util::task::TaskTracker,
     probes: tokio::task::JoinHandle<()>,
@@ -87,32 +97,41 @@ impl Server {
     ) -> std::io::Result<Server> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
+        let extra = match config.notifications_listen {
+            Some(at) => Some(TcpListener::bind(at).await?),
+            None => None,
+        };
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let connections = tokio_util::task::TaskTracker::new();
         let probes = hub.clusters().spawn_health_probes(config.health_interval);
+        let feed = Feed::new(hub.clone(), config.notifications_debounce);
         let state = AppState {
             hub: hub.clone(),
             config: Arc::new(config),
             shutdown: rx.clone(),
             connections: connections.clone(),
+            feed,
         };
-        let app = router(state);
-        let mut stop = rx;
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|v| *v).await;
-                })
-                .await
-        });
+        let mut tasks = vec![spawn_serve(listener, router(state.clone()), rx.clone())];
+        let mut extra_addrs = Vec::new();
+        if let Some(listener) = extra {
+            extra_addrs.push(listener.local_addr()?);
+            tasks.push(spawn_serve(listener, notifications_router(state), rx));
+        }
         Ok(Server {
             addr,
+            extra_addrs,
             shutdown,
-            task,
+            tasks,
             hub,
             connections,
             probes,
         })
+    }
+
+    /// Addresses of the dialects' own listeners (notifications), in order.
+    pub fn extra_addrs(&self) -> &[SocketAddr] {
+        &self.extra_addrs
     }
 
     /// The bound address.
@@ -128,17 +147,76 @@ impl Server {
         let _ = self.shutdown.send(true);
         self.connections.close();
         let _ = tokio::time::timeout(grace, async {
-            let _ = self.task.await;
+            for task in self.tasks {
+                let _ = task.await;
+            }
             self.connections.wait().await;
         })
         .await;
     }
 }
 
+fn spawn_serve(
+    listener: TcpListener,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|v| *v).await;
+            })
+            .await
+    })
+}
+
+/// Seed 002's own paths: `/ws` and the cluster REST API.
+fn notifications_router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(notifications_ws))
+        .route("/api/clusters", get(rest::clusters))
+        .route("/api/clusters/{name}", get(rest::cluster))
+        .with_state(state)
+}
+
+async fn notifications_ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if *state.shutdown.borrow() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kubemux is shutting down\n",
+        )
+            .into_response();
+    }
+    if let Err(refused) = state.config.origins.check(&headers) {
+        return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();
+    }
+    let ws = ws
+        .max_message_size(notifications::MAX_MESSAGE)
+        .max_frame_size(notifications::MAX_MESSAGE)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024);
+    let tracked = state.connections.token();
+    ws.on_upgrade(move |socket| async move {
+        notifications::serve(
+            socket,
+            state.feed.clone(),
+            state.config.clone(),
+            state.shutdown.clone(),
+        )
+        .await;
+        drop(tracked);
+    })
+}
+
 /// The router with every endpoint.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/wsMultiplexer", get(headlamp_ws))
+        .route("/ws/clusters", get(notifications_ws))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(metrics))

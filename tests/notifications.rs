@@ -1,0 +1,167 @@
+//! Seed 002: cluster notifications over `/ws/clusters` (and `/ws` on a
+//! listener of its own), and `/api/clusters/{name}` after each event.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use kubemux::cluster::Registry;
+use kubemux::hub::Hub;
+use kubemux::metrics::Metrics;
+use kubemux::server::{Server, ServerConfig};
+use kubemux::sim::{SimConfig, SimServer};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+fn write_kubeconfig(path: &PathBuf, sims: &[(&str, &SimServer)]) {
+    let mut merged: Option<Value> = None;
+    for (name, sim) in sims {
+        let doc: Value = serde_json::from_str(&sim.kubeconfig(name)).unwrap();
+        merged = Some(match merged {
+            None => doc,
+            Some(mut m) => {
+                for list in ["clusters", "contexts", "users"] {
+                    let extra = doc[list].as_array().unwrap().clone();
+                    m[list].as_array_mut().unwrap().extend(extra);
+                }
+                m
+            }
+        });
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string(&merged.unwrap()).unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn next_notification(c: &mut Client) -> Value {
+    let frame = c.frame().await;
+    assert!(frame["data"]["name"].is_string(), "{frame}");
+    frame
+}
+
+/// Reads notifications until one of `kind` for `name` arrives.
+async fn expect(c: &mut Client, kind: &str, name: &str) {
+    loop {
+        let n = next_notification(c).await;
+        if n["type"] == kind && n["data"]["name"] == name {
+            return;
+        }
+    }
+}
+
+async fn cluster_record(addr: std::net::SocketAddr, name: &str) -> (u16, Value) {
+    let resp = http_get(addr, &format!("/api/clusters/{name}")).await;
+    let code = resp[9..12].parse().unwrap();
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (code, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contexts_and_reachability_become_notifications() {
+    let dir = std::env::temp_dir().join(format!(
+        "kubemux-notify-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let one = SimServer::start(SimConfig::default()).await.unwrap();
+    let two = SimServer::start(SimConfig::default()).await.unwrap();
+    let file = dir.join("config");
+    write_kubeconfig(&file, &[("one", &one)]);
+    let registry = Arc::new(Registry::new());
+    registry
+        .load_and_follow(vec![file.clone()], Duration::from_millis(50))
+        .await
+        .unwrap();
+    let hub = Hub::new(quick_hub(), registry.clone(), Arc::new(Metrics::new()));
+    let server = Server::start(
+        "127.0.0.1:0".parse().unwrap(),
+        hub,
+        ServerConfig {
+            health_interval: Duration::from_millis(100),
+            notifications_debounce: Duration::from_millis(200),
+            notifications_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut main = Client::connect(&format!("ws://{}/ws/clusters", server.addr())).await;
+    let mut own = Client::connect(&format!("ws://{}/ws", server.extra_addrs()[0])).await;
+
+    eventually("node counts are known", || {
+        registry.get("one").unwrap().health().nodes_total.is_some()
+    })
+    .await;
+    let (code, record) = cluster_record(server.addr(), "one").await;
+    assert_eq!(code, 200);
+    assert_eq!(record["name"], "one");
+    assert_eq!(record["reachable"], true);
+    let (nodes, _) = one.store().list("nodes", None, None, None).unwrap();
+    assert_eq!(record["nodesTotal"], nodes.len());
+
+    write_kubeconfig(&file, &[("one", &one), ("two", &two)]);
+    expect(&mut main, "cluster.added", "two").await;
+    expect(&mut own, "cluster.added", "two").await;
+
+    one.faults().refuse_connections(Duration::from_secs(30));
+    expect(&mut main, "cluster.updated", "one").await;
+    expect(&mut own, "cluster.updated", "one").await;
+    let (_, record) = cluster_record(server.extra_addrs()[0], "one").await;
+    assert_eq!(record["reachable"], false, "{record}");
+    assert!(record["lastError"].is_string());
+
+    let name = nodes[0]["metadata"]["name"].as_str().unwrap().to_string();
+    two.store()
+        .merge_patch(
+            "nodes",
+            None,
+            &name,
+            &serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+        )
+        .unwrap();
+    expect(&mut main, "cluster.updated", "two").await;
+    let (_, record) = cluster_record(server.addr(), "two").await;
+    assert_eq!(
+        record["nodesReady"].as_u64().unwrap() + 1,
+        record["nodesTotal"].as_u64().unwrap(),
+        "{record}"
+    );
+
+    write_kubeconfig(&file, &[("two", &two)]);
+    expect(&mut main, "cluster.deleted", "one").await;
+    expect(&mut own, "cluster.deleted", "one").await;
+    let (code, record) = cluster_record(server.addr(), "one").await;
+    assert_eq!(code, 404);
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown cluster")
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_512_bytes_closes_with_1009_and_others_are_ignored() {
+    let env = start_default().await;
+    let mut c = Client::connect(&format!("ws://{}/ws/clusters", env.server.addr())).await;
+    c.send_raw("{\"type\":\"hello\"}").await;
+    assert!(
+        c.next_within(Duration::from_millis(300)).await.is_none(),
+        "incoming data is ignored"
+    );
+    c.send_raw(&"x".repeat(600)).await;
+    let mut code = None;
+    while let Ok(Some(msg)) = tokio::time::timeout(PATIENCE, c.ws.next()).await {
+        if let Ok(Message::Close(Some(frame))) = msg {
+            code = Some(u16::from(frame.code));
+            break;
+        }
+    }
+    assert_eq!(code, Some(1009));
+}
