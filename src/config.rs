@@ -96,6 +96,12 @@ pub struct ProxyArgs {
     /// Also serve cluster notifications (seed 002) at /ws and /api/clusters on this address [default: off].
     #[arg(long, env = "KUBEMUX_NOTIFICATIONS_LISTEN")]
     pub notifications_listen: Option<SocketAddr>,
+    /// Also serve the cluster-dashboard stream (seed 001) at /ws on this address [default: off].
+    #[arg(long, env = "KUBEMUX_DASHBOARD_LISTEN")]
+    pub dashboard_listen: Option<SocketAddr>,
+    /// Interval of the dashboard stream's metrics messages, 1s to 10m [default: 10s].
+    #[arg(long, env = "KUBEMUX_DASHBOARD_METRICS_INTERVAL", value_parser = parse_duration)]
+    pub dashboard_metrics_interval: Option<Duration>,
     /// Cluster notifications: updates to one cluster closer together than this are merged, 0s to 1m [default: 1s].
     #[arg(long, env = "KUBEMUX_NOTIFICATIONS_DEBOUNCE", value_parser = parse_duration)]
     pub notifications_debounce: Option<Duration>,
@@ -133,6 +139,8 @@ struct FileConfig {
     auth_recheck_interval: Option<String>,
     notifications_listen: Option<String>,
     notifications_debounce: Option<String>,
+    dashboard_listen: Option<String>,
+    dashboard_metrics_interval: Option<String>,
 }
 
 /// Why the configuration was rejected.
@@ -214,6 +222,10 @@ pub struct Settings {
     pub notifications_listen: Option<SocketAddr>,
     /// Debounce of cluster updates.
     pub notifications_debounce: Duration,
+    /// Own listener for the dashboard stream.
+    pub dashboard_listen: Option<SocketAddr>,
+    /// Dashboard metrics interval.
+    pub dashboard_metrics_interval: Duration,
 }
 
 impl Default for Settings {
@@ -240,6 +252,8 @@ impl Default for Settings {
             auth_recheck_interval: Duration::from_secs(30),
             notifications_listen: None,
             notifications_debounce: Duration::from_secs(1),
+            dashboard_listen: None,
+            dashboard_metrics_interval: Duration::from_secs(10),
         }
     }
 }
@@ -488,15 +502,24 @@ impl Settings {
                 secs(1)..=secs(3600),
                 "1s to 1h",
             )?,
-            notifications_listen: match (args.notifications_listen, file.notifications_listen) {
-                (Some(a), _) => Some(a),
-                (None, Some(s)) => Some(s.parse().map_err(|_| ConfigError::Invalid {
-                    setting: "notifications_listen",
-                    value: s.clone(),
-                    accepted: "an address like 127.0.0.1:8080",
-                })?),
-                (None, None) => None,
-            },
+            notifications_listen: optional_addr(
+                "notifications_listen",
+                args.notifications_listen,
+                file.notifications_listen,
+            )?,
+            dashboard_listen: optional_addr(
+                "dashboard_listen",
+                args.dashboard_listen,
+                file.dashboard_listen,
+            )?,
+            dashboard_metrics_interval: dur(
+                args.dashboard_metrics_interval,
+                "dashboard_metrics_interval",
+                file.dashboard_metrics_interval,
+                d.dashboard_metrics_interval,
+                secs(1)..=secs(600),
+                "1s to 10m",
+            )?,
             notifications_debounce: dur(
                 args.notifications_debounce,
                 "notifications_debounce",
@@ -522,7 +545,7 @@ impl Settings {
              pong_timeout = \"{}\"\nshutdown_grace = \"{}\"\nlog_format = \"{}\"\n\
              allowed_origins = {:?}\nauth = \"{}\"\nallow_unauthenticated_remote = {}\n\
              allow_secrets = {}\nauth_cache_ttl = \"{}\"\nauth_recheck_interval = \"{}\"\n\
-             {}notifications_debounce = \"{}\"\n",
+             {}notifications_debounce = \"{}\"\n{}dashboard_metrics_interval = \"{}\"\n",
             self.listen,
             d(self.linger),
             self.max_message_size,
@@ -545,7 +568,11 @@ impl Settings {
             self.notifications_listen
                 .map(|a| format!("notifications_listen = \"{a}\"\n"))
                 .unwrap_or_default(),
-            d(self.notifications_debounce)
+            d(self.notifications_debounce),
+            self.dashboard_listen
+                .map(|a| format!("dashboard_listen = \"{a}\"\n"))
+                .unwrap_or_default(),
+            d(self.dashboard_metrics_interval)
         )
     }
 
@@ -581,8 +608,26 @@ impl Settings {
             policy: self.policy(metrics),
             notifications_listen: self.notifications_listen,
             notifications_debounce: self.notifications_debounce,
+            dashboard_listen: self.dashboard_listen,
+            dashboard_metrics_interval: self.dashboard_metrics_interval,
             ..ServerConfig::default()
         }
+    }
+}
+
+fn optional_addr(
+    setting: &'static str,
+    flag: Option<SocketAddr>,
+    file: Option<String>,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    match (flag, file) {
+        (Some(a), _) => Ok(Some(a)),
+        (None, Some(s)) => s.parse().map(Some).map_err(|_| ConfigError::Invalid {
+            setting,
+            value: s.clone(),
+            accepted: "an address like 127.0.0.1:3001",
+        }),
+        (None, None) => Ok(None),
     }
 }
 

@@ -1,2 +1,4 @@
+pub mod dashboard;
+pub mod dashboard_view;
 pub mod headlamp;
 pub mod notifications;

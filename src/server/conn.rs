@@ -31,6 +31,24 @@ pub trait Dialect: Send + 'static {
     fn on_tick(&mut self) {}
 }
 
+/// Where a dialect's notices come from: a bounded or unbounded channel.
+pub trait Notices<N>: Send {
+    /// The next notice; `None` once every sender is gone.
+    fn next(&mut self) -> impl std::future::Future<Output = Option<N>> + Send + '_;
+}
+
+impl<N: Send> Notices<N> for mpsc::UnboundedReceiver<N> {
+    fn next(&mut self) -> impl std::future::Future<Output = Option<N>> + Send + '_ {
+        self.recv()
+    }
+}
+
+impl<N: Send> Notices<N> for mpsc::Receiver<N> {
+    fn next(&mut self) -> impl std::future::Future<Output = Option<N>> + Send + '_ {
+        self.recv()
+    }
+}
+
 /// Liveness settings of a connection.
 #[derive(Clone, Copy, Debug)]
 pub struct Liveness {
@@ -83,10 +101,10 @@ pub struct ConnContext {
 }
 
 /// Serves one upgraded socket with `dialect` until either side closes.
-pub async fn run<D: Dialect>(
+pub async fn run<D: Dialect, R: Notices<D::Notice>>(
     socket: WebSocket,
     ctx: ConnContext,
-    notices: mpsc::UnboundedReceiver<D::Notice>,
+    notices: R,
     dialect: D,
 ) {
     let conn_id = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -94,10 +112,10 @@ pub async fn run<D: Dialect>(
     serve(socket, ctx, notices, dialect).instrument(span).await
 }
 
-async fn serve<D: Dialect>(
+async fn serve<D: Dialect, R: Notices<D::Notice>>(
     socket: WebSocket,
     ctx: ConnContext,
-    mut notices: mpsc::UnboundedReceiver<D::Notice>,
+    mut notices: R,
     mut dialect: D,
 ) {
     let ConnContext {
@@ -145,7 +163,7 @@ async fn serve<D: Dialect>(
                     break;
                 }
             },
-            Some(notice) = notices.recv() => dialect.on_notice(notice),
+            Some(notice) = notices.next() => dialect.on_notice(notice),
             Some(_) = async {
                 match dialect_tick.as_mut() {
                     Some(t) => Some(t.tick().await),
@@ -171,7 +189,7 @@ async fn serve<D: Dialect>(
         }
     }
     drop(dialect);
-    while notices.try_recv().is_ok() {}
+    drop(notices);
     if *shutdown.borrow() {
         outbound.close_with(close::GOING_AWAY, "server shutting down");
     } else {

@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use crate::auth::credentials::Credentials;
 use crate::auth::origin::OriginPolicy;
 use crate::auth::policy::Policy;
-use crate::dialect::headlamp;
 use crate::dialect::notifications::{self, Feed};
+use crate::dialect::{dashboard, headlamp};
 use crate::hub::Hub;
 use conn::Liveness;
 use outbound::QueueLimits;
@@ -47,6 +47,10 @@ pub struct ServerConfig {
     /// Also serve cluster notifications at `/ws` (and `/api/clusters`) on
     /// this address, for frontends that expect the seed's own path.
     pub notifications_listen: Option<SocketAddr>,
+    /// Also serve the dashboard stream at `/ws` on this address.
+    pub dashboard_listen: Option<SocketAddr>,
+    /// Interval of the dashboard stream's `metrics` messages.
+    pub dashboard_metrics_interval: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +65,8 @@ impl Default for ServerConfig {
             policy: Policy::default(),
             notifications_debounce: std::time::Duration::from_secs(1),
             notifications_listen: None,
+            dashboard_listen: None,
+            dashboard_metrics_interval: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -101,6 +107,10 @@ impl Server {
             Some(at) => Some(TcpListener::bind(at).await?),
             None => None,
         };
+        let dashboard = match config.dashboard_listen {
+            Some(at) => Some(TcpListener::bind(at).await?),
+            None => None,
+        };
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let connections = tokio_util::task::TaskTracker::new();
         let probes = hub.clusters().spawn_health_probes(config.health_interval);
@@ -116,7 +126,18 @@ impl Server {
         let mut extra_addrs = Vec::new();
         if let Some(listener) = extra {
             extra_addrs.push(listener.local_addr()?);
-            tasks.push(spawn_serve(listener, notifications_router(state), rx));
+            tasks.push(spawn_serve(
+                listener,
+                notifications_router(state.clone()),
+                rx.clone(),
+            ));
+        }
+        if let Some(listener) = dashboard {
+            extra_addrs.push(listener.local_addr()?);
+            let app = Router::new()
+                .route("/ws", get(dashboard_ws))
+                .with_state(state);
+            tasks.push(spawn_serve(listener, app, rx));
         }
         Ok(Server {
             addr,
@@ -129,7 +150,8 @@ impl Server {
         })
     }
 
-    /// Addresses of the dialects' own listeners (notifications), in order.
+    /// Addresses of the dialects' own listeners (notifications, then
+    /// dashboard, those configured), in order.
     pub fn extra_addrs(&self) -> &[SocketAddr] {
         &self.extra_addrs
     }
@@ -212,11 +234,98 @@ async fn notifications_ws(
     })
 }
 
+async fn dashboard_ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<dashboard::DashboardQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if *state.shutdown.borrow() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kubemux is shutting down\n",
+        )
+            .into_response();
+    }
+    if let Err(refused) = state.config.origins.check(&headers) {
+        return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();
+    }
+    let credentials = Credentials::from_headers(&headers);
+    let registry = state.hub.clusters().clone();
+    let cluster = query
+        .cluster
+        .clone()
+        .filter(|c| !c.is_empty())
+        .or_else(|| registry.default_id())
+        .unwrap_or_default();
+    let identity =
+        dashboard_identity(&state, &credentials, &cluster, query.namespaces.as_deref()).await;
+    let ws = ws
+        .max_message_size(dashboard::MAX_MESSAGE)
+        .max_frame_size(dashboard::MAX_MESSAGE)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024);
+    let tracked = state.connections.token();
+    ws.on_upgrade(move |socket| async move {
+        dashboard::serve(
+            socket,
+            state.hub.clone(),
+            state.config.clone(),
+            state.shutdown.clone(),
+            query,
+            identity,
+        )
+        .await;
+        drop(tracked);
+    })
+}
+
+/// The identity the dashboard's watches run as, after the auth mode's
+/// checks on every resource it shows (nodes, namespaces, pods).
+async fn dashboard_identity(
+    state: &AppState,
+    credentials: &Credentials,
+    cluster: &str,
+    namespaces: Option<&str>,
+) -> Result<crate::hub::Identity, String> {
+    let mut paths = vec![
+        "/api/v1/nodes".to_string(),
+        "/api/v1/namespaces".to_string(),
+    ];
+    match namespaces.filter(|n| !n.trim().is_empty()) {
+        None => paths.push("/api/v1/pods".into()),
+        Some(ns) => paths.extend(
+            ns.split(',')
+                .map(|n| format!("/api/v1/namespaces/{}/pods", n.trim())),
+        ),
+    }
+    let mut identity = crate::hub::Identity::Proxy;
+    for path in &paths {
+        let resource = crate::hub::key::parse_path(path).map_err(|e| e.to_string())?;
+        identity = state
+            .config
+            .policy
+            .identity(credentials, cluster, &resource)
+            .map_err(|e| e.to_string())?;
+        if let (Some((reviewer, _)), Some(target)) = (
+            state.config.policy.review(),
+            state.hub.clusters().get(cluster),
+        ) {
+            reviewer
+                .check(&target, credentials.token_for(cluster), &resource, false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(identity)
+}
+
 /// The router with every endpoint.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/wsMultiplexer", get(headlamp_ws))
         .route("/ws/clusters", get(notifications_ws))
+        .route("/ws/dashboard", get(dashboard_ws))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(metrics))
