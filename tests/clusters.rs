@@ -25,30 +25,6 @@ struct Multi {
     dir: PathBuf,
 }
 
-fn write_kubeconfig(path: &PathBuf, sims: &[(&str, &SimServer)]) {
-    let mut merged: Option<Value> = None;
-    for (name, sim) in sims {
-        let doc: Value = serde_json::from_str(&sim.kubeconfig(name)).unwrap();
-        merged = Some(match merged {
-            None => doc,
-            Some(mut m) => {
-                for list in ["clusters", "contexts", "users"] {
-                    let extra = doc[list].as_array().unwrap().clone();
-                    m[list].as_array_mut().unwrap().extend(extra);
-                }
-                m
-            }
-        });
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_string_pretty(&merged.unwrap()).unwrap(),
-    )
-    .unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 async fn multi(contexts: &[&str], config: ServerConfig) -> Multi {
     let dir = std::env::temp_dir().join(format!(
         "kubemux-clusters-{}-{}",

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,26 +15,6 @@ use kubemux::server::{Server, ServerConfig};
 use kubemux::sim::{SimConfig, SimServer};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
-
-fn write_kubeconfig(path: &PathBuf, sims: &[(&str, &SimServer)]) {
-    let mut merged: Option<Value> = None;
-    for (name, sim) in sims {
-        let doc: Value = serde_json::from_str(&sim.kubeconfig(name)).unwrap();
-        merged = Some(match merged {
-            None => doc,
-            Some(mut m) => {
-                for list in ["clusters", "contexts", "users"] {
-                    let extra = doc[list].as_array().unwrap().clone();
-                    m[list].as_array_mut().unwrap().extend(extra);
-                }
-                m
-            }
-        });
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_string(&merged.unwrap()).unwrap()).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
 
 async fn next_notification(c: &mut Client) -> Value {
     let frame = c.frame().await;

@@ -192,6 +192,37 @@ fn spawn_serve(
     })
 }
 
+/// Refuses an upgrade while shutting down or from a foreign origin.
+fn refuse_upgrade(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    if *state.shutdown.borrow() {
+        return Some(
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kubemux is shutting down\n",
+            )
+                .into_response(),
+        );
+    }
+    state
+        .config
+        .origins
+        .check(headers)
+        .err()
+        .map(|refused| (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response())
+}
+
+/// Limits a WebSocket to `max` bytes per message, with small buffers:
+/// tungstenite preallocates its read buffer (128 KiB by default) for every
+/// connection and keeps the capacity its write buffer grew to after a
+/// burst; client messages are small, and 16 KiB batches writes well
+/// enough, so idle connections stay cheap.
+fn lean(ws: WebSocketUpgrade, max: usize) -> WebSocketUpgrade {
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+}
+
 /// Seed 002's own paths: `/ws` and the cluster REST API.
 fn notifications_router(state: AppState) -> Router {
     Router::new()
@@ -206,21 +237,10 @@ async fn notifications_ws(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if *state.shutdown.borrow() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "kubemux is shutting down\n",
-        )
-            .into_response();
+    if let Some(refusal) = refuse_upgrade(&state, &headers) {
+        return refusal;
     }
-    if let Err(refused) = state.config.origins.check(&headers) {
-        return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();
-    }
-    let ws = ws
-        .max_message_size(notifications::MAX_MESSAGE)
-        .max_frame_size(notifications::MAX_MESSAGE)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024);
+    let ws = lean(ws, notifications::MAX_MESSAGE);
     let tracked = state.connections.token();
     ws.on_upgrade(move |socket| async move {
         notifications::serve(
@@ -240,15 +260,8 @@ async fn dashboard_ws(
     axum::extract::Query(query): axum::extract::Query<dashboard::DashboardQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if *state.shutdown.borrow() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "kubemux is shutting down\n",
-        )
-            .into_response();
-    }
-    if let Err(refused) = state.config.origins.check(&headers) {
-        return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();
+    if let Some(refusal) = refuse_upgrade(&state, &headers) {
+        return refusal;
     }
     let credentials = Credentials::from_headers(&headers);
     let registry = state.hub.clusters().clone();
@@ -260,11 +273,7 @@ async fn dashboard_ws(
         .unwrap_or_default();
     let identity =
         dashboard_identity(&state, &credentials, &cluster, query.namespaces.as_deref()).await;
-    let ws = ws
-        .max_message_size(dashboard::MAX_MESSAGE)
-        .max_frame_size(dashboard::MAX_MESSAGE)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024);
+    let ws = lean(ws, dashboard::MAX_MESSAGE);
     let tracked = state.connections.token();
     ws.on_upgrade(move |socket| async move {
         dashboard::serve(
@@ -356,30 +365,15 @@ async fn headlamp_ws(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if *state.shutdown.borrow() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "kubemux is shutting down\n",
-        )
-            .into_response();
-    }
-    if let Err(refused) = state.config.origins.check(&headers) {
-        return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();
+    if let Some(refusal) = refuse_upgrade(&state, &headers) {
+        return refusal;
     }
     let credentials = Credentials::from_headers(&headers);
     let offered: Vec<String> = ws
         .requested_protocols()
         .filter_map(|p| p.to_str().ok().map(str::to_string))
         .collect();
-    // tungstenite preallocates its read buffer (128 KiB by default) for every
-    // connection and keeps the capacity its write buffer grew to (up to 128
-    // KiB) after a burst; client messages are small, and 16 KiB batches
-    // writes well enough, so idle connections stay cheap.
-    let mut ws = ws
-        .max_message_size(state.config.max_message_size)
-        .max_frame_size(state.config.max_message_size)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024);
+    let mut ws = lean(ws, state.config.max_message_size);
     if offered.iter().any(|p| p == headlamp::PROTOCOL) {
         ws = ws.protocols([headlamp::PROTOCOL]);
     }

@@ -295,3 +295,25 @@ impl Process {
         )
     }
 }
+
+/// Writes a kubeconfig whose contexts are the given simulated servers,
+/// atomically (a watcher never reads half a file).
+pub fn write_kubeconfig(path: &std::path::Path, sims: &[(&str, &SimServer)]) {
+    let mut merged: Option<Value> = None;
+    for (name, sim) in sims {
+        let doc: Value = serde_json::from_str(&sim.kubeconfig(name)).unwrap();
+        merged = Some(match merged {
+            None => doc,
+            Some(mut m) => {
+                for list in ["clusters", "contexts", "users"] {
+                    let extra = doc[list].as_array().unwrap().clone();
+                    m[list].as_array_mut().unwrap().extend(extra);
+                }
+                m
+            }
+        });
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string(&merged.unwrap()).unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
