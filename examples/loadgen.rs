@@ -916,6 +916,9 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
                     tmp.to_string_lossy().into_owned(),
                     "--listen".into(),
                     "127.0.0.1:0".into(),
+                    // Loopback clients without tokens: kubemux's own identity.
+                    "--auth".into(),
+                    "none".into(),
                 ];
                 let (p, addr) = spawn(
                     "proxy",
