@@ -1,0 +1,124 @@
+//! High-volume generated inputs through every parser of untrusted bytes
+//! (issue 10's fuzzing, the part that runs on stable in CI): nothing may
+//! panic, and what is accepted must be well-formed. `KUBEMUX_FUZZ_CASES`
+//! raises the count for long runs.
+
+use bytes::Bytes;
+use kubemux::auth::credentials::Credentials;
+use kubemux::auth::origin::OriginPolicy;
+use kubemux::config::{ProxyArgs, Settings};
+use kubemux::dialect::dashboard_view;
+use kubemux::hub::key::{normalize, parse_path};
+use kubemux::upstream::event::{WatchEvent, parse_list};
+use proptest::prelude::*;
+
+fn cases() -> u32 {
+    std::env::var("KUBEMUX_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000)
+}
+
+/// Strings biased towards the shapes the parsers care about.
+fn shaped() -> impl Strategy<Value = String> {
+    prop_oneof![
+        ".*",
+        "[a-z0-9/._%=&,!() -]{0,80}",
+        "(/api/v1|/apis/[a-z.]{1,12}/v[0-9])(/namespaces/[a-z0-9-]{1,8})?(/[a-z.%]{0,12}){0,3}",
+        "((labelSelector|fieldSelector|watch|resourceVersion|timeoutSeconds|allowWatchBookmarks|sendInitialEvents|resourceVersionMatch|limit)=[a-zA-Z0-9%=,!() ._-]{0,20}&?){0,6}",
+    ]
+}
+
+fn json_like() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("null".to_string()),
+        Just("true".to_string()),
+        "-?[0-9]{1,5}".prop_map(|s| s),
+        "\"[a-zA-Z0-9:./ -]{0,12}\"".prop_map(|s| s),
+    ];
+    leaf.prop_recursive(4, 40, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(|v| format!("[{}]", v.join(","))),
+            prop::collection::vec(
+                (
+                    prop_oneof![
+                        Just("type"),
+                        Just("object"),
+                        Just("metadata"),
+                        Just("name"),
+                        Just("namespace"),
+                        Just("resourceVersion"),
+                        Just("items"),
+                        Just("kind"),
+                        Just("status"),
+                        Just("spec"),
+                        Just("conditions"),
+                        Just("containers"),
+                        Just("labels")
+                    ],
+                    inner
+                ),
+                0..6
+            )
+            .prop_map(|kv| format!(
+                "{{{}}}",
+                kv.iter()
+                    .map(|(k, v)| format!("\"{k}\":{v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn key_normalisation_never_panics_and_is_idempotent(cluster in "[a-z]{0,6}", path in shaped(), query in shaped()) {
+        if let Ok((key, _, _)) = normalize(&cluster, &path, &query) {
+            prop_assert!(parse_path(key.path()).is_ok());
+            let (again, _, _) = normalize(&cluster, key.path(), key.selectors()).expect("a canonical key normalises again");
+            prop_assert_eq!(again, key);
+        }
+    }
+
+    #[test]
+    fn watch_lines_and_lists_never_panic(text in prop_oneof![json_like(), ".*"]) {
+        if let Ok(ev) = WatchEvent::parse_line(Bytes::from(text.clone())) {
+            let s: String = serde_json::from_slice(ev.json_string()).expect("the encoded event is a JSON string");
+            prop_assert_eq!(s.as_bytes(), &ev.line()[..]);
+        }
+        if let Ok(page) = parse_list(text.as_bytes()) {
+            for item in page.items {
+                prop_assert!(serde_json::from_slice::<serde_json::Value>(item.object()).is_ok());
+            }
+        }
+        let _ = dashboard_view::node(text.as_bytes());
+        let _ = dashboard_view::pod(text.as_bytes());
+        let _ = dashboard_view::namespace(text.as_bytes());
+    }
+
+    #[test]
+    fn credentials_and_origins_never_panic(
+        auth in ".*", protocol in "[ -~]{0,80}", cookie in "[ -~]{0,120}", origin in "[ -~]{0,40}", host in "[a-z0-9.:]{0,20}",
+    ) {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [("authorization", auth), ("sec-websocket-protocol", protocol), ("cookie", cookie), ("origin", origin), ("host", host)] {
+            if let Ok(v) = http::HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        }
+        let creds = Credentials::from_headers(&headers);
+        let shown = format!("{creds:?}");
+        if let Some(token) = creds.token_for("c").filter(|t| t.len() > 8) {
+            prop_assert!(!shown.contains(token), "Debug must not show the token");
+        }
+        let _ = OriginPolicy::new(vec!["https://a.example".into()]).check(&headers);
+    }
+
+    #[test]
+    fn config_files_never_panic(text in prop_oneof![".*", "([a-z_]{1,20} = (\"[a-z0-9.:]{0,10}\"|[0-9]{1,12}|true|\\[\\]))\n{0,1}"]) {
+        let _ = Settings::from_toml(&ProxyArgs::default(), &text, "fuzz");
+    }
+}
