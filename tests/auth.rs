@@ -359,3 +359,51 @@ async fn tokens_never_reach_the_logs() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_in_shared_mode_is_cut_off_when_access_is_revoked() {
+    let viewer = || {
+        Rule::allow(["list", "watch"], ["nodes", "namespaces", "pods"])
+            .users(["u0"])
+            .api_groups([""])
+    };
+    let auth = SimAuth::new()
+        .with_admin_token("admin-token")
+        .with_token("token-u0", UserInfo::new("u0", "uid-0", ["team"]))
+        .with_token("token-u1", UserInfo::new("u1", "uid-1", ["team"]))
+        .with_rule(viewer());
+    let s = setup(auth, shared(Duration::from_millis(300))).await;
+    let open = |token: &'static str| {
+        let addr = s.server.addr();
+        async move {
+            let mut req = format!("ws://{addr}/ws/dashboard")
+                .into_client_request()
+                .unwrap();
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            Client {
+                ws: tokio_tungstenite::connect_async(req).await.unwrap().0,
+            }
+        }
+    };
+    let mut denied = open("token-u1").await;
+    assert_eq!(denied.frame().await["type"], "connection");
+    let err = denied.frame().await;
+    assert_eq!(err["error"]["code"], "PERMISSION_DENIED", "{err}");
+
+    let mut allowed = open("token-u0").await;
+    assert_eq!(allowed.frame().await["type"], "connection");
+    assert_eq!(allowed.frame().await["type"], "initial_state");
+    s.sim.auth().set_rules(Vec::new()).unwrap();
+    loop {
+        let frame = allowed.next().await.expect("an error before the close");
+        if frame["type"] == "error" {
+            assert_eq!(frame["error"]["code"], "PERMISSION_DENIED", "{frame}");
+            break;
+        }
+    }
+    assert!(
+        allowed.next().await.is_none(),
+        "the connection closes after the revocation"
+    );
+}

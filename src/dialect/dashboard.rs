@@ -20,6 +20,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::dashboard_view::{self, NamespaceView, NodeView, PodView};
+use crate::auth::credentials::Credentials;
+use crate::auth::review::{ReviewError, Reviewer};
+use crate::hub::ResourcePath;
 use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
 use crate::server::ServerConfig;
 use crate::server::conn::{self, ConnContext, Dialect, Liveness};
@@ -54,6 +57,20 @@ enum Stream {
 enum Notice {
     Event(Stream, Arc<WatchEvent>),
     Problem(Stream, String),
+    /// A periodic re-check (shared auth mode) found access revoked.
+    Revoked(String),
+}
+
+/// What the `shared` auth mode re-checks every interval for a dashboard.
+pub struct Recheck {
+    /// The reviewer.
+    pub reviewer: Arc<Reviewer>,
+    /// Interval of re-checks.
+    pub every: Duration,
+    /// The caller's credentials.
+    pub credentials: Credentials,
+    /// Every resource the dashboard shows.
+    pub resources: Vec<ResourcePath>,
 }
 
 struct Sink {
@@ -119,6 +136,9 @@ struct Dashboard {
     batch_bytes: usize,
     metrics_every: Duration,
     last_metrics: Instant,
+    recheck: Option<(Recheck, Instant)>,
+    notices: mpsc::Sender<Notice>,
+    hub: Hub,
 }
 
 #[derive(Deserialize)]
@@ -288,6 +308,48 @@ impl Dashboard {
     }
 }
 
+impl Dashboard {
+    /// In `shared` mode, re-authorises every shown resource once per
+    /// interval, bypassing the cache so a revocation is seen in time.
+    fn maybe_recheck(&mut self) {
+        let Some((recheck, last)) = self.recheck.as_mut() else {
+            return;
+        };
+        if last.elapsed() < recheck.every {
+            return;
+        }
+        *last = Instant::now();
+        let Some(cluster) = self.hub.clusters().get(&self.cluster) else {
+            return;
+        };
+        let (reviewer, credentials, resources, notices) = (
+            recheck.reviewer.clone(),
+            recheck.credentials.clone(),
+            recheck.resources.clone(),
+            self.notices.clone(),
+        );
+        tokio::spawn(async move {
+            for resource in resources {
+                let verdict = reviewer
+                    .check(
+                        &cluster,
+                        credentials.token_for(cluster.id()),
+                        &resource,
+                        true,
+                    )
+                    .await;
+                if let Err(
+                    e @ (ReviewError::Forbidden { .. } | ReviewError::Unauthenticated { .. }),
+                ) = verdict
+                {
+                    let _ = notices.send(Notice::Revoked(e.to_string())).await;
+                    return;
+                }
+            }
+        });
+    }
+}
+
 fn is_initial_end(event: &WatchEvent) -> bool {
     serde_json::from_slice::<Value>(event.object())
         .map(|v| v["metadata"]["annotations"]["k8s.io/initial-events-end"] == "true")
@@ -321,6 +383,16 @@ impl Dialect for Dashboard {
     fn on_notice(&mut self, notice: Notice) {
         match notice {
             Notice::Event(stream, event) => self.apply(stream, &event),
+            Notice::Revoked(message) => {
+                self.outbound.push_forced(error_frame(
+                    "PERMISSION_DENIED",
+                    "access revoked",
+                    &message,
+                ));
+                self._subscriptions.clear();
+                self.outbound
+                    .close_with(conn::close::POLICY, "access revoked");
+            }
             Notice::Problem(stream, message) => {
                 let what = match stream {
                     Stream::Nodes => "nodes",
@@ -342,6 +414,7 @@ impl Dialect for Dashboard {
 
     fn on_tick(&mut self) {
         self.flush();
+        self.maybe_recheck();
         if self.waiting.is_empty() && self.last_metrics.elapsed() >= self.metrics_every {
             self.last_metrics = Instant::now();
             self.send_metrics();
@@ -366,6 +439,7 @@ pub async fn serve(
     shutdown: tokio::sync::watch::Receiver<bool>,
     query: DashboardQuery,
     identity: Result<Identity, String>,
+    recheck: Option<Recheck>,
 ) {
     let metrics = hub.metrics().clone();
     let outbound = Arc::new(Outbound::new(config.queue, metrics.clone()));
@@ -399,6 +473,9 @@ pub async fn serve(
         batch_bytes: 0,
         metrics_every: config.dashboard_metrics_interval,
         last_metrics: Instant::now(),
+        recheck: recheck.map(|r| (r, Instant::now())),
+        notices: tx.clone(),
+        hub: hub.clone(),
     };
     match cluster_id.as_deref().and_then(|id| registry.get(id)) {
         None => outbound.push_forced(error_frame(

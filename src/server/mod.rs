@@ -271,8 +271,18 @@ async fn dashboard_ws(
         .filter(|c| !c.is_empty())
         .or_else(|| registry.default_id())
         .unwrap_or_default();
-    let identity =
-        dashboard_identity(&state, &credentials, &cluster, query.namespaces.as_deref()).await;
+    let resources = dashboard_resources(query.namespaces.as_deref());
+    let identity = dashboard_identity(&state, &credentials, &cluster, &resources).await;
+    let recheck = state
+        .config
+        .policy
+        .review()
+        .map(|(reviewer, every)| dashboard::Recheck {
+            reviewer: reviewer.clone(),
+            every,
+            credentials: credentials.clone(),
+            resources: resources.clone().unwrap_or_default(),
+        });
     let ws = lean(ws, dashboard::MAX_MESSAGE);
     let tracked = state.connections.token();
     ws.on_upgrade(move |socket| async move {
@@ -283,20 +293,16 @@ async fn dashboard_ws(
             state.shutdown.clone(),
             query,
             identity,
+            recheck,
         )
         .await;
         drop(tracked);
     })
 }
 
-/// The identity the dashboard's watches run as, after the auth mode's
-/// checks on every resource it shows (nodes, namespaces, pods).
-async fn dashboard_identity(
-    state: &AppState,
-    credentials: &Credentials,
-    cluster: &str,
-    namespaces: Option<&str>,
-) -> Result<crate::hub::Identity, String> {
+/// Every resource a dashboard shows: nodes, namespaces and pods (of the
+/// chosen namespaces).
+fn dashboard_resources(namespaces: Option<&str>) -> Result<Vec<crate::hub::ResourcePath>, String> {
     let mut paths = vec![
         "/api/v1/nodes".to_string(),
         "/api/v1/namespaces".to_string(),
@@ -308,20 +314,34 @@ async fn dashboard_identity(
                 .map(|n| format!("/api/v1/namespaces/{}/pods", n.trim())),
         ),
     }
+    paths
+        .iter()
+        .map(|p| crate::hub::key::parse_path(p).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// The identity the dashboard's watches run as, after the auth mode's
+/// checks on every resource it shows.
+async fn dashboard_identity(
+    state: &AppState,
+    credentials: &Credentials,
+    cluster: &str,
+    resources: &Result<Vec<crate::hub::ResourcePath>, String>,
+) -> Result<crate::hub::Identity, String> {
+    let resources = resources.as_ref().map_err(Clone::clone)?;
     let mut identity = crate::hub::Identity::Proxy;
-    for path in &paths {
-        let resource = crate::hub::key::parse_path(path).map_err(|e| e.to_string())?;
+    for resource in resources {
         identity = state
             .config
             .policy
-            .identity(credentials, cluster, &resource)
+            .identity(credentials, cluster, resource)
             .map_err(|e| e.to_string())?;
         if let (Some((reviewer, _)), Some(target)) = (
             state.config.policy.review(),
             state.hub.clusters().get(cluster),
         ) {
             reviewer
-                .check(&target, credentials.token_for(cluster), &resource, false)
+                .check(&target, credentials.token_for(cluster), resource, false)
                 .await
                 .map_err(|e| e.to_string())?;
         }
