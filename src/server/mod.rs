@@ -192,6 +192,23 @@ fn spawn_serve(
     })
 }
 
+/// Upgrades with `serve`, counting the connection so shutdown can wait for it.
+fn tracked<F, Fut>(
+    connections: &tokio_util::task::TaskTracker,
+    ws: WebSocketUpgrade,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(axum::extract::ws::WebSocket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let token = connections.token();
+    ws.on_upgrade(move |socket| async move {
+        serve(socket).await;
+        drop(token);
+    })
+}
+
 /// Refuses an upgrade while shutting down or from a foreign origin.
 fn refuse_upgrade(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     if *state.shutdown.borrow() {
@@ -241,8 +258,8 @@ async fn notifications_ws(
         return refusal;
     }
     let ws = lean(ws, notifications::MAX_MESSAGE);
-    let tracked = state.connections.token();
-    ws.on_upgrade(move |socket| async move {
+    let connections = state.connections.clone();
+    tracked(&connections, ws, move |socket| async move {
         notifications::serve(
             socket,
             state.feed.clone(),
@@ -250,7 +267,6 @@ async fn notifications_ws(
             state.shutdown.clone(),
         )
         .await;
-        drop(tracked);
     })
 }
 
@@ -284,8 +300,8 @@ async fn dashboard_ws(
             resources: resources.clone().unwrap_or_default(),
         });
     let ws = lean(ws, dashboard::MAX_MESSAGE);
-    let tracked = state.connections.token();
-    ws.on_upgrade(move |socket| async move {
+    let connections = state.connections.clone();
+    tracked(&connections, ws, move |socket| async move {
         dashboard::serve(
             socket,
             state.hub.clone(),
@@ -296,7 +312,6 @@ async fn dashboard_ws(
             recheck,
         )
         .await;
-        drop(tracked);
     })
 }
 
@@ -397,8 +412,8 @@ async fn headlamp_ws(
     if offered.iter().any(|p| p == headlamp::PROTOCOL) {
         ws = ws.protocols([headlamp::PROTOCOL]);
     }
-    let tracked = state.connections.token();
-    ws.on_upgrade(move |socket| async move {
+    let connections = state.connections.clone();
+    tracked(&connections, ws, move |socket| async move {
         headlamp::serve(
             socket,
             state.hub.clone(),
@@ -407,6 +422,5 @@ async fn headlamp_ws(
             credentials,
         )
         .await;
-        drop(tracked);
     })
 }

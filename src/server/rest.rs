@@ -23,14 +23,7 @@ fn json_error(code: StatusCode, message: String) -> Response {
 
 /// `GET /api/clusters`: every cluster with its health.
 pub(super) async fn clusters(State(state): State<AppState>) -> Response {
-    let all: Vec<ClusterStatus> = state
-        .hub
-        .clusters()
-        .all()
-        .iter()
-        .map(|c| ClusterStatus::of(c))
-        .collect();
-    axum::Json(all).into_response()
+    axum::Json(ClusterStatus::all(&state)).into_response()
 }
 
 /// `GET /api/clusters/{name}`: one cluster, or 404 with a JSON error.

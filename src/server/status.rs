@@ -68,6 +68,17 @@ pub(super) struct ClusterStatus {
 }
 
 impl ClusterStatus {
+    /// Every cluster of the hub's registry.
+    pub(super) fn all(state: &AppState) -> Vec<ClusterStatus> {
+        state
+            .hub
+            .clusters()
+            .all()
+            .iter()
+            .map(|c| ClusterStatus::of(c))
+            .collect()
+    }
+
     pub(super) fn of(c: &Cluster) -> Self {
         ClusterStatus {
             name: c.id().to_string(),
@@ -98,13 +109,7 @@ struct Status {
 /// `GET /api/status`: clusters with health and shared watches with their
 /// subscriber and event counts, for the status page and for scripts.
 pub(super) async fn api_status(State(state): State<AppState>) -> Response {
-    let clusters = state
-        .hub
-        .clusters()
-        .all()
-        .iter()
-        .map(|c| ClusterStatus::of(c))
-        .collect();
+    let clusters = ClusterStatus::all(&state);
     let watches = state
         .hub
         .watches()
