@@ -374,3 +374,184 @@ async fn an_unknown_cluster_is_invalid_kubeconfig() {
     assert_eq!(frame["error"]["code"], "INVALID_KUBECONFIG");
     assert!(frame["error"]["details"].as_str().unwrap().contains("nope"));
 }
+
+/// A WebSocket client that speaks the wire format itself, because the
+/// tungstenite client cannot negotiate permessage-deflate.
+struct RawClient {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    /// Connects to `path` offering permessage-deflate; returns the client
+    /// and the response head.
+    async fn connect(addr: std::net::SocketAddr, path: &str) -> (RawClient, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        buf.drain(..end);
+        (RawClient { stream, buf }, head)
+    }
+
+    /// The next frame: (RSV1 set, opcode, payload).
+    async fn frame(&mut self) -> (bool, u8, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 2 {
+                let (rsv1, opcode) = (self.buf[0] & 0x40 != 0, self.buf[0] & 0x0f);
+                assert_eq!(self.buf[1] & 0x80, 0, "server frames are never masked");
+                let (len, start) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => (
+                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    n if n < 126 => (n as usize, 2),
+                    _ => (usize::MAX, 0),
+                };
+                if len != usize::MAX && self.buf.len() >= start + len {
+                    let payload = self.buf[start..start + len].to_vec();
+                    self.buf.drain(..start + len);
+                    return (rsv1, opcode, payload);
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            let n = tokio::time::timeout(Duration::from_secs(20), self.stream.read(&mut chunk))
+                .await
+                .expect("a frame within 20 s")
+                .unwrap();
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next text message as JSON, inflated if it came compressed.
+    async fn json(&mut self) -> (bool, Value) {
+        loop {
+            let (rsv1, opcode, payload) = self.frame().await;
+            if opcode != 1 {
+                continue;
+            }
+            let text = if rsv1 {
+                deflate_raw(&payload, false)
+            } else {
+                payload
+            };
+            return (rsv1, serde_json::from_slice(&text).unwrap());
+        }
+    }
+
+    /// Sends `text` as one masked text frame, compressed when `compress`.
+    async fn send(&mut self, text: &str, compress: bool) {
+        use tokio::io::AsyncWriteExt;
+        let payload = if compress {
+            deflate_raw(text.as_bytes(), true)
+        } else {
+            text.as_bytes().to_vec()
+        };
+        let mask = [7u8, 13, 21, 42];
+        let mut frame = vec![if compress { 0xC1 } else { 0x81 }];
+        assert!(payload.len() < 126);
+        frame.push(0x80 | payload.len() as u8);
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).await.unwrap();
+    }
+}
+
+/// Raw deflate as RFC 7692 frames it: compress and strip the sync-flush
+/// tail, or put the tail back and inflate.
+fn deflate_raw(data: &[u8], compress: bool) -> Vec<u8> {
+    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+    let mut out = Vec::with_capacity(data.len() * 8 + 1024);
+    if compress {
+        let mut c = Compress::new(Compression::default(), false);
+        c.compress_vec(data, &mut out, FlushCompress::Sync).unwrap();
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        out.truncate(out.len() - 4);
+    } else {
+        let mut input = data.to_vec();
+        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut d = Decompress::new(false);
+        while (d.total_in() as usize) < input.len() {
+            out.reserve(out.capacity().max(65536));
+            let consumed = d.total_in() as usize;
+            d.decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync)
+                .unwrap();
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_are_compressed_when_the_client_negotiates_deflate() {
+    let env = start(SimConfig::default(), quick_hub(), dashboard_config()).await;
+    let (mut c, head) = RawClient::connect(env.server.addr(), "/ws/dashboard").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains(
+            "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+        ),
+        "{head}"
+    );
+    let (compressed, ack) = c.json().await;
+    assert_eq!(ack["type"], "connection");
+    assert!(!compressed, "a small frame is sent as it is");
+    let (rsv1, payload_len, initial) = loop {
+        let (rsv1, opcode, payload) = c.frame().await;
+        if opcode == 1 {
+            let text = if rsv1 {
+                deflate_raw(&payload, false)
+            } else {
+                payload.clone()
+            };
+            break (
+                rsv1,
+                payload.len(),
+                serde_json::from_slice::<Value>(&text).unwrap(),
+            );
+        }
+    };
+    assert_eq!(initial["type"], "initial_state");
+    let text_len = initial.to_string().len();
+    assert!(rsv1, "the {text_len}-byte initial_state is compressed");
+    assert!(
+        payload_len * 3 < text_len,
+        "{payload_len} of {text_len} bytes"
+    );
+    assert_eq!(View::from_initial(&initial), View::of_server(&env, None));
+
+    // A compressed client message is understood as well as a plain one.
+    c.send(r#"{"type":"ping"}"#, true).await;
+    c.send(r#"{"type":"ping"}"#, false).await;
+    let mut pongs = 0;
+    while pongs < 2 {
+        let (_, frame) = c.json().await;
+        if frame["type"] == "pong" {
+            pongs += 1;
+        }
+    }
+
+    // Headlamp's endpoint does not negotiate the extension.
+    let (_, head) = RawClient::connect(env.server.addr(), "/wsMultiplexer").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(!head.contains("sec-websocket-extensions"), "{head}");
+}

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::WebSocket;
+use crate::server::WebSocket;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;

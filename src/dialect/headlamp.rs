@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocket;
+use crate::server::WebSocket;
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::mpsc;

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use axum::extract::ws::WebSocket;
+use crate::server::WebSocket;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};

@@ -4,12 +4,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info};
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
+use super::deflate;
 use super::outbound::{Out, Outbound};
+use super::upgrade::{Stream, WebSocket};
 use crate::metrics::Metrics;
 
 /// A protocol spoken over a connection.
@@ -129,8 +134,14 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
     metrics.connections.get_or_create(&label).inc();
     metrics.connections_opened.get_or_create(&label).inc();
     info!("connection opened");
-    let (sink, mut stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, outbound.clone(), liveness.write_timeout));
+    let compress = socket.compress;
+    let (sink, mut stream) = socket.stream.split();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        outbound.clone(),
+        liveness.write_timeout,
+        compress,
+    ));
     let mut ping = tokio::time::interval(liveness.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
@@ -147,7 +158,7 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
                 Some(Ok(Message::Text(text))) => dialect.on_text(text.as_str()),
                 Some(Ok(Message::Binary(data))) => dialect.on_binary(&data),
                 Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
-                Some(Ok(Message::Ping(_))) => {}
+                Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => {
                     close_reason = "client closed";
                     break;
@@ -206,32 +217,47 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
     info!(reason = close_reason, "connection closed");
 }
 
-fn is_too_big(err: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
-            return true;
-        }
-        source = e.source();
+fn is_too_big(err: &tungstenite::Error) -> bool {
+    matches!(err, tungstenite::Error::Capacity(_))
+}
+
+/// Frames at least this long are sent compressed when the client
+/// negotiated permessage-deflate; shorter ones gain too little to pay for
+/// the deflate header and the CPU.
+const COMPRESS_FROM: usize = 1024;
+
+/// A text message, compressed (RSV1 set) when that was negotiated and
+/// worth it.
+fn text_message(text: String, compress: bool) -> Message {
+    if compress && text.len() >= COMPRESS_FROM {
+        let mut frame = Frame::message(
+            deflate::compress(text.as_bytes()),
+            OpCode::Data(Data::Text),
+            true,
+        );
+        frame.header_mut().rsv1 = true;
+        Message::Frame(frame)
+    } else {
+        Message::Text(text.into())
     }
-    false
 }
 
 async fn write_loop(
-    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut sink: futures::stream::SplitSink<Stream, Message>,
     outbound: Arc<Outbound>,
     write_timeout: Duration,
+    compress: bool,
 ) {
     let mut batch = Vec::new();
     'outer: loop {
         outbound.next_batch(&mut batch).await;
         for out in batch.drain(..) {
             let (msg, last) = match out {
-                Out::Text(frame) => (Message::Text(frame.into_string().into()), false),
+                Out::Text(frame) => (text_message(frame.into_string(), compress), false),
                 Out::Ping => (Message::Ping(Default::default()), false),
                 Out::Close(code, reason) => (
                     Message::Close(Some(CloseFrame {
-                        code,
+                        code: code.into(),
                         reason: reason.into(),
                     })),
                     true,

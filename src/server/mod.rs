@@ -1,16 +1,17 @@
 //! The HTTP server: WebSocket endpoints for each dialect, health and metrics.
 
 pub mod conn;
+mod deflate;
 pub mod outbound;
 mod rest;
 mod status;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -24,6 +25,7 @@ use crate::dialect::{dashboard, headlamp};
 use crate::hub::Hub;
 use conn::Liveness;
 use outbound::QueueLimits;
+pub use upgrade::{WebSocket, WebSocketUpgrade};
 
 /// Limits and timings of client connections.
 #[derive(Clone, Debug)]
@@ -199,7 +201,7 @@ fn tracked<F, Fut>(
     serve: F,
 ) -> Response
 where
-    F: FnOnce(axum::extract::ws::WebSocket) -> Fut + Send + 'static,
+    F: FnOnce(WebSocket) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let token = connections.token();
@@ -228,18 +230,6 @@ fn refuse_upgrade(state: &AppState, headers: &HeaderMap) -> Option<Response> {
         .map(|refused| (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response())
 }
 
-/// Limits a WebSocket to `max` bytes per message, with small buffers:
-/// tungstenite preallocates its read buffer (128 KiB by default) for every
-/// connection and keeps the capacity its write buffer grew to after a
-/// burst; client messages are small, and 16 KiB batches writes well
-/// enough, so idle connections stay cheap.
-fn lean(ws: WebSocketUpgrade, max: usize) -> WebSocketUpgrade {
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024)
-}
-
 /// Seed 002's own paths: `/ws` and the cluster REST API.
 fn notifications_router(state: AppState) -> Router {
     Router::new()
@@ -257,7 +247,7 @@ async fn notifications_ws(
     if let Some(refusal) = refuse_upgrade(&state, &headers) {
         return refusal;
     }
-    let ws = lean(ws, notifications::MAX_MESSAGE);
+    let ws = ws.lean(notifications::MAX_MESSAGE);
     let connections = state.connections.clone();
     tracked(&connections, ws, move |socket| async move {
         notifications::serve(
@@ -299,7 +289,7 @@ async fn dashboard_ws(
             credentials: credentials.clone(),
             resources: resources.clone().unwrap_or_default(),
         });
-    let ws = lean(ws, dashboard::MAX_MESSAGE);
+    let ws = ws.lean(dashboard::MAX_MESSAGE).compression();
     let connections = state.connections.clone();
     tracked(&connections, ws, move |socket| async move {
         dashboard::serve(
@@ -408,7 +398,7 @@ async fn headlamp_ws(
         .requested_protocols()
         .filter_map(|p| p.to_str().ok().map(str::to_string))
         .collect();
-    let mut ws = lean(ws, state.config.max_message_size);
+    let mut ws = ws.lean(state.config.max_message_size);
     if offered.iter().any(|p| p == headlamp::PROTOCOL) {
         ws = ws.protocols([headlamp::PROTOCOL]);
     }

@@ -1,0 +1,583 @@
+//! permessage-deflate (RFC 7692) on top of tungstenite, which has no
+//! extension support of its own.
+//!
+//! kubemux always answers an offer with `server_no_context_takeover` and
+//! `client_no_context_takeover`: every message is compressed on its own.
+//! That costs some ratio, but no connection holds a compressor or a 32 KiB
+//! window between messages, so a thousand idle dashboards stay as cheap as
+//! uncompressed ones; the compressor is one per worker thread.
+//!
+//! Outgoing: [`compress`] produces the payload of a frame whose RSV1 bit
+//! the writer sets. Incoming: [`Inflating`] sits between the socket and
+//! tungstenite, inflates compressed client messages and hands tungstenite
+//! plain frames, so tungstenite's own checks (masking, UTF-8, size limits)
+//! still apply to what the client really sent.
+
+use std::cell::RefCell;
+use std::io::{self, Cursor};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, BytesMut};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use http::HeaderValue;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+/// The extension's name in `Sec-WebSocket-Extensions`.
+const EXTENSION: &str = "permessage-deflate";
+
+/// The negotiated answer kubemux sends.
+pub const RESPONSE: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// The empty stored block a sync flush ends with; RFC 7692 §7.2.1 strips it
+/// from each message and the receiver puts it back.
+const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Whether one of the client's `Sec-WebSocket-Extensions` offers is a
+/// permessage-deflate kubemux can accept.
+///
+/// Offers asking kubemux to compress with a window below 15 bits are
+/// declined (the compressor always uses 32 KiB); unknown or repeated
+/// parameters make an offer invalid, as RFC 7692 §5 requires.
+pub fn accepts<'a>(offers: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
+    offers
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(acceptable_offer)
+}
+
+fn acceptable_offer(offer: &str) -> bool {
+    let mut parts = offer.split(';').map(str::trim);
+    if !parts
+        .next()
+        .is_some_and(|name| name.eq_ignore_ascii_case(EXTENSION))
+    {
+        return false;
+    }
+    let mut seen: Vec<String> = Vec::new();
+    for param in parts {
+        let (name, value) = match param.split_once('=') {
+            Some((n, v)) => (
+                n.trim().to_ascii_lowercase(),
+                Some(v.trim().trim_matches('"')),
+            ),
+            None => (param.to_ascii_lowercase(), None),
+        };
+        if seen.contains(&name) {
+            return false;
+        }
+        let ok = match (name.as_str(), value) {
+            ("server_no_context_takeover" | "client_no_context_takeover", None) => true,
+            ("client_max_window_bits", None) => true,
+            ("client_max_window_bits", Some(bits)) => window_bits(bits).is_some(),
+            ("server_max_window_bits", Some(bits)) => window_bits(bits) == Some(15),
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+        seen.push(name);
+    }
+    true
+}
+
+fn window_bits(value: &str) -> Option<u8> {
+    value.parse().ok().filter(|b| (8..=15).contains(b))
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Compress> = RefCell::new(Compress::new(Compression::fast(), false));
+}
+
+/// The compressed payload of one message (raw deflate, sync-flushed, the
+/// trailing empty block removed).
+///
+/// Level 1: dashboard frames are JSON with long repeated keys, which the
+/// fastest level already shrinks several times; higher levels cost far
+/// more CPU per frame for a few percent.
+pub fn compress(input: &[u8]) -> Vec<u8> {
+    COMPRESSOR.with(|cell| {
+        let mut compressor = cell.borrow_mut();
+        compressor.reset();
+        let mut out = Vec::with_capacity(input.len() / 3 + 64);
+        loop {
+            if out.capacity() - out.len() < 64 {
+                out.reserve(out.capacity().max(1024));
+            }
+            let consumed = compressor.total_in() as usize;
+            // Deflating into a Vec with spare capacity cannot fail.
+            let _ = compressor.compress_vec(&input[consumed..], &mut out, FlushCompress::Sync);
+            // Spare room left after a sync flush means the flush completed.
+            if compressor.total_in() as usize == input.len() && out.len() < out.capacity() {
+                break;
+            }
+        }
+        if out.ends_with(&TAIL) {
+            out.truncate(out.len() - TAIL.len());
+        }
+        out
+    })
+}
+
+/// What [`Inflating`] is doing with the bytes after the last frame header.
+enum State {
+    /// Expecting a frame header.
+    Header,
+    /// Copying `remaining` payload bytes of a frame that is passed through.
+    Pass { remaining: u64 },
+    /// Collecting `remaining` bytes of a compressed message's frame.
+    Collect {
+        remaining: u64,
+        mask: [u8; 4],
+        offset: usize,
+        fin: bool,
+    },
+    /// The client broke the extension's rules; everything after is dropped
+    /// and tungstenite sees the frame that makes it close the connection.
+    Failed,
+}
+
+/// A socket reader that inflates permessage-deflate client messages into
+/// plain frames, or passes everything through when compression was not
+/// negotiated.
+///
+/// A compressed message that inflates beyond `max_message` bytes is
+/// replaced by a frame header announcing `max_message + 1` bytes, so
+/// tungstenite rejects it exactly like an oversized plain message (1009)
+/// without kubemux ever holding more than the limit.
+pub struct Inflating<S> {
+    inner: S,
+    enabled: bool,
+    max_message: usize,
+    raw: BytesMut,
+    ready: BytesMut,
+    state: State,
+    /// Opcode of the compressed message being collected, if any.
+    message: Option<OpCode>,
+    compressed: Vec<u8>,
+}
+
+impl<S> Inflating<S> {
+    /// Wraps `inner`; with `enabled` false every read goes straight through.
+    pub fn new(inner: S, enabled: bool, max_message: usize) -> Self {
+        Inflating {
+            inner,
+            enabled,
+            max_message,
+            raw: BytesMut::new(),
+            ready: BytesMut::new(),
+            state: State::Header,
+            message: None,
+            compressed: Vec::new(),
+        }
+    }
+
+    /// Turns as many raw bytes as possible into plain frame bytes.
+    fn transcode(&mut self) {
+        loop {
+            match self.state {
+                State::Failed => {
+                    self.raw.clear();
+                    return;
+                }
+                State::Header => {
+                    let mut cursor = Cursor::new(&self.raw[..]);
+                    let (header, len) = match FrameHeader::parse(&mut cursor) {
+                        Ok(Some(parsed)) => parsed,
+                        Ok(None) => return,
+                        Err(_) => {
+                            // Let tungstenite see (and reject) the bad header itself.
+                            self.pass_rest();
+                            return;
+                        }
+                    };
+                    let header_len = cursor.position() as usize;
+                    match self.classify(&header) {
+                        Frame::Plain => {
+                            self.ready.extend_from_slice(&self.raw[..header_len]);
+                            self.raw.advance(header_len);
+                            self.state = State::Pass { remaining: len };
+                        }
+                        Frame::Compressed => {
+                            self.raw.advance(header_len);
+                            if self.compressed.len() as u64 + len > self.max_message as u64 {
+                                self.fail_oversized(header.opcode);
+                                continue;
+                            }
+                            self.state = State::Collect {
+                                remaining: len,
+                                mask: header.mask.unwrap_or_default(),
+                                offset: 0,
+                                fin: header.is_final,
+                            };
+                        }
+                    }
+                }
+                State::Pass { remaining } => {
+                    if self.raw.is_empty() && remaining > 0 {
+                        return;
+                    }
+                    let n = remaining.min(self.raw.len() as u64) as usize;
+                    self.ready.extend_from_slice(&self.raw[..n]);
+                    self.raw.advance(n);
+                    let remaining = remaining - n as u64;
+                    self.state = if remaining == 0 {
+                        State::Header
+                    } else {
+                        State::Pass { remaining }
+                    };
+                }
+                State::Collect {
+                    remaining,
+                    mask,
+                    offset,
+                    fin,
+                } => {
+                    if self.raw.is_empty() && remaining > 0 {
+                        return;
+                    }
+                    let n = remaining.min(self.raw.len() as u64) as usize;
+                    self.compressed.extend(
+                        self.raw[..n]
+                            .iter()
+                            .enumerate()
+                            .map(|(i, b)| b ^ mask[(offset + i) % 4]),
+                    );
+                    self.raw.advance(n);
+                    let remaining = remaining - n as u64;
+                    if remaining > 0 {
+                        self.state = State::Collect {
+                            remaining,
+                            mask,
+                            offset: offset + n,
+                            fin,
+                        };
+                        continue;
+                    }
+                    self.state = State::Header;
+                    if fin {
+                        self.finish_message();
+                    }
+                }
+            }
+        }
+    }
+
+    fn classify(&mut self, header: &FrameHeader) -> Frame {
+        match header.opcode {
+            OpCode::Data(Data::Text | Data::Binary) if header.rsv1 && self.message.is_none() => {
+                self.message = Some(header.opcode);
+                Frame::Compressed
+            }
+            OpCode::Data(Data::Continue) if !header.rsv1 && self.message.is_some() => {
+                Frame::Compressed
+            }
+            _ => Frame::Plain,
+        }
+    }
+
+    /// Inflates the collected message and queues it as one plain frame.
+    fn finish_message(&mut self) {
+        let opcode = self.message.take().unwrap_or(OpCode::Data(Data::Text));
+        self.compressed.extend_from_slice(&TAIL);
+        let inflated = inflate(&self.compressed, self.max_message);
+        self.compressed = Vec::new();
+        match inflated {
+            Some(payload) if payload.len() <= self.max_message => {
+                self.queue_frame(opcode, payload.len() as u64);
+                self.ready.extend_from_slice(&payload);
+            }
+            Some(_) => self.fail_oversized(opcode),
+            None => self.fail_corrupt(),
+        }
+    }
+
+    /// Queues a masked (with the all-zero key, so the payload is unchanged)
+    /// final frame header of `len` bytes.
+    fn queue_frame(&mut self, opcode: OpCode, len: u64) {
+        let header = FrameHeader {
+            is_final: true,
+            rsv1: false,
+            rsv2: false,
+            rsv3: false,
+            opcode,
+            mask: Some([0; 4]),
+        };
+        let mut out = Vec::with_capacity(14);
+        // Formatting into a Vec cannot fail.
+        let _ = header.format(len, &mut out);
+        self.ready.extend_from_slice(&out);
+    }
+
+    fn fail_oversized(&mut self, opcode: OpCode) {
+        self.queue_frame(opcode, self.max_message as u64 + 1);
+        self.state = State::Failed;
+        self.compressed = Vec::new();
+    }
+
+    /// A compressed message that does not inflate: tungstenite gets a
+    /// frame with the RSV1 bit set, which it rejects as a protocol error.
+    fn fail_corrupt(&mut self) {
+        self.ready.put_u8(0xC1);
+        self.ready.put_u8(0x80);
+        self.ready.extend_from_slice(&[0; 4]);
+        self.state = State::Failed;
+    }
+
+    fn pass_rest(&mut self) {
+        self.ready.extend_from_slice(&self.raw);
+        self.raw.clear();
+        self.state = State::Failed;
+    }
+}
+
+/// How [`Inflating`] treats a frame.
+enum Frame {
+    Plain,
+    Compressed,
+}
+
+/// Inflates a raw deflate message, stopping one byte past `max` so a
+/// decompression bomb costs at most the limit. `None` if it is corrupt.
+fn inflate(input: &[u8], max: usize) -> Option<Vec<u8>> {
+    let mut decompressor = Decompress::new(false);
+    let mut out = Vec::with_capacity((input.len() * 4).min(max + 1));
+    loop {
+        if out.len() > max {
+            return Some(out);
+        }
+        if out.len() == out.capacity() {
+            out.reserve((max + 1 - out.len()).min(out.capacity().max(1024)));
+        }
+        let before = (decompressor.total_in(), out.len());
+        let consumed = before.0 as usize;
+        match decompressor.decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync) {
+            Err(_) => return None,
+            Ok(Status::StreamEnd) => return Some(out),
+            Ok(_)
+                if decompressor.total_in() as usize == input.len()
+                    && out.len() < out.capacity() =>
+            {
+                return Some(out);
+            }
+            Ok(_) if (decompressor.total_in(), out.len()) == before => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.enabled {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.advance(n);
+                if this.ready.is_empty() {
+                    this.ready = BytesMut::new();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 4096];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    this.raw.extend_from_slice(read.filled());
+                    this.transcode();
+                    if this.raw.is_empty() {
+                        this.raw = BytesMut::new();
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Inflating<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tungstenite::protocol::frame::coding::Control;
+
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut out = vec![first];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    async fn read_all(wire: Vec<u8>, max: usize) -> Vec<u8> {
+        let mut reader = Inflating::new(Cursor::new(wire), true, max);
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await.expect("read");
+        out
+    }
+
+    fn plain(frames: &[u8]) -> Vec<(FrameHeader, Vec<u8>)> {
+        let mut cursor = Cursor::new(frames);
+        let mut out = Vec::new();
+        while let Some((header, len)) = FrameHeader::parse(&mut cursor).expect("header") {
+            let start = cursor.position() as usize;
+            let end = (start + len as usize).min(frames.len());
+            let mask = header.mask.unwrap_or_default();
+            let payload = frames[start..end]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            cursor.set_position(end as u64);
+            out.push((header, payload));
+            if end == frames.len() {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn offers_are_parsed_like_rfc_7692() {
+        let accept = |s: &str| accepts([&HeaderValue::from_str(s).expect("header")]);
+        assert!(accept("permessage-deflate"));
+        assert!(accept("permessage-deflate; client_max_window_bits"));
+        assert!(accept(
+            "x-webkit-deflate-frame, permessage-deflate; client_max_window_bits=10"
+        ));
+        assert!(accept(
+            "permessage-deflate; server_max_window_bits=15; server_no_context_takeover"
+        ));
+        assert!(!accept("permessage-deflate; server_max_window_bits=10"));
+        assert!(!accept("permessage-deflate; client_max_window_bits=16"));
+        assert!(!accept("permessage-deflate; mystery"));
+        assert!(!accept(
+            "permessage-deflate; client_no_context_takeover; client_no_context_takeover"
+        ));
+        assert!(!accept("x-webkit-deflate-frame"));
+        assert!(!accepts(&[]));
+    }
+
+    #[test]
+    fn compressed_messages_inflate_to_their_input() {
+        let text = br#"{"type":"pod_event","action":"MODIFIED","pod":{"name":"web-1"}}"#.repeat(40);
+        let compressed = compress(&text);
+        assert!(
+            compressed.len() < text.len() / 5,
+            "{} bytes",
+            compressed.len()
+        );
+        let mut again = compressed.clone();
+        again.extend_from_slice(&TAIL);
+        assert_eq!(inflate(&again, 1 << 20).expect("inflates"), text);
+        // The compressor is reset between messages (no context takeover).
+        assert_eq!(compress(&text), compressed);
+        assert!(inflate(&[0xff, 0xff, 0xff, 0xff, 0xff], 1024).is_none());
+    }
+
+    #[tokio::test]
+    async fn reader_inflates_fragmented_messages_around_control_frames() {
+        let text = b"{\"type\":\"ping\"}".repeat(20);
+        let compressed = compress(&text);
+        let (a, b) = compressed.split_at(compressed.len() / 2);
+        let mut wire = client_frame(0x41, a); // text, rsv1, not final
+        wire.extend(client_frame(0x89, b"p")); // ping in between
+        wire.extend(client_frame(0x80, b)); // final continuation
+        wire.extend(client_frame(0x81, b"plain")); // uncompressed text
+        let frames = plain(&read_all(wire, 1 << 20).await);
+        let summary: Vec<(bool, bool, OpCode, Vec<u8>)> = frames
+            .into_iter()
+            .map(|(h, p)| (h.is_final, h.rsv1, h.opcode, p))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (true, false, OpCode::Control(Control::Ping), b"p".to_vec()),
+                (true, false, OpCode::Data(Data::Text), text),
+                (true, false, OpCode::Data(Data::Text), b"plain".to_vec()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_decompression_bomb_becomes_an_oversized_frame() {
+        let bomb = compress(&vec![b'a'; 100_000]);
+        let out = read_all(client_frame(0xC1, &bomb), 1000).await;
+        let (header, len) = FrameHeader::parse(&mut Cursor::new(&out[..]))
+            .expect("header")
+            .expect("complete");
+        assert_eq!((header.opcode, len), (OpCode::Data(Data::Text), 1001));
+        assert_eq!(out.len(), header.len(len), "no payload follows the header");
+    }
+
+    #[tokio::test]
+    async fn corrupt_compressed_data_is_refused_not_passed_on() {
+        let out = read_all(client_frame(0xC1, &[0xff; 16]), 1000).await;
+        let (header, _) = FrameHeader::parse(&mut Cursor::new(&out[..]))
+            .expect("header")
+            .expect("complete");
+        assert!(header.rsv1, "tungstenite must see a frame it rejects");
+    }
+
+    #[tokio::test]
+    async fn disabled_reader_passes_bytes_unchanged() {
+        let wire = client_frame(0xC1, b"anything");
+        let mut reader = Inflating::new(Cursor::new(wire.clone()), false, 10);
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await.expect("read");
+        assert_eq!(out, wire);
+    }
+}
