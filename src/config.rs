@@ -21,6 +21,7 @@ use crate::hub::{HistoryLimits, HubConfig};
 use crate::metrics::Metrics;
 use crate::server::ServerConfig;
 use crate::server::conn::Liveness;
+use crate::server::limits::Limits;
 use crate::server::outbound::QueueLimits;
 use crate::upstream::UpstreamConfig;
 
@@ -102,6 +103,24 @@ pub struct ProxyArgs {
     /// Interval of the dashboard stream's metrics messages, 1s to 10m [default: 10s].
     #[arg(long, env = "KUBEMUX_DASHBOARD_METRICS_INTERVAL", value_parser = parse_duration)]
     pub dashboard_metrics_interval: Option<Duration>,
+    /// Open TCP connections from one client address; more are answered 429, 1 to 1000000 [default: 1024].
+    #[arg(long, env = "KUBEMUX_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<u64>,
+    /// A client must send its whole request head (the WebSocket handshake) within this long; also the idle limit of HTTP keep-alive connections, 1s to 10m [default: 10s].
+    #[arg(long, env = "KUBEMUX_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// A Headlamp connection with nothing subscribed that sends nothing for this long is closed; 0s never closes, 0s to 24h [default: 10m].
+    #[arg(long, env = "KUBEMUX_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Client messages per second per connection (CLOSE always passes); more get an ERROR and are not processed, 1 to 100000 [default: 100].
+    #[arg(long, env = "KUBEMUX_MESSAGE_RATE")]
+    pub message_rate: Option<u64>,
+    /// Burst of client messages above --message-rate, 1 to 100000 [default: 500].
+    #[arg(long, env = "KUBEMUX_MESSAGE_BURST")]
+    pub message_burst: Option<u64>,
+    /// Bytes all outbound queues may hold together; beyond it connections with a backlog are cut and new WebSockets get 503, 1 MiB to 1 TiB [default: 2147483648].
+    #[arg(long, env = "KUBEMUX_QUEUE_MEMORY_BUDGET")]
+    pub queue_memory_budget: Option<u64>,
     /// Cluster notifications: updates to one cluster closer together than this are merged, 0s to 1m [default: 1s].
     #[arg(long, env = "KUBEMUX_NOTIFICATIONS_DEBOUNCE", value_parser = parse_duration)]
     pub notifications_debounce: Option<Duration>,
@@ -141,6 +160,12 @@ struct FileConfig {
     notifications_debounce: Option<String>,
     dashboard_listen: Option<String>,
     dashboard_metrics_interval: Option<String>,
+    max_connections_per_address: Option<u64>,
+    handshake_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    message_rate: Option<u64>,
+    message_burst: Option<u64>,
+    queue_memory_budget: Option<u64>,
 }
 
 /// Why the configuration was rejected.
@@ -226,6 +251,18 @@ pub struct Settings {
     pub dashboard_listen: Option<SocketAddr>,
     /// Dashboard metrics interval.
     pub dashboard_metrics_interval: Duration,
+    /// Open connections per client address.
+    pub max_connections_per_address: u64,
+    /// Deadline for a request head.
+    pub handshake_timeout: Duration,
+    /// Idle Headlamp connections are closed after this (zero: never).
+    pub idle_timeout: Duration,
+    /// Client messages per second per connection.
+    pub message_rate: u64,
+    /// Burst above the message rate.
+    pub message_burst: u64,
+    /// Bytes of all outbound queues together.
+    pub queue_memory_budget: u64,
 }
 
 impl Default for Settings {
@@ -254,6 +291,12 @@ impl Default for Settings {
             notifications_debounce: Duration::from_secs(1),
             dashboard_listen: None,
             dashboard_metrics_interval: Duration::from_secs(10),
+            max_connections_per_address: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            message_rate: 100,
+            message_burst: 500,
+            queue_memory_budget: 2 << 30,
         }
     }
 }
@@ -528,6 +571,52 @@ impl Settings {
                 Duration::ZERO..=secs(60),
                 "0s to 1m",
             )?,
+            max_connections_per_address: check_int(
+                "max_connections_per_address",
+                args.max_connections_per_address
+                    .or(file.max_connections_per_address)
+                    .unwrap_or(d.max_connections_per_address),
+                1..=1_000_000,
+                "1 to 1000000",
+            )?,
+            handshake_timeout: dur(
+                args.handshake_timeout,
+                "handshake_timeout",
+                file.handshake_timeout,
+                d.handshake_timeout,
+                secs(1)..=secs(600),
+                "1s to 10m",
+            )?,
+            idle_timeout: dur(
+                args.idle_timeout,
+                "idle_timeout",
+                file.idle_timeout,
+                d.idle_timeout,
+                Duration::ZERO..=secs(86_400),
+                "0s (never) to 24h",
+            )?,
+            message_rate: check_int(
+                "message_rate",
+                args.message_rate.or(file.message_rate).unwrap_or(d.message_rate),
+                1..=100_000,
+                "1 to 100000",
+            )?,
+            message_burst: check_int(
+                "message_burst",
+                args.message_burst
+                    .or(file.message_burst)
+                    .unwrap_or(d.message_burst),
+                1..=100_000,
+                "1 to 100000",
+            )?,
+            queue_memory_budget: check_int(
+                "queue_memory_budget",
+                args.queue_memory_budget
+                    .or(file.queue_memory_budget)
+                    .unwrap_or(d.queue_memory_budget),
+                1 << 20..=1 << 40,
+                "1048576 to 1099511627776 bytes",
+            )?,
         })
     }
 
@@ -573,6 +662,15 @@ impl Settings {
                 .map(|a| format!("dashboard_listen = \"{a}\"\n"))
                 .unwrap_or_default(),
             d(self.dashboard_metrics_interval)
+        ) + &format!(
+            "max_connections_per_address = {}\nhandshake_timeout = \"{}\"\nidle_timeout = \"{}\"\n\
+             message_rate = {}\nmessage_burst = {}\nqueue_memory_budget = {}\n",
+            self.max_connections_per_address,
+            d(self.handshake_timeout),
+            d(self.idle_timeout),
+            self.message_rate,
+            self.message_burst,
+            self.queue_memory_budget,
         )
     }
 
@@ -598,11 +696,20 @@ impl Settings {
             queue: QueueLimits {
                 max_bytes: self.queue_max_bytes as usize,
                 max_frames: self.queue_max_frames as usize,
+                budget: self.queue_memory_budget as usize,
             },
             liveness: Liveness {
                 ping_interval: self.ping_interval,
                 pong_timeout: self.pong_timeout,
+                idle_timeout: Some(self.idle_timeout).filter(|t| !t.is_zero()),
                 ..Liveness::default()
+            },
+            limits: Limits {
+                connections_per_address: self.max_connections_per_address as usize,
+                handshake_timeout: self.handshake_timeout,
+                message_rate: self.message_rate as f64,
+                message_burst: self.message_burst as f64,
+                queue_budget: self.queue_memory_budget as usize,
             },
             origins: OriginPolicy::new(self.allowed_origins.clone()),
             policy: self.policy(metrics),

@@ -39,6 +39,13 @@ pub struct AuthLabel {
     pub outcome: &'static str,
 }
 
+/// Label for refusals by an abuse limit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// The limit's name (see `server::limits::limit`).
+    pub limit: &'static str,
+}
+
 /// Every metric kubemux exports.
 pub struct Metrics {
     registry: Registry,
@@ -73,6 +80,8 @@ pub struct Metrics {
     pub queue_bytes: Gauge,
     /// Auth decisions (shared mode) by kind and outcome, cache hits included.
     pub auth_decisions: Family<AuthLabel, Counter>,
+    /// Connections, messages and frames refused by an abuse limit.
+    pub limit_refusals: Family<LimitLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -102,6 +111,7 @@ impl Metrics {
             frames_dropped: Counter::default(),
             queue_bytes: Gauge::default(),
             auth_decisions: Family::default(),
+            limit_refusals: Family::default(),
         };
         registry.register(
             "connections",
@@ -174,6 +184,11 @@ impl Metrics {
             "TokenReview and SubjectAccessReview outcomes, and answers served from the cache",
             m.auth_decisions.clone(),
         );
+        registry.register(
+            "limit_refusals",
+            "Connections, messages and frames refused by an abuse limit, by limit",
+            m.limit_refusals.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -187,6 +202,11 @@ impl Metrics {
     /// The per-dialect label value.
     pub fn dialect(dialect: &'static str) -> DialectLabel {
         DialectLabel { dialect }
+    }
+
+    /// Counts one refusal by `limit`.
+    pub fn refused(&self, limit: &'static str) {
+        self.limit_refusals.get_or_create(&LimitLabel { limit }).inc();
     }
 
     /// Prometheus text exposition of every metric.

@@ -254,6 +254,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_get_everything() {
             queue: QueueLimits {
                 max_bytes: 1 << 20,
                 max_frames: 4096,
+                ..QueueLimits::default()
             },
             ..ServerConfig::default()
         },

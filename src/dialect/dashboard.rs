@@ -25,12 +25,14 @@ use crate::auth::review::{ReviewError, Reviewer};
 use crate::hub::ResourcePath;
 use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
 use crate::server::ServerConfig;
+use crate::server::limits::TokenBucket;
 use crate::server::conn::{self, ConnContext, Dialect, Liveness};
 use crate::server::outbound::{Frame, Outbound};
 use crate::upstream::event::{EventType, WatchEvent};
 
 /// Seed 001's heartbeat: a ping every 30 s, 10 s to answer.
 pub const LIVENESS: Liveness = Liveness {
+    idle_timeout: None,
     ping_interval: Duration::from_secs(30),
     pong_timeout: Duration::from_secs(10),
     write_timeout: Duration::from_secs(10),
@@ -130,8 +132,8 @@ struct Dashboard {
     pods: BTreeMap<String, PodView>,
     namespaces: BTreeMap<String, NamespaceView>,
     wanted_namespaces: Option<BTreeSet<String>>,
-    tokens: f64,
-    refilled: Instant,
+    /// The seed's rate limit for messages to the client.
+    bucket: TokenBucket,
     batch: Vec<Value>,
     batch_bytes: usize,
     metrics_every: Duration,
@@ -148,17 +150,9 @@ struct ClientMessage {
 }
 
 impl Dashboard {
-    fn refill(&mut self) {
-        let elapsed = self.refilled.elapsed().as_secs_f64();
-        self.refilled = Instant::now();
-        self.tokens = (self.tokens + elapsed * PER_SECOND).min(BURST);
-    }
-
     /// Sends a rate-limited message now, or queues it into the batch.
     fn emit(&mut self, message: Value) {
-        self.refill();
-        if self.batch.is_empty() && self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.batch.is_empty() && self.bucket.try_take() {
             self.outbound.push_forced(Frame::text(message.to_string()));
             return;
         }
@@ -179,11 +173,9 @@ impl Dashboard {
     }
 
     fn flush(&mut self) {
-        self.refill();
-        if self.batch.is_empty() || self.tokens < 1.0 {
+        if self.batch.is_empty() || !self.bucket.try_take() {
             return;
         }
-        self.tokens -= 1.0;
         let events = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         let count = events.len();
@@ -467,8 +459,7 @@ pub async fn serve(
         pods: BTreeMap::new(),
         namespaces: BTreeMap::new(),
         wanted_namespaces: wanted.clone(),
-        tokens: BURST,
-        refilled: Instant::now(),
+        bucket: TokenBucket::new(PER_SECOND, BURST),
         batch: Vec::new(),
         batch_bytes: 0,
         metrics_every: config.dashboard_metrics_interval,

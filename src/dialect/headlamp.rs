@@ -27,6 +27,7 @@ use crate::hub::{
 };
 use crate::server::ServerConfig;
 use crate::server::conn::{self, ConnContext, Dialect};
+use crate::server::limits::{TokenBucket, limit};
 use crate::server::outbound::{Frame, Outbound};
 use crate::upstream::event::WatchEvent;
 
@@ -56,6 +57,8 @@ pub async fn serve(
         subs: HashMap::new(),
         next_token: 1,
         max_subscriptions: config.max_subscriptions,
+        messages: TokenBucket::new(config.limits.message_rate, config.limits.message_burst),
+        rate: (config.limits.message_rate, config.limits.message_burst),
     };
     let ctx = ConnContext {
         dialect: "headlamp",
@@ -108,6 +111,11 @@ struct Headlamp {
     subs: HashMap<SubKey, Slot>,
     next_token: u64,
     max_subscriptions: usize,
+    /// Client messages other than CLOSE spend a token; CLOSE only ever
+    /// lowers the load, so it is always honoured.
+    messages: TokenBucket,
+    /// The bucket's rate and burst, for the refusal's message.
+    rate: (f64, f64),
 }
 
 #[derive(Deserialize)]
@@ -132,6 +140,17 @@ impl Dialect for Headlamp {
         } else {
             Err("not an object".to_string())
         };
+        let closing = matches!(&parsed, Ok(m) if m.kind.as_deref() == Some("CLOSE"));
+        if !closing && !self.messages.try_take() {
+            return match &parsed {
+                Ok(m) => self.rate_limited(
+                    m.cluster_id.as_deref().unwrap_or_default(),
+                    m.path.as_deref().unwrap_or_default(),
+                    m.query.as_deref().unwrap_or_default(),
+                ),
+                Err(_) => self.rate_limited("", "", ""),
+            };
+        }
         let msg = match parsed {
             Ok(m) => m,
             Err(e) => {
@@ -172,6 +191,9 @@ impl Dialect for Headlamp {
     }
 
     fn on_binary(&mut self, _data: &[u8]) {
+        if !self.messages.try_take() {
+            return self.rate_limited("", "", "");
+        }
         self.error_frame(
             "",
             "",
@@ -214,6 +236,10 @@ impl Dialect for Headlamp {
 
     fn tick_interval(&self) -> Option<Duration> {
         self.policy.review().map(|(_, every)| every)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.subs.is_empty()
     }
 
     /// Re-authorises every live subscription (`shared` mode), bypassing the
@@ -371,11 +397,29 @@ impl Headlamp {
         self.outbound.push_forced(complete_frame(&head));
     }
 
+    /// Answers a bad client message. The answer is queued like an event,
+    /// within the connection's bounds: a client that floods bad messages
+    /// without reading the answers is disconnected (1008) rather than
+    /// allowed to grow its queue.
     fn error_frame(&self, cluster: &str, path: &str, query: &str, message: &str) {
-        self.outbound.push_forced(error_frame(
-            &Bytes::from(head(cluster, path, query)),
-            message,
-        ));
+        let frame = error_frame(&Bytes::from(head(cluster, path, query)), message);
+        if self.outbound.push(frame).is_err() {
+            self.outbound
+                .close_with(conn::close::POLICY, "too many unread error messages");
+        }
+    }
+
+    fn rate_limited(&self, cluster: &str, path: &str, query: &str) {
+        self.hub.metrics().refused(limit::MESSAGE_RATE);
+        let (rate, burst) = self.rate;
+        self.error_frame(
+            cluster,
+            path,
+            query,
+            &format!(
+                "rate limited: more than {rate} messages a second (bursts of {burst}) on this connection; this message was not processed, send it again later"
+            ),
+        );
     }
 }
 

@@ -28,6 +28,7 @@ use crate::upstream::event::{EventType, WatchEvent};
 /// Seed 002's connection parameters: ping every 54 s, 60 s to answer,
 /// 10 s write deadline; incoming messages over 512 bytes close with 1009.
 pub const LIVENESS: Liveness = Liveness {
+    idle_timeout: None,
     ping_interval: Duration::from_secs(54),
     pong_timeout: Duration::from_secs(6),
     write_timeout: Duration::from_secs(10),

@@ -34,6 +34,12 @@ pub trait Dialect: Send + 'static {
     }
     /// Periodic work (re-checks, batches, metrics).
     fn on_tick(&mut self) {}
+    /// Whether the connection serves nothing (no subscription), so that
+    /// silence from the client for [`Liveness::idle_timeout`] closes it.
+    /// Listen-only dialects are never idle.
+    fn is_idle(&self) -> bool {
+        false
+    }
 }
 
 /// Where a dialect's notices come from: a bounded or unbounded channel.
@@ -65,6 +71,10 @@ pub struct Liveness {
     /// A single write blocked for longer than this means the client is gone
     /// or stuck; the connection is closed.
     pub write_timeout: Duration,
+    /// A connection that [is idle](Dialect::is_idle) and has sent no
+    /// message for this long is closed (checked at each ping), so
+    /// abandoned sockets do not pile up. `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Liveness {
@@ -73,6 +83,7 @@ impl Default for Liveness {
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -146,6 +157,7 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut last_pong = Instant::now();
+    let mut last_message = Instant::now();
     let mut dialect_tick = dialect.tick_interval().map(|every| {
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -155,8 +167,14 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
     loop {
         tokio::select! {
             msg = stream.next() => match msg {
-                Some(Ok(Message::Text(text))) => dialect.on_text(text.as_str()),
-                Some(Ok(Message::Binary(data))) => dialect.on_binary(&data),
+                Some(Ok(Message::Text(text))) => {
+                    last_message = Instant::now();
+                    dialect.on_text(text.as_str());
+                }
+                Some(Ok(Message::Binary(data))) => {
+                    last_message = Instant::now();
+                    dialect.on_binary(&data);
+                }
                 Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
                 Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => {
@@ -185,6 +203,15 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
                 if last_pong.elapsed() > liveness.ping_interval + liveness.pong_timeout {
                     outbound.close_with(close::POLICY, "no pong received");
                     close_reason = "pong timeout";
+                    break;
+                }
+                if liveness
+                    .idle_timeout
+                    .is_some_and(|idle| dialect.is_idle() && last_message.elapsed() >= idle)
+                {
+                    metrics.refused(super::limits::limit::IDLE_TIMEOUT);
+                    outbound.close_with(close::NORMAL, "idle: nothing subscribed and no message received");
+                    close_reason = "idle timeout";
                     break;
                 }
                 outbound.ping();

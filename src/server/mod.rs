@@ -2,6 +2,8 @@
 
 pub mod conn;
 mod deflate;
+pub mod limits;
+mod listener;
 pub mod outbound;
 mod rest;
 mod status;
@@ -53,6 +55,8 @@ pub struct ServerConfig {
     pub dashboard_listen: Option<SocketAddr>,
     /// Interval of the dashboard stream's `metrics` messages.
     pub dashboard_metrics_interval: std::time::Duration,
+    /// Abuse limits.
+    pub limits: limits::Limits,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +73,7 @@ impl Default for ServerConfig {
             notifications_listen: None,
             dashboard_listen: None,
             dashboard_metrics_interval: std::time::Duration::from_secs(10),
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -117,6 +122,17 @@ impl Server {
         let connections = tokio_util::task::TaskTracker::new();
         let probes = hub.clusters().spawn_health_probes(config.health_interval);
         let feed = Feed::new(hub.clone(), config.notifications_debounce);
+        let accept = listener::Accept {
+            admission: limits::Admission::new(
+                config.limits.connections_per_address,
+                hub.metrics().clone(),
+            ),
+            handshake_timeout: config.limits.handshake_timeout,
+            metrics: hub.metrics().clone(),
+        };
+        let spawn_serve = |listener: TcpListener, app: Router| {
+            tokio::spawn(listener::serve(listener, app, accept.clone(), rx.clone()))
+        };
         let state = AppState {
             hub: hub.clone(),
             config: Arc::new(config),
@@ -124,22 +140,18 @@ impl Server {
             connections: connections.clone(),
             feed,
         };
-        let mut tasks = vec![spawn_serve(listener, router(state.clone()), rx.clone())];
+        let mut tasks = vec![spawn_serve(listener, router(state.clone()))];
         let mut extra_addrs = Vec::new();
         if let Some(listener) = extra {
             extra_addrs.push(listener.local_addr()?);
-            tasks.push(spawn_serve(
-                listener,
-                notifications_router(state.clone()),
-                rx.clone(),
-            ));
+            tasks.push(spawn_serve(listener, notifications_router(state.clone())));
         }
         if let Some(listener) = dashboard {
             extra_addrs.push(listener.local_addr()?);
             let app = Router::new()
                 .route("/ws", get(dashboard_ws))
                 .with_state(state);
-            tasks.push(spawn_serve(listener, app, rx));
+            tasks.push(spawn_serve(listener, app));
         }
         Ok(Server {
             addr,
@@ -180,20 +192,6 @@ impl Server {
     }
 }
 
-fn spawn_serve(
-    listener: TcpListener,
-    app: Router,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|v| *v).await;
-            })
-            .await
-    })
-}
-
 /// Upgrades with `serve`, counting the connection so shutdown can wait for it.
 fn tracked<F, Fut>(
     connections: &tokio_util::task::TaskTracker,
@@ -211,13 +209,29 @@ where
     })
 }
 
-/// Refuses an upgrade while shutting down or from a foreign origin.
+/// Refuses an upgrade while shutting down, while the outbound queues are
+/// over their memory budget, or from a foreign origin.
 fn refuse_upgrade(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     if *state.shutdown.borrow() {
         return Some(
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "kubemux is shutting down\n",
+            )
+                .into_response(),
+        );
+    }
+    let queued = state.hub.metrics().queue_bytes.get().max(0) as usize;
+    let budget = state.config.limits.queue_budget;
+    if queued + state.config.queue.behind() > budget {
+        state.hub.metrics().refused(limits::limit::QUEUE_BUDGET);
+        return Some(
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "5")],
+                format!(
+                    "kubemux is over its outbound memory budget ({queued} of {budget} bytes queued for slow clients, --queue-memory-budget); try again shortly\n"
+                ),
             )
                 .into_response(),
         );

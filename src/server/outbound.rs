@@ -80,6 +80,16 @@ pub struct QueueLimits {
     pub max_bytes: usize,
     /// Most frames waiting at once.
     pub max_frames: usize,
+    /// Most bytes waiting in all connections' queues together.
+    pub budget: usize,
+}
+
+impl QueueLimits {
+    /// Bytes queued from which a connection counts as behind: more than a
+    /// few frames in flight.
+    pub fn behind(&self) -> usize {
+        (self.max_bytes / 8).min(64 * 1024)
+    }
 }
 
 impl Default for QueueLimits {
@@ -87,6 +97,7 @@ impl Default for QueueLimits {
         QueueLimits {
             max_bytes: 8 << 20,
             max_frames: 65_536,
+            budget: super::limits::Limits::default().queue_budget,
         }
     }
 }
@@ -134,6 +145,15 @@ impl Outbound {
         }
         if q.bytes + len > self.limits.max_bytes || q.items.len() >= self.limits.max_frames {
             self.metrics.frames_dropped.inc();
+            return Err(Overflow);
+        }
+        // Over the global budget, connections that are behind are cut and
+        // those keeping up (a few frames in flight) are not, so the budget
+        // may be exceeded by at most `behind` bytes per connection.
+        let total = self.metrics.queue_bytes.get().max(0) as usize;
+        if q.bytes >= self.limits.behind() && total + len > self.limits.budget {
+            self.metrics.frames_dropped.inc();
+            self.metrics.refused(super::limits::limit::QUEUE_BUDGET);
             return Err(Overflow);
         }
         self.enqueue(&mut q, Out::Text(frame), len);
@@ -237,6 +257,7 @@ mod tests {
             QueueLimits {
                 max_bytes: 10,
                 max_frames: 100,
+                budget: 1 << 20,
             },
             Arc::new(Metrics::new()),
         );
@@ -244,5 +265,24 @@ mod tests {
         assert_eq!(q.push(Frame::text("123456")), Err(Overflow));
         q.push_forced(Frame::text("error"));
         assert_eq!(q.queued_bytes(), 11);
+    }
+
+    #[test]
+    fn the_global_budget_cuts_connections_that_are_behind() {
+        let metrics = Arc::new(Metrics::new());
+        let limits = QueueLimits {
+            max_bytes: 100,
+            max_frames: 100,
+            budget: 10,
+        };
+        assert_eq!(limits.behind(), 12);
+        let behind = Outbound::new(limits, metrics.clone());
+        let keeping_up = Outbound::new(limits, metrics.clone());
+        assert!(behind.push(Frame::text("12345678901234")).is_ok());
+        assert_eq!(behind.push(Frame::text("1234")), Err(Overflow), "over budget while behind");
+        assert!(keeping_up.push(Frame::text("1234")).is_ok(), "a short queue may still send");
+        assert_eq!(metrics.queue_bytes.get(), 18);
+        let refused = metrics.encode();
+        assert!(refused.contains("kubemux_limit_refusals_total{limit=\"queue_budget\"} 1"), "{refused}");
     }
 }

@@ -12,6 +12,7 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::deflate::{self, Inflating};
+use super::limits::Admitted;
 
 /// The message stream of an upgraded connection.
 pub(super) type Stream = WebSocketStream<Inflating<TokioIo<hyper::upgrade::Upgraded>>>;
@@ -67,6 +68,8 @@ pub struct WebSocketUpgrade {
     deflate_offered: bool,
     deflate: bool,
     config: WebSocketConfig,
+    /// The client address's connection slot, held while the socket lives.
+    admitted: Option<std::sync::Arc<Admitted>>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
@@ -116,6 +119,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
             ),
             deflate: false,
             config: WebSocketConfig::default(),
+            admitted: parts.extensions.remove(),
         })
     }
 }
@@ -180,6 +184,7 @@ impl WebSocketUpgrade {
             protocol,
             deflate,
             config,
+            admitted,
             ..
         } = self;
         let max = config.max_message_size.unwrap_or(usize::MAX);
@@ -198,6 +203,7 @@ impl WebSocketUpgrade {
                 compress: deflate,
             })
             .await;
+            drop(admitted);
         });
         let mut response = (
             StatusCode::SWITCHING_PROTOCOLS,

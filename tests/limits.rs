@@ -1,0 +1,271 @@
+//! Abuse limits over real sockets: connections per address, the handshake
+//! deadline, the idle deadline, the message rate and the outbound memory
+//! budget. Each refusal must be explained to the client and counted.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use kubemux::server::ServerConfig;
+use kubemux::server::conn::Liveness;
+use kubemux::server::limits::Limits;
+use kubemux::server::outbound::QueueLimits;
+use kubemux::sim::SimConfig;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn refusals(env: &Env, limit: &str) -> f64 {
+    metric(
+        &env.hub.metrics().encode(),
+        &format!("kubemux_limit_refusals_total{{limit=\"{limit}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+fn with_limits(limits: Limits) -> ServerConfig {
+    ServerConfig {
+        limits,
+        ..ServerConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_per_address_cap_get_429_until_one_closes() {
+    let env = start(
+        SimConfig::default(),
+        quick_hub(),
+        with_limits(Limits {
+            connections_per_address: 3,
+            ..Limits::default()
+        }),
+    )
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(env.client().await);
+    }
+    let refused = http_get(env.server.addr(), "/healthz").await;
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(
+        refused.contains("too many connections from 127.0.0.1: at most 3 per client address"),
+        "{refused}"
+    );
+    assert!(
+        tokio_tungstenite::connect_async(env.ws_url()).await.is_err(),
+        "a fourth WebSocket is refused too"
+    );
+    assert_eq!(refusals(&env, "connections_per_address"), 2.0);
+
+    // The upgraded sockets hold their slots; closing one frees it.
+    let mut first = open.remove(0);
+    first.ws.close(None).await.unwrap();
+    while first.next().await.is_some() {}
+    let mut ok = String::new();
+    for _ in 0..200 {
+        ok = http_get(env.server.addr(), "/healthz").await;
+        if ok.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_handshake_is_disconnected() {
+    let env = start(
+        SimConfig::default(),
+        quick_hub(),
+        with_limits(Limits {
+            handshake_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        }),
+    )
+    .await;
+    let mut slow = TcpStream::connect(env.server.addr()).await.unwrap();
+    slow.write_all(b"GET /wsMultiplexer HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, slow.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the socket");
+    assert!(
+        read.is_err() || !String::from_utf8_lossy(&rest).contains("101"),
+        "never upgraded"
+    );
+    env.eventually("the timeout is counted", || {
+        refusals(&env, "handshake_timeout") == 1.0
+    })
+    .await;
+    // A prompt client is unaffected.
+    let mut fine = env.client().await;
+    fine.request("/api/v1/namespaces", "watch=1").await;
+    assert_eq!(fine.event().await.1["type"], "ADDED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_and_a_subscribed_one_is_not() {
+    let env = start(
+        SimConfig::default(),
+        quick_hub(),
+        ServerConfig {
+            liveness: Liveness {
+                ping_interval: Duration::from_millis(100),
+                idle_timeout: Some(Duration::from_millis(500)),
+                ..Liveness::default()
+            },
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let mut idle = env.client().await;
+    let mut busy = env.client().await;
+    busy.request("/api/v1/namespaces", "watch=1").await;
+    assert_eq!(busy.event().await.1["type"], "ADDED");
+    let close = loop {
+        match tokio::time::timeout(PATIENCE, futures::StreamExt::next(&mut idle.ws))
+            .await
+            .expect("the idle socket is closed")
+        {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let close = close.expect("a close frame with a reason");
+    assert_eq!(u16::from(close.code), 1000);
+    assert!(close.reason.contains("idle"), "{}", close.reason);
+    assert_eq!(refusals(&env, "idle_timeout"), 1.0);
+    // Several idle periods later the subscribed connection still works.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    busy.request("/api/v1/nodes", "watch=1").await;
+    while busy.event().await.0["path"] != "/api/v1/nodes" {}
+    assert_eq!(refusals(&env, "idle_timeout"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_beyond_the_rate_get_an_error_each_and_close_always_passes() {
+    let env = start(
+        SimConfig::default(),
+        quick_hub(),
+        with_limits(Limits {
+            message_rate: 0.05,
+            message_burst: 3.0,
+            ..Limits::default()
+        }),
+    )
+    .await;
+    let mut c = env.client().await;
+    const SENT: usize = 10;
+    for i in 0..SENT {
+        c.request(&format!("/api/v1/namespaces/ns-{i}/pods"), "watch=1")
+            .await;
+    }
+    // CLOSE is honoured even with the bucket empty.
+    c.close("/api/v1/namespaces/ns-0/pods", "watch=1").await;
+    let mut limited = Vec::new();
+    while limited.len() + 3 < SENT {
+        let frame = c.frame().await;
+        if frame["type"] == "ERROR" {
+            let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+            let error = data["error"].as_str().unwrap().to_string();
+            assert!(error.contains("rate limited"), "{error}");
+            limited.push(frame["path"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(refusals(&env, "message_rate") as usize, limited.len());
+    assert_eq!(
+        limited,
+        (3..SENT)
+            .map(|i| format!("/api/v1/namespaces/ns-{i}/pods"))
+            .collect::<Vec<_>>(),
+        "the burst passes, each later message is refused by name"
+    );
+    env.eventually("ns-0 closed, ns-1 and ns-2 live", || {
+        metric(&env.hub.metrics().encode(), "kubemux_subscribers") == Some(2.0)
+    })
+    .await;
+    c.send(json!({"type": "NOPE"})).await;
+    let frame = c.frame().await;
+    assert!(
+        frame["data"].as_str().unwrap().contains("rate limited"),
+        "bad messages spend tokens too: {frame}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_memory_budget_new_sockets_get_503_and_the_backlogged_client_is_cut() {
+    const BUDGET: usize = 1 << 20;
+    let env = start(
+        SimConfig::default(),
+        quick_hub(),
+        ServerConfig {
+            queue: QueueLimits {
+                budget: BUDGET,
+                ..QueueLimits::default()
+            },
+            limits: Limits {
+                queue_budget: BUDGET,
+                ..Limits::default()
+            },
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let mut stuck = env.client().await;
+    stuck.request("/api/v1/configmaps", "watch=1").await;
+    env.eventually("the watch is open", || env.sim.watch_requests("configmaps") == 1)
+        .await;
+    let payload = "x".repeat(4096);
+    let mut i = 0;
+    while refusals(&env, "queue_budget") == 0.0 {
+        let cm = json!({"metadata": {"name": format!("cm-{}", i % 50), "namespace": "default"}, "data": {"blob": payload, "i": i.to_string()}});
+        if i < 50 {
+            env.sim.store().create("configmaps", Some("default"), cm).unwrap();
+        } else {
+            env.sim.store().update("configmaps", Some("default"), cm).unwrap();
+        }
+        i += 1;
+        assert!(i < 200_000, "the budget was never reached");
+        if i % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let refused = http_get_upgrade(&env).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("outbound memory budget"), "{refused}");
+    let text = env.hub.metrics().encode();
+    assert_eq!(
+        metric(&text, "kubemux_slow_consumer_terminations_total"),
+        Some(1.0)
+    );
+    assert!(
+        metric(&text, "kubemux_queue_bytes").unwrap() <= (BUDGET + 64 * 1024) as f64,
+        "{text}"
+    );
+    drop(stuck);
+    env.eventually("the stuck client's queue is released", || {
+        metric(&env.hub.metrics().encode(), "kubemux_queue_bytes") == Some(0.0)
+    })
+    .await;
+    let mut fresh = env.client().await;
+    fresh.request("/api/v1/namespaces", "watch=1").await;
+    assert_eq!(fresh.event().await.1["type"], "ADDED");
+}
+
+/// A WebSocket handshake by hand, returning the whole response.
+async fn http_get_upgrade(env: &Env) -> String {
+    let mut s = TcpStream::connect(env.server.addr()).await.unwrap();
+    s.write_all(
+        b"GET /wsMultiplexer HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
