@@ -597,7 +597,9 @@ impl Settings {
             )?,
             message_rate: check_int(
                 "message_rate",
-                args.message_rate.or(file.message_rate).unwrap_or(d.message_rate),
+                args.message_rate
+                    .or(file.message_rate)
+                    .unwrap_or(d.message_rate),
                 1..=100_000,
                 "1 to 100000",
             )?,

@@ -206,7 +206,9 @@ impl Metrics {
 
     /// Counts one refusal by `limit`.
     pub fn refused(&self, limit: &'static str) {
-        self.limit_refusals.get_or_create(&LimitLabel { limit }).inc();
+        self.limit_refusals
+            .get_or_create(&LimitLabel { limit })
+            .inc();
     }
 
     /// Prometheus text exposition of every metric.

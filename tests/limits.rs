@@ -53,7 +53,9 @@ async fn connections_beyond_the_per_address_cap_get_429_until_one_closes() {
         "{refused}"
     );
     assert!(
-        tokio_tungstenite::connect_async(env.ws_url()).await.is_err(),
+        tokio_tungstenite::connect_async(env.ws_url())
+            .await
+            .is_err(),
         "a fourth WebSocket is refused too"
     );
     assert_eq!(refusals(&env, "connections_per_address"), 2.0);
@@ -217,16 +219,24 @@ async fn over_the_memory_budget_new_sockets_get_503_and_the_backlogged_client_is
     .await;
     let mut stuck = env.client().await;
     stuck.request("/api/v1/configmaps", "watch=1").await;
-    env.eventually("the watch is open", || env.sim.watch_requests("configmaps") == 1)
-        .await;
+    env.eventually("the watch is open", || {
+        env.sim.watch_requests("configmaps") == 1
+    })
+    .await;
     let payload = "x".repeat(4096);
     let mut i = 0;
     while refusals(&env, "queue_budget") == 0.0 {
         let cm = json!({"metadata": {"name": format!("cm-{}", i % 50), "namespace": "default"}, "data": {"blob": payload, "i": i.to_string()}});
         if i < 50 {
-            env.sim.store().create("configmaps", Some("default"), cm).unwrap();
+            env.sim
+                .store()
+                .create("configmaps", Some("default"), cm)
+                .unwrap();
         } else {
-            env.sim.store().update("configmaps", Some("default"), cm).unwrap();
+            env.sim
+                .store()
+                .update("configmaps", Some("default"), cm)
+                .unwrap();
         }
         i += 1;
         assert!(i < 200_000, "the budget was never reached");

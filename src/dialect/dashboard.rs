@@ -25,8 +25,8 @@ use crate::auth::review::{ReviewError, Reviewer};
 use crate::hub::ResourcePath;
 use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
 use crate::server::ServerConfig;
-use crate::server::limits::TokenBucket;
 use crate::server::conn::{self, ConnContext, Dialect, Liveness};
+use crate::server::limits::TokenBucket;
 use crate::server::outbound::{Frame, Outbound};
 use crate::upstream::event::{EventType, WatchEvent};
 

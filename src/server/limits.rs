@@ -113,12 +113,10 @@ impl Admission {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.admission
-            .open
-            .remove_if_mut(&self.address, |_, open| {
-                *open = open.saturating_sub(1);
-                *open == 0
-            });
+        self.admission.open.remove_if_mut(&self.address, |_, open| {
+            *open = open.saturating_sub(1);
+            *open == 0
+        });
     }
 }
 
@@ -189,7 +187,10 @@ mod tests {
         assert!(admission.admit(a).is_some());
         drop((second, other));
         assert_eq!(admission.open(b), 0);
-        assert!(admission.open.is_empty(), "no entry outlives its connections");
+        assert!(
+            admission.open.is_empty(),
+            "no entry outlives its connections"
+        );
     }
 
     #[test]

@@ -279,10 +279,20 @@ mod tests {
         let behind = Outbound::new(limits, metrics.clone());
         let keeping_up = Outbound::new(limits, metrics.clone());
         assert!(behind.push(Frame::text("12345678901234")).is_ok());
-        assert_eq!(behind.push(Frame::text("1234")), Err(Overflow), "over budget while behind");
-        assert!(keeping_up.push(Frame::text("1234")).is_ok(), "a short queue may still send");
+        assert_eq!(
+            behind.push(Frame::text("1234")),
+            Err(Overflow),
+            "over budget while behind"
+        );
+        assert!(
+            keeping_up.push(Frame::text("1234")).is_ok(),
+            "a short queue may still send"
+        );
         assert_eq!(metrics.queue_bytes.get(), 18);
         let refused = metrics.encode();
-        assert!(refused.contains("kubemux_limit_refusals_total{limit=\"queue_budget\"} 1"), "{refused}");
+        assert!(
+            refused.contains("kubemux_limit_refusals_total{limit=\"queue_budget\"} 1"),
+            "{refused}"
+        );
     }
 }
