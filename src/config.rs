@@ -112,10 +112,10 @@ pub struct ProxyArgs {
     /// A Headlamp connection with nothing subscribed that sends nothing for this long is closed; 0s never closes, 0s to 24h [default: 10m].
     #[arg(long, env = "KUBEMUX_IDLE_TIMEOUT", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
-    /// Client messages per second per connection (CLOSE always passes); more get an ERROR and are not processed, 1 to 100000 [default: 100].
+    /// Client messages per second per connection (CLOSE always passes); more get an ERROR and are not processed, 1 to 100000 [default: 1000].
     #[arg(long, env = "KUBEMUX_MESSAGE_RATE")]
     pub message_rate: Option<u64>,
-    /// Burst of client messages above --message-rate, 1 to 100000 [default: 500].
+    /// Burst of client messages above --message-rate, 1 to 100000 [default: 2000].
     #[arg(long, env = "KUBEMUX_MESSAGE_BURST")]
     pub message_burst: Option<u64>,
     /// Bytes all outbound queues may hold together; beyond it connections with a backlog are cut and new WebSockets get 503, 1 MiB to 1 TiB [default: 2147483648].
@@ -294,8 +294,8 @@ impl Default for Settings {
             max_connections_per_address: 1024,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
-            message_rate: 100,
-            message_burst: 500,
+            message_rate: 1000,
+            message_burst: 2000,
             queue_memory_budget: 2 << 30,
         }
     }

@@ -150,10 +150,29 @@ struct ClientMessage {
 }
 
 impl Dashboard {
+    /// Queues a frame within the connection's bounds (a single frame larger
+    /// than them still goes into an empty queue). A client too slow to take
+    /// its frames is told and disconnected instead of growing its queue;
+    /// reconnecting gives it a fresh `initial_state`.
+    fn send(&self, frame: Frame) {
+        if self.outbound.queued_bytes() == 0 {
+            self.outbound.push_forced(frame);
+        } else if self.outbound.push(frame).is_err() {
+            self.hub.metrics().slow_consumers.inc();
+            self.outbound.push_forced(error_frame(
+                "WATCH_ERROR",
+                "the client did not read fast enough",
+                "its outbound queue is full; reconnect for a fresh initial_state",
+            ));
+            self.outbound
+                .close_with(conn::close::POLICY, "client too slow");
+        }
+    }
+
     /// Sends a rate-limited message now, or queues it into the batch.
     fn emit(&mut self, message: Value) {
         if self.batch.is_empty() && self.bucket.try_take() {
-            self.outbound.push_forced(Frame::text(message.to_string()));
+            self.send(Frame::text(message.to_string()));
             return;
         }
         let size = message.to_string().len();
@@ -179,7 +198,7 @@ impl Dashboard {
         let events = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         let count = events.len();
-        self.outbound.push_forced(Frame::text(
+        self.send(Frame::text(
             json!({"type": "batch", "events": events, "count": count, "timestamp": now()})
                 .to_string(),
         ));
@@ -217,7 +236,7 @@ impl Dashboard {
             },
             "timestamp": now(),
         });
-        self.outbound.push_forced(Frame::text(state.to_string()));
+        self.send(Frame::text(state.to_string()));
     }
 
     fn send_metrics(&mut self) {
@@ -353,10 +372,10 @@ impl Dialect for Dashboard {
 
     fn on_text(&mut self, text: &str) {
         match serde_json::from_str::<ClientMessage>(text) {
-            Ok(m) if m.kind == "ping" => self.outbound.push_forced(Frame::text(
+            Ok(m) if m.kind == "ping" => self.send(Frame::text(
                 json!({"type": "pong", "timestamp": now()}).to_string(),
             )),
-            Ok(m) => self.outbound.push_forced(error_frame(
+            Ok(m) => self.send(error_frame(
                 "WATCH_ERROR",
                 "unsupported message",
                 &format!(
@@ -364,7 +383,7 @@ impl Dialect for Dashboard {
                     m.kind.chars().take(40).collect::<String>()
                 ),
             )),
-            Err(e) => self.outbound.push_forced(error_frame(
+            Err(e) => self.send(error_frame(
                 "WATCH_ERROR",
                 "invalid message",
                 &e.to_string(),

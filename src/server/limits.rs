@@ -26,6 +26,9 @@ pub struct Limits {
     /// for at most this.
     pub handshake_timeout: Duration,
     /// Client messages per second per connection, refilled continuously…
+    /// Headlamp sends a REQUEST (and a CLOSE) for every change of a list it
+    /// shows, so the default is far above what a person causes and only
+    /// stops floods.
     pub message_rate: f64,
     /// …with bursts of up to this many.
     pub message_burst: f64,
@@ -40,8 +43,8 @@ impl Default for Limits {
         Limits {
             connections_per_address: 1024,
             handshake_timeout: Duration::from_secs(10),
-            message_rate: 100.0,
-            message_burst: 500.0,
+            message_rate: 1000.0,
+            message_burst: 2000.0,
             queue_budget: 2 << 30,
         }
     }
