@@ -572,6 +572,41 @@ mod tests {
         assert!(header.rsv1, "tungstenite must see a frame it rejects");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("KUBEMUX_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(2000)
+        ))]
+
+        /// Arbitrary client bytes, and arbitrary payloads in frames that
+        /// claim to be compressed, never panic the reader or make it emit
+        /// more than the limit allows per message.
+        #[test]
+        fn arbitrary_client_bytes_never_panic(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            first in proptest::prop_oneof![
+                proptest::strategy::Just(0xC1u8),
+                proptest::strategy::Just(0x41u8),
+                proptest::strategy::Just(0xC2u8),
+                proptest::prelude::any::<u8>(),
+            ],
+            deflated in proptest::prelude::any::<bool>(),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let body = if deflated { compress(&payload) } else { payload.clone() };
+            let mut wire = client_frame(first, &body);
+            wire.extend_from_slice(&raw);
+            let out = runtime.block_on(read_all(wire.clone(), 256));
+            // Plain frames pass through; inflated ones are capped at the
+            // limit, so the output is bounded by the input plus a few
+            // headers and one limit's worth per compressed message.
+            proptest::prop_assert!(out.len() <= wire.len() + 14 * 64 + 256 * (wire.len() / 6 + 1));
+            let mut again = compress(&payload);
+            again.extend_from_slice(&TAIL);
+            proptest::prop_assert_eq!(inflate(&again, 1 << 20).expect("own output inflates"), payload);
+        }
+    }
+
     #[tokio::test]
     async fn disabled_reader_passes_bytes_unchanged() {
         let wire = client_frame(0xC1, b"anything");
