@@ -1,12 +1,14 @@
 //! Per-event costs outside the hub: key normalisation, parsing a watch line,
-//! and rendering Headlamp frames (encode once and share, versus serialising
-//! every subscriber's frame on its own).
+//! rendering Headlamp frames (encode once and share, versus serialising
+//! every subscriber's frame on its own), and projecting dashboard events
+//! (once per event, versus once per connection).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use kubemux::dialect::dashboard_view;
 use kubemux::hub::key;
 use kubemux::server::outbound::Frame;
 use kubemux::upstream::event::{EventType, WatchEvent};
@@ -137,9 +139,55 @@ fn frames(c: &mut Criterion) {
     group.finish();
 }
 
+/// The dashboard dialect's part of fanning one pod event out to 100
+/// dashboards: project the pod (parse, derive kubectl's STATUS) and
+/// serialise it, once per event through `WatchEvent::derived` as kubemux
+/// does, versus once per connection.
+fn dashboard_projection(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dashboard_pod_event");
+    let dashboards = 100usize;
+    let raw = object(2048);
+    let message = |data: &str| {
+        format!(
+            r#"{{"type":"pod_event","action":"MODIFIED","data":{data},"timestamp":"2026-11-25T00:00:00Z"}}"#
+        )
+    };
+    let project = |event: &WatchEvent| {
+        let view = dashboard_view::pod(event.object()).unwrap();
+        let data = serde_json::to_string(&view).unwrap();
+        (std::sync::Arc::new(view), data)
+    };
+    group.throughput(Throughput::Elements(dashboards as u64));
+    group.bench_function("project_once", |b| {
+        b.iter_batched(
+            || WatchEvent::synthesize(EventType::Modified, &raw).unwrap(),
+            |event| {
+                for _ in 0..dashboards {
+                    let projected = event.derived(project);
+                    black_box((projected.0.clone(), message(&projected.1)));
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("per_connection", |b| {
+        b.iter_batched(
+            || WatchEvent::synthesize(EventType::Modified, &raw).unwrap(),
+            |event| {
+                for _ in 0..dashboards {
+                    let projected = project(&event);
+                    black_box((projected.0, message(&projected.1)));
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = parse, normalize, frames
+    targets = parse, normalize, frames, dashboard_projection
 }
 criterion_main!(benches);

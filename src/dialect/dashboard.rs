@@ -103,6 +103,60 @@ impl Subscriber for Sink {
     }
 }
 
+/// An event projected for dashboards: computed once per event (see
+/// [`WatchEvent::derived`]) and shared by every dashboard connection.
+struct Projected {
+    view: View,
+    /// The `data` of the event message, serialised: the whole view, or
+    /// only the identity of a deleted object.
+    data: String,
+}
+
+enum View {
+    Node(Arc<NodeView>),
+    Pod(Arc<PodView>),
+    Namespace(Arc<NamespaceView>),
+    /// Not an object of the expected shape; skipped.
+    Unreadable,
+}
+
+impl Projected {
+    fn of(stream: Stream, event: &WatchEvent) -> Projected {
+        let deleted = event.kind() == EventType::Deleted;
+        let raw = event.object();
+        let (view, data) = match stream {
+            Stream::Nodes => match dashboard_view::node(raw) {
+                Some(v) if deleted => {
+                    let data = json!({"uid": v.uid, "name": v.name}).to_string();
+                    (View::Node(Arc::new(v)), data)
+                }
+                Some(v) => {
+                    let data = serde_json::to_string(&v).unwrap_or_default();
+                    (View::Node(Arc::new(v)), data)
+                }
+                None => (View::Unreadable, String::new()),
+            },
+            Stream::Pods(_) => match dashboard_view::pod(raw) {
+                Some(v) if deleted => {
+                    let data =
+                        json!({"uid": v.uid, "name": v.name, "namespace": v.namespace}).to_string();
+                    (View::Pod(Arc::new(v)), data)
+                }
+                Some(v) => {
+                    let data = serde_json::to_string(&v).unwrap_or_default();
+                    (View::Pod(Arc::new(v)), data)
+                }
+                None => (View::Unreadable, String::new()),
+            },
+            Stream::Namespaces => match dashboard_view::namespace(raw) {
+                Some(v) => (View::Namespace(Arc::new(v)), String::new()),
+                None => (View::Unreadable, String::new()),
+            },
+        };
+        Projected { view, data }
+    }
+}
+
 /// The error frame of seed 001.
 fn error_frame(code: &str, message: &str, details: &str) -> Frame {
     Frame::text(
@@ -128,13 +182,14 @@ struct Dashboard {
     outbound: Arc<Outbound>,
     _subscriptions: Vec<Subscription>,
     waiting: BTreeSet<Stream>,
-    nodes: BTreeMap<String, NodeView>,
-    pods: BTreeMap<String, PodView>,
-    namespaces: BTreeMap<String, NamespaceView>,
+    nodes: BTreeMap<String, Arc<NodeView>>,
+    pods: BTreeMap<String, Arc<PodView>>,
+    namespaces: BTreeMap<String, Arc<NamespaceView>>,
     wanted_namespaces: Option<BTreeSet<String>>,
     /// The seed's rate limit for messages to the client.
     bucket: TokenBucket,
-    batch: Vec<Value>,
+    /// Serialised messages waiting for a token.
+    batch: Vec<String>,
     batch_bytes: usize,
     metrics_every: Duration,
     last_metrics: Instant,
@@ -170,12 +225,12 @@ impl Dashboard {
     }
 
     /// Sends a rate-limited message now, or queues it into the batch.
-    fn emit(&mut self, message: Value) {
+    fn emit(&mut self, message: String) {
         if self.batch.is_empty() && self.bucket.try_take() {
-            self.send(Frame::text(message.to_string()));
+            self.send(Frame::text(message));
             return;
         }
-        let size = message.to_string().len();
+        let size = message.len() + 1;
         if self.batch_bytes + size > MAX_MESSAGE - 1024 {
             self.batch.clear();
             self.batch_bytes = 0;
@@ -198,10 +253,11 @@ impl Dashboard {
         let events = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         let count = events.len();
-        self.send(Frame::text(
-            json!({"type": "batch", "events": events, "count": count, "timestamp": now()})
-                .to_string(),
-        ));
+        self.send(Frame::text(format!(
+            r#"{{"type":"batch","events":[{}],"count":{count},"timestamp":{}}}"#,
+            events.join(","),
+            Value::String(now())
+        )));
     }
 
     fn pod_counts(&self) -> BTreeMap<&str, usize> {
@@ -224,7 +280,7 @@ impl Dashboard {
             })
             .map(|n| NamespaceView {
                 pod_count: counts.get(n.name.as_str()).copied().unwrap_or(0),
-                ..n.clone()
+                ..NamespaceView::clone(n)
             })
             .collect();
         let state = json!({
@@ -254,7 +310,7 @@ impl Dashboard {
             },
             "timestamp": now(),
         });
-        self.emit(message);
+        self.emit(message.to_string());
     }
 
     fn apply(&mut self, stream: Stream, event: &WatchEvent) {
@@ -272,49 +328,42 @@ impl Dashboard {
             EventType::Error => return,
             _ => {}
         }
-        let action = event.kind().as_str();
         let key = event.key().to_string();
         let deleted = event.kind() == EventType::Deleted;
-        let message = match stream {
-            Stream::Nodes => {
-                let Some(view) = dashboard_view::node(event.object()) else {
-                    return;
-                };
-                let data = if deleted {
-                    self.nodes.remove(&key);
-                    json!({"uid": view.uid, "name": view.name})
-                } else {
-                    let data = serde_json::to_value(&view).unwrap_or_default();
-                    self.nodes.insert(key, view);
-                    data
-                };
-                json!({"type": "node_event", "action": action, "data": data, "timestamp": now()})
+        if deleted && stream == Stream::Namespaces {
+            self.namespaces.remove(&key);
+            return;
+        }
+        let projected = event.derived(|event| Projected::of(stream, event));
+        let (kind, data) = match (&projected.view, deleted) {
+            (View::Node(_), true) => {
+                self.nodes.remove(&key);
+                ("node_event", &projected.data)
             }
-            Stream::Pods(_) => {
-                let Some(view) = dashboard_view::pod(event.object()) else {
-                    return;
-                };
-                let data = if deleted {
-                    self.pods.remove(&key);
-                    json!({"uid": view.uid, "name": view.name, "namespace": view.namespace})
-                } else {
-                    let data = serde_json::to_value(&view).unwrap_or_default();
-                    self.pods.insert(key, view);
-                    data
-                };
-                json!({"type": "pod_event", "action": action, "data": data, "timestamp": now()})
+            (View::Node(view), false) => {
+                self.nodes.insert(key, view.clone());
+                ("node_event", &projected.data)
             }
-            Stream::Namespaces => {
-                if deleted {
-                    self.namespaces.remove(&key);
-                } else if let Some(view) = dashboard_view::namespace(event.object()) {
-                    self.namespaces.insert(key, view);
-                }
+            (View::Pod(_), true) => {
+                self.pods.remove(&key);
+                ("pod_event", &projected.data)
+            }
+            (View::Pod(view), false) => {
+                self.pods.insert(key, view.clone());
+                ("pod_event", &projected.data)
+            }
+            (View::Namespace(view), _) => {
+                self.namespaces.insert(key, view.clone());
                 return;
             }
+            (View::Unreadable, _) => return,
         };
         if live {
-            self.emit(message);
+            self.emit(format!(
+                r#"{{"type":"{kind}","action":"{}","data":{data},"timestamp":{}}}"#,
+                event.kind().as_str(),
+                Value::String(now())
+            ));
         }
     }
 }

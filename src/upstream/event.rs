@@ -81,7 +81,11 @@ pub struct WatchEvent {
     line: Bytes,
     object: Bytes,
     json_string: OnceLock<Bytes>,
+    derived: OnceLock<Derived>,
 }
+
+/// A value a dialect derived from an event, shared by its subscribers.
+type Derived = std::sync::Arc<dyn std::any::Any + Send + Sync>;
 
 impl fmt::Debug for WatchEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -154,6 +158,7 @@ impl WatchEvent {
             line: line.clone(),
             object,
             json_string: OnceLock::new(),
+            derived: OnceLock::new(),
         })
     }
 
@@ -229,6 +234,7 @@ impl WatchEvent {
             object: line.slice(start..end),
             line,
             json_string: OnceLock::new(),
+            derived: OnceLock::new(),
         }
     }
 
@@ -269,6 +275,26 @@ impl WatchEvent {
             let text = String::from_utf8_lossy(&self.line);
             Bytes::from(serde_json::to_vec(text.as_ref()).unwrap_or_default())
         })
+    }
+
+    /// A value derived from this event (a dialect's projection of the
+    /// object), computed by the first subscriber that asks and shared by
+    /// the others, so fanning an event out to N connections of one dialect
+    /// parses and projects it once. The slot holds one type; asking for
+    /// another computes it afresh every time.
+    pub fn derived<T: std::any::Any + Send + Sync>(
+        &self,
+        derive: impl FnOnce(&WatchEvent) -> T,
+    ) -> std::sync::Arc<T> {
+        if let Some(existing) = self.derived.get() {
+            if let Ok(value) = existing.clone().downcast::<T>() {
+                return value;
+            }
+            return std::sync::Arc::new(derive(self));
+        }
+        let value = std::sync::Arc::new(derive(self));
+        let _ = self.derived.set(value.clone());
+        value
     }
 
     /// The same object as an event of another type (a stored object replayed as `ADDED`).
@@ -420,6 +446,30 @@ mod tests {
         assert_eq!(ev.object().as_ptr() as usize - line.as_ptr() as usize, 28);
         let s: String = serde_json::from_slice(ev.json_string()).unwrap();
         assert_eq!(s.as_bytes(), &line[..]);
+    }
+
+    #[test]
+    fn a_derived_value_is_computed_once_per_type_in_the_slot() {
+        let ev = WatchEvent::parse_line(Bytes::from_static(
+            br#"{"type":"ADDED","object":{"metadata":{"name":"a","resourceVersion":"1"}}}"#,
+        ))
+        .unwrap();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let derive = |e: &WatchEvent| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            e.key().len()
+        };
+        let first = ev.derived(derive);
+        let second = ev.derived(derive);
+        assert!(std::sync::Arc::ptr_eq(&first, &second));
+        assert_eq!(
+            (*first, calls.load(std::sync::atomic::Ordering::Relaxed)),
+            (1, 1)
+        );
+        assert_eq!(*ev.derived(|_| "other type"), "other type");
+        assert_eq!(*ev.derived(|_| "other type again"), "other type again");
+        assert_eq!(*ev.derived(derive), 1);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[test]
