@@ -137,9 +137,7 @@ impl JwtVerifier {
                         Err(e) => {
                             return Err(JwtKeyError::Invalid {
                                 path: path.display().to_string(),
-                                message: format!(
-                                    "not an RSA or EC public key in PEM format ({e})"
-                                ),
+                                message: format!("not an RSA or EC public key in PEM format ({e})"),
                             });
                         }
                     },
@@ -171,17 +169,16 @@ impl JwtVerifier {
 
     /// The user a token names, once its signature and claims check out.
     pub fn verify(&self, token: &str) -> Result<User, JwtError> {
-        let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
-                .map_err(|e| match e.kind() {
-                    ErrorKind::InvalidSignature => JwtError::BadSignature,
-                    ErrorKind::ExpiredSignature => JwtError::Expired,
-                    ErrorKind::ImmatureSignature => JwtError::NotYetValid,
-                    ErrorKind::InvalidIssuer => JwtError::WrongIssuer,
-                    ErrorKind::InvalidAudience => JwtError::WrongAudience,
-                    ErrorKind::MissingRequiredClaim(c) => JwtError::MissingClaim(c.clone()),
-                    _ => JwtError::Malformed(e.to_string()),
-                })?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+            .map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => JwtError::BadSignature,
+            ErrorKind::ExpiredSignature => JwtError::Expired,
+            ErrorKind::ImmatureSignature => JwtError::NotYetValid,
+            ErrorKind::InvalidIssuer => JwtError::WrongIssuer,
+            ErrorKind::InvalidAudience => JwtError::WrongAudience,
+            ErrorKind::MissingRequiredClaim(c) => JwtError::MissingClaim(c.clone()),
+            _ => JwtError::Malformed(e.to_string()),
+        })?;
         let claims = data.claims;
         let name = claims
             .get(&self.user_claim)
@@ -247,16 +244,25 @@ mod tests {
         let v = verifier(b"s3cret", Some("iss"), Some("console"));
         let good = json!({"sub": "alice", "groups": ["dev"], "exp": now() + 600, "iss": "iss", "aud": "console"});
         let user = v.verify(&token(b"s3cret", good.clone())).unwrap();
-        assert_eq!((user.name.as_str(), user.groups), ("alice", vec!["dev".to_string()]));
+        assert_eq!(
+            (user.name.as_str(), user.groups),
+            ("alice", vec!["dev".to_string()])
+        );
         let mut expired = good.clone();
         expired["exp"] = json!(now() - 3600);
         assert_eq!(v.verify(&token(b"s3cret", expired)), Err(JwtError::Expired));
         let mut early = good.clone();
         early["nbf"] = json!(now() + 3600);
-        assert_eq!(v.verify(&token(b"s3cret", early)), Err(JwtError::NotYetValid));
+        assert_eq!(
+            v.verify(&token(b"s3cret", early)),
+            Err(JwtError::NotYetValid)
+        );
         let mut aud = good.clone();
         aud["aud"] = json!("other");
-        assert_eq!(v.verify(&token(b"s3cret", aud)), Err(JwtError::WrongAudience));
+        assert_eq!(
+            v.verify(&token(b"s3cret", aud)),
+            Err(JwtError::WrongAudience)
+        );
         let mut iss = good.clone();
         iss["iss"] = json!("other");
         assert_eq!(v.verify(&token(b"s3cret", iss)), Err(JwtError::WrongIssuer));

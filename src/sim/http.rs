@@ -54,6 +54,8 @@ pub struct AppState {
     pub settings: WatchSettings,
     /// Tokens and rules (authentication may be disabled).
     pub auth: Arc<Auth>,
+    /// Pod logs.
+    pub logs: Arc<crate::sim::logs::Logs>,
 }
 
 /// Builds the complete router.
@@ -67,6 +69,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/apis",
             get(|| async { axum::Json(discovery::api_group_list()) }),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/log",
+            get(crate::sim::logs::handler),
         )
         .route("/api/{*rest}", any(core_api))
         .route("/apis/{*rest}", any(group_api))

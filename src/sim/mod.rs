@@ -31,6 +31,7 @@ pub mod faults;
 pub mod http;
 pub mod identity;
 pub mod listener;
+pub mod logs;
 pub mod metrics;
 pub mod object;
 pub mod pagination;

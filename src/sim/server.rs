@@ -19,6 +19,7 @@ use crate::sim::error::SimError;
 use crate::sim::faults::Faults;
 use crate::sim::http::{AppState, WatchSettings, router};
 use crate::sim::listener::SimListener;
+use crate::sim::logs::Logs;
 use crate::sim::metrics::Metrics;
 use crate::sim::population;
 use crate::sim::store::Store;
@@ -89,6 +90,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     churn: ChurnControl,
     auth: Arc<Auth>,
+    logs: Arc<Logs>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -131,6 +133,7 @@ impl SimServer {
             shutdown.clone(),
         );
         let auth = Arc::new(Auth::new(config.auth.clone()));
+        let logs = Arc::new(Logs::default());
         let app = router(AppState {
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
@@ -142,6 +145,7 @@ impl SimServer {
                 bookmark_interval: config.bookmark_interval,
             },
             auth: Arc::clone(&auth),
+            logs: Arc::clone(&logs),
         });
         let serve = axum::serve(SimListener::new(listener, addr, Arc::clone(&faults)), app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -159,6 +163,7 @@ impl SimServer {
                 metrics,
                 churn,
                 auth,
+                logs,
                 shutdown,
                 tasks: Mutex::new(vec![serve_task, churn_task]),
             }),
@@ -198,6 +203,11 @@ impl SimServer {
     /// Tokens and rules, changeable while the server runs.
     pub fn auth(&self) -> &Auth {
         &self.inner.auth
+    }
+
+    /// Pod logs: append lines, count open log streams.
+    pub fn logs(&self) -> &Logs {
+        &self.inner.logs
     }
 
     /// Request and watch metrics, for assertions beyond the helpers here and
