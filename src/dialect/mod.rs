@@ -1,3 +1,4 @@
+pub mod console_events;
 pub mod dashboard;
 pub mod dashboard_view;
 pub mod headlamp;
