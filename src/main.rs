@@ -197,7 +197,8 @@ async fn run_proxy(
     sim: Option<SimServer>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let server_config = settings.server_config(&metrics);
+    let mut server_config = settings.server_config(&metrics);
+    server_config.console = settings.console_auth(&metrics)?;
     let hub = Hub::new(settings.hub_config(), registry.clone(), metrics);
     let server = Server::start(settings.listen, hub, server_config)
         .await
