@@ -213,7 +213,10 @@ async fn es256_tokens_on_the_own_listener_and_families_without_a_source() {
         include_str!("data/console-es256-public.pem"),
     );
     let env = start(
-        SimConfig::default(),
+        SimConfig {
+            auth: Some(rbac()),
+            ..SimConfig::default()
+        },
         quick_hub(),
         ServerConfig {
             console: Some(console_auth(
@@ -229,8 +232,12 @@ async fn es256_tokens_on_the_own_listener_and_families_without_a_source() {
     )
     .await;
     let key = EncodingKey::from_ec_pem(include_bytes!("data/console-es256-private.pem")).unwrap();
-    let token =
-        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims("carol", &[]), &key).unwrap();
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &claims("carol", &["console-admins"]),
+        &key,
+    )
+    .unwrap();
     let mut c = Client::connect(&format!("ws://{}/ws", env.server.extra_addrs()[0])).await;
     c.send(json!({"type": "auth", "token": token})).await;
     let ok = next_of(&mut c, "auth_result").await;
