@@ -258,18 +258,53 @@ async fn es256_tokens_on_the_own_listener_and_families_without_a_source() {
             "{frame}"
         );
     }
-    let frame = subscribe(
-        &mut c,
-        "m",
-        json!({"resource": "monitoring", "workspace_id": CLUSTER, "events": ["metrics_update"]}),
-    )
-    .await;
+    let monitoring = json!({"resource": "monitoring", "workspace_id": CLUSTER});
+    let ok = subscribe(&mut c, "m", monitoring.clone()).await;
+    assert_eq!(
+        ok["data"]["events"],
+        json!(["monitoring.health_changed", "monitoring.metrics_update"]),
+        "{ok}"
+    );
+    let update = next_of(&mut c, "monitoring.metrics_update").await;
+    let metrics = &update["data"]["metrics"];
+    assert!(
+        metrics["cpu"]["instant"].as_f64().unwrap() > 0.0,
+        "{update}"
+    );
+    assert_eq!(metrics["nodes"], 3);
+    let (nodes, _) = env.sim.store().list("nodes", None, None, None).unwrap();
+    let mut node = nodes[0].clone();
+    kubemux::sim::templates::toggle_node_ready(&mut node);
+    env.sim.store().update("nodes", None, node.clone()).unwrap();
+    let health = next_of(&mut c, "monitoring.health_changed").await;
+    assert_eq!(
+        health["data"]["component"],
+        format!("node/{}", node["metadata"]["name"].as_str().unwrap())
+    );
+    assert_eq!(
+        (
+            health["data"]["previous_status"].clone(),
+            health["data"]["new_status"].clone()
+        ),
+        (json!("healthy"), json!("unhealthy"))
+    );
+
+    env.sim.resource_metrics().set_served(false);
+    let mut explicit = monitoring.clone();
+    explicit["events"] = json!(["metrics_update"]);
+    let frame = subscribe(&mut c, "m2", explicit).await;
     assert_error(&frame, "RESOURCE_NOT_FOUND");
     assert!(
         frame["error"]["message"]
             .as_str()
             .unwrap()
             .contains("metrics.k8s.io")
+    );
+    let ok = subscribe(&mut c, "m3", monitoring).await;
+    assert_eq!(
+        ok["data"]["events"],
+        json!(["monitoring.health_changed"]),
+        "{ok}"
     );
     let frame = subscribe(
         &mut c,

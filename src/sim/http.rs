@@ -23,6 +23,7 @@ use crate::sim::discovery;
 use crate::sim::error::ApiError;
 use crate::sim::faults::Faults;
 use crate::sim::metrics::Metrics;
+use crate::sim::resource_metrics;
 use crate::sim::store::Store;
 
 /// Largest request body accepted (objects are small).
@@ -56,6 +57,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Pod logs.
     pub logs: Arc<crate::sim::logs::Logs>,
+    /// Whether `metrics.k8s.io` is served.
+    pub resource_metrics: Arc<crate::sim::resource_metrics::ResourceMetrics>,
 }
 
 /// Builds the complete router.
@@ -66,9 +69,22 @@ pub fn router(state: AppState) -> Router {
             get(|| async { axum::Json(discovery::version()) }),
         )
         .route("/api", get(api_versions))
+        .route("/apis", get(api_groups))
         .route(
-            "/apis",
-            get(|| async { axum::Json(discovery::api_group_list()) }),
+            "/apis/metrics.k8s.io/v1beta1",
+            get(resource_metrics::resources),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/nodes",
+            get(resource_metrics::nodes),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/pods",
+            get(resource_metrics::all_pods),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods",
+            get(resource_metrics::namespace_pods),
         )
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/log",
@@ -84,6 +100,17 @@ pub fn router(state: AppState) -> Router {
             access::authenticate,
         ))
         .with_state(state)
+}
+
+/// `/apis`: the table's groups, and `metrics.k8s.io` while it is served.
+async fn api_groups(State(app): State<AppState>) -> Response {
+    let mut list = discovery::api_group_list();
+    if app.resource_metrics.served()
+        && let Some(groups) = list["groups"].as_array_mut()
+    {
+        groups.push(resource_metrics::group_entry());
+    }
+    axum::Json(list).into_response()
 }
 
 async fn api_versions(State(app): State<AppState>) -> Response {

@@ -39,6 +39,7 @@ pub mod path;
 pub mod population;
 pub mod query;
 pub mod rbac;
+pub mod resource_metrics;
 pub mod resources;
 pub mod review;
 pub mod selector;

@@ -22,6 +22,7 @@ use crate::sim::listener::SimListener;
 use crate::sim::logs::Logs;
 use crate::sim::metrics::Metrics;
 use crate::sim::population;
+use crate::sim::resource_metrics::ResourceMetrics;
 use crate::sim::store::Store;
 
 /// How long shutdown waits for connections to drain before resetting them.
@@ -91,6 +92,7 @@ struct Inner {
     churn: ChurnControl,
     auth: Arc<Auth>,
     logs: Arc<Logs>,
+    resource_metrics: Arc<ResourceMetrics>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -134,6 +136,7 @@ impl SimServer {
         );
         let auth = Arc::new(Auth::new(config.auth.clone()));
         let logs = Arc::new(Logs::default());
+        let resource_metrics = Arc::new(ResourceMetrics::default());
         let app = router(AppState {
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
@@ -146,6 +149,7 @@ impl SimServer {
             },
             auth: Arc::clone(&auth),
             logs: Arc::clone(&logs),
+            resource_metrics: Arc::clone(&resource_metrics),
         });
         let serve = axum::serve(SimListener::new(listener, addr, Arc::clone(&faults)), app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -164,6 +168,7 @@ impl SimServer {
                 churn,
                 auth,
                 logs,
+                resource_metrics,
                 shutdown,
                 tasks: Mutex::new(vec![serve_task, churn_task]),
             }),
@@ -208,6 +213,11 @@ impl SimServer {
     /// Pod logs: append lines, count open log streams.
     pub fn logs(&self) -> &Logs {
         &self.inner.logs
+    }
+
+    /// `metrics.k8s.io`: served by default, switchable off.
+    pub fn resource_metrics(&self) -> &ResourceMetrics {
+        &self.inner.resource_metrics
     }
 
     /// Request and watch metrics, for assertions beyond the helpers here and
