@@ -26,7 +26,7 @@ use crate::auth::review::{Reviewer, User};
 use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber};
 use crate::server::ServerConfig;
 use crate::server::conn::{self, ConnContext, Dialect, Liveness};
-use crate::server::outbound::Outbound;
+use crate::server::outbound::{Frame, Outbound};
 use crate::upstream::event::WatchEvent;
 
 /// Largest client message the seed allows; larger gets `MESSAGE_TOO_LARGE`
@@ -202,27 +202,25 @@ impl Console {
         match self.auth.verifier.verify(token) {
             Ok(user) => {
                 debug!(user = %user.name, "console authenticated");
-                self.outbound
-                    .push_forced(crate::server::outbound::Frame::text(
-                        json!({
-                            "type": "auth_result",
-                            "id": id,
-                            "timestamp": work::now(),
-                            "success": true,
-                            "user_id": user.name,
-                            "message": "Authenticated successfully",
-                        })
-                        .to_string(),
-                    ));
+                self.outbound.push_forced(Frame::text(
+                    json!({
+                        "type": "auth_result",
+                        "id": id,
+                        "timestamp": work::now(),
+                        "success": true,
+                        "user_id": user.name,
+                        "message": "Authenticated successfully",
+                    })
+                    .to_string(),
+                ));
                 self.user = Some(user);
             }
             Err(e) => {
-                self.outbound
-                    .push_forced(crate::server::outbound::Frame::text(
-                        json!({"type": "auth_result", "id": id, "timestamp": work::now(),
+                self.outbound.push_forced(Frame::text(
+                    json!({"type": "auth_result", "id": id, "timestamp": work::now(),
                            "success": false, "error": e.to_string()})
-                        .to_string(),
-                    ));
+                    .to_string(),
+                ));
                 self.send_error(id, &Refusal::new("INVALID_TOKEN", e.to_string()));
                 self.outbound
                     .close_with(conn::close::POLICY, "invalid token");
@@ -419,7 +417,7 @@ impl Console {
                 work::poll_metrics(cluster, subscription_id.clone(), self.outbound.clone()),
             )));
         }
-        self.outbound.push_forced(crate::server::outbound::Frame::text(
+        self.outbound.push_forced(Frame::text(
             json!({
                 "type": "subscribe_result",
                 "id": pending.request_id,
@@ -430,6 +428,7 @@ impl Console {
             })
             .to_string(),
         ));
+        debug!(subscription = %subscription_id, family = pending.family.name(), cluster = %pending.cluster, "console subscribed");
         self.by_id.insert(subscription_id, key);
         self.subs.insert(key, sub);
     }
@@ -443,12 +442,11 @@ impl Console {
             details: json!({"subscription_id": sid}),
         })?;
         self.subs.remove(&key);
-        self.outbound
-            .push_forced(crate::server::outbound::Frame::text(
-                json!({"type": "unsubscribe_result", "id": id, "timestamp": work::now(),
+        self.outbound.push_forced(Frame::text(
+            json!({"type": "unsubscribe_result", "id": id, "timestamp": work::now(),
                    "success": true, "subscription_id": sid, "data": {"subscription_id": sid}})
-                .to_string(),
-            ));
+            .to_string(),
+        ));
         Ok(())
     }
 
@@ -702,11 +700,9 @@ impl Dialect for Console {
         };
         match kind {
             "pong" => {}
-            "ping" => self
-                .outbound
-                .push_forced(crate::server::outbound::Frame::text(
-                    json!({"type": "pong", "id": id, "timestamp": work::now()}).to_string(),
-                )),
+            "ping" => self.outbound.push_forced(Frame::text(
+                json!({"type": "pong", "id": id, "timestamp": work::now()}).to_string(),
+            )),
             "auth" => self.on_auth(&id, &message),
             _ if self.user.is_none() => self.send_error(
                 &id,
@@ -805,10 +801,9 @@ impl Dialect for Console {
         }
         if self.last_ping.elapsed() >= PING_EVERY {
             self.last_ping = Instant::now();
-            self.outbound
-                .push_forced(crate::server::outbound::Frame::text(
-                    json!({"type": "ping", "timestamp": work::now()}).to_string(),
-                ));
+            self.outbound.push_forced(Frame::text(
+                json!({"type": "ping", "timestamp": work::now()}).to_string(),
+            ));
         }
         if self.last_recheck.elapsed() >= self.auth.recheck {
             self.last_recheck = Instant::now();
