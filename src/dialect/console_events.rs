@@ -201,7 +201,11 @@ pub fn quantity(q: &str) -> Option<f64> {
     ];
     for (suffix, factor) in SUFFIXES {
         if let Some(number) = q.strip_suffix(suffix) {
-            return number.parse::<f64>().ok().map(|n| n * factor);
+            return number
+                .parse::<f64>()
+                .ok()
+                .map(|n| n * factor)
+                .filter(|n| n.is_finite());
         }
     }
     q.parse::<f64>().ok().filter(|n| n.is_finite())
@@ -374,6 +378,8 @@ mod tests {
         assert_eq!(quantity("1G"), Some(1e9));
         assert_eq!(quantity("1e3"), Some(1000.0));
         assert_eq!(quantity("lots"), None);
+        assert_eq!(quantity("NaNm"), None);
+        assert_eq!(quantity("infKi"), None);
     }
 
     #[test]
