@@ -186,6 +186,16 @@ async fn the_auth_flow() {
     expired["exp"] = json!(now() - 3600);
     let mut wrong_audience = claims("alice", &[]);
     wrong_audience["aud"] = json!("someone-else");
+    // A token that expires while connected ends the connection.
+    let mut short = claims("alice", &["console-admins"]);
+    short["exp"] = json!(now() + 1);
+    let mut c = connect(&env).await;
+    c.send(json!({"type": "auth", "token": hs256(&short, SECRET)}))
+        .await;
+    assert_eq!(next_of(&mut c, "auth_result").await["success"], true);
+    assert_error(&next_of_error(&mut c).await, "INVALID_TOKEN");
+    assert!(c.next().await.is_none(), "the socket closes at exp");
+
     let cases = [
         (hs256(&expired, SECRET), "expired"),
         (hs256(&claims("alice", &[]), "not-the-secret"), "signature"),

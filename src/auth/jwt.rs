@@ -4,6 +4,7 @@
 //! cluster with SubjectAccessReviews (see [`super::review`]).
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -83,6 +84,15 @@ pub enum JwtError {
     /// The groups claim is not a list of strings.
     #[error("claim {0:?} must be a list of strings")]
     BadGroups(String),
+}
+
+/// A verified token: who it names and until when it is valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The user and groups from the configured claims.
+    pub user: User,
+    /// `exp`, after which a connection authenticated by it must end.
+    pub expires: Option<SystemTime>,
 }
 
 /// Verifies tokens with one key and fixed claim rules.
@@ -168,7 +178,7 @@ impl JwtVerifier {
     }
 
     /// The user a token names, once its signature and claims check out.
-    pub fn verify(&self, token: &str) -> Result<User, JwtError> {
+    pub fn verify(&self, token: &str) -> Result<Verified, JwtError> {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
             ErrorKind::InvalidSignature => JwtError::BadSignature,
@@ -195,10 +205,17 @@ impl JwtVerifier {
                 .ok_or_else(|| JwtError::BadGroups(self.groups_claim.clone()))?,
             Some(_) => return Err(JwtError::BadGroups(self.groups_claim.clone())),
         };
-        Ok(User {
-            name,
-            uid: None,
-            groups,
+        let expires = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        Ok(Verified {
+            user: User {
+                name,
+                uid: None,
+                groups,
+            },
+            expires,
         })
     }
 }
@@ -243,7 +260,9 @@ mod tests {
     fn claims_are_checked() {
         let v = verifier(b"s3cret", Some("iss"), Some("console"));
         let good = json!({"sub": "alice", "groups": ["dev"], "exp": now() + 600, "iss": "iss", "aud": "console"});
-        let user = v.verify(&token(b"s3cret", good.clone())).unwrap();
+        let verified = v.verify(&token(b"s3cret", good.clone())).unwrap();
+        assert!(verified.expires.is_some());
+        let user = verified.user;
         assert_eq!(
             (user.name.as_str(), user.groups),
             ("alice", vec!["dev".to_string()])

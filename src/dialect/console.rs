@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::WebSocket;
 use serde_json::{Value, json};
@@ -134,6 +134,7 @@ struct Console {
     outbound: Arc<Outbound>,
     notices: mpsc::Sender<Notice>,
     user: Option<User>,
+    expires: Option<SystemTime>,
     opened: Instant,
     subs: HashMap<u64, Sub>,
     by_id: HashMap<String, u64>,
@@ -200,7 +201,9 @@ impl Console {
             .or_else(|| message["data"]["token"].as_str())
             .unwrap_or_default();
         match self.auth.verifier.verify(token) {
-            Ok(user) => {
+            Ok(verified) => {
+                let user = verified.user;
+                self.expires = verified.expires;
                 debug!(user = %user.name, "console authenticated");
                 self.outbound.push_forced(Frame::text(
                     json!({
@@ -794,6 +797,18 @@ impl Dialect for Console {
                 .close_with(conn::close::POLICY, "authentication timeout");
             return;
         }
+        if self.expires.is_some_and(|at| SystemTime::now() >= at) {
+            self.send_error(
+                &Value::Null,
+                &Refusal::new(
+                    "INVALID_TOKEN",
+                    "token expired: reconnect and authenticate with a fresh token",
+                ),
+            );
+            self.outbound
+                .close_with(conn::close::POLICY, "token expired");
+            return;
+        }
         if self.last_message.elapsed() >= IDLE_TIMEOUT {
             self.outbound
                 .close_with(conn::close::NORMAL, "idle timeout");
@@ -846,6 +861,7 @@ pub async fn serve(
         outbound: outbound.clone(),
         notices: tx,
         user: None,
+        expires: None,
         opened: now,
         subs: HashMap::new(),
         by_id: HashMap::new(),
