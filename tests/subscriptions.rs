@@ -400,7 +400,7 @@ async fn project_events_quota_and_permission() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_user_loses_the_subscription() {
+async fn a_revoked_user_loses_subscriptions_and_log_streams() {
     let env = env_with(ServerConfig::default(), Duration::from_secs(1)).await;
     let mut alice = authed(&env, "alice", &["console-admins"]).await;
     let ok = subscribe(
@@ -410,10 +410,27 @@ async fn a_revoked_user_loses_the_subscription() {
     )
     .await;
     let sid = ok["subscription_id"].clone();
+    let pod = running_pods(&env).remove(0);
+    alice
+        .send(json!({"type": "stream_logs", "id": "logs", "data": {
+            "namespace": pod["metadata"]["namespace"], "pod": pod["metadata"]["name"], "follow": true}}))
+        .await;
+    next_of(&mut alice, "log_entry").await;
     env.sim.auth().set_rules(Vec::new()).unwrap();
-    let frame = next_of_error(&mut alice).await;
-    assert_error(&frame, "PERMISSION_DENIED");
-    assert_eq!(frame["id"], sid);
+    let mut revoked = Vec::new();
+    while revoked.len() < 2 {
+        let frame = next_of_error(&mut alice).await;
+        assert_error(&frame, "PERMISSION_DENIED");
+        revoked.push(frame["id"].clone());
+    }
+    assert!(
+        revoked.contains(&sid) && revoked.contains(&json!("logs")),
+        "{revoked:?}"
+    );
+    eventually("the revoked log stream's upstream request closes", || {
+        env.sim.logs().open_streams() == 0
+    })
+    .await;
 }
 
 async fn next_of_error(c: &mut Client) -> Value {

@@ -91,8 +91,22 @@ enum Notice {
     Event(u64, Stream, Arc<WatchEvent>),
     Problem(u64, Refusal),
     Authorised(Box<Pending>, Result<bool, Refusal>),
-    Revoked(u64, String),
+    Revoked(Target, String),
     LogEnded(String),
+}
+
+/// What a periodic re-check found revoked.
+enum Target {
+    Sub(u64),
+    Log(String),
+}
+
+/// A running log stream, re-authorised like a subscription.
+struct LogStream {
+    handle: AbortHandle,
+    id: Value,
+    cluster: String,
+    check: Check,
 }
 
 struct Sink {
@@ -140,7 +154,7 @@ struct Console {
     by_id: HashMap<String, u64>,
     next_sub: u64,
     pending: usize,
-    logs: HashMap<String, AbortHandle>,
+    logs: HashMap<String, LogStream>,
     tasks: JoinSet<()>,
     tokens: f64,
     refilled: Instant,
@@ -528,6 +542,7 @@ impl Console {
         let mut check = Check::new("get", &format!("/api/v1/namespaces/{namespace}/pods"))
             .map_err(|_| invalid("data.namespace is not a namespace name"))?;
         check.subresource = Some("log");
+        let stream = (cluster.id().to_string(), check.clone());
         let request = LogRequest {
             stream_id: id.clone(),
             namespace: namespace.to_string(),
@@ -559,7 +574,15 @@ impl Console {
             }
             let _ = notices.send(Notice::LogEnded(sid)).await;
         });
-        self.logs.insert(stream_id, handle);
+        self.logs.insert(
+            stream_id,
+            LogStream {
+                handle,
+                id: id.clone(),
+                cluster: stream.0,
+                check: stream.1,
+            },
+        );
         Ok(())
     }
 
@@ -569,12 +592,12 @@ impl Console {
             Value::Number(n) => n.to_string(),
             _ => return Err(invalid("data.stream_id is required")),
         };
-        let handle = self.logs.remove(&stream_id).ok_or_else(|| Refusal {
+        let stream = self.logs.remove(&stream_id).ok_or_else(|| Refusal {
             code: "RESOURCE_NOT_FOUND",
             message: "no such log stream on this connection".into(),
             details: json!({"stream_id": stream_id}),
         })?;
-        handle.abort();
+        stream.handle.abort();
         self.outbound.push_forced(envelope(
             "stream_ended",
             id,
@@ -619,22 +642,26 @@ impl Console {
         let Some(user) = self.user.clone() else {
             return;
         };
-        let plans: Vec<(u64, String, Vec<Check>)> = self
-            .subs
-            .iter()
-            .map(|(key, sub)| {
-                let checks = Stream::of(sub.family)
-                    .iter()
-                    .filter(|s| **s != Stream::Namespace)
-                    .flat_map(|s| {
-                        let path = s.path(sub.project.as_deref()).0;
-                        ["list", "watch"].map(|verb| Check::new(verb, &path))
-                    })
-                    .filter_map(Result::ok)
-                    .collect();
-                (*key, sub.cluster.clone(), checks)
-            })
-            .collect();
+        let subs = self.subs.iter().map(|(key, sub)| {
+            let checks = Stream::of(sub.family)
+                .iter()
+                .filter(|s| **s != Stream::Namespace)
+                .flat_map(|s| {
+                    let path = s.path(sub.project.as_deref()).0;
+                    ["list", "watch"].map(|verb| Check::new(verb, &path))
+                })
+                .filter_map(Result::ok)
+                .collect();
+            (Target::Sub(*key), sub.cluster.clone(), checks)
+        });
+        let logs = self.logs.iter().map(|(sid, stream)| {
+            (
+                Target::Log(sid.clone()),
+                stream.cluster.clone(),
+                vec![stream.check.clone()],
+            )
+        });
+        let plans: Vec<(Target, String, Vec<Check>)> = subs.chain(logs).collect();
         if plans.is_empty() {
             return;
         }
@@ -644,7 +671,7 @@ impl Console {
             self.notices.clone(),
         );
         self.tasks.spawn(async move {
-            for (key, cluster, checks) in plans {
+            for (target, cluster, checks) in plans {
                 let Some(cluster) = hub.clusters().get(&cluster) else {
                     continue;
                 };
@@ -652,7 +679,7 @@ impl Console {
                     work::authorise(&reviewer, &cluster, &user, &checks, true).await
                     && refusal.code == "PERMISSION_DENIED"
                 {
-                    let _ = notices.send(Notice::Revoked(key, refusal.message)).await;
+                    let _ = notices.send(Notice::Revoked(target, refusal.message)).await;
                 }
             }
         });
@@ -763,7 +790,20 @@ impl Dialect for Console {
                 }
             }
             Notice::Authorised(pending, result) => self.on_authorised(*pending, result),
-            Notice::Revoked(key, message) => {
+            Notice::Revoked(Target::Log(stream_id), message) => {
+                if let Some(stream) = self.logs.remove(&stream_id) {
+                    stream.handle.abort();
+                    self.send_error(
+                        &stream.id,
+                        &Refusal {
+                            code: "PERMISSION_DENIED",
+                            message: format!("access revoked: {message}"),
+                            details: json!({"stream_id": stream.id}),
+                        },
+                    );
+                }
+            }
+            Notice::Revoked(Target::Sub(key), message) => {
                 if let Some(sub) = self.subs.remove(&key) {
                     self.by_id.remove(&sub.id);
                     self.send_error(
