@@ -615,6 +615,21 @@ async fn log_streams_tail_follow_stop_and_close() {
     bob.send(json!({"type": "stream_logs", "id": "l", "data": {"namespace": ns, "pod": name}}))
         .await;
     assert_error(&reply(&mut bob, "l").await, "PERMISSION_DENIED");
+
+    let mut c = authed(&env, "alice", &["console-admins"]).await;
+    c.send(json!({"type": "stream_logs", "id": "gone", "data": {"namespace": ns, "pod": "no-such-pod"}}))
+        .await;
+    let missing = reply(&mut c, "gone").await;
+    assert_error(&missing, "RESOURCE_NOT_FOUND");
+    assert!(
+        missing["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-pod"),
+        "{missing}"
+    );
+    let text = http_get(env.sim.addr(), "/metrics").await;
+    assert_eq!(metric(&text, "sim_log_streams"), Some(0.0), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

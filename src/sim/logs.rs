@@ -4,11 +4,10 @@
 //!
 //! Every container starts with a few deterministic lines; tests append more
 //! with [`Logs::append`], and followers receive them live. Open streams are
-//! counted so a test can see a client's request end.
+//! counted (`sim_log_streams` on the simulator's `/metrics`) so a test can
+//! see a client's request end.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -16,6 +15,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use parking_lot::Mutex;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -37,17 +37,7 @@ type LogKey = (String, String, String);
 pub struct Logs {
     lines: Mutex<HashMap<LogKey, Vec<String>>>,
     appended: broadcast::Sender<(LogKey, String)>,
-    open: Arc<AtomicI64>,
-}
-
-impl Default for Logs {
-    fn default() -> Self {
-        Logs {
-            lines: Mutex::default(),
-            appended: broadcast::channel(4096).0,
-            open: Arc::default(),
-        }
-    }
+    open: Gauge,
 }
 
 fn initial_lines(pod: &str, container: &str) -> Vec<String> {
@@ -63,6 +53,15 @@ fn initial_lines(pod: &str, container: &str) -> Vec<String> {
 }
 
 impl Logs {
+    /// No logs yet; open streams are counted in `open` (`sim_log_streams`).
+    pub fn new(open: Gauge) -> Self {
+        Logs {
+            lines: Mutex::default(),
+            appended: broadcast::channel(4096).0,
+            open,
+        }
+    }
+
     /// Appends a line to a container's log and hands it to its followers.
     pub fn append(&self, namespace: &str, pod: &str, container: &str, line: &str) {
         let key = (
@@ -80,7 +79,7 @@ impl Logs {
 
     /// Log streams (follow or not) currently being served.
     pub fn open_streams(&self) -> i64 {
-        self.open.load(Ordering::SeqCst)
+        self.open.get()
     }
 
     /// The last `tail` lines (all if `None`), and a receiver of later ones
@@ -102,11 +101,11 @@ impl Logs {
 
 /// Decrements the open-stream count when the response body is dropped
 /// (the client went away or the stream ended).
-struct OpenStream(Arc<AtomicI64>);
+struct OpenStream(Gauge);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.dec();
     }
 }
 
@@ -182,7 +181,7 @@ fn serve(
     let follow = matches!(query.follow.as_deref(), Some("true" | "1"));
     let key = (namespace.to_string(), pod.to_string(), container);
     let (lines, receiver) = app.logs.snapshot(&key, tail);
-    app.logs.open.fetch_add(1, Ordering::SeqCst);
+    app.logs.open.inc();
     let guard = OpenStream(app.logs.open.clone());
     let head = futures::stream::iter(
         lines

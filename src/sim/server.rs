@@ -135,7 +135,7 @@ impl SimServer {
             shutdown.clone(),
         );
         let auth = Arc::new(Auth::new(config.auth.clone()));
-        let logs = Arc::new(Logs::default());
+        let logs = Arc::new(Logs::new(metrics.log_streams()));
         let resource_metrics = Arc::new(ResourceMetrics::default());
         let app = router(AppState {
             store: Arc::clone(&store),
