@@ -877,4 +877,35 @@ mod tests {
         let err = Settings::from_toml(&ProxyArgs::default(), "lingr = \"1s\"", "t").unwrap_err();
         assert!(err.to_string().contains("lingr"), "{err}");
     }
+
+    #[test]
+    fn the_subscription_api_needs_a_usable_jwt_key() {
+        let err = Settings::from_toml(
+            &ProxyArgs::default(),
+            "subscriptions_listen = \"127.0.0.1:0\"",
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("jwt_hs256_secret_file"), "{err}");
+        let err = Settings::from_toml(
+            &ProxyArgs::default(),
+            "jwt_public_key_file = \"/nonexistent/kubemux-key.pem\"",
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("kubemux-key.pem"), "{err}");
+        let err =
+            Settings::from_toml(&ProxyArgs::default(), "jwt_user_claim = \"\"", "t").unwrap_err();
+        assert!(err.to_string().contains("jwt_user_claim"), "{err}");
+        let key = std::env::temp_dir().join(format!("kubemux-config-test-{}", std::process::id()));
+        std::fs::write(&key, "secret\n").unwrap();
+        let toml = format!(
+            "subscriptions_listen = \"127.0.0.1:0\"\njwt_hs256_secret_file = {:?}\njwt_audience = \"a\"\n",
+            key.display().to_string()
+        );
+        let s = Settings::from_toml(&ProxyArgs::default(), &toml, "t").unwrap();
+        let again = Settings::from_toml(&ProxyArgs::default(), &s.to_toml(), "printed").unwrap();
+        assert_eq!(s, again);
+        assert!(s.console_auth(&Arc::new(Metrics::new())).unwrap().is_some());
+    }
 }
