@@ -712,3 +712,20 @@ async fn fifty_consoles_share_one_watch_per_resource() {
     assert_eq!(env.sim.watch_requests("nodes"), 1);
     assert_eq!(env.sim.watch_requests("pods"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_jwt_key_the_endpoint_is_refused_with_a_reason() {
+    let env = start_default().await;
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/ws/v1", env.server.addr()))
+        .await
+        .expect_err("no upgrade without a JWT key");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), 503);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                .into_owned();
+            assert!(body.contains("--jwt-hs256-secret-file"), "{body}");
+        }
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
