@@ -611,6 +611,23 @@ async fn log_streams_tail_follow_stop_and_close() {
     })
     .await;
 
+    let mut c = authed(&env, "alice", &["console-admins"]).await;
+    c.send(json!({"type": "stream_logs", "id": "once", "data": {
+        "namespace": ns, "pod": name, "follow": false, "tail_lines": 2}}))
+        .await;
+    let mut entries = 0;
+    let ended = loop {
+        let frame = c.frame().await;
+        match frame["type"].as_str() {
+            Some("log_entry") => entries += 1,
+            _ if frame["id"] == "once" => break frame,
+            _ => {}
+        }
+    };
+    assert_eq!(ended["type"], "stream_ended", "{ended}");
+    assert_eq!(ended["data"]["reason"], "completed");
+    assert_eq!(entries, 2);
+
     let mut bob = authed(&env, "bob", &[]).await;
     bob.send(json!({"type": "stream_logs", "id": "l", "data": {"namespace": ns, "pod": name}}))
         .await;

@@ -95,6 +95,15 @@ enum Notice {
     LogEnded(String),
 }
 
+/// A subscription whose `subscribe_result` waits for its initial state,
+/// so that every change after the result reaches the client as an event.
+struct Unannounced {
+    request_id: Value,
+    result: Frame,
+    buffered: Vec<(&'static str, Value)>,
+    metrics: Option<Arc<crate::cluster::Cluster>>,
+}
+
 /// What a periodic re-check found revoked.
 enum Target {
     Sub(u64),
@@ -151,6 +160,7 @@ struct Console {
     expires: Option<SystemTime>,
     opened: Instant,
     subs: HashMap<u64, Sub>,
+    unannounced: HashMap<u64, Unannounced>,
     by_id: HashMap<String, u64>,
     next_sub: u64,
     pending: usize,
@@ -429,12 +439,7 @@ impl Console {
                 }
             }
         }
-        if events.contains("monitoring.metrics_update") {
-            sub.task = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-                work::poll_metrics(cluster, subscription_id.clone(), self.outbound.clone()),
-            )));
-        }
-        self.outbound.push_forced(Frame::text(
+        let result = Frame::text(
             json!({
                 "type": "subscribe_result",
                 "id": pending.request_id,
@@ -444,10 +449,41 @@ impl Console {
                 "data": {"subscription_id": subscription_id, "resource": pending.family.name(), "events": events},
             })
             .to_string(),
-        ));
+        );
+        self.unannounced.insert(
+            key,
+            Unannounced {
+                request_id: pending.request_id,
+                result,
+                buffered: Vec::new(),
+                metrics: events
+                    .contains("monitoring.metrics_update")
+                    .then_some(cluster),
+            },
+        );
         debug!(subscription = %subscription_id, family = pending.family.name(), cluster = %pending.cluster, "console subscribed");
         self.by_id.insert(subscription_id, key);
         self.subs.insert(key, sub);
+    }
+
+    /// Sends a subscription's `subscribe_result`, then what its initial
+    /// state raised, and starts its metrics polling.
+    fn announce(&mut self, key: u64) {
+        let Some(waiting) = self.unannounced.remove(&key) else {
+            return;
+        };
+        self.outbound.push_forced(waiting.result);
+        let Some(sub) = self.subs.get_mut(&key) else {
+            return;
+        };
+        if let Some(cluster) = waiting.metrics {
+            sub.task = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                work::poll_metrics(cluster, sub.id.clone(), self.outbound.clone()),
+            )));
+        }
+        if let Some(sub) = self.subs.get(&key) {
+            self.emit(sub, waiting.buffered);
+        }
     }
 
     fn on_unsubscribe(&mut self, id: &Value, data: &Value) -> Result<(), Refusal> {
@@ -459,6 +495,7 @@ impl Console {
             details: json!({"subscription_id": sid}),
         })?;
         self.subs.remove(&key);
+        self.unannounced.remove(&key);
         self.outbound.push_forced(Frame::text(
             json!({"type": "unsubscribe_result", "id": id, "timestamp": work::now(),
                    "success": true, "subscription_id": sid, "data": {"subscription_id": sid}})
@@ -766,18 +803,31 @@ impl Dialect for Console {
                 };
                 let mut out = Vec::new();
                 sub.apply(stream, &event, &mut out);
-                if !out.is_empty()
+                let synced = sub.synced();
+                if let Some(waiting) = self.unannounced.get_mut(&key) {
+                    waiting.buffered.append(&mut out);
+                    if synced {
+                        self.announce(key);
+                    }
+                } else if !out.is_empty()
                     && let Some(sub) = self.subs.get(&key)
                 {
                     self.emit(sub, out);
                 }
             }
             Notice::Problem(key, refusal) => {
+                let ended = refusal.code == "SUBSCRIPTION_ENDED";
+                if ended && let Some(waiting) = self.unannounced.remove(&key) {
+                    if let Some(sub) = self.subs.remove(&key) {
+                        self.by_id.remove(&sub.id);
+                    }
+                    return self.send_error(&waiting.request_id, &refusal);
+                }
+                self.announce(key);
                 let Some(sub) = self.subs.get(&key) else {
                     return;
                 };
                 let id = Value::String(sub.id.clone());
-                let ended = refusal.code == "SUBSCRIPTION_ENDED";
                 self.send_error(
                     &id,
                     &Refusal {
@@ -804,6 +854,7 @@ impl Dialect for Console {
                 }
             }
             Notice::Revoked(Target::Sub(key), message) => {
+                self.announce(key);
                 if let Some(sub) = self.subs.remove(&key) {
                     self.by_id.remove(&sub.id);
                     self.send_error(
@@ -904,6 +955,7 @@ pub async fn serve(
         expires: None,
         opened: now,
         subs: HashMap::new(),
+        unannounced: HashMap::new(),
         by_id: HashMap::new(),
         next_sub: 0,
         pending: 0,
