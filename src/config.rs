@@ -14,9 +14,11 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+use crate::auth::jwt::{JwtSettings, JwtVerifier};
 use crate::auth::origin::OriginPolicy;
 use crate::auth::policy::{AuthMode, Policy};
 use crate::auth::review::Reviewer;
+use crate::dialect::console::ConsoleAuth;
 use crate::hub::{HistoryLimits, HubConfig};
 use crate::metrics::Metrics;
 use crate::server::ServerConfig;
@@ -130,6 +132,27 @@ pub struct ProxyArgs {
     /// With --auth shared, how often live subscribers are re-authorised (a revoked one gets ERROR and COMPLETE), 1s to 1h [default: 30s].
     #[arg(long, env = "KUBEMUX_AUTH_RECHECK_INTERVAL", value_parser = parse_duration)]
     pub auth_recheck_interval: Option<Duration>,
+    /// Also serve the subscription API (seed 003) at /ws on this address; needs a JWT key [default: off].
+    #[arg(long, env = "KUBEMUX_SUBSCRIPTIONS_LISTEN")]
+    pub subscriptions_listen: Option<SocketAddr>,
+    /// Subscription API: file holding the HS256 secret its JWTs are signed with [default: none].
+    #[arg(long, env = "KUBEMUX_JWT_HS256_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// Subscription API: PEM public key its JWTs are signed with (RSA → RS256, EC P-256 → ES256) [default: none].
+    #[arg(long, env = "KUBEMUX_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Subscription API: required JWT issuer (iss) [default: not checked].
+    #[arg(long, env = "KUBEMUX_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Subscription API: required JWT audience (aud) [default: not checked].
+    #[arg(long, env = "KUBEMUX_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Subscription API: the JWT claim naming the Kubernetes user [default: sub].
+    #[arg(long, env = "KUBEMUX_JWT_USER_CLAIM")]
+    pub jwt_user_claim: Option<String>,
+    /// Subscription API: the JWT claim listing the user's Kubernetes groups [default: groups].
+    #[arg(long, env = "KUBEMUX_JWT_GROUPS_CLAIM")]
+    pub jwt_groups_claim: Option<String>,
 }
 
 /// The same settings as read from a TOML file. Unknown keys are errors, so a
@@ -166,6 +189,13 @@ struct FileConfig {
     message_rate: Option<u64>,
     message_burst: Option<u64>,
     queue_memory_budget: Option<u64>,
+    subscriptions_listen: Option<String>,
+    jwt_hs256_secret_file: Option<PathBuf>,
+    jwt_public_key_file: Option<PathBuf>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    jwt_user_claim: Option<String>,
+    jwt_groups_claim: Option<String>,
 }
 
 /// Why the configuration was rejected.
@@ -190,6 +220,9 @@ pub enum ConfigError {
     /// The combination of settings is unsafe.
     #[error("{0}")]
     Unsafe(String),
+    /// The subscription API's JWT settings are unusable.
+    #[error("{0}")]
+    Jwt(String),
     /// A setting is out of its accepted range.
     #[error("invalid {setting} = {value}: accepted {accepted}")]
     Invalid {
@@ -263,6 +296,10 @@ pub struct Settings {
     pub message_burst: u64,
     /// Bytes of all outbound queues together.
     pub queue_memory_budget: u64,
+    /// Own listener for the subscription API.
+    pub subscriptions_listen: Option<SocketAddr>,
+    /// The subscription API's JWT key and claims.
+    pub jwt: JwtSettings,
 }
 
 impl Default for Settings {
@@ -297,6 +334,12 @@ impl Default for Settings {
             message_rate: 1000,
             message_burst: 2000,
             queue_memory_budget: 2 << 30,
+            subscriptions_listen: None,
+            jwt: JwtSettings {
+                user_claim: "sub".into(),
+                groups_claim: "groups".into(),
+                ..JwtSettings::default()
+            },
         }
     }
 }
@@ -394,6 +437,13 @@ impl Settings {
         default_auth: AuthMode,
     ) -> Result<Settings, ConfigError> {
         let settings = Self::layer_values(args, file, default_auth)?;
+        let verifier = JwtVerifier::from_settings(&settings.jwt)
+            .map_err(|e| ConfigError::Jwt(e.to_string()))?;
+        if settings.subscriptions_listen.is_some() && verifier.is_none() {
+            return Err(ConfigError::Jwt(
+                "subscriptions_listen serves the subscription API, which needs a JWT key: set jwt_hs256_secret_file or jwt_public_key_file".into(),
+            ));
+        }
         Policy::new(settings.auth, settings.allow_secrets)
             .check_listener(settings.listen, settings.allow_unauthenticated_remote)
             .map_err(|e| ConfigError::Unsafe(e.to_string()))?;
@@ -429,7 +479,52 @@ impl Settings {
             check_duration(setting, value, range, accepted)
         };
         let secs = Duration::from_secs;
+        let claim = |flag: &Option<String>,
+                     file: Option<String>,
+                     setting: &'static str,
+                     default: String| {
+            let value = flag.clone().or(file).unwrap_or(default);
+            if value.is_empty() {
+                Err(ConfigError::Invalid {
+                    setting,
+                    value,
+                    accepted: "a non-empty claim name",
+                })
+            } else {
+                Ok(value)
+            }
+        };
+        let jwt = JwtSettings {
+            hs256_secret_file: args
+                .jwt_hs256_secret_file
+                .clone()
+                .or(file.jwt_hs256_secret_file),
+            public_key_file: args
+                .jwt_public_key_file
+                .clone()
+                .or(file.jwt_public_key_file),
+            issuer: args.jwt_issuer.clone().or(file.jwt_issuer),
+            audience: args.jwt_audience.clone().or(file.jwt_audience),
+            user_claim: claim(
+                &args.jwt_user_claim,
+                file.jwt_user_claim,
+                "jwt_user_claim",
+                d.jwt.user_claim.clone(),
+            )?,
+            groups_claim: claim(
+                &args.jwt_groups_claim,
+                file.jwt_groups_claim,
+                "jwt_groups_claim",
+                d.jwt.groups_claim.clone(),
+            )?,
+        };
         Ok(Settings {
+            jwt,
+            subscriptions_listen: optional_addr(
+                "subscriptions_listen",
+                args.subscriptions_listen,
+                file.subscriptions_listen,
+            )?,
             listen,
             linger: dur(
                 args.linger,
@@ -636,7 +731,8 @@ impl Settings {
              pong_timeout = \"{}\"\nshutdown_grace = \"{}\"\nlog_format = \"{}\"\n\
              allowed_origins = {:?}\nauth = \"{}\"\nallow_unauthenticated_remote = {}\n\
              allow_secrets = {}\nauth_cache_ttl = \"{}\"\nauth_recheck_interval = \"{}\"\n\
-             {}notifications_debounce = \"{}\"\n{}dashboard_metrics_interval = \"{}\"\n",
+             {}notifications_debounce = \"{}\"\n{}dashboard_metrics_interval = \"{}\"\n\
+             {}jwt_user_claim = {:?}\njwt_groups_claim = {:?}\n",
             self.listen,
             d(self.linger),
             self.max_message_size,
@@ -663,7 +759,10 @@ impl Settings {
             self.dashboard_listen
                 .map(|a| format!("dashboard_listen = \"{a}\"\n"))
                 .unwrap_or_default(),
-            d(self.dashboard_metrics_interval)
+            d(self.dashboard_metrics_interval),
+            self.optional_console_toml(),
+            self.jwt.user_claim,
+            self.jwt.groups_claim,
         ) + &format!(
             "max_connections_per_address = {}\nhandshake_timeout = \"{}\"\nidle_timeout = \"{}\"\n\
              message_rate = {}\nmessage_burst = {}\nqueue_memory_budget = {}\n",
@@ -674,6 +773,51 @@ impl Settings {
             self.message_burst,
             self.queue_memory_budget,
         )
+    }
+
+    /// The subscription API's optional settings as TOML lines (those set).
+    fn optional_console_toml(&self) -> String {
+        let mut out = String::new();
+        if let Some(a) = self.subscriptions_listen {
+            out.push_str(&format!("subscriptions_listen = \"{a}\"\n"));
+        }
+        let paths = [
+            ("jwt_hs256_secret_file", &self.jwt.hs256_secret_file),
+            ("jwt_public_key_file", &self.jwt.public_key_file),
+        ];
+        for (key, path) in paths {
+            if let Some(p) = path {
+                out.push_str(&format!("{key} = {:?}\n", p.display().to_string()));
+            }
+        }
+        for (key, value) in [
+            ("jwt_issuer", &self.jwt.issuer),
+            ("jwt_audience", &self.jwt.audience),
+        ] {
+            if let Some(v) = value {
+                out.push_str(&format!("{key} = {v:?}\n"));
+            }
+        }
+        out
+    }
+
+    /// The subscription API's verifier and reviewer, when a JWT key is
+    /// configured. The reviewer asks SubjectAccessReviews with kubemux's
+    /// own credentials, cached for auth_cache_ttl and re-checked every
+    /// auth_recheck_interval, whatever the auth mode of the other dialects.
+    pub fn console_auth(
+        &self,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Option<Arc<ConsoleAuth>>, ConfigError> {
+        let verifier =
+            JwtVerifier::from_settings(&self.jwt).map_err(|e| ConfigError::Jwt(e.to_string()))?;
+        Ok(verifier.map(|verifier| {
+            Arc::new(ConsoleAuth {
+                verifier,
+                reviewer: Arc::new(Reviewer::new(self.auth_cache_ttl, metrics.clone())),
+                recheck: self.auth_recheck_interval,
+            })
+        }))
     }
 
     /// The hub's settings.
@@ -719,6 +863,7 @@ impl Settings {
             notifications_debounce: self.notifications_debounce,
             dashboard_listen: self.dashboard_listen,
             dashboard_metrics_interval: self.dashboard_metrics_interval,
+            subscriptions_listen: self.subscriptions_listen,
             ..ServerConfig::default()
         }
     }
@@ -840,5 +985,36 @@ mod tests {
         );
         let err = Settings::from_toml(&ProxyArgs::default(), "lingr = \"1s\"", "t").unwrap_err();
         assert!(err.to_string().contains("lingr"), "{err}");
+    }
+
+    #[test]
+    fn the_subscription_api_needs_a_usable_jwt_key() {
+        let err = Settings::from_toml(
+            &ProxyArgs::default(),
+            "subscriptions_listen = \"127.0.0.1:0\"",
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("jwt_hs256_secret_file"), "{err}");
+        let err = Settings::from_toml(
+            &ProxyArgs::default(),
+            "jwt_public_key_file = \"/nonexistent/kubemux-key.pem\"",
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("kubemux-key.pem"), "{err}");
+        let err =
+            Settings::from_toml(&ProxyArgs::default(), "jwt_user_claim = \"\"", "t").unwrap_err();
+        assert!(err.to_string().contains("jwt_user_claim"), "{err}");
+        let key = std::env::temp_dir().join(format!("kubemux-config-test-{}", std::process::id()));
+        std::fs::write(&key, "secret\n").unwrap();
+        let toml = format!(
+            "subscriptions_listen = \"127.0.0.1:0\"\njwt_hs256_secret_file = {:?}\njwt_audience = \"a\"\n",
+            key.display().to_string()
+        );
+        let s = Settings::from_toml(&ProxyArgs::default(), &toml, "t").unwrap();
+        let again = Settings::from_toml(&ProxyArgs::default(), &s.to_toml(), "printed").unwrap();
+        assert_eq!(s, again);
+        assert!(s.console_auth(&Arc::new(Metrics::new())).unwrap().is_some());
     }
 }

@@ -197,7 +197,9 @@ async fn run_proxy(
     sim: Option<SimServer>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let server_config = settings.server_config(&metrics);
+    let mut server_config = settings.server_config(&metrics);
+    server_config.console = settings.console_auth(&metrics)?;
+    let console = server_config.console.is_some();
     let hub = Hub::new(settings.hub_config(), registry.clone(), metrics);
     let server = Server::start(settings.listen, hub, server_config)
         .await
@@ -211,6 +213,9 @@ async fn run_proxy(
     println!(
         "status page: http://{addr}/   Headlamp multiplexer: ws://{addr}/wsMultiplexer   metrics: http://{addr}/metrics"
     );
+    if console {
+        println!("subscription API (JWT): ws://{addr}/ws/v1");
+    }
     if let Some(cluster) = registry.ids().first() {
         println!(
             "try:  cargo run --example client -- ws://{addr}/wsMultiplexer {cluster} /api/v1/pods"

@@ -5,9 +5,10 @@
 
 use bytes::Bytes;
 use kubemux::auth::credentials::Credentials;
+use kubemux::auth::jwt::{JwtSettings, JwtVerifier};
 use kubemux::auth::origin::OriginPolicy;
 use kubemux::config::{ProxyArgs, Settings};
-use kubemux::dialect::dashboard_view;
+use kubemux::dialect::{console_events, dashboard_view};
 use kubemux::hub::key::{normalize, parse_path};
 use kubemux::upstream::event::{WatchEvent, parse_list};
 use proptest::prelude::*;
@@ -121,4 +122,35 @@ proptest! {
     fn config_files_never_panic(text in prop_oneof![".*", "([a-z_]{1,20} = (\"[a-z0-9.:]{0,10}\"|[0-9]{1,12}|true|\\[\\]))\n{0,1}"]) {
         let _ = Settings::from_toml(&ProxyArgs::default(), &text, "fuzz");
     }
+
+    #[test]
+    fn console_derivations_and_tokens_never_panic(text in prop_oneof![json_like(), ".*"], token in "[A-Za-z0-9_.-]{0,120}") {
+        if let Ok(object) = serde_json::from_str::<serde_json::Value>(&text) {
+            let _ = console_events::pod_alerts(&object);
+            let _ = console_events::node_alerts(&object);
+            let _ = console_events::quota_exceeded(&object);
+            let _ = console_events::pod_requests(&object);
+            let _ = console_events::node_allocatable(&object);
+        }
+        let _ = console_events::log_level(&text);
+        let _ = console_events::quantity(&text);
+        prop_assert!(verifier().verify(&token).is_err());
+    }
+}
+
+/// A verifier with a fixed secret (no generated token can carry its signature).
+fn verifier() -> &'static JwtVerifier {
+    static VERIFIER: std::sync::OnceLock<JwtVerifier> = std::sync::OnceLock::new();
+    VERIFIER.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("kubemux-fuzz-jwt-{}", std::process::id()));
+        std::fs::write(&path, "fuzz-secret").unwrap();
+        JwtVerifier::from_settings(&JwtSettings {
+            hs256_secret_file: Some(path),
+            user_claim: "sub".into(),
+            groups_claim: "groups".into(),
+            ..JwtSettings::default()
+        })
+        .unwrap()
+        .unwrap()
+    })
 }

@@ -2,6 +2,7 @@
 //! where requests may come from.
 
 pub mod credentials;
+pub mod jwt;
 pub mod origin;
 pub mod policy;
 pub mod review;

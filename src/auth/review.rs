@@ -78,6 +78,7 @@ struct AccessKey {
     verb: &'static str,
     group: String,
     resource: String,
+    subresource: Option<&'static str>,
     namespace: Option<String>,
 }
 
@@ -118,10 +119,26 @@ impl Reviewer {
         let token = token.ok_or_else(|| ReviewError::NoCredentials(cluster.id().to_string()))?;
         let user = self.authenticate(cluster, token, fresh).await?;
         for verb in ["list", "watch"] {
-            self.authorize(cluster, &user, verb, resource, fresh)
+            self.authorize(cluster, &user, verb, resource, None, fresh)
                 .await?;
         }
         Ok(user)
+    }
+
+    /// Authorises an already-authenticated `user` (e.g. from a verified
+    /// JWT) for `verb` on `resource` (or its `subresource`, such as
+    /// `pods/log`), with the same cache as [`Reviewer::check`].
+    pub async fn check_user(
+        &self,
+        cluster: &Cluster,
+        user: &User,
+        verb: &'static str,
+        resource: &ResourcePath,
+        subresource: Option<&'static str>,
+        fresh: bool,
+    ) -> Result<(), ReviewError> {
+        self.authorize(cluster, user, verb, resource, subresource, fresh)
+            .await
     }
 
     fn record(&self, kind: &'static str, outcome: &'static str) {
@@ -190,6 +207,7 @@ impl Reviewer {
         user: &User,
         verb: &'static str,
         resource: &ResourcePath,
+        subresource: Option<&'static str>,
         fresh: bool,
     ) -> Result<(), ReviewError> {
         let key = AccessKey {
@@ -198,15 +216,22 @@ impl Reviewer {
             verb,
             group: resource.group.clone(),
             resource: resource.resource.clone(),
+            subresource,
             namespace: resource.namespace.clone(),
         };
         let forbidden = |reason: String| ReviewError::Forbidden {
             user: user.name.clone(),
             verb,
-            resource: if resource.group.is_empty() {
-                resource.resource.clone()
-            } else {
-                format!("{}.{}", resource.resource, resource.group)
+            resource: {
+                let name = match subresource {
+                    Some(sub) => format!("{}/{sub}", resource.resource),
+                    None => resource.resource.clone(),
+                };
+                if resource.group.is_empty() {
+                    name
+                } else {
+                    format!("{name}.{}", resource.group)
+                }
             },
             scope: resource
                 .namespace
@@ -238,6 +263,7 @@ impl Reviewer {
                     group: Some(resource.group.clone()),
                     version: Some(resource.version.clone()),
                     resource: Some(resource.resource.clone()),
+                    subresource: subresource.map(str::to_string),
                     namespace: resource.namespace.clone(),
                     ..Default::default()
                 }),

@@ -1,3 +1,7 @@
+pub mod console;
+pub mod console_events;
+pub mod console_sub;
+pub mod console_work;
 pub mod dashboard;
 pub mod dashboard_view;
 pub mod headlamp;

@@ -23,7 +23,7 @@ use crate::auth::credentials::Credentials;
 use crate::auth::origin::OriginPolicy;
 use crate::auth::policy::Policy;
 use crate::dialect::notifications::{self, Feed};
-use crate::dialect::{dashboard, headlamp};
+use crate::dialect::{console, dashboard, headlamp};
 use crate::hub::Hub;
 use conn::Liveness;
 use outbound::QueueLimits;
@@ -57,6 +57,11 @@ pub struct ServerConfig {
     pub dashboard_metrics_interval: std::time::Duration,
     /// Abuse limits.
     pub limits: limits::Limits,
+    /// The console dialect's JWT verifier and reviewer; without it `/ws/v1`
+    /// is refused.
+    pub console: Option<Arc<console::ConsoleAuth>>,
+    /// Also serve the console dialect at `/ws` on this address.
+    pub subscriptions_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +79,8 @@ impl Default for ServerConfig {
             dashboard_listen: None,
             dashboard_metrics_interval: std::time::Duration::from_secs(10),
             limits: limits::Limits::default(),
+            console: None,
+            subscriptions_listen: None,
         }
     }
 }
@@ -118,6 +125,10 @@ impl Server {
             Some(at) => Some(TcpListener::bind(at).await?),
             None => None,
         };
+        let subscriptions = match config.subscriptions_listen {
+            Some(at) => Some(TcpListener::bind(at).await?),
+            None => None,
+        };
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let connections = tokio_util::task::TaskTracker::new();
         let probes = hub.clusters().spawn_health_probes(config.health_interval);
@@ -150,6 +161,13 @@ impl Server {
             extra_addrs.push(listener.local_addr()?);
             let app = Router::new()
                 .route("/ws", get(dashboard_ws))
+                .with_state(state.clone());
+            tasks.push(spawn_serve(listener, app));
+        }
+        if let Some(listener) = subscriptions {
+            extra_addrs.push(listener.local_addr()?);
+            let app = Router::new()
+                .route("/ws", get(console_ws))
                 .with_state(state);
             tasks.push(spawn_serve(listener, app));
         }
@@ -165,7 +183,7 @@ impl Server {
     }
 
     /// Addresses of the dialects' own listeners (notifications, then
-    /// dashboard, those configured), in order.
+    /// dashboard, then subscriptions, those configured), in order.
     pub fn extra_addrs(&self) -> &[SocketAddr] {
         &self.extra_addrs
     }
@@ -319,6 +337,35 @@ async fn dashboard_ws(
     })
 }
 
+async fn console_ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(refusal) = refuse_upgrade(&state, &headers) {
+        return refusal;
+    }
+    let Some(auth) = state.config.console.clone() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the subscription API needs a JWT key: set --jwt-hs256-secret-file or --jwt-public-key-file\n",
+        )
+            .into_response();
+    };
+    let ws = ws.lean(console::SOCKET_LIMIT);
+    let connections = state.connections.clone();
+    tracked(&connections, ws, move |socket| async move {
+        console::serve(
+            socket,
+            state.hub.clone(),
+            state.config.clone(),
+            auth,
+            state.shutdown.clone(),
+        )
+        .await;
+    })
+}
+
 /// Every resource a dashboard shows: nodes, namespaces and pods (of the
 /// chosen namespaces).
 fn dashboard_resources(namespaces: Option<&str>) -> Result<Vec<crate::hub::ResourcePath>, String> {
@@ -374,6 +421,7 @@ pub fn router(state: AppState) -> Router {
         .route("/wsMultiplexer", get(headlamp_ws))
         .route("/ws/clusters", get(notifications_ws))
         .route("/ws/dashboard", get(dashboard_ws))
+        .route("/ws/v1", get(console_ws))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(status::readyz))
         .route("/metrics", get(metrics))

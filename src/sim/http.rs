@@ -23,6 +23,7 @@ use crate::sim::discovery;
 use crate::sim::error::ApiError;
 use crate::sim::faults::Faults;
 use crate::sim::metrics::Metrics;
+use crate::sim::resource_metrics;
 use crate::sim::store::Store;
 
 /// Largest request body accepted (objects are small).
@@ -54,6 +55,10 @@ pub struct AppState {
     pub settings: WatchSettings,
     /// Tokens and rules (authentication may be disabled).
     pub auth: Arc<Auth>,
+    /// Pod logs.
+    pub logs: Arc<crate::sim::logs::Logs>,
+    /// Whether `metrics.k8s.io` is served.
+    pub resource_metrics: Arc<crate::sim::resource_metrics::ResourceMetrics>,
 }
 
 /// Builds the complete router.
@@ -64,9 +69,26 @@ pub fn router(state: AppState) -> Router {
             get(|| async { axum::Json(discovery::version()) }),
         )
         .route("/api", get(api_versions))
+        .route("/apis", get(api_groups))
         .route(
-            "/apis",
-            get(|| async { axum::Json(discovery::api_group_list()) }),
+            "/apis/metrics.k8s.io/v1beta1",
+            get(resource_metrics::resources),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/nodes",
+            get(resource_metrics::nodes),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/pods",
+            get(resource_metrics::all_pods),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods",
+            get(resource_metrics::namespace_pods),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/log",
+            get(crate::sim::logs::handler),
         )
         .route("/api/{*rest}", any(core_api))
         .route("/apis/{*rest}", any(group_api))
@@ -78,6 +100,17 @@ pub fn router(state: AppState) -> Router {
             access::authenticate,
         ))
         .with_state(state)
+}
+
+/// `/apis`: the table's groups, and `metrics.k8s.io` while it is served.
+async fn api_groups(State(app): State<AppState>) -> Response {
+    let mut list = discovery::api_group_list();
+    if app.resource_metrics.served()
+        && let Some(groups) = list["groups"].as_array_mut()
+    {
+        groups.push(resource_metrics::group_entry());
+    }
+    axum::Json(list).into_response()
 }
 
 async fn api_versions(State(app): State<AppState>) -> Response {

@@ -55,6 +55,7 @@ pub struct Metrics {
     requests: Family<RequestLabel, Counter>,
     user_active_watches: Family<UserResourceLabel, Gauge>,
     review_requests: Family<ResourceLabel, Counter>,
+    log_streams: Gauge,
     /// Requests per user over all verbs and resources (the family cannot be
     /// summed in-process).
     requests_per_user: Mutex<HashMap<String, u64>>,
@@ -106,7 +107,14 @@ impl Metrics {
             "TokenReview and SubjectAccessReview requests received",
             review_requests.clone(),
         );
+        let log_streams = Gauge::default();
+        registry.register(
+            "sim_log_streams",
+            "Open pod log streams",
+            log_streams.clone(),
+        );
         Metrics {
+            log_streams,
             registry,
             active_watches,
             watch_requests,
@@ -116,6 +124,11 @@ impl Metrics {
             review_requests,
             requests_per_user: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The gauge of open pod log streams (shared with [`crate::sim::logs`]).
+    pub fn log_streams(&self) -> Gauge {
+        self.log_streams.clone()
     }
 
     /// Counts a watch request (before any fault injection or validation).

@@ -19,8 +19,10 @@ use crate::sim::error::SimError;
 use crate::sim::faults::Faults;
 use crate::sim::http::{AppState, WatchSettings, router};
 use crate::sim::listener::SimListener;
+use crate::sim::logs::Logs;
 use crate::sim::metrics::Metrics;
 use crate::sim::population;
+use crate::sim::resource_metrics::ResourceMetrics;
 use crate::sim::store::Store;
 
 /// How long shutdown waits for connections to drain before resetting them.
@@ -89,6 +91,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     churn: ChurnControl,
     auth: Arc<Auth>,
+    logs: Arc<Logs>,
+    resource_metrics: Arc<ResourceMetrics>,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -131,6 +135,8 @@ impl SimServer {
             shutdown.clone(),
         );
         let auth = Arc::new(Auth::new(config.auth.clone()));
+        let logs = Arc::new(Logs::new(metrics.log_streams()));
+        let resource_metrics = Arc::new(ResourceMetrics::default());
         let app = router(AppState {
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
@@ -142,6 +148,8 @@ impl SimServer {
                 bookmark_interval: config.bookmark_interval,
             },
             auth: Arc::clone(&auth),
+            logs: Arc::clone(&logs),
+            resource_metrics: Arc::clone(&resource_metrics),
         });
         let serve = axum::serve(SimListener::new(listener, addr, Arc::clone(&faults)), app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -159,6 +167,8 @@ impl SimServer {
                 metrics,
                 churn,
                 auth,
+                logs,
+                resource_metrics,
                 shutdown,
                 tasks: Mutex::new(vec![serve_task, churn_task]),
             }),
@@ -198,6 +208,16 @@ impl SimServer {
     /// Tokens and rules, changeable while the server runs.
     pub fn auth(&self) -> &Auth {
         &self.inner.auth
+    }
+
+    /// Pod logs: append lines, count open log streams.
+    pub fn logs(&self) -> &Logs {
+        &self.inner.logs
+    }
+
+    /// `metrics.k8s.io`: served by default, switchable off.
+    pub fn resource_metrics(&self) -> &ResourceMetrics {
+        &self.inner.resource_metrics
     }
 
     /// Request and watch metrics, for assertions beyond the helpers here and

@@ -1,0 +1,974 @@
+//! The authenticated subscription API (seed 003) at `/ws/v1` (or `/ws` on
+//! `--subscriptions-listen`): a JWT `auth` message first, then `subscribe`
+//! to workspace (cluster), project (namespace) and monitoring event
+//! families, `get_workspace_status`, and `stream_logs`/`stop_stream`.
+//!
+//! Every family is derived from hub watches made with kubemux's own
+//! identity, so any number of consoles cost one upstream watch per
+//! resource; each subscription and command is first authorised for the
+//! JWT's user and groups with SubjectAccessReviews (cached), and live
+//! subscriptions are re-checked every recheck interval.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::server::WebSocket;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::debug;
+
+use super::console_sub::{Family, Stream, Sub};
+use super::console_work::{self as work, Check, LogRequest, QUERY, Refusal, envelope, error_frame};
+use crate::auth::jwt::JwtVerifier;
+use crate::auth::review::{Reviewer, User};
+use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber};
+use crate::server::ServerConfig;
+use crate::server::conn::{self, ConnContext, Dialect, Liveness};
+use crate::server::limits::TokenBucket;
+use crate::server::outbound::{Frame, Outbound};
+use crate::upstream::event::WatchEvent;
+
+/// Largest client message the seed allows; larger gets `MESSAGE_TOO_LARGE`
+/// and the socket closes.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+/// The socket's own limit: messages between [`MAX_MESSAGE`] and this are
+/// read so the client can be told why it is closed; beyond it the socket
+/// closes with 1009 without reading them.
+pub const SOCKET_LIMIT: usize = 4 * MAX_MESSAGE;
+/// Subscriptions per connection.
+pub const MAX_SUBSCRIPTIONS: usize = 100;
+/// Concurrent log streams per connection.
+pub const MAX_LOG_STREAMS: usize = 5;
+/// Client messages per second, sustained.
+pub const RATE_PER_SECOND: f64 = 100.0;
+/// Client messages in a burst.
+pub const RATE_BURST: f64 = 200.0;
+/// Interval of the seed's `{"type":"ping"}` messages.
+pub const PING_EVERY: Duration = Duration::from_secs(30);
+/// A connection without any client message for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A connection that has not authenticated after this long is closed.
+pub const AUTH_DEADLINE: Duration = Duration::from_secs(30);
+/// WebSocket-level liveness (as the other dialects).
+pub const LIVENESS: Liveness = Liveness {
+    ping_interval: Duration::from_secs(30),
+    pong_timeout: Duration::from_secs(30),
+    write_timeout: Duration::from_secs(10),
+    idle_timeout: Some(IDLE_TIMEOUT),
+};
+
+/// How consoles are authenticated and authorised.
+pub struct ConsoleAuth {
+    /// Verifies the `auth` message's JWT.
+    pub verifier: JwtVerifier,
+    /// SubjectAccessReviews for the JWT's user, cached.
+    pub reviewer: Arc<Reviewer>,
+    /// Interval of re-checks of live subscriptions.
+    pub recheck: Duration,
+}
+
+impl std::fmt::Debug for ConsoleAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleAuth")
+            .field("verifier", &self.verifier)
+            .field("recheck", &self.recheck)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A subscribe request that passed validation, waiting for its review.
+struct Pending {
+    request_id: Value,
+    family: Family,
+    cluster: String,
+    project: Option<String>,
+    events: BTreeSet<&'static str>,
+    explicit_metrics: bool,
+}
+
+/// Notices from hub subscriptions and background tasks.
+enum Notice {
+    Event(u64, Stream, Arc<WatchEvent>),
+    Problem(u64, Refusal),
+    Authorised(Box<Pending>, Result<bool, Refusal>),
+    Revoked(Target, String),
+    LogEnded(String),
+}
+
+/// A subscription whose `subscribe_result` waits for its initial state,
+/// so that every change after the result reaches the client as an event.
+struct Unannounced {
+    request_id: Value,
+    result: Frame,
+    buffered: Vec<(&'static str, Value)>,
+    metrics: Option<Arc<crate::cluster::Cluster>>,
+}
+
+/// What a periodic re-check found revoked.
+enum Target {
+    Sub(u64),
+    Log(String),
+}
+
+/// A running log stream, re-authorised like a subscription.
+struct LogStream {
+    handle: AbortHandle,
+    id: Value,
+    cluster: String,
+    check: Check,
+}
+
+struct Sink {
+    sub: u64,
+    stream: Stream,
+    tx: mpsc::Sender<Notice>,
+}
+
+impl Subscriber for Sink {
+    fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
+        self.tx
+            .try_send(Notice::Event(self.sub, self.stream, event.clone()))
+            .map_err(|_| Overflow)
+    }
+
+    fn warning(&self, message: &str) {
+        let _ = self.tx.try_send(Notice::Problem(
+            self.sub,
+            Refusal::new("WORKSPACE_UNAVAILABLE", message),
+        ));
+    }
+
+    fn end(&self, reason: EndReason) {
+        let message = match reason {
+            EndReason::Failed(m) => m,
+            EndReason::SlowConsumer => "the client did not read fast enough".into(),
+            other => format!("watch ended: {other:?}"),
+        };
+        let _ = self.tx.try_send(Notice::Problem(
+            self.sub,
+            Refusal::new("SUBSCRIPTION_ENDED", message),
+        ));
+    }
+}
+
+struct Console {
+    hub: Hub,
+    auth: Arc<ConsoleAuth>,
+    outbound: Arc<Outbound>,
+    notices: mpsc::Sender<Notice>,
+    user: Option<User>,
+    expires: Option<SystemTime>,
+    opened: Instant,
+    subs: HashMap<u64, Sub>,
+    unannounced: HashMap<u64, Unannounced>,
+    by_id: HashMap<String, u64>,
+    next_sub: u64,
+    pending: usize,
+    logs: HashMap<String, LogStream>,
+    tasks: JoinSet<()>,
+    /// The per-connection message rate.
+    bucket: TokenBucket,
+    last_ping: Instant,
+    last_recheck: Instant,
+}
+
+fn text_of<'a>(data: &'a Value, field: &str) -> Option<&'a str> {
+    data[field].as_str().filter(|s| !s.is_empty())
+}
+
+fn invalid(message: impl Into<String>) -> Refusal {
+    Refusal::new("INVALID_MESSAGE_FORMAT", message)
+}
+
+impl Console {
+    /// Queues an error within the connection's bounds: a client flooding
+    /// bad messages without reading the answers is disconnected (1008)
+    /// rather than allowed to grow its queue.
+    fn send_error(&self, id: &Value, refusal: &Refusal) {
+        if self.outbound.push(error_frame(id, refusal)).is_err() {
+            self.outbound
+                .close_with(conn::close::POLICY, "too many unread error messages");
+        }
+    }
+
+    fn take_token(&mut self) -> bool {
+        self.bucket.try_take()
+    }
+
+    /// The cluster a message names (`workspace_id`), or the default one.
+    fn cluster_of(&self, data: &Value) -> Result<Arc<crate::cluster::Cluster>, Refusal> {
+        let registry = self.hub.clusters();
+        let id = text_of(data, "workspace_id")
+            .map(str::to_string)
+            .or_else(|| registry.default_id())
+            .ok_or_else(|| invalid("workspace_id is required"))?;
+        registry.get(&id).ok_or_else(|| Refusal {
+            code: "RESOURCE_NOT_FOUND",
+            message: format!(
+                "workspace {:?} does not exist: workspaces are the clusters kubemux serves",
+                id.chars().take(100).collect::<String>()
+            ),
+            details: json!({"workspaces": registry.ids()}),
+        })
+    }
+
+    fn on_auth(&mut self, id: &Value, message: &Value) {
+        if self.user.is_some() {
+            self.send_error(id, &invalid("already authenticated"));
+            return;
+        }
+        let token = message["token"]
+            .as_str()
+            .or_else(|| message["data"]["token"].as_str())
+            .unwrap_or_default();
+        match self.auth.verifier.verify(token) {
+            Ok(verified) => {
+                let user = verified.user;
+                self.expires = verified.expires;
+                debug!(user = %user.name, "console authenticated");
+                self.outbound.push_forced(Frame::text(
+                    json!({
+                        "type": "auth_result",
+                        "id": id,
+                        "timestamp": work::now(),
+                        "success": true,
+                        "user_id": user.name,
+                        "message": "Authenticated successfully",
+                    })
+                    .to_string(),
+                ));
+                self.user = Some(user);
+            }
+            Err(e) => {
+                self.outbound.push_forced(Frame::text(
+                    json!({"type": "auth_result", "id": id, "timestamp": work::now(),
+                           "success": false, "error": e.to_string()})
+                    .to_string(),
+                ));
+                self.send_error(id, &Refusal::new("INVALID_TOKEN", e.to_string()));
+                self.outbound
+                    .close_with(conn::close::POLICY, "invalid token");
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, id: &Value, data: &Value) -> Result<(), Refusal> {
+        let resource =
+            text_of(data, "resource").ok_or_else(|| invalid("data.resource is required"))?;
+        let family = match resource {
+            "workspace" => Family::Workspace,
+            "project" => Family::Project,
+            "monitoring" => Family::Monitoring,
+            "organization" | "provisioning" => {
+                return Err(Refusal {
+                    code: "RESOURCE_NOT_FOUND",
+                    message: format!(
+                        "{resource} events have no Kubernetes source: kubemux derives events from clusters (workspace), namespaces (project) and cluster health (monitoring)"
+                    ),
+                    details: json!({"resource": resource, "supported": ["workspace", "project", "monitoring"]}),
+                });
+            }
+            other => {
+                return Err(Refusal {
+                    code: "INVALID_MESSAGE_FORMAT",
+                    message: format!(
+                        "unknown resource {:?}",
+                        other.chars().take(40).collect::<String>()
+                    ),
+                    details: json!({"supported": ["workspace", "project", "monitoring"]}),
+                });
+            }
+        };
+        let cluster = self.cluster_of(data)?;
+        let project = match family {
+            Family::Project => {
+                let ns = text_of(data, "project_id")
+                    .ok_or_else(|| invalid("data.project_id is required"))?;
+                crate::hub::key::parse_path(&format!("/api/v1/namespaces/{ns}/pods"))
+                    .ok()
+                    .filter(|_| !ns.contains(['/', '?', '&', '=', '%']))
+                    .ok_or_else(|| invalid("project_id is not a namespace name"))?;
+                Some(ns.to_string())
+            }
+            _ => None,
+        };
+        let all = family.events();
+        let (events, explicit_metrics) = match &data["events"] {
+            Value::Null => (all.iter().copied().collect::<BTreeSet<_>>(), false),
+            Value::Array(items) => {
+                let mut chosen = BTreeSet::new();
+                for item in items {
+                    let name = item.as_str().unwrap_or_default();
+                    let full = all
+                        .iter()
+                        .find(|e| {
+                            **e == name || e.split_once('.').is_some_and(|(_, short)| short == name)
+                        })
+                        .ok_or_else(|| Refusal {
+                            code: "INVALID_MESSAGE_FORMAT",
+                            message: format!(
+                                "unknown {resource} event {:?}",
+                                name.chars().take(60).collect::<String>()
+                            ),
+                            details: json!({"supported": all}),
+                        })?;
+                    chosen.insert(*full);
+                }
+                let metrics = chosen.contains("monitoring.metrics_update");
+                (chosen, metrics)
+            }
+            _ => return Err(invalid("data.events must be a list of event names")),
+        };
+        let current = self.subs.len() + self.pending;
+        if current >= MAX_SUBSCRIPTIONS {
+            return Err(Refusal {
+                code: "SUBSCRIPTION_LIMIT_EXCEEDED",
+                message: format!("Maximum number of subscriptions ({MAX_SUBSCRIPTIONS}) exceeded"),
+                details: json!({
+                    "current_subscriptions": current,
+                    "requested_subscription": format!("{resource}:{}", project.as_deref().unwrap_or(cluster.id())),
+                }),
+            });
+        }
+        let mut checks = Vec::new();
+        for stream in Stream::of(family) {
+            let path = match stream {
+                Stream::Namespace => continue,
+                s => s.path(project.as_deref()).0,
+            };
+            for verb in ["list", "watch"] {
+                checks.push(Check::new(verb, &path).map_err(invalid)?);
+            }
+        }
+        if events.contains("monitoring.metrics_update") {
+            checks.push(Check::new("list", "/apis/metrics.k8s.io/v1beta1/nodes").map_err(invalid)?);
+        }
+        self.pending += 1;
+        let pending = Box::new(Pending {
+            request_id: id.clone(),
+            family,
+            cluster: cluster.id().to_string(),
+            project,
+            events,
+            explicit_metrics,
+        });
+        let (reviewer, user, notices) = (
+            self.auth.reviewer.clone(),
+            self.user(),
+            self.notices.clone(),
+        );
+        let wants_metrics = pending.events.contains("monitoring.metrics_update");
+        self.tasks.spawn(async move {
+            let result = match work::authorise(&reviewer, &cluster, &user, &checks, false).await {
+                Err(refusal) => Err(refusal),
+                Ok(()) if wants_metrics => Ok(work::metrics_available(&cluster).await),
+                Ok(()) => Ok(false),
+            };
+            let _ = notices.send(Notice::Authorised(pending, result)).await;
+        });
+        Ok(())
+    }
+
+    fn on_authorised(&mut self, pending: Pending, result: Result<bool, Refusal>) {
+        self.pending -= 1;
+        let metrics = match result {
+            Err(refusal) => return self.send_error(&pending.request_id, &refusal),
+            Ok(metrics) => metrics,
+        };
+        let mut events = pending.events;
+        if events.contains("monitoring.metrics_update") && !metrics {
+            if pending.explicit_metrics {
+                return self.send_error(
+                    &pending.request_id,
+                    &Refusal {
+                        code: "RESOURCE_NOT_FOUND",
+                        message: format!(
+                            "workspace {:?} does not serve metrics.k8s.io (install metrics-server), so monitoring.metrics_update is unavailable",
+                            pending.cluster
+                        ),
+                        details: json!({"event": "monitoring.metrics_update"}),
+                    },
+                );
+            }
+            events.remove("monitoring.metrics_update");
+        }
+        let Some(cluster) = self.hub.clusters().get(&pending.cluster) else {
+            return self.send_error(
+                &pending.request_id,
+                &Refusal::new("RESOURCE_NOT_FOUND", "the workspace was removed"),
+            );
+        };
+        let key = self.next_sub;
+        self.next_sub += 1;
+        let subscription_id = uuid::Uuid::new_v4().to_string();
+        let mut sub = Sub::new(
+            subscription_id.clone(),
+            pending.family,
+            pending.cluster.clone(),
+            pending.project.clone(),
+            events.clone(),
+        );
+        for stream in Stream::of(pending.family) {
+            let (path, query) = stream.path(pending.project.as_deref());
+            let query = if query.is_empty() {
+                QUERY.to_string()
+            } else {
+                format!("{QUERY}&{query}")
+            };
+            let sink = Arc::new(Sink {
+                sub: key,
+                stream: *stream,
+                tx: self.notices.clone(),
+            });
+            let request = SubscribeRequest {
+                cluster: &pending.cluster,
+                path: &path,
+                query: &query,
+                identity: &Identity::Proxy,
+            };
+            match self.hub.subscribe(request, sink) {
+                Ok(s) => sub.hubs.push(s),
+                Err(e) => {
+                    return self.send_error(
+                        &pending.request_id,
+                        &Refusal::new("RESOURCE_NOT_FOUND", e.to_string()),
+                    );
+                }
+            }
+        }
+        let result = Frame::text(
+            json!({
+                "type": "subscribe_result",
+                "id": pending.request_id,
+                "timestamp": work::now(),
+                "success": true,
+                "subscription_id": subscription_id,
+                "data": {"subscription_id": subscription_id, "resource": pending.family.name(), "events": events},
+            })
+            .to_string(),
+        );
+        self.unannounced.insert(
+            key,
+            Unannounced {
+                request_id: pending.request_id,
+                result,
+                buffered: Vec::new(),
+                metrics: events
+                    .contains("monitoring.metrics_update")
+                    .then_some(cluster),
+            },
+        );
+        debug!(subscription = %subscription_id, family = pending.family.name(), cluster = %pending.cluster, "console subscribed");
+        self.by_id.insert(subscription_id, key);
+        self.subs.insert(key, sub);
+    }
+
+    /// Sends a subscription's `subscribe_result`, then what its initial
+    /// state raised, and starts its metrics polling.
+    fn announce(&mut self, key: u64) {
+        let Some(waiting) = self.unannounced.remove(&key) else {
+            return;
+        };
+        self.outbound.push_forced(waiting.result);
+        let Some(sub) = self.subs.get_mut(&key) else {
+            return;
+        };
+        if let Some(cluster) = waiting.metrics {
+            sub.task = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                work::poll_metrics(cluster, sub.id.clone(), self.outbound.clone()),
+            )));
+        }
+        if let Some(sub) = self.subs.get(&key) {
+            self.emit(sub, waiting.buffered);
+        }
+    }
+
+    fn on_unsubscribe(&mut self, id: &Value, data: &Value) -> Result<(), Refusal> {
+        let sid = text_of(data, "subscription_id")
+            .ok_or_else(|| invalid("data.subscription_id is required"))?;
+        let key = self.by_id.remove(sid).ok_or_else(|| Refusal {
+            code: "RESOURCE_NOT_FOUND",
+            message: "no such subscription on this connection".into(),
+            details: json!({"subscription_id": sid}),
+        })?;
+        self.subs.remove(&key);
+        self.unannounced.remove(&key);
+        self.outbound.push_forced(Frame::text(
+            json!({"type": "unsubscribe_result", "id": id, "timestamp": work::now(),
+                   "success": true, "subscription_id": sid, "data": {"subscription_id": sid}})
+            .to_string(),
+        ));
+        Ok(())
+    }
+
+    fn user(&self) -> User {
+        self.user.clone().unwrap_or_else(|| User {
+            name: String::new(),
+            uid: None,
+            groups: Vec::new(),
+        })
+    }
+
+    fn on_workspace_status(&mut self, id: &Value, data: &Value) -> Result<(), Refusal> {
+        let cluster = self.cluster_of(data)?;
+        let checks = vec![
+            Check::new("list", "/api/v1/nodes").map_err(invalid)?,
+            Check::new("list", "/api/v1/pods").map_err(invalid)?,
+        ];
+        let (hub, reviewer, user, outbound, id) = (
+            self.hub.clone(),
+            self.auth.reviewer.clone(),
+            self.user(),
+            self.outbound.clone(),
+            id.clone(),
+        );
+        self.tasks.spawn(async move {
+            let answer = match work::authorise(&reviewer, &cluster, &user, &checks, false).await {
+                Ok(()) => work::workspace_status(&hub, &cluster).await,
+                Err(refusal) => Err(refusal),
+            };
+            outbound.push_forced(match answer {
+                Ok(data) => envelope("workspace_status", &id, data),
+                Err(refusal) => error_frame(&id, &refusal),
+            });
+        });
+        Ok(())
+    }
+
+    fn on_stream_logs(&mut self, id: &Value, data: &Value) -> Result<(), Refusal> {
+        let cluster = self.cluster_of(data)?;
+        let namespace =
+            text_of(data, "namespace").ok_or_else(|| invalid("data.namespace is required"))?;
+        let pod = text_of(data, "pod").ok_or_else(|| invalid("data.pod is required"))?;
+        let tail_lines = match &data["tail_lines"] {
+            Value::Null => None,
+            v => Some(
+                v.as_i64()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| invalid("data.tail_lines must be a non-negative integer"))?,
+            ),
+        };
+        let follow = match &data["follow"] {
+            Value::Null => false,
+            v => v
+                .as_bool()
+                .ok_or_else(|| invalid("data.follow must be a boolean"))?,
+        };
+        let stream_id = match id {
+            Value::String(s) if !s.is_empty() => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => return Err(invalid("stream_logs needs an id: it becomes the stream_id")),
+        };
+        if self.logs.contains_key(&stream_id) {
+            return Err(invalid(format!(
+                "a log stream with id {stream_id:?} is already running"
+            )));
+        }
+        if self.logs.len() >= MAX_LOG_STREAMS {
+            return Err(Refusal {
+                code: "SUBSCRIPTION_LIMIT_EXCEEDED",
+                message: format!(
+                    "Maximum number of concurrent log streams ({MAX_LOG_STREAMS}) exceeded"
+                ),
+                details: json!({"current_streams": self.logs.len(), "requested_stream": stream_id}),
+            });
+        }
+        let mut check = Check::new("get", &format!("/api/v1/namespaces/{namespace}/pods"))
+            .map_err(|_| invalid("data.namespace is not a namespace name"))?;
+        check.subresource = Some("log");
+        let stream = (cluster.id().to_string(), check.clone());
+        let request = LogRequest {
+            stream_id: id.clone(),
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            container: text_of(data, "container").map(str::to_string),
+            follow,
+            tail_lines,
+        };
+        let (reviewer, user, outbound, notices, sid) = (
+            self.auth.reviewer.clone(),
+            self.user(),
+            self.outbound.clone(),
+            self.notices.clone(),
+            stream_id.clone(),
+        );
+        let handle = self.tasks.spawn(async move {
+            let id = request.stream_id.clone();
+            let result = match work::authorise(&reviewer, &cluster, &user, &[check], false).await {
+                Ok(()) => work::stream_logs(cluster, request, outbound.clone()).await,
+                Err(refusal) => Err(refusal),
+            };
+            match result {
+                Ok(()) => outbound.push_forced(envelope(
+                    "stream_ended",
+                    &id,
+                    json!({"stream_id": id, "reason": "completed"}),
+                )),
+                Err(refusal) => outbound.push_forced(error_frame(&id, &refusal)),
+            }
+            let _ = notices.send(Notice::LogEnded(sid)).await;
+        });
+        self.logs.insert(
+            stream_id,
+            LogStream {
+                handle,
+                id: id.clone(),
+                cluster: stream.0,
+                check: stream.1,
+            },
+        );
+        Ok(())
+    }
+
+    fn on_stop_stream(&mut self, id: &Value, data: &Value) -> Result<(), Refusal> {
+        let stream_id = match &data["stream_id"] {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => return Err(invalid("data.stream_id is required")),
+        };
+        let stream = self.logs.remove(&stream_id).ok_or_else(|| Refusal {
+            code: "RESOURCE_NOT_FOUND",
+            message: "no such log stream on this connection".into(),
+            details: json!({"stream_id": stream_id}),
+        })?;
+        stream.handle.abort();
+        self.outbound.push_forced(envelope(
+            "stream_ended",
+            id,
+            json!({"stream_id": stream_id, "reason": "stopped"}),
+        ));
+        Ok(())
+    }
+
+    fn dispatch(&mut self, kind: &str, id: &Value, message: &Value) -> Result<(), Refusal> {
+        let data = &message["data"];
+        match kind {
+            "subscribe" => self.on_subscribe(id, data),
+            "unsubscribe" => self.on_unsubscribe(id, data),
+            "get_workspace_status" => self.on_workspace_status(id, data),
+            "stream_logs" => self.on_stream_logs(id, data),
+            "stop_stream" => self.on_stop_stream(id, data),
+            other => Err(invalid(format!(
+                "unknown message type {:?}",
+                other.chars().take(40).collect::<String>()
+            ))),
+        }
+    }
+
+    fn emit(&self, sub: &Sub, events: Vec<(&'static str, Value)>) {
+        for (kind, mut data) in events {
+            if !sub.events.contains(kind) {
+                continue;
+            }
+            data["subscription_id"] = Value::String(sub.id.clone());
+            let frame = envelope(kind, &Value::String(sub.id.clone()), data);
+            if self.outbound.push(frame).is_err() {
+                self.outbound
+                    .close_with(conn::close::POLICY, "slow consumer");
+                return;
+            }
+        }
+    }
+
+    /// Re-authorises every live subscription, skipping the cache, so a
+    /// revoked user loses them within one interval.
+    fn recheck(&mut self) {
+        let Some(user) = self.user.clone() else {
+            return;
+        };
+        let subs = self.subs.iter().map(|(key, sub)| {
+            let checks = Stream::of(sub.family)
+                .iter()
+                .filter(|s| **s != Stream::Namespace)
+                .flat_map(|s| {
+                    let path = s.path(sub.project.as_deref()).0;
+                    ["list", "watch"].map(|verb| Check::new(verb, &path))
+                })
+                .filter_map(Result::ok)
+                .collect();
+            (Target::Sub(*key), sub.cluster.clone(), checks)
+        });
+        let logs = self.logs.iter().map(|(sid, stream)| {
+            (
+                Target::Log(sid.clone()),
+                stream.cluster.clone(),
+                vec![stream.check.clone()],
+            )
+        });
+        let plans: Vec<(Target, String, Vec<Check>)> = subs.chain(logs).collect();
+        if plans.is_empty() {
+            return;
+        }
+        let (hub, reviewer, notices) = (
+            self.hub.clone(),
+            self.auth.reviewer.clone(),
+            self.notices.clone(),
+        );
+        self.tasks.spawn(async move {
+            for (target, cluster, checks) in plans {
+                let Some(cluster) = hub.clusters().get(&cluster) else {
+                    continue;
+                };
+                if let Err(refusal) =
+                    work::authorise(&reviewer, &cluster, &user, &checks, true).await
+                    && refusal.code == "PERMISSION_DENIED"
+                {
+                    let _ = notices.send(Notice::Revoked(target, refusal.message)).await;
+                }
+            }
+        });
+    }
+}
+
+impl Dialect for Console {
+    type Notice = Notice;
+
+    fn on_text(&mut self, text: &str) {
+        let parsed = serde_json::from_str::<Value>(text);
+        let id = parsed
+            .as_ref()
+            .map(|m| m["id"].clone())
+            .unwrap_or(Value::Null);
+        if text.len() > MAX_MESSAGE {
+            self.send_error(
+                &id,
+                &Refusal {
+                    code: "MESSAGE_TOO_LARGE",
+                    message: format!("Message exceeds the size limit ({MAX_MESSAGE} bytes)"),
+                    details: json!({"size": text.len(), "limit": MAX_MESSAGE}),
+                },
+            );
+            self.outbound
+                .close_with(conn::close::TOO_BIG, "message too large");
+            return;
+        }
+        if !self.take_token() {
+            self.send_error(
+                &id,
+                &Refusal {
+                    code: "RATE_LIMIT_EXCEEDED",
+                    message: "Too many messages sent".into(),
+                    details: json!({"per_second": RATE_PER_SECOND, "burst": RATE_BURST}),
+                },
+            );
+            return;
+        }
+        let message = match parsed {
+            Ok(m @ Value::Object(_)) => m,
+            Ok(_) => return self.send_error(&id, &invalid("a message must be a JSON object")),
+            Err(e) => return self.send_error(&id, &invalid(format!("not JSON: {e}"))),
+        };
+        let Some(kind) = message["type"].as_str() else {
+            return self.send_error(&id, &invalid("the message has no string \"type\""));
+        };
+        match kind {
+            "pong" => {}
+            "ping" => self.outbound.push_forced(Frame::text(
+                json!({"type": "pong", "id": id, "timestamp": work::now()}).to_string(),
+            )),
+            "auth" => self.on_auth(&id, &message),
+            _ if self.user.is_none() => self.send_error(
+                &id,
+                &Refusal::new(
+                    "AUTH_REQUIRED",
+                    "Authentication required: send {\"type\":\"auth\",\"token\":\"<JWT>\"} first",
+                ),
+            ),
+            kind => {
+                let kind = kind.to_string();
+                if let Err(refusal) = self.dispatch(&kind, &id, &message) {
+                    self.send_error(&id, &refusal);
+                }
+            }
+        }
+    }
+
+    fn on_binary(&mut self, _data: &[u8]) {
+        self.send_error(
+            &Value::Null,
+            &invalid("binary messages are not accepted; send JSON text"),
+        );
+    }
+
+    fn on_notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Event(key, stream, event) => {
+                let Some(sub) = self.subs.get_mut(&key) else {
+                    return;
+                };
+                let mut out = Vec::new();
+                sub.apply(stream, &event, &mut out);
+                let synced = sub.synced();
+                if let Some(waiting) = self.unannounced.get_mut(&key) {
+                    waiting.buffered.append(&mut out);
+                    if synced {
+                        self.announce(key);
+                    }
+                } else if !out.is_empty()
+                    && let Some(sub) = self.subs.get(&key)
+                {
+                    self.emit(sub, out);
+                }
+            }
+            Notice::Problem(key, refusal) => {
+                let ended = refusal.code == "SUBSCRIPTION_ENDED";
+                if ended && let Some(waiting) = self.unannounced.remove(&key) {
+                    if let Some(sub) = self.subs.remove(&key) {
+                        self.by_id.remove(&sub.id);
+                    }
+                    return self.send_error(&waiting.request_id, &refusal);
+                }
+                self.announce(key);
+                let Some(sub) = self.subs.get(&key) else {
+                    return;
+                };
+                let id = Value::String(sub.id.clone());
+                self.send_error(
+                    &id,
+                    &Refusal {
+                        details: json!({"subscription_id": sub.id}),
+                        ..refusal
+                    },
+                );
+                if ended && let Some(sub) = self.subs.remove(&key) {
+                    self.by_id.remove(&sub.id);
+                }
+            }
+            Notice::Authorised(pending, result) => self.on_authorised(*pending, result),
+            Notice::Revoked(Target::Log(stream_id), message) => {
+                if let Some(stream) = self.logs.remove(&stream_id) {
+                    stream.handle.abort();
+                    self.send_error(
+                        &stream.id,
+                        &Refusal {
+                            code: "PERMISSION_DENIED",
+                            message: format!("access revoked: {message}"),
+                            details: json!({"stream_id": stream.id}),
+                        },
+                    );
+                }
+            }
+            Notice::Revoked(Target::Sub(key), message) => {
+                self.announce(key);
+                if let Some(sub) = self.subs.remove(&key) {
+                    self.by_id.remove(&sub.id);
+                    self.send_error(
+                        &Value::String(sub.id.clone()),
+                        &Refusal {
+                            code: "PERMISSION_DENIED",
+                            message: format!("access revoked: {message}"),
+                            details: json!({"subscription_id": sub.id}),
+                        },
+                    );
+                }
+            }
+            Notice::LogEnded(stream_id) => {
+                self.logs.remove(&stream_id);
+            }
+        }
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        Some(Duration::from_millis(250))
+    }
+
+    /// The seed's idle timeout counts every client message (its `pong`s
+    /// included), whatever is subscribed.
+    fn is_idle(&self) -> bool {
+        true
+    }
+
+    fn on_tick(&mut self) {
+        while self.tasks.try_join_next().is_some() {}
+        if self.user.is_none() && self.opened.elapsed() >= AUTH_DEADLINE {
+            self.send_error(
+                &Value::Null,
+                &Refusal::new("AUTH_REQUIRED", "no auth message within the deadline"),
+            );
+            self.outbound
+                .close_with(conn::close::POLICY, "authentication timeout");
+            return;
+        }
+        if self.expires.is_some_and(|at| SystemTime::now() >= at) {
+            self.send_error(
+                &Value::Null,
+                &Refusal::new(
+                    "INVALID_TOKEN",
+                    "token expired: reconnect and authenticate with a fresh token",
+                ),
+            );
+            self.outbound
+                .close_with(conn::close::POLICY, "token expired");
+            return;
+        }
+        if self.last_ping.elapsed() >= PING_EVERY {
+            self.last_ping = Instant::now();
+            self.outbound.push_forced(Frame::text(
+                json!({"type": "ping", "timestamp": work::now()}).to_string(),
+            ));
+        }
+        if self.last_recheck.elapsed() >= self.auth.recheck {
+            self.last_recheck = Instant::now();
+            self.recheck();
+        }
+        let keys: Vec<u64> = self.subs.keys().copied().collect();
+        for key in keys {
+            let Some(sub) = self.subs.get_mut(&key) else {
+                continue;
+            };
+            let Some(cluster) = self.hub.clusters().get(&sub.cluster) else {
+                continue;
+            };
+            let mut out = Vec::new();
+            sub.tick(&cluster.health(), &mut out);
+            if !out.is_empty()
+                && let Some(sub) = self.subs.get(&key)
+            {
+                self.emit(sub, out);
+            }
+        }
+    }
+}
+
+/// Serves one upgraded connection.
+pub async fn serve(
+    socket: WebSocket,
+    hub: Hub,
+    config: Arc<ServerConfig>,
+    auth: Arc<ConsoleAuth>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let metrics = hub.metrics().clone();
+    let outbound = Arc::new(Outbound::new(config.queue, metrics.clone()));
+    let (tx, rx) = mpsc::channel(65_536);
+    let now = Instant::now();
+    let console = Console {
+        hub,
+        auth,
+        outbound: outbound.clone(),
+        notices: tx,
+        user: None,
+        expires: None,
+        opened: now,
+        subs: HashMap::new(),
+        unannounced: HashMap::new(),
+        by_id: HashMap::new(),
+        next_sub: 0,
+        pending: 0,
+        logs: HashMap::new(),
+        tasks: JoinSet::new(),
+        bucket: TokenBucket::new(RATE_PER_SECOND, RATE_BURST),
+        last_ping: now,
+        last_recheck: now,
+    };
+    let ctx = ConnContext {
+        dialect: "console",
+        outbound,
+        liveness: LIVENESS,
+        metrics,
+        shutdown,
+    };
+    conn::run(socket, ctx, rx, console).await
+}

@@ -1,0 +1,364 @@
+//! The console dialect's asynchronous work, run off the connection task:
+//! SubjectAccessReviews, `get_workspace_status` from the hub's caches, pod
+//! log streams and `metrics.k8s.io` polling. Each writes its answer straight
+//! into the connection's outbound queue.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncBufReadExt, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, LogParams};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::console_events as derive;
+use crate::auth::review::{ReviewError, Reviewer, User};
+use crate::cluster::Cluster;
+use crate::hub::{EndReason, Hub, Identity, Overflow, ResourcePath, SubscribeRequest, Subscriber};
+use crate::server::outbound::{Frame, Outbound};
+use crate::upstream::event::{EventType, WatchEvent};
+
+/// The query of every hub watch the console uses: the store's contents, a
+/// bookmark marking their end, then live events.
+pub const QUERY: &str = "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan";
+
+/// How long `get_workspace_status` waits for a cache to fill.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(15);
+
+/// Interval of `monitoring.metrics_update`.
+pub const METRICS_EVERY: Duration = Duration::from_secs(15);
+
+/// One access check: a verb on a resource (or subresource).
+#[derive(Clone, Debug)]
+pub struct Check {
+    /// The verb.
+    pub verb: &'static str,
+    /// The resource.
+    pub resource: ResourcePath,
+    /// A subresource such as `log`.
+    pub subresource: Option<&'static str>,
+}
+
+impl Check {
+    /// `verb` on the collection at `path` (a path kubemux builds itself).
+    pub fn new(verb: &'static str, path: &str) -> Result<Check, String> {
+        crate::hub::key::parse_path(path)
+            .map(|resource| Check {
+                verb,
+                resource,
+                subresource: None,
+            })
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A refusal in the seed's error shape.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    /// The seed's error code.
+    pub code: &'static str,
+    /// A human-readable message.
+    pub message: String,
+    /// Structured details.
+    pub details: Value,
+}
+
+impl Refusal {
+    /// A refusal with empty details.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+            details: json!({}),
+        }
+    }
+}
+
+/// Now, as the seed writes timestamps.
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// A server message `{type, id, timestamp, data}`.
+pub fn envelope(kind: &str, id: &Value, data: Value) -> Frame {
+    Frame::text(json!({"type": kind, "id": id, "timestamp": now(), "data": data}).to_string())
+}
+
+/// The seed's error message, answering the request `id`.
+pub fn error_frame(id: &Value, refusal: &Refusal) -> Frame {
+    Frame::text(
+        json!({
+            "type": "error",
+            "id": id,
+            "timestamp": now(),
+            "error": {"code": refusal.code, "message": refusal.message, "details": refusal.details},
+        })
+        .to_string(),
+    )
+}
+
+/// Runs every check for `user`; the first denial becomes `PERMISSION_DENIED`.
+pub async fn authorise(
+    reviewer: &Reviewer,
+    cluster: &Cluster,
+    user: &User,
+    checks: &[Check],
+    fresh: bool,
+) -> Result<(), Refusal> {
+    for check in checks {
+        reviewer
+            .check_user(
+                cluster,
+                user,
+                check.verb,
+                &check.resource,
+                check.subresource,
+                fresh,
+            )
+            .await
+            .map_err(|e| match e {
+                ReviewError::Unavailable { .. } => {
+                    Refusal::new("WORKSPACE_UNAVAILABLE", e.to_string())
+                }
+                e => Refusal::new("PERMISSION_DENIED", e.to_string()),
+            })?;
+    }
+    Ok(())
+}
+
+/// Collects a watch's initial events.
+struct Collector(mpsc::UnboundedSender<Option<Arc<WatchEvent>>>);
+
+impl Subscriber for Collector {
+    fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
+        let _ = self.0.send(Some(event.clone()));
+        Ok(())
+    }
+
+    fn warning(&self, _message: &str) {}
+
+    fn end(&self, _reason: EndReason) {
+        let _ = self.0.send(None);
+    }
+}
+
+/// The current objects of a collection, from the hub's shared watch (a
+/// cache hit when any console or dashboard already watches it).
+pub async fn snapshot(hub: &Hub, cluster: &str, path: &str) -> Result<Vec<Value>, Refusal> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _subscription = hub
+        .subscribe(
+            SubscribeRequest {
+                cluster,
+                path,
+                query: QUERY,
+                identity: &Identity::Proxy,
+            },
+            Arc::new(Collector(tx)),
+        )
+        .map_err(|e| Refusal::new("RESOURCE_NOT_FOUND", e.to_string()))?;
+    let mut objects: HashMap<String, Value> = HashMap::new();
+    let unavailable = || {
+        Refusal::new(
+            "WORKSPACE_UNAVAILABLE",
+            format!("cannot list {path} on {cluster:?}"),
+        )
+    };
+    loop {
+        let event = tokio::time::timeout(SNAPSHOT_WAIT, rx.recv())
+            .await
+            .map_err(|_| unavailable())?
+            .flatten()
+            .ok_or_else(unavailable)?;
+        match event.kind() {
+            EventType::Bookmark if super::console_sub::is_initial_end(&event) => break,
+            EventType::Added | EventType::Modified => {
+                if let Ok(object) = serde_json::from_slice(event.object()) {
+                    objects.insert(event.key().to_string(), object);
+                }
+            }
+            EventType::Deleted => {
+                objects.remove(event.key());
+            }
+            _ => {}
+        }
+    }
+    Ok(objects.into_values().collect())
+}
+
+/// The `workspace_status` data: reachability, node readiness and pod phases.
+pub async fn workspace_status(hub: &Hub, cluster: &Cluster) -> Result<Value, Refusal> {
+    let nodes = snapshot(hub, cluster.id(), "/api/v1/nodes").await?;
+    let pods = snapshot(hub, cluster.id(), "/api/v1/pods").await?;
+    let ready = nodes.iter().filter(|n| derive::node_ready(n)).count();
+    let phase = |p: &str| {
+        pods.iter()
+            .filter(|x| x["status"]["phase"].as_str().unwrap_or("Pending") == p)
+            .count()
+    };
+    let reachable = cluster.health().reachable != Some(false);
+    let status = if reachable { "active" } else { "unreachable" };
+    let health = match (reachable, ready == nodes.len()) {
+        (false, _) => "unhealthy",
+        (true, false) => "degraded",
+        (true, true) => "healthy",
+    };
+    Ok(json!({
+        "workspace_id": cluster.id(),
+        "status": status,
+        "health": health,
+        "nodes": {"ready": ready, "total": nodes.len()},
+        "pods": {
+            "running": phase("Running"),
+            "pending": phase("Pending"),
+            "failed": phase("Failed"),
+            "succeeded": phase("Succeeded"),
+            "total": pods.len(),
+        },
+    }))
+}
+
+/// What a `stream_logs` command asked for.
+#[derive(Clone, Debug)]
+pub struct LogRequest {
+    /// The stream id (the command's id).
+    pub stream_id: Value,
+    /// Namespace.
+    pub namespace: String,
+    /// Pod.
+    pub pod: String,
+    /// Container, if named.
+    pub container: Option<String>,
+    /// Keep streaming.
+    pub follow: bool,
+    /// Only the last lines.
+    pub tail_lines: Option<i64>,
+}
+
+/// Streams one pod log into `log_entry` frames until it ends, the client
+/// stops it (the task is aborted, which drops the upstream request) or the
+/// connection's queue overflows.
+pub async fn stream_logs(
+    cluster: Arc<Cluster>,
+    request: LogRequest,
+    outbound: Arc<Outbound>,
+) -> Result<(), Refusal> {
+    let api: Api<Pod> = Api::namespaced(cluster.client(), &request.namespace);
+    let params = LogParams {
+        container: request.container.clone(),
+        follow: request.follow,
+        tail_lines: request.tail_lines,
+        ..LogParams::default()
+    };
+    let reader = api
+        .log_stream(&request.pod, &params)
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(status) if status.code == 404 => Refusal::new(
+                "RESOURCE_NOT_FOUND",
+                format!(
+                    "pod {:?} in namespace {:?}: {}",
+                    request.pod, request.namespace, status.message
+                ),
+            ),
+            kube::Error::Api(status) if status.code == 403 => {
+                Refusal::new("PERMISSION_DENIED", status.message.clone())
+            }
+            e => Refusal::new("LOG_STREAM_FAILED", e.to_string()),
+        })?;
+    let mut lines = reader.lines();
+    while let Some(line) = lines.next().await {
+        let line = line.map_err(|e| Refusal::new("LOG_STREAM_FAILED", e.to_string()))?;
+        let frame = Frame::text(
+            json!({
+                "type": "log_entry",
+                "id": request.stream_id,
+                "timestamp": now(),
+                "data": {
+                    "stream_id": request.stream_id,
+                    "timestamp": line_timestamp(&line).unwrap_or_else(now),
+                    "level": derive::log_level(&line),
+                    "message": line,
+                    "namespace": request.namespace,
+                    "pod": request.pod,
+                    "container": request.container,
+                },
+            })
+            .to_string(),
+        );
+        if outbound.push(frame).is_err() {
+            return Err(Refusal::new(
+                "LOG_STREAM_FAILED",
+                "the client did not read the log stream fast enough",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An RFC 3339 timestamp opening a log line, if there is one.
+fn line_timestamp(line: &str) -> Option<String> {
+    let first = line.split_whitespace().next()?;
+    humantime::parse_rfc3339_weak(first.trim_end_matches('Z'))
+        .ok()
+        .map(|_| first.to_string())
+}
+
+/// Whether the cluster serves `metrics.k8s.io/v1beta1`.
+pub async fn metrics_available(cluster: &Cluster) -> bool {
+    fetch(cluster, "/apis/metrics.k8s.io/v1beta1").await.is_ok()
+}
+
+async fn fetch(cluster: &Cluster, path: &str) -> Result<Value, String> {
+    let request = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    let text = cluster
+        .client()
+        .request_text(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+/// Sends `monitoring.metrics_update` (node usage summed from
+/// `metrics.k8s.io`) now and every [`METRICS_EVERY`].
+pub async fn poll_metrics(cluster: Arc<Cluster>, subscription: String, outbound: Arc<Outbound>) {
+    let mut tick = tokio::time::interval(METRICS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let id = Value::String(subscription.clone());
+        let frame = match fetch(&cluster, "/apis/metrics.k8s.io/v1beta1/nodes").await {
+            Ok(list) => {
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                let sum = |field: &str| {
+                    items
+                        .iter()
+                        .filter_map(|n| n["usage"][field].as_str().and_then(derive::quantity))
+                        .sum::<f64>()
+                };
+                envelope(
+                    "monitoring.metrics_update",
+                    &id,
+                    json!({
+                        "subscription_id": subscription,
+                        "workspace_id": cluster.id(),
+                        "metrics": {
+                            "cpu": {"instant": (sum("cpu") * 1000.0).round() / 1000.0, "unit": "cores"},
+                            "memory": {"instant": (sum("memory") / 1048576.0).round(), "unit": "Mi"},
+                            "nodes": items.len(),
+                        },
+                    }),
+                )
+            }
+            Err(message) => error_frame(
+                &id,
+                &Refusal::new("METRICS_UNAVAILABLE", format!("metrics.k8s.io: {message}")),
+            ),
+        };
+        outbound.push_forced(frame);
+    }
+}
