@@ -605,6 +605,25 @@ async fn log_streams_tail_follow_stop_and_close() {
     c.send(request("logs-2")).await;
     next_of(&mut c, "log_entry").await;
     assert_eq!(env.sim.logs().open_streams(), 1);
+    for i in 3..=6 {
+        c.send(request(&format!("logs-{i}"))).await;
+    }
+    eventually("five streams open upstream", || {
+        env.sim.logs().open_streams() == 5
+    })
+    .await;
+    c.send(request("logs-7")).await;
+    let refused = reply(&mut c, "logs-7").await;
+    assert_error(&refused, "SUBSCRIPTION_LIMIT_EXCEEDED");
+    assert_eq!(
+        refused["error"]["details"]["current_streams"], 5,
+        "{refused}"
+    );
+    assert_eq!(
+        env.sim.logs().open_streams(),
+        5,
+        "the sixth never reached the cluster"
+    );
     drop(c);
     eventually("closing the socket closes the upstream request", || {
         env.sim.logs().open_streams() == 0

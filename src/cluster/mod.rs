@@ -18,6 +18,7 @@ pub struct Cluster {
     server: String,
     client: kube::Client,
     config: Option<kube::Config>,
+    streaming: std::sync::OnceLock<kube::Client>,
     per_token:
         parking_lot::Mutex<std::collections::HashMap<String, (kube::Client, std::time::Instant)>>,
     health: RwLock<Health>,
@@ -48,6 +49,7 @@ impl Cluster {
             server: server.into(),
             client,
             config: None,
+            streaming: std::sync::OnceLock::new(),
             per_token: Default::default(),
             health: RwLock::new(Health::default()),
             fingerprint: 0,
@@ -85,6 +87,22 @@ impl Cluster {
         let client = kube::Client::try_from(config)?;
         cache.insert(hash, (client.clone(), now));
         Ok(client)
+    }
+
+    /// A client without a read timeout, for follow streams (pod logs) that
+    /// may stay silent for longer than the 295 s read timeout kube gives
+    /// every client by default; built once, on first use.
+    pub fn streaming_client(&self) -> kube::Client {
+        let Some(config) = &self.config else {
+            return self.client();
+        };
+        self.streaming
+            .get_or_init(|| {
+                let mut config = config.clone();
+                config.read_timeout = None;
+                kube::Client::try_from(config).unwrap_or_else(|_| self.client())
+            })
+            .clone()
     }
 
     /// The latest health probe result.

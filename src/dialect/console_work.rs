@@ -245,7 +245,7 @@ pub async fn stream_logs(
     request: LogRequest,
     outbound: Arc<Outbound>,
 ) -> Result<(), Refusal> {
-    let api: Api<Pod> = Api::namespaced(cluster.client(), &request.namespace);
+    let api: Api<Pod> = Api::namespaced(cluster.streaming_client(), &request.namespace);
     let params = LogParams {
         container: request.container.clone(),
         follow: request.follow,
