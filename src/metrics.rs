@@ -73,6 +73,9 @@ pub struct Metrics {
     pub queue_bytes: Gauge,
     /// Auth decisions (shared mode) by kind and outcome, cache hits included.
     pub auth_decisions: Family<AuthLabel, Counter>,
+    /// Alive tokio tasks, read from the runtime at scrape time: a leaked
+    /// connection or watch task shows up here before it shows up in memory.
+    pub tasks: Gauge,
 }
 
 impl Default for Metrics {
@@ -102,6 +105,7 @@ impl Metrics {
             frames_dropped: Counter::default(),
             queue_bytes: Gauge::default(),
             auth_decisions: Family::default(),
+            tasks: Gauge::default(),
         };
         registry.register(
             "connections",
@@ -174,6 +178,11 @@ impl Metrics {
             "TokenReview and SubjectAccessReview outcomes, and answers served from the cache",
             m.auth_decisions.clone(),
         );
+        registry.register(
+            "tasks",
+            "Alive tokio tasks of the runtime serving the scrape",
+            m.tasks.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -191,6 +200,10 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.tasks.set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
