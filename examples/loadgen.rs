@@ -42,8 +42,8 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use shared::{
-    Proc, cpu_seconds, find, http, metric, metric_with, number_after, rss_bytes, scrape, spawn,
-    ws_connect,
+    Proc, cpu_seconds, event_resource_version, find, http, metric, metric_with, number_after,
+    rss_bytes, scrape, spawn, ws_connect,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -126,7 +126,6 @@ struct Args {
 }
 
 const SENT_AT: &[u8] = b"kubemux.io/sent-at";
-const RESOURCE_VERSION: &[u8] = b"resourceVersion";
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -258,7 +257,7 @@ impl SubState {
             self.has_data = true;
             shared.subs_with_data.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(rv) = number_after(event, RESOURCE_VERSION) {
+        if let Some(rv) = event_resource_version(event) {
             self.last_rv = self.last_rv.max(rv);
         }
         shared.frames_total.fetch_add(1, Ordering::Relaxed);

@@ -36,8 +36,8 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use shared::{
-    Proc, cpu_seconds, find, http, metric, metric_with, number_after, rss_bytes, scrape, spawn,
-    ws_connect,
+    Proc, cpu_seconds, event_resource_version, find, http, metric, metric_with, rss_bytes, scrape,
+    spawn, ws_connect,
 };
 
 /// Soak run for kubemux (see the module documentation).
@@ -187,7 +187,7 @@ async fn client(
                         let tail = &frame[frame.len().saturating_sub(24)..];
                         if find(tail, b"\"DATA\"").is_some() {
                             counters.frames.fetch_add(1, Ordering::Relaxed);
-                            if let Some(rv) = number_after(frame, b"resourceVersion") {
+                            if let Some(rv) = event_resource_version(frame) {
                                 subs[i].last_rv = subs[i].last_rv.max(rv);
                             }
                             if !subs[i].held {

@@ -197,6 +197,15 @@ pub fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits[..len]).ok()?.parse().ok()
 }
 
+/// The resourceVersion of the event in a Headlamp frame (or a plain watch
+/// line): the first one after `"data":"`, because a resumed subscription's
+/// echoed query holds `resourceVersion=` too, and taking that one would pin
+/// every later resume to the first.
+pub fn event_resource_version(frame: &[u8]) -> Option<u64> {
+    let data = find(frame, b"\"data\":\"").map_or(0, |at| at + 8);
+    number_after(&frame[data..], b"resourceVersion")
+}
+
 /// A WebSocket to kubemux's Headlamp multiplexer, retried with backoff
 /// (a busy proxy may refuse a burst of connects).
 pub async fn ws_connect(
