@@ -1,7 +1,11 @@
 //! High-volume generated inputs through every parser of untrusted bytes
 //! (issue 10's fuzzing, the part that runs on stable in CI): nothing may
 //! panic, and what is accepted must be well-formed. `KUBEMUX_FUZZ_CASES`
-//! raises the count for long runs.
+//! raises the count for long runs. The last test runs every target of the
+//! high-volume driver (`examples/fuzz.rs`) briefly, through the same engine.
+
+#[path = "../examples/shared/fuzz_targets.rs"]
+mod fuzz_targets;
 
 use bytes::Bytes;
 use kubemux::auth::credentials::Credentials;
@@ -120,5 +124,30 @@ proptest! {
     #[test]
     fn config_files_never_panic(text in prop_oneof![".*", "([a-z_]{1,20} = (\"[a-z0-9.:]{0,10}\"|[0-9]{1,12}|true|\\[\\]))\n{0,1}"]) {
         let _ = Settings::from_toml(&ProxyArgs::default(), &text, "fuzz");
+    }
+}
+
+#[test]
+fn every_fuzz_driver_target_survives_a_short_run() {
+    let inputs = u64::from(cases()) * 2;
+    for t in fuzz_targets::TARGETS {
+        let out = fuzz_targets::run(t, inputs, 1);
+        let report: Vec<String> = out
+            .failures
+            .iter()
+            .map(|f| format!("{}: {}", f.what, f.literal()))
+            .collect();
+        assert!(
+            report.is_empty(),
+            "{}: {} failures\n{}",
+            t.name,
+            report.len(),
+            report.join("\n")
+        );
+        assert!(
+            out.accepted > 0,
+            "{}: no generated input was accepted, the corpus is broken",
+            t.name
+        );
     }
 }
