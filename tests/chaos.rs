@@ -435,7 +435,8 @@ async fn run(mode: AuthMode) {
     }
     println!(
         "{label}: faults {} [{}]; behaviours {} [{}]; slow readers cut [{}]; events checked {}; \
-         subscriptions compared {compared}; resumes {}; restarts after 410 {}; warnings {}; \
+         subscriptions compared {compared}; resumes {}; restarts after 410 {}; \
+         restarts after an unavailable review {}; warnings {}; \
          upstream pod watches at the end {}; slow-consumer terminations {slow_metric}",
         faults.total(),
         faults.show(),
@@ -446,6 +447,8 @@ async fn run(mode: AuthMode) {
             .load(std::sync::atomic::Ordering::Relaxed),
         ctx.resumes.load(std::sync::atomic::Ordering::Relaxed),
         ctx.restarts_after_410
+            .load(std::sync::atomic::Ordering::Relaxed),
+        ctx.restarts_after_review
             .load(std::sync::atomic::Ordering::Relaxed),
         ctx.warnings.load(std::sync::atomic::Ordering::Relaxed),
         env.sim.active_watches("pods"),

@@ -56,6 +56,8 @@ pub struct Ctx {
     pub events_checked: AtomicU64,
     /// Subscriptions restarted after a client-visible 410.
     pub restarts_after_410: AtomicU64,
+    /// Subscriptions restarted after shared mode could not review access.
+    pub restarts_after_review: AtomicU64,
     /// Non-terminal ERROR frames (upstream interruptions).
     pub warnings: AtomicU64,
     /// Resumes sent with a resourceVersion.
@@ -71,6 +73,7 @@ impl Ctx {
             violations: Mutex::new(Vec::new()),
             events_checked: AtomicU64::new(0),
             restarts_after_410: AtomicU64::new(0),
+            restarts_after_review: AtomicU64::new(0),
             warnings: AtomicU64::new(0),
             resumes: AtomicU64::new(0),
             next_session: AtomicU64::new(0),
@@ -171,6 +174,8 @@ pub struct Sub {
     seen: HashSet<(String, u64, String)>,
     /// An in-band 410 arrived; COMPLETE must follow.
     expired: bool,
+    /// Shared mode could not review access (API server unreachable); COMPLETE follows.
+    review_unavailable: bool,
 }
 
 impl Sub {
@@ -187,6 +192,7 @@ impl Sub {
             synced: false,
             seen: HashSet::new(),
             expired: false,
+            review_unavailable: false,
         }
     }
 
@@ -197,6 +203,7 @@ impl Sub {
         self.seen.clear();
         self.last_rv = 0;
         self.expired = false;
+        self.review_unavailable = false;
         self.synced = false;
         self.query = match self.start {
             Start::Plain => format!("watch=1&limit={s}"),
@@ -440,6 +447,16 @@ async fn run_conn(
     }
 }
 
+/// An ERROR frame an outage of the API server explains: the upstream watch
+/// retrying (the subscription goes on), or, in shared mode, a first access
+/// review that could not be made (the subscription ends and is asked again).
+fn is_transient(frame: &str) -> bool {
+    frame.contains("\"type\":\"ERROR\"")
+        && (frame.contains("upstream watch interrupted") || frame.contains(REVIEW_UNAVAILABLE))
+}
+
+const REVIEW_UNAVAILABLE: &str = "could not check access";
+
 /// Handles one frame; returns the messages to send in reply (restarts).
 fn on_frame(ctx: &Ctx, user: usize, subs: &Mutex<Vec<Sub>>, text: &str) -> Vec<Message> {
     let name = USERS[user].name;
@@ -476,11 +493,20 @@ fn on_frame(ctx: &Ctx, user: usize, subs: &Mutex<Vec<Sub>>, text: &str) -> Vec<M
             } else {
                 ctx.warnings.fetch_add(1, Ordering::Relaxed);
             }
+            if error.contains(REVIEW_UNAVAILABLE)
+                && let Some(s) = current
+            {
+                s.review_unavailable = true;
+            }
         }
         Some("COMPLETE") => {
             if let Some(s) = current {
                 if s.expired {
                     ctx.restarts_after_410.fetch_add(1, Ordering::Relaxed);
+                    return vec![s.fresh(ctx)];
+                }
+                if s.review_unavailable {
+                    ctx.restarts_after_review.fetch_add(1, Ordering::Relaxed);
                     return vec![s.fresh(ctx)];
                 }
                 ctx.violation(format!(
@@ -651,10 +677,12 @@ pub async fn vandal(ctx: Arc<Ctx>, user: usize, kind: Vandalism, max_message: us
                 ));
                 return;
             }
+            // Served, or told why not during an outage: either way answered.
             match tokio::time::timeout(PATIENCE, ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) if t.contains("\"type\":\"DATA\"") => {}
+                Ok(Some(Ok(Message::Text(t))))
+                    if t.contains("\"type\":\"DATA\"") || is_transient(&t) => {}
                 other => ctx.violation(format!(
-                    "{name} vandal ({kind:?}): no DATA after a valid REQUEST: {other:?}"
+                    "{name} vandal ({kind:?}): no answer to a valid REQUEST: {other:?}"
                 )),
             }
         }
