@@ -97,8 +97,11 @@ fn watch_line(input: &[u8]) -> Verdict {
     let Ok(ev) = WatchEvent::parse_line(Bytes::copy_from_slice(input)) else {
         return Rejected;
     };
+    // The Headlamp frame embeds this string: it must be valid JSON and
+    // decode to the line (lossily, U+FFFD, where the line is not UTF-8: serde
+    // does not check the UTF-8 of values it skips).
     match serde_json::from_slice::<String>(ev.json_string()) {
-        Ok(s) if s.as_bytes() == &ev.line()[..] => Accepted,
+        Ok(s) if s == String::from_utf8_lossy(ev.line()) => Accepted,
         Ok(_) => Broken("json_string does not decode to the line".into()),
         Err(e) => Broken(format!("json_string is not a JSON string: {e}")),
     }
