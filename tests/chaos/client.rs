@@ -689,12 +689,25 @@ pub async fn vandal(ctx: Arc<Ctx>, user: usize, kind: Vandalism, max_message: us
                 return;
             }
             // Served, or told why not during an outage: either way answered.
-            match tokio::time::timeout(PATIENCE, ws.next()).await {
-                Ok(Some(Ok(Message::Text(t))))
-                    if t.contains("\"type\":\"DATA\"") || is_transient(&t) => {}
-                other => ctx.violation(format!(
-                    "{name} vandal ({kind:?}): no answer to a valid REQUEST: {other:?}"
-                )),
+            // Frames of the bad request may still come first (in shared mode
+            // it is reviewed before it is validated; an unavailable review
+            // ends it with ERROR + COMPLETE).
+            let mine = format!("\"query\":\"{query}\"");
+            loop {
+                match tokio::time::timeout(PATIENCE, ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) if !t.contains(&mine) => {}
+                    Ok(Some(Ok(Message::Text(t))))
+                        if t.contains("\"type\":\"DATA\"") || is_transient(&t) =>
+                    {
+                        break;
+                    }
+                    other => {
+                        ctx.violation(format!(
+                            "{name} vandal ({kind:?}): no answer to a valid REQUEST: {other:?}"
+                        ));
+                        break;
+                    }
+                }
             }
         }
         (_, other) => ctx.violation(format!(
