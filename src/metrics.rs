@@ -82,6 +82,9 @@ pub struct Metrics {
     pub auth_decisions: Family<AuthLabel, Counter>,
     /// Connections, messages and frames refused by an abuse limit.
     pub limit_refusals: Family<LimitLabel, Counter>,
+    /// Alive tokio tasks, read from the runtime at scrape time: a leaked
+    /// connection or watch task shows up here before it shows up in memory.
+    pub tasks: Gauge,
 }
 
 impl Default for Metrics {
@@ -112,6 +115,7 @@ impl Metrics {
             queue_bytes: Gauge::default(),
             auth_decisions: Family::default(),
             limit_refusals: Family::default(),
+            tasks: Gauge::default(),
         };
         registry.register(
             "connections",
@@ -189,6 +193,11 @@ impl Metrics {
             "Connections, messages and frames refused by an abuse limit, by limit",
             m.limit_refusals.clone(),
         );
+        registry.register(
+            "tasks",
+            "Alive tokio tasks of the runtime serving the scrape",
+            m.tasks.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -213,6 +222,10 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.tasks.set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

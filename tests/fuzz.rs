@@ -1,7 +1,11 @@
 //! High-volume generated inputs through every parser of untrusted bytes
 //! (issue 10's fuzzing, the part that runs on stable in CI): nothing may
 //! panic, and what is accepted must be well-formed. `KUBEMUX_FUZZ_CASES`
-//! raises the count for long runs.
+//! raises the count for long runs. The last test runs every target of the
+//! high-volume driver (`examples/fuzz.rs`) briefly, through the same engine.
+
+#[path = "../examples/shared/fuzz_targets.rs"]
+mod fuzz_targets;
 
 use bytes::Bytes;
 use kubemux::auth::credentials::Credentials;
@@ -153,4 +157,74 @@ fn verifier() -> &'static JwtVerifier {
         .unwrap()
         .unwrap()
     })
+}
+
+#[test]
+fn every_fuzz_driver_target_survives_a_short_run() {
+    let inputs = u64::from(cases()) * 2;
+    for t in fuzz_targets::TARGETS {
+        let out = fuzz_targets::run(t, inputs, 1);
+        let report: Vec<String> = out
+            .failures
+            .iter()
+            .map(|f| format!("{}: {}", f.what, f.literal()))
+            .collect();
+        assert!(
+            report.is_empty(),
+            "{}: {} failures\n{}",
+            t.name,
+            report.len(),
+            report.join("\n")
+        );
+        assert!(
+            out.accepted > 0,
+            "{}: no generated input was accepted, the corpus is broken",
+            t.name
+        );
+    }
+}
+
+/// Inputs `examples/fuzz` found failing (10 M-input runs, seed 1), kept as
+/// regressions: each must now pass its target's checks.
+#[test]
+fn fuzz_driver_findings_stay_fixed() {
+    let findings: [(&str, &[u8]); 6] = [
+        // A fieldSelector value starting with `=` changed meaning in the canonical key.
+        (
+            "key",
+            b"c\n/apis/apps/v1/deJps\nfieldSelector=menamuspacector====mena[muspacect=menamuspacector",
+        ),
+        (
+            "key",
+            b"c\n/apis/apps/v1/deployments\nfieldSelector=0meta===0meta=0meta=0metadall9999y999999999999999999owWatokmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan",
+        ),
+        // A canonical key that did not normalise again.
+        (
+            "key",
+            b"0c\n/apis/apps/v1/deployments\nfieldSelector=or==0meta=0metafieldSelector==0meta=0metafieldSelector==0meta=0metafieldSelector==0meta=0metafieldSelector==0meta=0metpi/v11e308/n",
+        ),
+        // Invalid UTF-8 in a field the parser skips: relayed lossily, still a valid JSON string.
+        (
+            "watch_line",
+            b"{\"type\":\"ADDED\",\"otype\":\"\xf0DDED\",\"object\":{\"kind\":\"Pod\",\"metadata\":{\"name\":\"a\",\"namespace\":\"default\",\"resourceVersion\":\"12\",\"uid\":\"u\"}}}",
+        ),
+        (
+            "watch_line",
+            b"{\"type\":\"ERROR\",\"objype\":\"E\x86\x99\xea\x81RROR\",\"object\":{\"kind\":\"Status\",\"apiVn\":\"v1\",\"status\":\"Failure\"}}",
+        ),
+        // A token spelling part of a cookie's cluster name (shown by design) is no leak.
+        (
+            "credentials",
+            b"Bearer base64url\nheadlam`.rl.headmamp.backend.authorization.k8s.io.dG9rZW4tdTE\nheadlamp-auth-base64url.headlamp.backend.authorization.k8s.io.sim.1=n-u2; other",
+        ),
+    ];
+    for (name, input) in findings {
+        let target = fuzz_targets::TARGETS
+            .iter()
+            .find(|t| t.name == name)
+            .expect("a known target");
+        if let fuzz_targets::Verdict::Broken(what) = fuzz_targets::check(target, input) {
+            panic!("{name}: {what}: {}", input.escape_ascii());
+        }
+    }
 }

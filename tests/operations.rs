@@ -204,6 +204,9 @@ async fn metrics_count_what_happened() {
         Some(0.0)
     );
     assert_eq!(metric(&text, "kubemux_frames_dropped_total"), Some(0.0));
+    // Read from the runtime at scrape time: three open connections hold at least a task each.
+    let tasks = metric(&text, "kubemux_tasks");
+    assert!(tasks.is_some_and(|n| n >= 3.0), "kubemux_tasks = {tasks:?}");
     drop(a);
     drop(b);
     drop(c);

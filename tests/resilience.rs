@@ -313,3 +313,64 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_get_everything() {
     }
     assert!(saw_error);
 }
+
+/// Regression (chaos seed 1): a shared watch whose only subscriber was cut
+/// as a slow consumer kept its upstream watch forever, because the cut
+/// subscriber's handle found nothing to remove and never started the linger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_whose_subscribers_were_all_cut_stops_after_its_linger() {
+    let env = start(
+        SimConfig::default(),
+        quick_hub(),
+        ServerConfig {
+            queue: QueueLimits {
+                max_bytes: 256 * 1024,
+                max_frames: 1024,
+                ..QueueLimits::default()
+            },
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let mut stuck = env.client().await;
+    stuck.request("/api/v1/configmaps", "watch=1").await;
+    env.eventually("the watch started", || {
+        env.sim.active_watches("configmaps") == 1
+    })
+    .await;
+    let payload = "x".repeat(2048);
+    let store = env.sim.store();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for i in 0.. {
+        let cm = json!({"metadata": {"name": format!("cm-{}", i % 50), "namespace": "default"}, "data": {"blob": payload, "i": i.to_string()}});
+        if i < 50 {
+            store.create("configmaps", Some("default"), cm).unwrap();
+        } else {
+            store.update("configmaps", Some("default"), cm).unwrap();
+        }
+        if i % 100 == 0 {
+            let text = env.metrics_text().await;
+            if metric(&text, "kubemux_slow_consumer_terminations_total") == Some(1.0) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stuck client was never cut"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    // The stuck client is still connected; its subscription is gone, and so
+    // must the upstream watch be once the linger has passed.
+    env.eventually("the upstream watch stopped", || {
+        env.sim.active_watches("configmaps") == 0
+    })
+    .await;
+    let text = env.metrics_text().await;
+    assert_eq!(
+        metric(&text, "kubemux_upstream_watches{cluster=\"sim\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    drop(stuck);
+}

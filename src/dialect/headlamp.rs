@@ -118,28 +118,49 @@ struct Headlamp {
     rate: (f64, f64),
 }
 
-#[derive(Deserialize)]
+/// A client message's fields, before any meaning is given to them.
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ClientMessage {
+pub struct ClientMessage {
+    /// The cluster asked for.
     #[serde(default)]
-    cluster_id: Option<String>,
+    pub cluster_id: Option<String>,
+    /// The watch path.
     #[serde(default)]
-    path: Option<String>,
+    pub path: Option<String>,
+    /// The watch query.
     #[serde(default)]
-    query: Option<String>,
+    pub query: Option<String>,
+    /// `REQUEST` or `CLOSE` when well-formed.
     #[serde(default, rename = "type")]
-    kind: Option<String>,
+    pub kind: Option<String>,
+}
+
+/// Parses one client text message; the error is the text of the ERROR
+/// frame that answers it. Public so the fuzz targets drive the very code
+/// the connection runs on untrusted bytes.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
+    let parsed = if text.trim_start().starts_with('{') {
+        serde_json::from_str::<ClientMessage>(text).map_err(|e| e.to_string())
+    } else {
+        Err("not an object".to_string())
+    };
+    parsed.map_err(|e| {
+        if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+            format!(
+                "invalid message: expected an object with clusterId, path, query and type ({e})"
+            )
+        } else {
+            format!("invalid message: not JSON ({e})")
+        }
+    })
 }
 
 impl Dialect for Headlamp {
     type Notice = Notice;
 
     fn on_text(&mut self, text: &str) {
-        let parsed = if text.trim_start().starts_with('{') {
-            serde_json::from_str::<ClientMessage>(text).map_err(|e| e.to_string())
-        } else {
-            Err("not an object".to_string())
-        };
+        let parsed = parse_client_message(text);
         let closing = matches!(&parsed, Ok(m) if m.kind.as_deref() == Some("CLOSE"));
         if !closing && !self.messages.try_take() {
             return match &parsed {
@@ -153,16 +174,7 @@ impl Dialect for Headlamp {
         }
         let msg = match parsed {
             Ok(m) => m,
-            Err(e) => {
-                let why = if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
-                    format!(
-                        "invalid message: expected an object with clusterId, path, query and type ({e})"
-                    )
-                } else {
-                    format!("invalid message: not JSON ({e})")
-                };
-                return self.error_frame("", "", "", &why);
-            }
+            Err(why) => return self.error_frame("", "", "", &why),
         };
         let cluster = msg.cluster_id.unwrap_or_default();
         let path = msg.path.unwrap_or_default();

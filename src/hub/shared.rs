@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::task::AbortHandle;
 use tracing::info;
 
@@ -172,8 +172,13 @@ impl SharedWatch {
         self.metrics.subscribers.inc();
         self.metrics.subscriptions_started.inc();
         if st.listed {
-            if let Some(sub) = self.start(&mut st, id, sub, wait_limit) {
-                st.subs.insert(id, sub);
+            match self.start(&mut st, id, sub, wait_limit) {
+                Some(sub) => {
+                    st.subs.insert(id, sub);
+                }
+                // Cut while being served: if it was the only subscriber,
+                // the watch must still linger out and stop.
+                None => self.linger_if_emptied(st, 1),
             }
         } else {
             st.subs.insert(id, sub);
@@ -302,6 +307,19 @@ impl SharedWatch {
             let generation = st.linger_generation;
             drop(st);
             self.schedule_linger(generation, linger);
+        }
+    }
+
+    /// Releases the state lock and, if subscribers were cut while it was
+    /// held (slow consumers, a failed start) and none is left, starts the
+    /// linger countdown: nobody else will, because the cut subscribers'
+    /// handles find nothing to remove when their connections close.
+    fn linger_if_emptied(self: &Arc<Self>, st: MutexGuard<'_, State>, before: usize) {
+        let emptied = before > 0 && st.subs.is_empty() && !st.stopped;
+        let generation = st.linger_generation;
+        drop(st);
+        if emptied {
+            self.schedule_linger(generation, self.linger());
         }
     }
 
@@ -538,6 +556,7 @@ impl WatchSink for Upstream {
             return;
         }
         st.outage_reported = false;
+        let before = st.subs.len();
         if !st.listed {
             st.cache.reset(listing, true);
             st.listed = true;
@@ -554,6 +573,7 @@ impl WatchSink for Upstream {
             let diff = st.cache.reset(listing, false);
             watch.fan_out(&mut st, &diff);
         }
+        watch.linger_if_emptied(st, before);
     }
 
     fn event(&self, event: WatchEvent) {
@@ -566,8 +586,10 @@ impl WatchSink for Upstream {
         if st.stopped {
             return;
         }
+        let before = st.subs.len();
         let event = st.cache.apply(event);
         watch.fan_out(&mut st, std::slice::from_ref(&event));
+        watch.linger_if_emptied(st, before);
     }
 
     fn bookmark(&self, resource_version: &str) {
@@ -575,8 +597,10 @@ impl WatchSink for Upstream {
             return;
         };
         let mut st = watch.state.lock();
+        let before = st.subs.len();
         st.cache.bookmark(resource_version);
         watch.release_waiters(&mut st);
+        watch.linger_if_emptied(st, before);
     }
 
     fn watch_started(&self) {
