@@ -329,8 +329,10 @@ impl Headlamp {
                 ),
             );
         }
-        let resource = match key::parse_path(path) {
-            Ok(resource) => resource,
+        // The whole request is validated before any review, so a malformed
+        // one costs the cluster nothing and always gets its specific error.
+        let resource = match key::normalize(cluster, path, query) {
+            Ok((_, resource, _)) => resource,
             Err(e) => return self.error_frame(cluster, path, query, &e.to_string()),
         };
         let identity = match self.policy.identity(&self.credentials, cluster, &resource) {
