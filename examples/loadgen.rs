@@ -43,7 +43,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use shared::{
     Proc, cpu_seconds, event_resource_version, find, http, metric, metric_with, number_after,
-    rss_bytes, scrape, spawn, ws_connect,
+    rss_bytes, scrape, spawn, wait_until, ws_connect,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -618,17 +618,6 @@ const FIELDS: &[(&str, &str)] = &[
     ("connect_failures", "connect failures"),
     ("errors", "error frames / events"),
 ];
-
-async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while !cond() {
-        if start.elapsed() > limit {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
 
 /// Waits until the frame counter has been still for `quiet`.
 async fn wait_quiet(shared: &Shared, quiet: Duration, limit: Duration) {

@@ -37,7 +37,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use shared::{
     Proc, cpu_seconds, event_resource_version, find, http, metric, metric_with, rss_bytes, scrape,
-    spawn, ws_connect,
+    spawn, wait_until, ws_connect,
 };
 
 /// Soak run for kubemux (see the module documentation).
@@ -255,17 +255,6 @@ fn curve(name: &str, unit: &str, values: &[f64]) {
             0.0
         }
     );
-}
-
-async fn wait_until(what: &str, limit: Duration, f: impl Fn() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while !f() {
-        if start.elapsed() > limit {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
 }
 
 async fn run(args: Arc<Args>) -> Result<()> {

@@ -231,3 +231,15 @@ pub async fn ws_connect(
     }
     unreachable!()
 }
+
+/// Polls `cond` every 50 ms until it holds, failing after `limit`.
+pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let start = std::time::Instant::now();
+    while !cond() {
+        if start.elapsed() > limit {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

@@ -119,26 +119,10 @@ impl Reviewer {
         let token = token.ok_or_else(|| ReviewError::NoCredentials(cluster.id().to_string()))?;
         let user = self.authenticate(cluster, token, fresh).await?;
         for verb in ["list", "watch"] {
-            self.authorize(cluster, &user, verb, resource, None, fresh)
+            self.check_user(cluster, &user, verb, resource, None, fresh)
                 .await?;
         }
         Ok(user)
-    }
-
-    /// Authorises an already-authenticated `user` (e.g. from a verified
-    /// JWT) for `verb` on `resource` (or its `subresource`, such as
-    /// `pods/log`), with the same cache as [`Reviewer::check`].
-    pub async fn check_user(
-        &self,
-        cluster: &Cluster,
-        user: &User,
-        verb: &'static str,
-        resource: &ResourcePath,
-        subresource: Option<&'static str>,
-        fresh: bool,
-    ) -> Result<(), ReviewError> {
-        self.authorize(cluster, user, verb, resource, subresource, fresh)
-            .await
     }
 
     fn record(&self, kind: &'static str, outcome: &'static str) {
@@ -201,7 +185,10 @@ impl Reviewer {
         })
     }
 
-    async fn authorize(
+    /// Authorises an already-authenticated `user` (e.g. from a verified
+    /// JWT) for `verb` on `resource` (or its `subresource`, such as
+    /// `pods/log`), with the same cache as [`Reviewer::check`].
+    pub async fn check_user(
         &self,
         cluster: &Cluster,
         user: &User,
