@@ -43,7 +43,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use shared::{
     Proc, cpu_seconds, event_resource_version, find, http, metric, metric_with, number_after,
-    rss_bytes, scrape, spawn, wait_until, ws_connect,
+    rss_bytes, scrape, spawn, spawn_proxy, wait_until, ws_connect,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -694,23 +694,7 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
         match args.proxy_addr {
             Some(addr) => (Some(addr), args.proxy_pid),
             None => {
-                let proxy_args: Vec<String> = vec![
-                    "serve".into(),
-                    "--kubeconfig".into(),
-                    tmp.to_string_lossy().into_owned(),
-                    "--listen".into(),
-                    "127.0.0.1:0".into(),
-                    // Loopback clients without tokens: kubemux's own identity.
-                    "--auth".into(),
-                    "none".into(),
-                ];
-                let (p, addr) = spawn(
-                    "proxy",
-                    &args.bin,
-                    &proxy_args,
-                    args.proxy_cpu.as_deref(),
-                    "kubemux listening on",
-                )?;
+                let (p, addr) = spawn_proxy(&args.bin, &tmp, args.proxy_cpu.as_deref())?;
                 let pid = p.pid();
                 procs.push(p);
                 (Some(addr), Some(pid))

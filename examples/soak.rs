@@ -37,7 +37,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use shared::{
     Proc, cpu_seconds, event_resource_version, find, http, metric, metric_with, rss_bytes, scrape,
-    spawn, wait_until, ws_connect,
+    spawn, spawn_proxy, wait_until, ws_connect,
 };
 
 /// Soak run for kubemux (see the module documentation).
@@ -281,25 +281,7 @@ async fn run(args: Arc<Args>) -> Result<()> {
         args.sim_cpu.as_deref(),
         "listening on",
     )?;
-    let proxy_args: Vec<String> = [
-        "serve",
-        "--kubeconfig",
-        &kubeconfig_arg,
-        "--listen",
-        "127.0.0.1:0",
-        "--auth",
-        "none",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let (proxy_proc, proxy) = spawn(
-        "proxy",
-        &args.bin,
-        &proxy_args,
-        args.proxy_cpu.as_deref(),
-        "kubemux listening on",
-    )?;
+    let (proxy_proc, proxy) = spawn_proxy(&args.bin, &kubeconfig, args.proxy_cpu.as_deref())?;
     let procs: [Proc; 2] = [sim_proc, proxy_proc];
     let pid = procs[1].pid();
     http(sim, "POST", "/_sim/churn?rate=0").await?;

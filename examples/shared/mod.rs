@@ -232,6 +232,26 @@ pub async fn ws_connect(
     unreachable!()
 }
 
+/// Starts `kubemux serve` on a loopback port for the clusters in
+/// `kubeconfig`, with `--auth none`: the examples' clients are loopback
+/// clients without tokens, served with kubemux's own identity.
+pub fn spawn_proxy(
+    bin: &PathBuf,
+    kubeconfig: &std::path::Path,
+    cpu: Option<&str>,
+) -> Result<(Proc, SocketAddr)> {
+    let args: Vec<String> = vec![
+        "serve".into(),
+        "--kubeconfig".into(),
+        kubeconfig.to_string_lossy().into_owned(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--auth".into(),
+        "none".into(),
+    ];
+    spawn("proxy", bin, &args, cpu, "kubemux listening on")
+}
+
 /// Polls `cond` every 50 ms until it holds, failing after `limit`.
 pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
     let start = std::time::Instant::now();

@@ -104,7 +104,8 @@ impl Admission {
     }
 
     /// Connections open from `address`.
-    pub fn open(&self, address: IpAddr) -> usize {
+    #[cfg(test)]
+    fn open(&self, address: IpAddr) -> usize {
         self.open.get(&address).map_or(0, |n| *n)
     }
 
@@ -160,12 +161,6 @@ impl TokenBucket {
             false
         }
     }
-
-    /// Whether a token is there, without taking it.
-    pub fn ready(&mut self) -> bool {
-        self.refill();
-        self.tokens >= 1.0
-    }
 }
 
 #[cfg(test)]
@@ -200,7 +195,6 @@ mod tests {
     fn bucket_allows_the_burst_then_refuses() {
         let mut bucket = TokenBucket::new(0.001, 3.0);
         assert!((0..3).all(|_| bucket.try_take()));
-        assert!(!bucket.ready());
         assert!(!bucket.try_take());
     }
 }

@@ -456,14 +456,10 @@ async fn headlamp_ws(
         return refusal;
     }
     let credentials = Credentials::from_headers(&headers);
-    let offered: Vec<String> = ws
-        .requested_protocols()
-        .filter_map(|p| p.to_str().ok().map(str::to_string))
-        .collect();
-    let mut ws = ws.lean(state.config.max_message_size);
-    if offered.iter().any(|p| p == headlamp::PROTOCOL) {
-        ws = ws.protocols([headlamp::PROTOCOL]);
-    }
+    // Headlamp's subprotocol is echoed only when the client offered it.
+    let ws = ws
+        .lean(state.config.max_message_size)
+        .protocols([headlamp::PROTOCOL]);
     let connections = state.connections.clone();
     tracked(&connections, ws, move |socket| async move {
         headlamp::serve(

@@ -134,11 +134,6 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 }
 
 impl WebSocketUpgrade {
-    /// The subprotocols the client offered, in its order.
-    pub fn requested_protocols(&self) -> impl Iterator<Item = &HeaderValue> {
-        self.protocols.iter()
-    }
-
     /// Selects the first of `supported` the client offered.
     pub fn protocols<I: IntoIterator<Item = &'static str>>(mut self, supported: I) -> Self {
         self.protocol = supported.into_iter().find_map(|wanted| {
