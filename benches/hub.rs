@@ -76,7 +76,7 @@ impl Fixture {
         let mut config = HubConfig::default();
         config.history.max_events = history;
         let watch = LocalWatch::new(wkey, config, metrics.clone());
-        watch.feed().listed(Listing {
+        let _ = watch.feed().listed(Listing {
             item_kind: "Pod".into(),
             api_version: "v1".into(),
             resource_version: "1".into(),

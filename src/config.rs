@@ -830,7 +830,6 @@ impl Settings {
                 max_age: self.history_max_age,
             },
             upstream: UpstreamConfig::default(),
-            ..HubConfig::default()
         }
     }
 

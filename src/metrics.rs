@@ -67,8 +67,15 @@ pub struct Metrics {
     pub upstream_failures: Family<ClusterLabel, Counter>,
     /// Upstream events received per cluster.
     pub events_in: Family<ClusterLabel, Counter>,
-    /// How new subscriptions were served: snapshot, history, expired (410), waited, forwarded.
+    /// How new subscriptions were served: snapshot, history, backfilled,
+    /// waited, forwarded, invalid (a version the cluster would refuse) and
+    /// expired (the cluster's own 410, relayed).
     pub resumes: Family<OutcomeLabel, Counter>,
+    /// Side-stream watch requests (backfills and forwards) per cluster: the
+    /// upstream cost of serving versions the cache cannot serve alone.
+    pub backfill_requests: Family<ClusterLabel, Counter>,
+    /// Events fetched by backfills (and kept in the history) per cluster.
+    pub backfill_events: Family<ClusterLabel, Counter>,
     /// Subscriptions ended because their client could not keep up.
     pub slow_consumers: Counter,
     /// Frames handed to connection queues.
@@ -109,6 +116,8 @@ impl Metrics {
             upstream_failures: Family::default(),
             events_in: Family::default(),
             resumes: Family::default(),
+            backfill_requests: Family::default(),
+            backfill_events: Family::default(),
             slow_consumers: Counter::default(),
             frames_out: Counter::default(),
             frames_dropped: Counter::default(),
@@ -160,8 +169,18 @@ impl Metrics {
         );
         registry.register(
             "resumes",
-            "How subscriptions started: snapshot, history, expired (410), waited, forwarded",
+            "How subscriptions started: snapshot, history, backfilled, waited, forwarded, invalid, expired (the cluster's 410)",
             m.resumes.clone(),
+        );
+        registry.register(
+            "backfill_requests",
+            "Upstream watch requests made to serve versions older than a shared watch's history (backfills) or not comparable (forwards)",
+            m.backfill_requests.clone(),
+        );
+        registry.register(
+            "backfill_events",
+            "Events fetched by backfills and spliced into the history",
+            m.backfill_events.clone(),
         );
         registry.register(
             "slow_consumer_terminations",

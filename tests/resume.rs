@@ -112,17 +112,136 @@ async fn version_in_history_replays_only_newer_events() {
     );
 }
 
+fn rv_of(ev: &Value) -> u64 {
+    ev["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn short_history() -> HubConfig {
+    HubConfig {
+        history: HistoryLimits {
+            max_events: 3,
+            max_age: Duration::from_secs(600),
+        },
+        ..quick_hub()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn version_older_than_history_gets_one_in_band_410_then_complete() {
+async fn version_older_than_history_is_backfilled_exactly_once_then_served_locally() {
     let env = start(
         SimConfig::default(),
-        HubConfig {
-            history: HistoryLimits {
-                max_events: 3,
-                max_age: Duration::from_secs(600),
-            },
-            ..quick_hub()
-        },
+        short_history(),
+        ServerConfig::default(),
+    )
+    .await;
+    let mut first = primed(&env).await;
+    let old = create(&env, "a");
+    let mut later = Vec::new();
+    for name in ["b", "c", "d", "e"] {
+        later.push(create(&env, name));
+    }
+    first.events(5).await;
+    assert_upstream_untouched(&env).await;
+    let query = format!("watch=1&resourceVersion={old}");
+    for client in 0..2 {
+        let mut c = env.client().await;
+        c.request(PATH, &query).await;
+        let evs = c.events(later.len()).await;
+        let got: Vec<String> = evs
+            .iter()
+            .map(|e| {
+                e["object"]["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            got, later,
+            "client {client}: every event after its version, once, in order"
+        );
+        let live = create(&env, format!("live-{client}").as_str());
+        let (_, ev) = c.event().await;
+        assert_eq!(
+            ev["object"]["metadata"]["resourceVersion"],
+            live.as_str(),
+            "then live"
+        );
+        assert!(c.next_within(Duration::from_millis(300)).await.is_none());
+        first.events(1).await;
+        later.push(live);
+    }
+    assert_eq!(
+        env.sim.watch_requests("pods"),
+        2,
+        "one backfill request for the first client, none for the second"
+    );
+    assert_eq!(env.sim.list_requests("pods"), 1);
+    let text = env.metrics_text().await;
+    assert_eq!(
+        metric(&text, "kubemux_resumes_total{outcome=\"backfilled\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "kubemux_resumes_total{outcome=\"history\"}"),
+        Some(1.0),
+        "the second client is served from the extended history: {text}"
+    );
+    assert_eq!(
+        metric(&text, "kubemux_backfill_requests_total{cluster=\"sim\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("outcome=\"expired\""),
+        "no 410 anywhere: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_backfills_from_one_version_share_one_upstream_request() {
+    let env = start(
+        SimConfig::default(),
+        short_history(),
+        ServerConfig::default(),
+    )
+    .await;
+    let mut first = primed(&env).await;
+    let old = create(&env, "a");
+    let mut later = Vec::new();
+    for i in 0..6 {
+        later.push(create(&env, &format!("p{i}")));
+    }
+    first.events(7).await;
+    let query = format!("watch=1&resourceVersion={old}");
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut c = env.client().await;
+        c.request(PATH, &query).await;
+        clients.push(c);
+    }
+    for c in &mut clients {
+        let got: Vec<u64> = c.events(6).await.iter().map(rv_of).collect();
+        let want: Vec<u64> = later.iter().map(|v| v.parse().unwrap()).collect();
+        assert_eq!(got, want);
+    }
+    assert!(
+        env.sim.watch_requests("pods") <= 3,
+        "five clients from one version share their backfills (got {} watch requests)",
+        env.sim.watch_requests("pods")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_the_cluster_compacted_gets_the_clusters_own_410_then_complete() {
+    let env = start(
+        SimConfig::default(),
+        short_history(),
         ServerConfig::default(),
     )
     .await;
@@ -132,24 +251,25 @@ async fn version_older_than_history_gets_one_in_band_410_then_complete() {
         create(&env, name);
     }
     first.events(5).await;
+    env.sim.faults().compact_history();
+    // What the API server itself answers to that version.
+    let direct = format!(
+        "http://{}/api/v1/namespaces/default/pods?watch=1&resourceVersion={old}",
+        env.sim.addr()
+    );
+    let body = reqwest_like_get(&direct).await;
+    let line = body.lines().next().expect("one in-band line");
+    let theirs: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(theirs["object"]["code"], 410, "{line}");
+
     let mut c = env.client().await;
     c.request(PATH, &format!("watch=1&resourceVersion={old}"))
         .await;
     let (frame, ev) = c.event().await;
     assert_eq!(frame["query"], format!("watch=1&resourceVersion={old}"));
-    assert_eq!(ev["type"], "ERROR");
-    assert_eq!(ev["object"]["kind"], "Status");
-    assert_eq!(ev["object"]["code"], 410);
-    assert_eq!(ev["object"]["reason"], "Expired");
-    assert!(
-        ev["object"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("too old resource version")
-    );
+    assert_eq!(ev, theirs, "the API server's Status, verbatim");
     assert_eq!(c.frame().await["type"], "COMPLETE");
     assert!(c.next_within(Duration::from_millis(300)).await.is_none());
-    assert_upstream_untouched(&env).await;
     let text = env.metrics_text().await;
     assert_eq!(
         metric(&text, "kubemux_resumes_total{outcome=\"expired\"}"),
@@ -157,17 +277,39 @@ async fn version_older_than_history_gets_one_in_band_410_then_complete() {
     );
 }
 
+/// The body of a plain HTTP GET whose response ends (a watch the server
+/// ends at once, like one answered with an in-band 410).
+async fn reqwest_like_get(url: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (addr, path) = rest.split_at(rest.find('/').unwrap());
+    let text = http_get(addr.parse().unwrap(), path).await;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_newer_than_seen_waits_for_it() {
-    let env = start(
-        SimConfig::default(),
-        HubConfig {
-            wait_limit: Duration::from_secs(15),
-            ..quick_hub()
-        },
-        ServerConfig::default(),
-    )
-    .await;
+    let env = start_default().await;
     let _first = primed(&env).await;
     let now = env.sim.store().resource_version();
     let mut c = env.client().await;
@@ -186,23 +328,26 @@ async fn version_newer_than_seen_waits_for_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wait_that_runs_out_gets_the_410_style_error() {
-    let env = start(
-        SimConfig::default(),
-        HubConfig {
-            wait_limit: Duration::from_millis(300),
-            ..quick_hub()
-        },
-        ServerConfig::default(),
-    )
-    .await;
+async fn a_version_seconds_ahead_keeps_the_stream_open_until_it_exists() {
+    let env = start_default().await;
     let _first = primed(&env).await;
+    let target = env.sim.store().resource_version() + 60;
     let mut c = env.client().await;
-    c.request(PATH, "watch=1&resourceVersion=999999").await;
-    let (_, ev) = c.event().await;
-    assert_eq!(ev["type"], "ERROR");
-    assert_eq!(ev["object"]["code"], 410);
-    assert_eq!(c.frame().await["type"], "COMPLETE");
+    c.request(PATH, &format!("watch=1&resourceVersion={target}"))
+        .await;
+    // 10 changes a second for six seconds: the version exists only at the end.
+    let mut made = Vec::new();
+    for i in 0..70 {
+        made.push(create(&env, &format!("ahead-{i}")).parse::<u64>().unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let owed: Vec<u64> = made.into_iter().filter(|rv| *rv > target).collect();
+    assert!(!owed.is_empty());
+    let got: Vec<u64> = c.events(owed.len()).await.iter().map(rv_of).collect();
+    assert_eq!(
+        got, owed,
+        "exactly the events after the version, no ERROR before them"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,31 +485,50 @@ async fn subscriber_timeout_completes_only_that_subscriber() {
     );
 }
 
+/// One ERROR naming `resourceVersion`, then COMPLETE.
+async fn assert_refused_version(c: &mut Client, query: &str) {
+    let frame = c.frame().await;
+    assert_eq!(frame["type"], "ERROR", "{frame}");
+    assert_eq!(frame["query"], query);
+    let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+    let error = data["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("resourceVersion: Invalid value"),
+        "the API server's own answer: {error}"
+    );
+    assert_eq!(c.frame().await["type"], "COMPLETE");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_the_cache_cannot_place_is_forwarded_upstream() {
+async fn unparsable_versions_get_one_error_and_complete_without_asking_again() {
     let env = start_default().await;
     let _first = primed(&env).await;
     let mut c = env.client().await;
-    c.request(PATH, "watch=1&resourceVersion=not-a-number")
-        .await;
-    let frame = c.frame().await;
-    assert_eq!(frame["type"], "ERROR", "{frame}");
-    let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
-    assert!(
-        data["error"].as_str().unwrap().contains("400"),
-        "the API server's own answer is relayed: {data}"
-    );
-    assert_eq!(c.frame().await["type"], "COMPLETE");
-    assert_eq!(
-        env.sim.watch_requests("pods"),
-        2,
-        "the resume went to the API server"
-    );
+    for rv in ["abc", "-1", "undefined", "99999999999999999999"] {
+        let query = format!("watch=1&resourceVersion={rv}");
+        c.request(PATH, &query).await;
+        assert_refused_version(&mut c, &query).await;
+    }
+    assert!(c.next_within(Duration::from_millis(300)).await.is_none());
+    assert_upstream_untouched(&env).await;
     let text = env.metrics_text().await;
     assert_eq!(
-        metric(&text, "kubemux_resumes_total{outcome=\"forwarded\"}"),
-        Some(1.0)
+        metric(&text, "kubemux_resumes_total{outcome=\"invalid\"}"),
+        Some(4.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unparsable_first_version_costs_one_upstream_request() {
+    let env = start_default().await;
+    let mut c = env.client().await;
+    let query = "watch=1&resourceVersion=undefined";
+    c.request(PATH, query).await;
+    assert_refused_version(&mut c, query).await;
+    env.eventually("the unused watch is gone", || env.hub.watch_count() == 0)
+        .await;
+    assert_eq!(env.sim.list_requests("pods"), 1);
+    assert_eq!(env.sim.watch_requests("pods"), 0, "no WATCH, no retry");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,6 +57,8 @@ struct Entry {
     position: u64,
     at: Instant,
     event: Arc<WatchEvent>,
+    /// Fetched by a backfill rather than received live.
+    backfilled: bool,
 }
 
 /// How a new subscriber is to be started, decided from its `resourceVersion`.
@@ -65,13 +67,18 @@ pub enum Start {
     Snapshot(Vec<Arc<WatchEvent>>),
     /// The events after the client's version.
     Replay(Vec<Arc<WatchEvent>>),
-    /// The version is older than the history: the in-band 410.
-    Expired(String),
+    /// The version is older than the history: the events between it and
+    /// the history must be fetched from the API server (which alone decides
+    /// whether it is too old).
+    Backfill(u64),
     /// The version is newer than anything seen: wait for it.
     Future(u64),
-    /// The cache cannot place this (non-numeric) version: the API server
-    /// must be asked directly.
+    /// The cache cannot place this version (the cluster's versions are not
+    /// integers): the API server must be asked directly.
     Forward(String),
+    /// The version is not an integer but the cluster's are: the API server
+    /// would refuse it; the message is the one it answers.
+    Invalid(String),
 }
 
 /// Current objects and recent history of one collection.
@@ -122,6 +129,18 @@ impl Cache {
     /// The latest version as an integer (0 if not numeric).
     pub fn latest_num(&self) -> u64 {
         self.latest_num
+    }
+
+    /// The oldest version the history can resume from: events after it are
+    /// all held.
+    pub fn horizon(&self) -> u64 {
+        self.horizon
+    }
+
+    /// Whether every version seen so far is an integer (an etcd-backed
+    /// cluster), so versions can be ordered.
+    pub fn is_numeric(&self) -> bool {
+        self.numeric
     }
 
     /// Kind and apiVersion of the objects, learned from the list.
@@ -234,6 +253,7 @@ impl Cache {
             position,
             at: Instant::now(),
             event: event.clone(),
+            backfilled: false,
         });
         self.trim(Instant::now());
         event
@@ -244,10 +264,16 @@ impl Cache {
         self.note_version(rv);
     }
 
-    /// Drops history beyond the limits.
+    /// Drops history beyond the limits. Backfilled entries at the front
+    /// are kept for the age limit even when the history is over its count,
+    /// up to twice the count: otherwise the next live event of a full
+    /// history would trim what the backfill fetched, and the next client
+    /// from that version would need another backfill.
     pub fn trim(&mut self, now: Instant) {
+        let max = self.limits.max_events;
         while let Some(front) = self.history.front() {
-            let too_many = self.history.len() > self.limits.max_events;
+            let len = self.history.len();
+            let too_many = len > max && (!front.backfilled || len > 2 * max);
             let too_old = now.duration_since(front.at) > self.limits.max_age;
             if !(too_many || too_old) {
                 break;
@@ -264,6 +290,9 @@ impl Cache {
             Some(rv) => rv,
         };
         let Ok(n) = rv.parse::<u64>() else {
+            if self.numeric {
+                return Start::Invalid(invalid_version(rv));
+            }
             if rv == self.latest && !initial_events {
                 return Start::Replay(Vec::new());
             }
@@ -283,19 +312,64 @@ impl Cache {
             return Start::Forward(rv.to_string());
         }
         if n < self.horizon {
-            return Start::Expired(format!(
-                "too old resource version: {n} ({})",
-                self.horizon + 1
-            ));
+            return Start::Backfill(n);
         }
-        let from = self.history.partition_point(|e| e.position <= n);
-        Start::Replay(
-            self.history
-                .range(from..)
-                .map(|e| e.event.clone())
-                .collect(),
-        )
+        Start::Replay(self.replay_after(n))
     }
+
+    /// The history's events after version `n` (which must not be older
+    /// than the horizon).
+    pub fn replay_after(&self, n: u64) -> Vec<Arc<WatchEvent>> {
+        let from = self.history.partition_point(|e| e.position <= n);
+        self.history
+            .range(from..)
+            .map(|e| e.event.clone())
+            .collect()
+    }
+
+    /// Extends the history backwards with the events a backfill fetched:
+    /// every event after `from` up to the horizon, in order. Afterwards the
+    /// history resumes from `from` for the history's age limit, so the next
+    /// client with that version is served locally. Events outside that range
+    /// are ignored; a backfill that would take the history past twice its
+    /// count is not kept.
+    pub fn prepend(&mut self, from: u64, events: &[Arc<WatchEvent>]) {
+        if from >= self.horizon {
+            return;
+        }
+        let horizon = self.horizon;
+        let now = Instant::now();
+        let older: Vec<Entry> = events
+            .iter()
+            .filter_map(|event| {
+                let rv = event.rv()?;
+                (rv > from && rv <= horizon).then(|| Entry {
+                    position: rv,
+                    at: now,
+                    event: event.clone(),
+                    backfilled: true,
+                })
+            })
+            .collect();
+        if self.history.len() + older.len() > 2 * self.limits.max_events {
+            return;
+        }
+        for entry in older.into_iter().rev() {
+            self.history.push_front(entry);
+        }
+        self.horizon = from;
+    }
+}
+
+/// The API server's answer to a version that is not an unsigned integer
+/// (its etcd storage parses versions with Go's `strconv.ParseUint`).
+fn invalid_version(rv: &str) -> String {
+    let why = if !rv.is_empty() && rv.bytes().all(|b| b.is_ascii_digit()) {
+        "value out of range"
+    } else {
+        "invalid syntax"
+    };
+    format!("resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: {why}")
 }
 
 /// A `DELETED` event for an object that vanished while the watch was broken,
@@ -358,11 +432,66 @@ mod tests {
             _ => panic!("expected replay"),
         }
         assert!(matches!(c.start(Some("14"), false), Start::Replay(r) if r.is_empty()));
-        assert!(matches!(c.start(Some("10"), false), Start::Expired(_)));
+        assert!(matches!(c.start(Some("10"), false), Start::Backfill(10)));
         assert!(matches!(c.start(Some("11"), false), Start::Replay(r) if r.len() == 3));
         assert!(matches!(c.start(Some("99"), false), Start::Future(99)));
         assert!(matches!(c.start(Some("12"), true), Start::Snapshot(_)));
-        assert!(matches!(c.start(Some("opaque"), false), Start::Forward(v) if v == "opaque"));
+        assert!(
+            matches!(c.start(Some("opaque"), false), Start::Invalid(m) if m.contains("invalid syntax"))
+        );
+        assert!(
+            matches!(c.start(Some("99999999999999999999"), false), Start::Invalid(m) if m.contains("out of range"))
+        );
+    }
+
+    #[test]
+    fn opaque_versions_are_forwarded_on_clusters_without_integer_versions() {
+        let mut c = Cache::new(HistoryLimits::default());
+        c.reset(
+            Listing {
+                item_kind: "Pod".into(),
+                api_version: "v1".into(),
+                resource_version: "opaque-7".into(),
+                objects: Vec::new(),
+            },
+            true,
+        );
+        assert!(!c.is_numeric());
+        assert!(matches!(c.start(Some("opaque-3"), false), Start::Forward(v) if v == "opaque-3"));
+        assert!(matches!(c.start(Some("opaque-7"), false), Start::Replay(r) if r.is_empty()));
+    }
+
+    #[test]
+    fn a_backfill_extends_the_history_backwards() {
+        let mut c = Cache::new(HistoryLimits {
+            max_events: 2,
+            max_age: Duration::from_secs(600),
+        });
+        c.reset(listing(10, vec![]), true);
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            c.apply(pod(EventType::Added, name, 11 + i as u64));
+        }
+        assert_eq!(c.horizon(), 12);
+        assert!(matches!(c.start(Some("10"), false), Start::Backfill(10)));
+        let fetched: Vec<Arc<WatchEvent>> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Arc::new(pod(EventType::Added, name, 11 + i as u64)))
+            .collect();
+        c.prepend(10, &fetched);
+        assert_eq!(c.horizon(), 10);
+        match c.start(Some("10"), false) {
+            Start::Replay(r) => assert_eq!(
+                names(&r),
+                [
+                    "ADDED:d/a@11",
+                    "ADDED:d/b@12",
+                    "ADDED:d/c@13",
+                    "ADDED:d/d@14"
+                ]
+            ),
+            _ => panic!("expected a replay after the backfill"),
+        }
     }
 
     #[test]

@@ -26,7 +26,6 @@ impl LocalWatch {
     pub fn new(key: WatchKey, config: HubConfig, metrics: Arc<Metrics>) -> Self {
         let watch = Arc::new(SharedWatch::new(
             key,
-            None,
             Weak::new(),
             metrics,
             Cache::new(config.history.clone()),
@@ -45,7 +44,7 @@ impl LocalWatch {
         params: ClientParams,
         sink: Arc<dyn Subscriber>,
     ) -> Option<Subscription> {
-        let id = self.watch.add(sink, params, self.config.wait_limit)?;
+        let id = self.watch.add(sink, params)?;
         Some(Subscription {
             watch: self.watch.clone(),
             id,
@@ -91,7 +90,7 @@ mod tests {
             .iter()
             .map(|s| local.subscribe(ClientParams::default(), s.clone()).unwrap())
             .collect();
-        local.feed().listed(Listing {
+        let _ = local.feed().listed(Listing {
             item_kind: "Pod".into(),
             api_version: "v1".into(),
             resource_version: "1".into(),

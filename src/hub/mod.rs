@@ -32,8 +32,6 @@ pub use subscriber::{EndReason, Overflow, Subscriber};
 pub struct HubConfig {
     /// How long a shared watch outlives its last subscriber.
     pub linger: Duration,
-    /// How long a subscriber asking for a future resourceVersion waits for it.
-    pub wait_limit: Duration,
     /// Interval of kubemux's own bookmarks to subscribers that asked for them.
     pub bookmark_interval: Duration,
     /// History bounds of each shared watch.
@@ -46,7 +44,6 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             linger: Duration::from_secs(30),
-            wait_limit: Duration::from_secs(3),
             bookmark_interval: Duration::from_secs(60),
             history: HistoryLimits::default(),
             upstream: UpstreamConfig::default(),
@@ -268,15 +265,31 @@ impl Hub {
                 (request.identity.scope(key), client)
             }
         };
+        // The first subscriber's version is where a new watch lists, so
+        // that subscriber resumes exactly (see `upstream::run`).
+        let list_at = params
+            .resource_version
+            .as_deref()
+            .and_then(|rv| rv.parse::<u64>().ok())
+            .filter(|rv| *rv > 0 && !params.send_initial_events);
         loop {
+            let mut created = false;
             let watch = self
                 .inner
                 .watches
                 .entry(key.clone())
-                .or_insert_with(|| self.start_watch(&key, client.clone()))
+                .or_insert_with(|| {
+                    created = true;
+                    self.new_watch(&key)
+                })
                 .clone();
-            if let Some(id) = watch.add(sink.clone(), params.clone(), self.inner.config.wait_limit)
-            {
+            if let Some(id) = watch.add(sink.clone(), params.clone()) {
+                if created {
+                    // Started only once its first subscriber is in, so the
+                    // first listing serves that subscriber (and can tell
+                    // whether anyone still needs the watch).
+                    self.launch(&watch, client, list_at);
+                }
                 return Ok(Subscription {
                     watch,
                     id,
@@ -289,36 +302,42 @@ impl Hub {
         }
     }
 
-    fn start_watch(&self, key: &WatchKey, client: kube::Client) -> Arc<SharedWatch> {
-        let config = &self.inner.config;
-        let target = WatchTarget {
-            client,
-            path: key.path().to_string(),
-            selectors: key.selectors().to_string(),
-        };
-        let watch = Arc::new(SharedWatch::new(
-            key.clone(),
-            Some((target.clone(), config.upstream.clone())),
-            Arc::downgrade(&self.inner),
-            self.inner.metrics.clone(),
-            cache::Cache::new(config.history.clone()),
-        ));
+    fn new_watch(&self, key: &WatchKey) -> Arc<SharedWatch> {
         self.inner
             .metrics
             .upstream_watches
             .get_or_create(&Metrics::cluster(key.cluster()))
             .inc();
+        Arc::new(SharedWatch::new(
+            key.clone(),
+            Arc::downgrade(&self.inner),
+            self.inner.metrics.clone(),
+            cache::Cache::new(self.inner.config.history.clone()),
+        ))
+    }
+
+    /// Starts a new watch's upstream task (listing at `list_at`, the first
+    /// subscriber's version) and its bookmark ticker.
+    fn launch(&self, watch: &Arc<SharedWatch>, client: kube::Client, list_at: Option<u64>) {
+        let config = &self.inner.config;
+        let key = watch.key();
+        let target = WatchTarget {
+            client,
+            path: key.path().to_string(),
+            selectors: key.selectors().to_string(),
+        };
+        watch.set_target(target.clone(), config.upstream.clone());
         info!(cluster = key.cluster(), key = %key.short_hash(), path = key.path(), "starting shared watch");
-        let sink = Arc::new(Upstream(Arc::downgrade(&watch)));
+        let sink = Arc::new(Upstream(Arc::downgrade(watch)));
         let span = tracing::info_span!("watch", cluster = key.cluster(), key = %key.short_hash());
-        let upstream =
-            tokio::spawn(upstream::run(target, config.upstream.clone(), sink).instrument(span));
+        let upstream = tokio::spawn(
+            upstream::run(target, config.upstream.clone(), sink, list_at).instrument(span),
+        );
         watch.add_task(upstream.abort_handle());
         watch.add_task(spawn_bookmarks(
-            Arc::downgrade(&watch),
+            Arc::downgrade(watch),
             config.bookmark_interval,
         ));
-        watch
     }
 
     /// A LIST answer for a collection, served from a live shared watch's

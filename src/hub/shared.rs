@@ -1,14 +1,27 @@
 //! One shared watch: the upstream task, the cache, and the subscribers that
 //! share them.
+//!
+//! A subscriber whose version the cache cannot serve by itself is served by
+//! a *side stream*: an extra upstream watch from that version under the
+//! shared watch's identity. A backfill (the version is older than the
+//! history) relays the events the history no longer holds and, once they
+//! reach the history, hands its subscribers over to the live stream and
+//! leaves those events in the history for the next client. A forward (the
+//! cluster's versions are not integers, so the cache cannot order them)
+//! relays the server's stream for as long as its subscribers stay. Either is
+//! shared by every subscriber asking for the same thing, and only the API
+//! server's own answer ends one: a 410 reaches clients only when the
+//! cluster itself no longer serves their version.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
 use tokio::task::AbortHandle;
-use tracing::info;
+use tracing::{Instrument, info};
 
 use super::HubInner;
 use super::cache::{Cache, Start};
@@ -16,22 +29,62 @@ use super::key::{ClientParams, WatchKey};
 use super::subscriber::{EndReason, Subscriber};
 use crate::metrics::{ClusterLabel, Metrics};
 use crate::upstream::event::WatchEvent;
-use crate::upstream::{self, Listing, UpstreamConfig, UpstreamError, WatchSink, WatchTarget};
+use crate::upstream::{
+    self, FirstAnswer, FollowEnd, Listing, UpstreamConfig, UpstreamError, WatchSink, WatchTarget,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 /// Identifies a subscriber within its shared watch.
 pub type SubscriberId = u64;
 
+/// Identifies a side stream within its shared watch.
+type SideId = u64;
+
+/// A forward keeps what it relayed so that a subscriber asking for the same
+/// version later is served from its start; past this many events it takes
+/// no new subscribers (they get a side stream of their own).
+const FORWARD_REPLAY_LIMIT: usize = 1_000;
+
 enum Phase {
     /// Waiting for the first listing.
     Pending,
-    /// Waiting for the cache to reach this version.
+    /// Waiting for the cache to reach this version, as the API server waits
+    /// for a version it has not reached yet.
     Waiting(u64),
     /// Receiving live events.
     Live,
-    /// Served by its own upstream watch (a version the cache cannot place).
-    Forwarded,
+    /// Served by a side stream; `cursor` is the version of the last event it
+    /// was given (its own version before the first).
+    Side { side: SideId, cursor: u64 },
+}
+
+enum SideKind {
+    /// Fetches the events after `from` that the history no longer holds.
+    Backfill { from: u64 },
+    /// Relays the server's stream from `version`, which the cache cannot place.
+    Forward { version: String },
+}
+
+/// An extra upstream watch serving subscribers the cache cannot serve alone.
+struct Side {
+    kind: SideKind,
+    /// What the side stream delivered so far, for subscribers joining late.
+    /// A backfill holds only events the history lacks.
+    fetched: Vec<Arc<WatchEvent>>,
+    /// Backfill: the newest version `fetched` covers.
+    cursor: u64,
+    subs: Vec<SubscriberId>,
+    task: Option<AbortHandle>,
+    warned: bool,
+}
+
+impl Drop for Side {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }
 
 struct Sub {
@@ -54,6 +107,8 @@ struct State {
     listed: bool,
     subs: HashMap<SubscriberId, Sub>,
     next_id: SubscriberId,
+    sides: HashMap<SideId, Side>,
+    next_side: SideId,
     outage_reported: bool,
     stopped: bool,
     linger_generation: u64,
@@ -63,7 +118,8 @@ struct State {
 /// One upstream watch shared by every subscriber of its key.
 pub struct SharedWatch {
     key: WatchKey,
-    target: Option<(WatchTarget, UpstreamConfig)>,
+    /// Where side streams are sent; unset for a watch fed by its owner.
+    target: OnceLock<(WatchTarget, UpstreamConfig)>,
     hub: Weak<HubInner>,
     metrics: Arc<Metrics>,
     label: ClusterLabel,
@@ -74,7 +130,6 @@ pub struct SharedWatch {
 impl SharedWatch {
     pub(super) fn new(
         key: WatchKey,
-        target: Option<(WatchTarget, UpstreamConfig)>,
         hub: Weak<HubInner>,
         metrics: Arc<Metrics>,
         cache: Cache,
@@ -82,7 +137,7 @@ impl SharedWatch {
         SharedWatch {
             label: Metrics::cluster(key.cluster()),
             key,
-            target,
+            target: OnceLock::new(),
             hub,
             metrics,
             events: AtomicU64::new(0),
@@ -91,12 +146,19 @@ impl SharedWatch {
                 listed: false,
                 subs: HashMap::new(),
                 next_id: 1,
+                sides: HashMap::new(),
+                next_side: 1,
                 outage_reported: false,
                 stopped: false,
                 linger_generation: 0,
                 tasks: Vec::new(),
             }),
         }
+    }
+
+    /// Sets the cluster request side streams are made from (once, at launch).
+    pub(super) fn set_target(&self, target: WatchTarget, config: UpstreamConfig) {
+        let _ = self.target.set((target, config));
     }
 
     /// The key this watch serves.
@@ -150,7 +212,6 @@ impl SharedWatch {
         self: &Arc<Self>,
         sink: Arc<dyn Subscriber>,
         params: ClientParams,
-        wait_limit: Duration,
     ) -> Option<SubscriberId> {
         let mut st = self.state.lock();
         if st.stopped {
@@ -172,7 +233,7 @@ impl SharedWatch {
         self.metrics.subscribers.inc();
         self.metrics.subscriptions_started.inc();
         if st.listed {
-            match self.start(&mut st, id, sub, wait_limit) {
+            match self.start(&mut st, id, sub) {
                 Some(sub) => {
                     st.subs.insert(id, sub);
                 }
@@ -202,14 +263,15 @@ impl SharedWatch {
         .abort_handle()
     }
 
+    fn resumed(&self, outcome_name: &'static str) {
+        self.metrics
+            .resumes
+            .get_or_create(&outcome(outcome_name))
+            .inc();
+    }
+
     /// Serves a subscriber what it is owed from the cache; returns it if it stays.
-    fn start(
-        self: &Arc<Self>,
-        st: &mut State,
-        id: SubscriberId,
-        mut sub: Sub,
-        wait_limit: Duration,
-    ) -> Option<Sub> {
+    fn start(self: &Arc<Self>, st: &mut State, id: SubscriberId, mut sub: Sub) -> Option<Sub> {
         let plan = st.cache.start(
             sub.params.resource_version.as_deref(),
             sub.params.send_initial_events,
@@ -217,63 +279,51 @@ impl SharedWatch {
         let (served, events) = match plan {
             Start::Snapshot(events) => ("snapshot", events),
             Start::Replay(events) => ("history", events),
-            Start::Expired(message) => {
-                self.metrics
-                    .resumes
-                    .get_or_create(&outcome("expired"))
-                    .inc();
-                let _ = sub.sink.event(&Arc::new(WatchEvent::expired(&message)));
+            Start::Invalid(message) => {
+                self.resumed("invalid");
                 self.metrics.subscribers.dec();
-                sub.sink.end(EndReason::Expired);
+                sub.sink.end(EndReason::Failed(message));
                 return None;
             }
-            Start::Forward(version) => {
-                let Some((target, config)) = self.target.clone() else {
-                    let _ = sub.sink.event(&Arc::new(WatchEvent::expired(&format!(
-                        "too old resource version: {version}"
-                    ))));
+            Start::Backfill(from) => {
+                if self.target.get().is_none() {
+                    // A watch fed by its owner has no cluster to ask: the
+                    // history is all there is.
+                    let message =
+                        format!("too old resource version: {from} ({})", st.cache.horizon());
+                    let _ = sub
+                        .sink
+                        .event(&Arc::new(WatchEvent::status(410, "Expired", &message)));
+                    self.resumed("expired");
                     self.metrics.subscribers.dec();
                     sub.sink.end(EndReason::Expired);
                     return None;
-                };
-                self.metrics
-                    .resumes
-                    .get_or_create(&outcome("forwarded"))
-                    .inc();
-                let relay = Arc::new(Relay {
-                    watch: Arc::downgrade(self),
-                    id,
-                    sink: sub.sink.clone(),
-                    warned: AtomicBool::new(false),
-                });
-                let weak = Arc::downgrade(self);
-                let task = tokio::spawn(async move {
-                    let err = upstream::follow(target, config, version, relay).await;
-                    if let Some(watch) = weak.upgrade() {
-                        let last = err
-                            .is_expired()
-                            .then(|| WatchEvent::expired("too old resource version"));
-                        let reason = if last.is_some() {
-                            EndReason::Expired
-                        } else {
-                            EndReason::Failed(err.to_string())
-                        };
-                        watch.end_subscriber_with(id, last, reason);
-                    }
-                });
-                sub.phase = Phase::Forwarded;
-                sub.timers.push(task.abort_handle());
-                return Some(sub);
+                }
+                self.resumed("backfilled");
+                return self.join_backfill(st, id, sub, from);
+            }
+            Start::Forward(version) => {
+                if self.target.get().is_none() {
+                    let _ = sub.sink.event(&Arc::new(WatchEvent::status(
+                        410,
+                        "Expired",
+                        &format!("too old resource version: {version}"),
+                    )));
+                    self.resumed("expired");
+                    self.metrics.subscribers.dec();
+                    sub.sink.end(EndReason::Expired);
+                    return None;
+                }
+                self.resumed("forwarded");
+                return self.join_forward(st, id, sub, version);
             }
             Start::Future(rv) => {
-                self.metrics.resumes.get_or_create(&outcome("waited")).inc();
+                self.resumed("waited");
                 sub.phase = Phase::Waiting(rv);
-                sub.timers
-                    .push(self.timer(wait_limit, id, EndReason::Expired));
                 return Some(sub);
             }
         };
-        self.metrics.resumes.get_or_create(&outcome(served)).inc();
+        self.resumed(served);
         for ev in &events {
             if sub.sink.event(ev).is_err() {
                 self.metrics.subscribers.dec();
@@ -296,12 +346,345 @@ impl SharedWatch {
         Some(sub)
     }
 
+    /// Puts a subscriber whose version is older than the history on a
+    /// backfill: a running one that started at or before its version (it
+    /// gets what that one fetched after its version at once), else a new one.
+    fn join_backfill(
+        self: &Arc<Self>,
+        st: &mut State,
+        id: SubscriberId,
+        mut sub: Sub,
+        from: u64,
+    ) -> Option<Sub> {
+        let joinable = st
+            .sides
+            .iter()
+            .filter(|(_, side)| matches!(side.kind, SideKind::Backfill { from: f } if f <= from))
+            .max_by_key(|(_, side)| side.cursor)
+            .map(|(side_id, _)| *side_id);
+        let side_id = match joinable {
+            Some(side_id) => side_id,
+            None => self.spawn_side(st, SideKind::Backfill { from }, from.to_string())?,
+        };
+        let side = st.sides.get_mut(&side_id)?;
+        let mut cursor = from;
+        for ev in side.fetched.iter().filter(|ev| ev.rv() > Some(from)) {
+            if sub.sink.event(ev).is_err() {
+                self.metrics.subscribers.dec();
+                self.metrics.slow_consumers.inc();
+                sub.sink.end(EndReason::SlowConsumer);
+                return None;
+            }
+            cursor = ev.rv().unwrap_or(cursor);
+        }
+        side.subs.push(id);
+        sub.phase = Phase::Side {
+            side: side_id,
+            cursor,
+        };
+        Some(sub)
+    }
+
+    /// Puts a subscriber whose version the cache cannot place on the forward
+    /// from that version, starting one if none may take it.
+    fn join_forward(
+        self: &Arc<Self>,
+        st: &mut State,
+        id: SubscriberId,
+        mut sub: Sub,
+        version: String,
+    ) -> Option<Sub> {
+        let joinable = st
+            .sides
+            .iter()
+            .find(|(_, side)| {
+                matches!(&side.kind, SideKind::Forward { version: v } if *v == version)
+                    && side.fetched.len() < FORWARD_REPLAY_LIMIT
+            })
+            .map(|(side_id, _)| *side_id);
+        let side_id = match joinable {
+            Some(side_id) => side_id,
+            None => self.spawn_side(
+                st,
+                SideKind::Forward {
+                    version: version.clone(),
+                },
+                version,
+            )?,
+        };
+        let side = st.sides.get_mut(&side_id)?;
+        for ev in &side.fetched {
+            if sub.sink.event(ev).is_err() {
+                self.metrics.subscribers.dec();
+                self.metrics.slow_consumers.inc();
+                sub.sink.end(EndReason::SlowConsumer);
+                return None;
+            }
+        }
+        side.subs.push(id);
+        sub.phase = Phase::Side {
+            side: side_id,
+            cursor: 0,
+        };
+        Some(sub)
+    }
+
+    /// Starts a side stream from `version` under this watch's identity.
+    fn spawn_side(
+        self: &Arc<Self>,
+        st: &mut State,
+        kind: SideKind,
+        version: String,
+    ) -> Option<SideId> {
+        let (target, config) = self.target.get()?.clone();
+        let side_id = st.next_side;
+        st.next_side += 1;
+        let (cursor, first_answer) = match kind {
+            SideKind::Backfill { from } => (from, FirstAnswer::Retry),
+            SideKind::Forward { .. } => (0, FirstAnswer::Final),
+        };
+        self.count(&self.metrics.backfill_requests);
+        let sink = Arc::new(SideSink {
+            watch: Arc::downgrade(self),
+            side: side_id,
+        });
+        let weak = Arc::downgrade(self);
+        let span = tracing::info_span!("side", cluster = self.key.cluster(), key = %self.key.short_hash(), side = side_id, from = %version);
+        let task = tokio::spawn(
+            async move {
+                let end = upstream::follow(target, config, version, sink, first_answer).await;
+                if let Some(watch) = weak.upgrade() {
+                    watch.side_ended(side_id, end);
+                }
+            }
+            .instrument(span),
+        );
+        st.sides.insert(
+            side_id,
+            Side {
+                kind,
+                fetched: Vec::new(),
+                cursor,
+                subs: Vec::new(),
+                task: Some(task.abort_handle()),
+                warned: false,
+            },
+        );
+        Some(side_id)
+    }
+
+    /// An event of a side stream.
+    fn side_event(self: &Arc<Self>, side_id: SideId, event: WatchEvent) {
+        let mut st = self.state.lock();
+        if st.stopped {
+            return;
+        }
+        let before = st.subs.len();
+        let horizon = st.cache.horizon();
+        let event = Arc::new(event);
+        let mut slow = Vec::new();
+        let mut complete = false;
+        {
+            let State { sides, subs, .. } = &mut *st;
+            let Some(side) = sides.get_mut(&side_id) else {
+                return;
+            };
+            match side.kind {
+                SideKind::Forward { .. } => {
+                    if side.fetched.len() < FORWARD_REPLAY_LIMIT {
+                        side.fetched.push(event.clone());
+                    }
+                    for id in &side.subs {
+                        if let Some(sub) = subs.get(id)
+                            && sub.sink.event(&event).is_err()
+                        {
+                            slow.push(*id);
+                        }
+                    }
+                }
+                SideKind::Backfill { .. } => {
+                    let Some(rv) = event.rv() else {
+                        return;
+                    };
+                    if rv <= side.cursor {
+                        return;
+                    }
+                    if rv > horizon {
+                        // Nothing lies between what was fetched and the
+                        // history: the history (or the live stream) has
+                        // this event and everything after it.
+                        complete = true;
+                    } else {
+                        self.count(&self.metrics.backfill_events);
+                        side.fetched.push(event.clone());
+                        side.cursor = rv;
+                        complete = rv == horizon;
+                        for id in &side.subs {
+                            let Some(sub) = subs.get_mut(id) else {
+                                continue;
+                            };
+                            if let Phase::Side { cursor, .. } = &mut sub.phase
+                                && *cursor < rv
+                            {
+                                if sub.sink.event(&event).is_err() {
+                                    slow.push(*id);
+                                } else {
+                                    *cursor = rv;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.cut_slow(&mut st, slow);
+        if complete {
+            self.complete_backfill(&mut st, side_id);
+        }
+        self.linger_if_emptied(st, before);
+    }
+
+    /// A bookmark of a side stream: nothing changed up to `resource_version`.
+    fn side_bookmark(self: &Arc<Self>, side_id: SideId, resource_version: &str) {
+        let mut st = self.state.lock();
+        let before = st.subs.len();
+        let Ok(rv) = resource_version.parse::<u64>() else {
+            return;
+        };
+        let covered = st.sides.get(&side_id).is_some_and(|side| {
+            matches!(side.kind, SideKind::Backfill { .. }) && rv >= st.cache.horizon()
+        });
+        if covered {
+            self.complete_backfill(&mut st, side_id);
+            self.linger_if_emptied(st, before);
+        }
+    }
+
+    /// A backfill reached the history: its events extend the history and
+    /// its subscribers continue from there on the live stream. Other
+    /// backfills the extended history now covers complete too.
+    fn complete_backfill(self: &Arc<Self>, st: &mut State, side_id: SideId) {
+        let mut done = vec![side_id];
+        while let Some(side_id) = done.pop() {
+            let Some(side) = st.sides.remove(&side_id) else {
+                continue;
+            };
+            if let SideKind::Backfill { from } = side.kind {
+                st.cache.prepend(from, &side.fetched);
+            }
+            for id in &side.subs {
+                let Some(mut sub) = st.subs.remove(id) else {
+                    continue;
+                };
+                let Phase::Side { cursor, .. } = sub.phase else {
+                    st.subs.insert(*id, sub);
+                    continue;
+                };
+                let owed = st.cache.replay_after(cursor);
+                if owed.iter().any(|ev| sub.sink.event(ev).is_err()) {
+                    self.metrics.subscribers.dec();
+                    self.metrics.slow_consumers.inc();
+                    sub.sink.end(EndReason::SlowConsumer);
+                    continue;
+                }
+                sub.phase = Phase::Live;
+                st.subs.insert(*id, sub);
+            }
+            let horizon = st.cache.horizon();
+            done.extend(
+                st.sides
+                    .iter()
+                    .filter(|(_, s)| {
+                        matches!(s.kind, SideKind::Backfill { .. }) && s.cursor >= horizon
+                    })
+                    .map(|(id, _)| *id),
+            );
+        }
+    }
+
+    /// A side stream ended for good: the API server's 410 (relayed as it
+    /// sent it) or a failure retrying cannot fix.
+    fn side_ended(self: &Arc<Self>, side_id: SideId, end: FollowEnd) {
+        let mut st = self.state.lock();
+        let before = st.subs.len();
+        let Some(side) = st.sides.remove(&side_id) else {
+            return;
+        };
+        let (last, reason) = match end {
+            FollowEnd::Expired(status) => (Some(Arc::new(status)), EndReason::Expired),
+            FollowEnd::Failed(err) => (None, EndReason::Failed(err.to_string())),
+        };
+        for id in &side.subs {
+            let Some(sub) = st.subs.remove(id) else {
+                continue;
+            };
+            self.metrics.subscribers.dec();
+            if let Some(last) = &last {
+                self.resumed("expired");
+                let _ = sub.sink.event(last);
+            }
+            sub.sink.end(reason.clone());
+        }
+        self.linger_if_emptied(st, before);
+    }
+
+    /// A side stream's outage, reported once to its subscribers.
+    fn side_degraded(&self, side_id: SideId, message: &str) {
+        let mut st = self.state.lock();
+        let State { sides, subs, .. } = &mut *st;
+        let Some(side) = sides.get_mut(&side_id) else {
+            return;
+        };
+        if std::mem::replace(&mut side.warned, true) {
+            return;
+        }
+        for id in &side.subs {
+            if let Some(sub) = subs.get(id) {
+                sub.sink.warning(message);
+            }
+        }
+    }
+
+    fn side_started(&self, side_id: SideId) {
+        if let Some(side) = self.state.lock().sides.get_mut(&side_id) {
+            side.warned = false;
+        }
+    }
+
+    /// Takes a subscriber that left off its side stream; the last one to
+    /// leave stops it.
+    fn leave_side(st: &mut State, id: SubscriberId, sub: &Sub) {
+        let Phase::Side { side: side_id, .. } = sub.phase else {
+            return;
+        };
+        if let Some(side) = st.sides.get_mut(&side_id) {
+            side.subs.retain(|s| *s != id);
+            if side.subs.is_empty() {
+                st.sides.remove(&side_id);
+            }
+        }
+    }
+
+    /// Ends subscribers that could not take an event.
+    fn cut_slow(&self, st: &mut State, slow: Vec<SubscriberId>) {
+        for id in slow {
+            if let Some(sub) = st.subs.remove(&id) {
+                Self::leave_side(st, id, &sub);
+                self.metrics.subscribers.dec();
+                self.metrics.slow_consumers.inc();
+                info!(key = %self.key.short_hash(), subscriber = id, "slow consumer cut off");
+                sub.sink.end(EndReason::SlowConsumer);
+            }
+        }
+    }
+
     /// Removes a subscriber at the client's request. No end notice is sent.
     pub(super) fn remove(self: &Arc<Self>, id: SubscriberId, linger: Duration) {
         let mut st = self.state.lock();
-        if st.subs.remove(&id).is_none() {
+        let Some(sub) = st.subs.remove(&id) else {
             return;
-        }
+        };
+        Self::leave_side(&mut st, id, &sub);
         self.metrics.subscribers.dec();
         if st.subs.is_empty() && !st.stopped {
             let generation = st.linger_generation;
@@ -348,34 +731,16 @@ impl SharedWatch {
         self.leave_hub();
     }
 
-    /// Ends one subscriber with a reason (its timeout, a wait that ran out).
+    /// Ends one subscriber with a reason (its own `timeoutSeconds`).
     pub(super) fn end_subscriber(self: &Arc<Self>, id: SubscriberId, reason: EndReason) {
-        let last = (reason == EndReason::Expired).then(|| {
-            let latest = self.state.lock().cache.latest().to_string();
-            WatchEvent::expired(&format!(
-                "too large resource version: waited for it, the cache is at {latest}"
-            ))
-        });
-        self.end_subscriber_with(id, last, reason);
-    }
-
-    /// Ends one subscriber, sending `last` (an in-band error event) first.
-    fn end_subscriber_with(
-        self: &Arc<Self>,
-        id: SubscriberId,
-        last: Option<WatchEvent>,
-        reason: EndReason,
-    ) {
         let mut st = self.state.lock();
         let Some(sub) = st.subs.remove(&id) else {
             return;
         };
+        Self::leave_side(&mut st, id, &sub);
         self.metrics.subscribers.dec();
         if reason == EndReason::SlowConsumer {
             self.metrics.slow_consumers.inc();
-        }
-        if let Some(last) = last {
-            let _ = sub.sink.event(&Arc::new(last));
         }
         sub.sink.end(reason);
         if st.subs.is_empty() && !st.stopped {
@@ -409,6 +774,7 @@ impl SharedWatch {
 
     fn stop_locked(&self, st: &mut State) {
         st.stopped = true;
+        st.sides.clear();
         for t in st.tasks.drain(..) {
             t.abort();
         }
@@ -458,14 +824,7 @@ impl SharedWatch {
                 }
             }
         }
-        for id in slow {
-            if let Some(sub) = st.subs.remove(&id) {
-                self.metrics.subscribers.dec();
-                self.metrics.slow_consumers.inc();
-                info!(key = %self.key.short_hash(), subscriber = id, "slow consumer cut off");
-                sub.sink.end(EndReason::SlowConsumer);
-            }
-        }
+        self.cut_slow(st, slow);
         self.release_waiters(st);
     }
 
@@ -477,54 +836,49 @@ impl SharedWatch {
             .filter(|(_, s)| matches!(s.phase, Phase::Waiting(rv) if rv <= latest))
             .map(|(id, _)| *id)
             .collect();
-        let wait_limit = self.wait_limit();
         for id in ready {
-            if let Some(mut sub) = st.subs.remove(&id) {
-                if let Some(wait_timer) = sub.timers.pop() {
-                    wait_timer.abort();
-                }
-                if let Some(sub) = self.start(st, id, sub, wait_limit) {
-                    st.subs.insert(id, sub);
-                }
+            if let Some(sub) = st.subs.remove(&id)
+                && let Some(sub) = self.start(st, id, sub)
+            {
+                st.subs.insert(id, sub);
             }
         }
     }
-
-    fn wait_limit(&self) -> Duration {
-        self.hub
-            .upgrade()
-            .map_or(Duration::from_secs(3), |h| h.config.wait_limit)
-    }
 }
 
-/// Relays a forwarded watch to its one subscriber.
-struct Relay {
+/// Where a side stream's upstream task reports. Holds the watch weakly so
+/// the task does not keep a stopped watch alive.
+struct SideSink {
     watch: Weak<SharedWatch>,
-    id: SubscriberId,
-    sink: Arc<dyn Subscriber>,
-    warned: AtomicBool,
+    side: SideId,
 }
 
-impl WatchSink for Relay {
-    fn listed(&self, _listing: Listing) {}
+impl WatchSink for SideSink {
+    fn listed(&self, _listing: Listing) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
 
     fn event(&self, event: WatchEvent) {
-        if self.sink.event(&Arc::new(event)).is_err()
-            && let Some(watch) = self.watch.upgrade()
-        {
-            watch.end_subscriber(self.id, EndReason::SlowConsumer);
+        if let Some(watch) = self.watch.upgrade() {
+            watch.side_event(self.side, event);
         }
     }
 
-    fn bookmark(&self, _resource_version: &str) {}
+    fn bookmark(&self, resource_version: &str) {
+        if let Some(watch) = self.watch.upgrade() {
+            watch.side_bookmark(self.side, resource_version);
+        }
+    }
 
     fn watch_started(&self) {
-        self.warned.store(false, Ordering::Relaxed);
+        if let Some(watch) = self.watch.upgrade() {
+            watch.side_started(self.side);
+        }
     }
 
     fn degraded(&self, error: &UpstreamError, retry_in: Duration) {
-        if !self.warned.swap(true, Ordering::Relaxed) {
-            self.sink.warning(&outage_message(error, retry_in));
+        if let Some(watch) = self.watch.upgrade() {
+            watch.side_degraded(self.side, &outage_message(error, retry_in));
         }
     }
 
@@ -546,34 +900,43 @@ fn outcome(name: &'static str) -> crate::metrics::OutcomeLabel {
 pub(super) struct Upstream(pub(super) Weak<SharedWatch>);
 
 impl WatchSink for Upstream {
-    fn listed(&self, listing: Listing) {
+    fn listed(&self, listing: Listing) -> ControlFlow<()> {
         let Some(watch) = self.0.upgrade() else {
-            return;
+            return ControlFlow::Break(());
         };
         watch.count(&watch.metrics.upstream_lists);
         let mut st = watch.state.lock();
         if st.stopped {
-            return;
+            return ControlFlow::Break(());
         }
         st.outage_reported = false;
         let before = st.subs.len();
         if !st.listed {
             st.cache.reset(listing, true);
             st.listed = true;
-            let wait_limit = watch.wait_limit();
             let pending: Vec<SubscriberId> = st.subs.keys().copied().collect();
             for id in pending {
                 if let Some(sub) = st.subs.remove(&id)
-                    && let Some(sub) = watch.start(&mut st, id, sub, wait_limit)
+                    && let Some(sub) = watch.start(&mut st, id, sub)
                 {
                     st.subs.insert(id, sub);
                 }
+            }
+            if before > 0 && st.subs.is_empty() {
+                // Every subscriber was answered from the listing alone (a
+                // version the cluster would refuse): nobody needs the watch,
+                // so its WATCH request is never sent.
+                watch.stop_locked(&mut st);
+                drop(st);
+                watch.leave_hub();
+                return ControlFlow::Break(());
             }
         } else {
             let diff = st.cache.reset(listing, false);
             watch.fan_out(&mut st, &diff);
         }
         watch.linger_if_emptied(st, before);
+        ControlFlow::Continue(())
     }
 
     fn event(&self, event: WatchEvent) {
@@ -621,9 +984,7 @@ impl WatchSink for Upstream {
             return;
         }
         st.outage_reported = true;
-        let message = format!(
-            "upstream watch interrupted ({error}); retrying in {retry_in:.1?}, the stream will resume where it left off"
-        );
+        let message = outage_message(error, retry_in);
         for sub in st.subs.values() {
             sub.sink.warning(&message);
         }

@@ -192,17 +192,21 @@ impl WatchEvent {
         )
     }
 
-    /// The in-band `410 Gone` event the API server sends for a too-old version.
-    pub fn expired(message: &str) -> WatchEvent {
-        let object = serde_json::json!({
+    /// An in-band `ERROR` event carrying a `Status` with these fields, as the
+    /// API server writes one into a watch stream (used to relay a status the
+    /// server answered over HTTP to a subscriber that expects watch events).
+    pub fn status(code: u16, reason: &str, message: &str) -> WatchEvent {
+        let mut object = serde_json::json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
             "status": "Failure",
             "message": message,
-            "reason": "Expired",
-            "code": 410
+            "code": code
         });
+        if !reason.is_empty() {
+            object["reason"] = reason.into();
+        }
         Self::assemble(
             EventType::Error,
             object.to_string().as_bytes(),
@@ -505,7 +509,7 @@ mod tests {
 
     #[test]
     fn expired_event_matches_the_api_server() {
-        let ev = WatchEvent::expired("too old resource version: 1 (5)");
+        let ev = WatchEvent::status(410, "Expired", "too old resource version: 1 (5)");
         let v: serde_json::Value = serde_json::from_slice(ev.line()).unwrap();
         assert_eq!(v["type"], "ERROR");
         assert_eq!(v["object"]["code"], 410);

@@ -8,6 +8,7 @@
 mod backoff;
 pub mod event;
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,8 +77,10 @@ pub struct Listing {
 /// Receives what happens to an upstream watch. Calls come from the watch's own
 /// task, in order, and must not block.
 pub trait WatchSink: Send + Sync + 'static {
-    /// A full listing replaces what was known.
-    fn listed(&self, listing: Listing);
+    /// A full listing replaces what was known. `Break` ends the watch before
+    /// its WATCH request is sent: nobody needs it any more (the only
+    /// subscribers were answered from the listing alone).
+    fn listed(&self, listing: Listing) -> ControlFlow<()>;
     /// A live event.
     fn event(&self, event: WatchEvent);
     /// The server reported progress to `resource_version` without a change.
@@ -140,22 +143,62 @@ impl UpstreamError {
 enum WatchEnd {
     /// The server closed the stream (timeout): re-watch from the last version.
     Closed,
-    /// The server said the version is too old: relist.
-    Expired,
+    /// The server said the version is too old (its in-band `ERROR` event,
+    /// kept verbatim): relist.
+    Expired(WatchEvent),
+}
+
+/// How a [`follow`] ended.
+#[derive(Debug)]
+pub enum FollowEnd {
+    /// The API server no longer serves the version (410): its own `Status`
+    /// as an in-band `ERROR` event, to be relayed as it is.
+    Expired(WatchEvent),
+    /// Any other failure that retrying cannot fix.
+    Failed(UpstreamError),
 }
 
 /// Runs the watch until it fails permanently. Cancel by dropping the future
 /// (the hub aborts the task); the open request is dropped with it.
-pub async fn run(target: WatchTarget, config: UpstreamConfig, sink: Arc<dyn WatchSink>) {
+///
+/// `list_at` is the version the first subscriber holds: the first LIST asks
+/// for the collection exactly as it was then (`resourceVersionMatch=Exact`)
+/// and the watch continues from it, so that subscriber resumes exactly and
+/// without a 410. If the API server cannot list at that version (compacted,
+/// or an old server), the first LIST is an ordinary one.
+pub async fn run(
+    target: WatchTarget,
+    config: UpstreamConfig,
+    sink: Arc<dyn WatchSink>,
+    list_at: Option<u64>,
+) {
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
     let mut version: Option<String> = None;
+    let mut list_at = list_at;
     loop {
         let step = match &version {
-            None => list_all(&target, &config).await.map(|listing| {
-                version = Some(listing.resource_version.clone());
-                sink.listed(listing);
-                None
-            }),
+            None => {
+                let listed = match list_at.take() {
+                    Some(at) => match list_all(&target, &config, Some(at)).await {
+                        Ok(listing) => Ok(listing),
+                        Err(err) => {
+                            debug!(path = %target.path, at, error = %err, "cannot list at the subscriber's version; listing the current state");
+                            list_all(&target, &config, None).await
+                        }
+                    },
+                    None => list_all(&target, &config, None).await,
+                };
+                match listed {
+                    Ok(listing) => {
+                        version = Some(listing.resource_version.clone());
+                        if sink.listed(listing).is_break() {
+                            return;
+                        }
+                        Ok(None)
+                    }
+                    Err(err) => Err(err),
+                }
+            }
             Some(_) => watch_once(&target, &config, &mut version, &*sink)
                 .await
                 .map(Some),
@@ -167,7 +210,7 @@ pub async fn run(target: WatchTarget, config: UpstreamConfig, sink: Arc<dyn Watc
                 let jitter = config.rewatch_delay.mul_f64(rand::random_range(0.5..1.5));
                 tokio::time::sleep(jitter).await;
             }
-            Ok(Some(WatchEnd::Expired)) => {
+            Ok(Some(WatchEnd::Expired(_))) => {
                 debug!(path = %target.path, "upstream version expired, relisting");
                 version = None;
             }
@@ -190,33 +233,55 @@ pub async fn run(target: WatchTarget, config: UpstreamConfig, sink: Arc<dyn Watc
     }
 }
 
-/// Follows the watch from `version` without listing, for a client resuming
-/// from a version a shared cache cannot place. Re-watches silently when the
-/// server ends the stream and backs off on transient failures; returns why
-/// it stopped for good (`410` included). Cancel by dropping the future.
+/// Whether an error status answering the first request of a [`follow`] is
+/// retried like any other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstAnswer {
+    /// Retry transient statuses (429, 5xx): the version is known to be one
+    /// the server understands (an integer on an etcd-backed cluster).
+    Retry,
+    /// Any error status is final: it is about the version asked for, which
+    /// the server may not understand (it answers 500 to an unparsable one),
+    /// and asking again would loop forever.
+    Final,
+}
+
+/// Follows the watch from `version` without listing: a backfill of events
+/// older than a shared cache holds, or a client's version the cache cannot
+/// place. Re-watches silently when the server ends the stream and backs off
+/// on transient failures (see [`FirstAnswer`] for the first request).
+/// Cancel by dropping the future.
 pub async fn follow(
     target: WatchTarget,
     config: UpstreamConfig,
     version: String,
     sink: Arc<dyn WatchSink>,
-) -> UpstreamError {
+    first_answer: FirstAnswer,
+) -> FollowEnd {
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
     let mut version = Some(version);
+    let mut answered = false;
     loop {
+        let first = !answered;
+        answered = true;
         match watch_once(&target, &config, &mut version, &*sink).await {
             Ok(WatchEnd::Closed) => {
                 backoff.reset();
                 tokio::time::sleep(config.rewatch_delay).await;
             }
-            Ok(WatchEnd::Expired) => {
-                return UpstreamError::Status {
-                    code: 410,
-                    reason: "Expired".into(),
-                    message: "too old resource version".into(),
-                    retry_after: None,
-                };
+            Ok(WatchEnd::Expired(status)) => return FollowEnd::Expired(status),
+            Err(UpstreamError::Status {
+                code: 410,
+                reason,
+                message,
+                ..
+            }) => return FollowEnd::Expired(WatchEvent::status(410, &reason, &message)),
+            Err(err @ UpstreamError::Status { .. })
+                if first && first_answer == FirstAnswer::Final =>
+            {
+                return FollowEnd::Failed(err);
             }
-            Err(err) if err.is_permanent() || err.is_expired() => return err,
+            Err(err) if err.is_permanent() => return FollowEnd::Failed(err),
             Err(err) => {
                 let delay = backoff.next_delay(err.retry_after());
                 sink.degraded(&err, delay);
@@ -290,14 +355,26 @@ async fn send(
     })
 }
 
-async fn list_all(target: &WatchTarget, config: &UpstreamConfig) -> Result<Listing, UpstreamError> {
+/// Lists every page; `at` asks for the collection exactly as it was at that
+/// version (later pages carry it in their continue token).
+async fn list_all(
+    target: &WatchTarget,
+    config: &UpstreamConfig,
+    at: Option<u64>,
+) -> Result<Listing, UpstreamError> {
     let mut continue_token: Option<String> = None;
     let mut objects = Vec::new();
     loop {
         let mut query = format!("limit={}", config.page_size);
-        if let Some(token) = &continue_token {
-            query.push_str("&continue=");
-            query.extend(form_urlencoded::byte_serialize(token.as_bytes()));
+        match (&continue_token, at) {
+            (Some(token), _) => {
+                query.push_str("&continue=");
+                query.extend(form_urlencoded::byte_serialize(token.as_bytes()));
+            }
+            (None, Some(at)) => {
+                query.push_str(&format!("&resourceVersion={at}&resourceVersionMatch=Exact"));
+            }
+            (None, None) => {}
         }
         let response = send(target, uri(target, &query)).await?;
         let body = response
@@ -375,7 +452,7 @@ fn handle_line(
             let status: kube::core::Status =
                 serde_json::from_slice(event.object()).map_err(ParseError::Json)?;
             if status.code == 410 {
-                return Ok(Some(WatchEnd::Expired));
+                return Ok(Some(WatchEnd::Expired(event)));
             }
             Err(UpstreamError::Status {
                 code: status.code,
