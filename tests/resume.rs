@@ -253,11 +253,11 @@ async fn a_version_the_cluster_compacted_gets_the_clusters_own_410_then_complete
     first.events(5).await;
     env.sim.faults().compact_history();
     // What the API server itself answers to that version.
-    let direct = format!(
-        "http://{}/api/v1/namespaces/default/pods?watch=1&resourceVersion={old}",
-        env.sim.addr()
-    );
-    let body = reqwest_like_get(&direct).await;
+    let body = http_get_body(
+        env.sim.addr(),
+        &format!("/api/v1/namespaces/default/pods?watch=1&resourceVersion={old}"),
+    )
+    .await;
     let line = body.lines().next().expect("one in-band line");
     let theirs: Value = serde_json::from_str(line).unwrap();
     assert_eq!(theirs["object"]["code"], 410, "{line}");
@@ -275,36 +275,6 @@ async fn a_version_the_cluster_compacted_gets_the_clusters_own_410_then_complete
         metric(&text, "kubemux_resumes_total{outcome=\"expired\"}"),
         Some(1.0)
     );
-}
-
-/// The body of a plain HTTP GET whose response ends (a watch the server
-/// ends at once, like one answered with an in-band 410).
-async fn reqwest_like_get(url: &str) -> String {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (addr, path) = rest.split_at(rest.find('/').unwrap());
-    let text = http_get(addr.parse().unwrap(), path).await;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,4 +561,191 @@ async fn a_path_the_cluster_does_not_serve_ends_with_error_and_complete() {
         "ADDED",
         "the connection still works"
     );
+}
+
+/// Reads a Headlamp client's frames for `query` until `done` holds for its
+/// applied state (or patience runs out), checking each event: no ERROR, and
+/// versions strictly increasing (every event once, in order).
+async fn follow_until(
+    c: &mut Client,
+    query: &str,
+    applied: &mut Applied,
+    last: &mut u64,
+    mut done: impl FnMut(&Applied) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done(applied) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never converged; last version {last}"
+        );
+        let Some(frame) = c.next_within(Duration::from_millis(100)).await else {
+            continue;
+        };
+        assert_eq!(frame["query"], query, "{frame}");
+        assert_eq!(frame["type"], "DATA", "no ERROR, no COMPLETE: {frame}");
+        let ev: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+        assert_ne!(ev["type"], "ERROR", "{ev}");
+        let rv = rv_of(&ev);
+        assert!(
+            rv > *last,
+            "event {rv} after {last}: each event once, in order"
+        );
+        *last = rv;
+        applied.apply(&ev);
+    }
+}
+
+fn sim_pods(env: &Env) -> std::collections::BTreeMap<String, String> {
+    let (objects, _) = env.sim.store().list("pods", None, None, None).unwrap();
+    versions_of(&objects)
+}
+
+/// Headlamp's flow for the first person to open a list: LIST through
+/// kubemux (no shared watch yet, so forwarded), then a REQUEST from the
+/// list's version, which creates the shared watch. The cluster serves that
+/// version, so kubemux must too. Timing-dependent, hence many rounds with
+/// different gaps between the LIST and the REQUEST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headlamps_first_viewer_is_served_from_the_lists_version() {
+    let env = start(
+        SimConfig {
+            churn_rate: 20.0,
+            initial_pods: 30,
+            ..SimConfig::default()
+        },
+        quick_hub(),
+        ServerConfig::default(),
+    )
+    .await;
+    for round in 0..20u64 {
+        env.eventually("no shared watch", || env.hub.watch_count() == 0)
+            .await;
+        env.sim.set_churn_rate(20.0);
+        let lists = env.sim.list_requests("pods");
+        let body = http_get_body(
+            env.server.addr(),
+            &format!("/clusters/{CLUSTER}/api/v1/pods"),
+        )
+        .await;
+        assert_eq!(
+            env.sim.list_requests("pods"),
+            lists + 1,
+            "the LIST was forwarded"
+        );
+        let list: Value = serde_json::from_str(&body).expect("a PodList");
+        let list_rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut applied = Applied::default();
+        for item in list["items"].as_array().unwrap() {
+            applied.apply(&json!({"type": "ADDED", "object": item}));
+        }
+        // A browser's round trip between the LIST and the REQUEST.
+        tokio::time::sleep(Duration::from_millis(round * 7 % 120)).await;
+        let mut c = env.client().await;
+        let query = format!("watch=1&resourceVersion={list_rv}");
+        c.request("/api/v1/pods", &query).await;
+        let mut last: u64 = list_rv.parse().unwrap();
+        let churn_for = if round == 0 { 10_000 } else { 1_000 };
+        let until = tokio::time::Instant::now() + Duration::from_millis(churn_for);
+        follow_until(&mut c, &query, &mut applied, &mut last, |_| {
+            tokio::time::Instant::now() >= until
+        })
+        .await;
+        env.sim.set_churn_rate(0.0);
+        follow_until(&mut c, &query, &mut applied, &mut last, |a| {
+            a.versions() == sim_pods(&env)
+        })
+        .await;
+        c.close("/api/v1/pods", &query).await;
+    }
+    let text = env.metrics_text().await;
+    assert!(!text.contains("outcome=\"expired\""), "no 410: {text}");
+}
+
+/// A client that loses its kubemux (restart, another replica) resumes from
+/// its last version on a kubemux with an empty cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_across_a_kubemux_restart_is_exact() {
+    let sim = kubemux::sim::SimServer::start(SimConfig::default())
+        .await
+        .unwrap();
+    let (server, _hub) = start_proxy(&sim, quick_hub(), ServerConfig::default()).await;
+    let (pods, _) = sim
+        .store()
+        .list("pods", Some("default"), None, None)
+        .unwrap();
+    let mut c = Client::connect(&format!("ws://{}/wsMultiplexer", server.addr())).await;
+    c.request(PATH, "watch=1").await;
+    let mut applied = Applied::default();
+    for ev in c.events(pods.len()).await {
+        applied.apply(&ev);
+    }
+    let make = |name: &str| {
+        sim.store()
+            .create("pods", Some("default"), pod(name))
+            .unwrap()["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = make("before-restart");
+    let (_, ev) = c.event().await;
+    applied.apply(&ev);
+    assert_eq!(rv_of(&ev), before);
+    server.shutdown(Duration::from_secs(2)).await;
+    // Changes while no kubemux runs; other resources move the version too.
+    let missed: Vec<u64> = (0..5).map(|i| make(&format!("missed-{i}"))).collect();
+    sim.store()
+        .create(
+            "configmaps",
+            Some("default"),
+            json!({"metadata": {"name": "noise"}, "data": {}}),
+        )
+        .unwrap();
+    let (server, _hub) = start_proxy(&sim, quick_hub(), ServerConfig::default()).await;
+    let mut c = Client::connect(&format!("ws://{}/wsMultiplexer", server.addr())).await;
+    let query = format!("watch=1&resourceVersion={before}");
+    c.request(PATH, &query).await;
+    let evs = c.events(missed.len()).await;
+    assert_eq!(
+        evs.iter().map(rv_of).collect::<Vec<_>>(),
+        missed,
+        "the first event is the one right after the version"
+    );
+    for ev in &evs {
+        applied.apply(ev);
+    }
+    let after = make("after-restart");
+    let (_, ev) = c.event().await;
+    assert_eq!(rv_of(&ev), after, "then live");
+    applied.apply(&ev);
+    let (pods, _) = sim
+        .store()
+        .list("pods", Some("default"), None, None)
+        .unwrap();
+    assert_eq!(applied.versions(), versions_of(&pods));
+    let text = http_get(server.addr(), "/metrics").await;
+    assert!(!text.contains("outcome=\"expired\""), "no 410: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_options_the_api_server_rejects_are_refused_by_name() {
+    let env = start_default().await;
+    let mut c = env.client().await;
+    let query = "watch=1&resourceVersion=5&resourceVersionMatch=NotOlderThan";
+    c.request(PATH, query).await;
+    let frame = c.frame().await;
+    assert_eq!(frame["type"], "ERROR", "{frame}");
+    let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+    assert!(
+        data["error"].as_str().unwrap().contains(
+            "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"
+        ),
+        "{data}"
+    );
+    assert_eq!(env.sim.watch_requests("pods"), 0);
 }

@@ -213,6 +213,8 @@ pub fn normalize(
     let mut label: Option<String> = None;
     let mut field: Option<String> = None;
     let mut seen: Vec<String> = Vec::new();
+    // Present at all, `false` included: the API server's `*bool`.
+    let mut initial_events_given = false;
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         if seen.iter().any(|s| *s == name) {
             return Err(KeyError::DuplicateParam(truncate(&name)));
@@ -256,7 +258,8 @@ pub fn normalize(
                 params.allow_bookmarks = parse_bool("allowWatchBookmarks", &value)?
             }
             "sendInitialEvents" => {
-                params.send_initial_events = parse_bool("sendInitialEvents", &value)?
+                params.send_initial_events = parse_bool("sendInitialEvents", &value)?;
+                initial_events_given = true;
             }
             "timeoutSeconds" => {
                 let secs = value.parse::<u64>().map_err(|_| KeyError::BadValue {
@@ -273,13 +276,34 @@ pub fn normalize(
             other => return Err(KeyError::UnknownParam(truncate(other))),
         }
     }
-    if params.send_initial_events
-        && params.resource_version_match.as_deref() != Some("NotOlderThan")
-    {
-        return Err(KeyError::BadValue {
-            name: "sendInitialEvents",
-            why: "requires resourceVersionMatch=NotOlderThan".into(),
-        });
+    // The API server's own rules for a watch's options (it answers 422).
+    match (
+        initial_events_given,
+        params.resource_version_match.as_deref(),
+    ) {
+        (false, Some(_)) => {
+            return Err(KeyError::BadValue {
+                name: "resourceVersionMatch",
+                why: "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"
+                    .into(),
+            });
+        }
+        (_, Some(other)) if other != "NotOlderThan" => {
+            return Err(KeyError::BadValue {
+                name: "resourceVersionMatch",
+                why: format!(
+                    "{other:?} is not supported for watch: supported values: \"NotOlderThan\""
+                ),
+            });
+        }
+        (true, None) => {
+            return Err(KeyError::BadValue {
+                name: "sendInitialEvents",
+                why: "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"
+                    .into(),
+            });
+        }
+        _ => {}
     }
     let mut selectors = form_urlencoded::Serializer::new(String::new());
     if let Some(f) = field.filter(|f| !f.is_empty()) {
@@ -527,6 +551,34 @@ mod tests {
             normalize("c", "/api/v1/pods", "watch=0"),
             Err(KeyError::BadValue { .. })
         ));
+    }
+
+    #[test]
+    fn rejects_watch_options_the_api_server_rejects() {
+        let refused = |query: &str| match normalize("c", "/api/v1/pods", query) {
+            Err(KeyError::BadValue { name, why }) => format!("{name}: {why}"),
+            other => panic!("{query}: {other:?}"),
+        };
+        assert!(
+            refused("watch=1&resourceVersion=5&resourceVersionMatch=NotOlderThan")
+                .contains("forbidden for watch unless sendInitialEvents is provided")
+        );
+        assert!(
+            refused("watch=1&sendInitialEvents=true&resourceVersionMatch=Exact")
+                .starts_with("resourceVersionMatch: \"Exact\" is not supported")
+        );
+        assert!(
+            refused("watch=1&sendInitialEvents=false")
+                .starts_with("sendInitialEvents: sendInitialEvents requires")
+        );
+        assert!(
+            normalize(
+                "c",
+                "/api/v1/pods",
+                "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+            )
+            .is_ok()
+        );
     }
 
     #[test]

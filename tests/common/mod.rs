@@ -38,6 +38,12 @@ pub fn quick_hub() -> HubConfig {
 
 pub async fn start(sim: SimConfig, hub: HubConfig, server: ServerConfig) -> Env {
     let sim = SimServer::start(sim).await.expect("sim starts");
+    let (server, hub) = start_proxy(&sim, hub, server).await;
+    Env { sim, server, hub }
+}
+
+/// A proxy (with a hub of its own, so an empty cache) in front of `sim`.
+pub async fn start_proxy(sim: &SimServer, hub: HubConfig, server: ServerConfig) -> (Server, Hub) {
     let registry = Arc::new(Registry::new());
     registry
         .load_kubeconfig_text(&sim.kubeconfig(CLUSTER), "test")
@@ -47,7 +53,30 @@ pub async fn start(sim: SimConfig, hub: HubConfig, server: ServerConfig) -> Env 
     let server = Server::start("127.0.0.1:0".parse().unwrap(), hub.clone(), server)
         .await
         .expect("proxy starts");
-    Env { sim, server, hub }
+    (server, hub)
+}
+
+/// The body of a plain HTTP GET, de-chunked.
+pub async fn http_get_body(addr: SocketAddr, path: &str) -> String {
+    let text = http_get(addr, path).await;
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_string();
+    }
+    let mut body = body;
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 pub async fn start_default() -> Env {
