@@ -1,6 +1,7 @@
 //! Property: whatever the interleaving of subscribe, resume and close with
-//! upstream faults, every live subscriber's applied state ends equal to the
-//! server's.
+//! upstream faults, kubemux restarts (a new process with an empty cache) and
+//! shared watches lingering out between resumes, every live subscriber's
+//! applied state ends equal to the server's.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use kubemux::hub::HubConfig;
 use kubemux::server::ServerConfig;
-use kubemux::sim::{SimConfig, WatchFailure};
+use kubemux::sim::{SimConfig, SimServer, WatchFailure};
 use kubemux::upstream::UpstreamConfig;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -21,6 +22,11 @@ enum Op {
     Close(usize),
     Churn(u8),
     Fault(u8),
+    /// kubemux restarts: every client reconnects and resumes from its version.
+    Restart,
+    /// One subscriber closes, waits out the linger (its shared watch stops if
+    /// nobody else holds it) and resumes from its version.
+    Linger(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -30,6 +36,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..8usize).prop_map(Op::Close),
         4 => (1..20u8).prop_map(Op::Churn),
         1 => (0..4u8).prop_map(Op::Fault),
+        1 => Just(Op::Restart),
+        1 => (0..8usize).prop_map(Op::Linger),
     ]
 }
 
@@ -64,7 +72,7 @@ impl Sub {
     /// Reads whatever is waiting (frames of an older query are stale and
     /// skipped). A 410 is answered the way a real client answers it: start
     /// over from a fresh snapshot.
-    async fn drain(&mut self, wait: Duration) {
+    async fn drain(&mut self, wait: Duration, may_expire: bool) {
         while let Some(frame) = self.client.next_within(wait).await {
             if frame["query"] != self.query.as_str() {
                 continue;
@@ -74,6 +82,10 @@ impl Sub {
                     let ev: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
                     if ev["type"] == "ERROR" {
                         assert_eq!(ev["object"]["code"], 410, "{ev}");
+                        assert!(
+                            may_expire,
+                            "a 410 although the cluster serves every version: {ev}"
+                        );
                         self.expired = true;
                         continue;
                     }
@@ -88,22 +100,37 @@ impl Sub {
                         self.expired,
                         "a live subscription completes only after a 410"
                     );
-                    self.restarts += 1;
                     self.expired = false;
                     self.applied = Applied::default();
                     self.last_rv = None;
-                    let (path, base, ..) = KEYS[self.key];
-                    self.query = format!("{base}&timeoutSeconds={}", 3600 + self.restarts);
-                    self.client.request(path, &self.query).await;
+                    self.resubscribe().await;
                 }
                 _ => {}
             }
         }
     }
+
+    /// Subscribes again: from the last version applied, else from scratch
+    /// (a unique `timeoutSeconds` keeps stale frames apart).
+    async fn resubscribe(&mut self) {
+        self.restarts += 1;
+        let (path, base, ..) = KEYS[self.key];
+        self.query = match self.last_rv {
+            Some(rv) => format!(
+                "{base}&resourceVersion={rv}&timeoutSeconds={}",
+                3600 + self.restarts
+            ),
+            None => {
+                self.applied = Applied::default();
+                format!("{base}&timeoutSeconds={}", 3600 + self.restarts)
+            }
+        };
+        self.client.request(path, &self.query).await;
+    }
 }
 
-fn churn(env: &Env, step: u64, n: u8) {
-    let store = env.sim.store();
+fn churn(sim: &SimServer, step: u64, n: u8) {
+    let store = sim.store();
     for i in 0..n as u64 {
         let x = step * 31 + i * 7;
         let ns = if x.is_multiple_of(2) {
@@ -130,27 +157,31 @@ fn churn(env: &Env, step: u64, n: u8) {
     }
 }
 
-async fn run(ops: Vec<Op>) {
-    let env = start(
-        SimConfig::default(),
-        HubConfig {
-            linger: Duration::from_millis(50),
-            upstream: UpstreamConfig {
-                backoff_initial: Duration::from_millis(50),
-                backoff_max: Duration::from_millis(200),
-                rewatch_delay: Duration::from_millis(10),
-                ..UpstreamConfig::default()
-            },
-            ..quick_hub()
+fn hub_config() -> HubConfig {
+    HubConfig {
+        linger: Duration::from_millis(50),
+        upstream: UpstreamConfig {
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+            rewatch_delay: Duration::from_millis(10),
+            ..UpstreamConfig::default()
         },
-        ServerConfig::default(),
-    )
-    .await;
+        ..quick_hub()
+    }
+}
+
+async fn run(ops: Vec<Op>) {
+    let sim = SimServer::start(SimConfig::default()).await.unwrap();
+    let (mut server, _) = start_proxy(&sim, hub_config(), ServerConfig::default()).await;
+    let url = |server: &kubemux::server::Server| format!("ws://{}/wsMultiplexer", server.addr());
     let mut subs: Vec<Sub> = Vec::new();
+    // Only an injected 410 may reach a client: the simulator never compacts
+    // here, so it serves every version.
+    let mut may_expire = false;
     for (step, op) in ops.into_iter().enumerate() {
         match op {
             Op::Subscribe(key) => {
-                let mut client = env.client().await;
+                let mut client = Client::connect(&url(&server)).await;
                 let query = KEYS[key].1.to_string();
                 client.request(KEYS[key].0, &query).await;
                 subs.push(Sub {
@@ -166,7 +197,7 @@ async fn run(ops: Vec<Op>) {
             Op::Resume(i) if !subs.is_empty() => {
                 let i = i % subs.len();
                 let s = &mut subs[i];
-                s.drain(Duration::from_millis(30)).await;
+                s.drain(Duration::from_millis(30), may_expire).await;
                 let (path, base, ..) = KEYS[s.key];
                 let old = s.query.clone();
                 s.query = match &s.last_rv {
@@ -187,12 +218,34 @@ async fn run(ops: Vec<Op>) {
                 let mut s = subs.remove(i);
                 s.client.close(KEYS[s.key].0, &s.query).await;
             }
-            Op::Churn(n) => churn(&env, step as u64, n),
+            Op::Churn(n) => churn(&sim, step as u64, n),
+            Op::Restart => {
+                server.shutdown(Duration::from_secs(2)).await;
+                (server, _) = start_proxy(&sim, hub_config(), ServerConfig::default()).await;
+                for s in subs.iter_mut() {
+                    // Whatever was still in flight is lost with the old
+                    // process; the client resumes from what it applied.
+                    s.client = Client::connect(&url(&server)).await;
+                    s.expired = false;
+                    s.resubscribe().await;
+                }
+            }
+            Op::Linger(i) if !subs.is_empty() => {
+                let i = i % subs.len();
+                let s = &mut subs[i];
+                s.drain(Duration::from_millis(30), may_expire).await;
+                s.client.close(KEYS[s.key].0, &s.query).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                s.resubscribe().await;
+            }
             Op::Fault(kind) => {
-                let faults = env.sim.faults();
+                let faults = sim.faults();
                 match kind {
                     0 => {}
-                    1 => faults.fail_next_watches(1, WatchFailure::Expired),
+                    1 => {
+                        may_expire = true;
+                        faults.fail_next_watches(1, WatchFailure::Expired)
+                    }
                     2 => faults.fail_next_watches(1, WatchFailure::InternalError),
                     _ => faults.fail_next_watches(
                         1,
@@ -206,14 +259,14 @@ async fn run(ops: Vec<Op>) {
             _ => {}
         }
         for s in subs.iter_mut() {
-            s.drain(Duration::from_millis(5)).await;
+            s.drain(Duration::from_millis(5), may_expire).await;
         }
     }
     for s in subs.iter_mut() {
         let (_, _, resource, ns) = KEYS[s.key];
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let (objects, _) = env.sim.store().list(resource, ns, None, None).unwrap();
+            let (objects, _) = sim.store().list(resource, ns, None, None).unwrap();
             if s.applied.versions() == versions_of(&objects) {
                 break;
             }
@@ -222,7 +275,7 @@ async fn run(ops: Vec<Op>) {
                 "subscriber on {:?} never converged",
                 KEYS[s.key].0
             );
-            s.drain(Duration::from_millis(100)).await;
+            s.drain(Duration::from_millis(100), may_expire).await;
         }
     }
 }
