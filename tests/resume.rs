@@ -749,3 +749,107 @@ async fn watch_options_the_api_server_rejects_are_refused_by_name() {
     );
     assert_eq!(env.sim.watch_requests("pods"), 0);
 }
+
+/// An API server whose resourceVersions are not integers (not backed by
+/// etcd), served over real HTTP by the test: pods in `default` listed at
+/// `opaque-7`; a watch from `opaque-3` replays one event (`opaque-5`), any
+/// other watch stays quiet. Counts its watch requests.
+async fn opaque_cluster() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use axum::extract::{Query, State};
+    use axum::routing::get;
+    let watches = Arc::new(AtomicUsize::new(0));
+    async fn pods(
+        State(watches): State<Arc<AtomicUsize>>,
+        Query(q): Query<std::collections::HashMap<String, String>>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        if q.get("watch").is_none() {
+            return axum::Json(json!({
+                "kind": "PodList", "apiVersion": "v1",
+                "metadata": {"resourceVersion": "opaque-7"}, "items": []
+            }))
+            .into_response();
+        }
+        watches.fetch_add(1, Ordering::SeqCst);
+        let replay =
+            (q.get("resourceVersion").map(String::as_str) == Some("opaque-3")).then(|| {
+                let ev = json!({"type": "ADDED", "object": {
+                    "kind": "Pod", "apiVersion": "v1",
+                    "metadata": {"name": "p", "namespace": "default", "resourceVersion": "opaque-5"}
+                }});
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from(format!("{ev}\n")))
+            });
+        let stream =
+            futures::StreamExt::chain(futures::stream::iter(replay), futures::stream::pending());
+        axum::body::Body::from_stream(stream).into_response()
+    }
+    let app = axum::Router::new()
+        .route(
+            "/version",
+            get(|| async {
+                axum::Json(json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0"}))
+            }),
+        )
+        .route("/api/v1/namespaces/default/pods", get(pods))
+        .with_state(watches.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, watches)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_a_cluster_without_integer_versions_uses_share_one_forwarded_watch() {
+    let (addr, watches) = opaque_cluster().await;
+    let kubeconfig = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "opaque", "cluster": {"server": format!("http://{addr}")}}],
+        "users": [{"name": "opaque", "user": {"token": "t"}}],
+        "contexts": [{"name": "opaque", "context": {"cluster": "opaque", "user": "opaque"}}],
+        "current-context": "opaque"
+    })
+    .to_string();
+    let registry = Arc::new(kubemux::cluster::Registry::new());
+    registry
+        .load_kubeconfig_text(&kubeconfig, "test")
+        .await
+        .unwrap();
+    let hub = kubemux::hub::Hub::new(
+        quick_hub(),
+        registry,
+        Arc::new(kubemux::metrics::Metrics::new()),
+    );
+    let server = kubemux::server::Server::start(
+        "127.0.0.1:0".parse().unwrap(),
+        hub,
+        ServerConfig::default(),
+    )
+    .await
+    .unwrap();
+    let url = format!("ws://{}/wsMultiplexer", server.addr());
+    let mut first = Client::connect(&url).await;
+    first
+        .send(json!({"clusterId": "opaque", "path": PATH, "query": "watch=1", "type": "REQUEST"}))
+        .await;
+    eventually("the shared watch is open", || {
+        watches.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut c = Client::connect(&url).await;
+        c.send(json!({"clusterId": "opaque", "path": PATH, "query": "watch=1&resourceVersion=opaque-3", "type": "REQUEST"}))
+            .await;
+        clients.push(c);
+    }
+    for c in &mut clients {
+        let (_, ev) = c.event().await;
+        assert_eq!(ev["object"]["metadata"]["resourceVersion"], "opaque-5");
+    }
+    assert_eq!(
+        watches.load(Ordering::SeqCst),
+        2,
+        "ten clients from one opaque version share one forwarded watch"
+    );
+    drop(first);
+}
