@@ -763,7 +763,7 @@ async fn opaque_cluster() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         Query(q): Query<std::collections::HashMap<String, String>>,
     ) -> axum::response::Response {
         use axum::response::IntoResponse;
-        if q.get("watch").is_none() {
+        if !q.contains_key("watch") {
             return axum::Json(json!({
                 "kind": "PodList", "apiVersion": "v1",
                 "metadata": {"resourceVersion": "opaque-7"}, "items": []
