@@ -830,6 +830,7 @@ impl Settings {
                 max_age: self.history_max_age,
             },
             upstream: UpstreamConfig::default(),
+            ..HubConfig::default()
         }
     }
 

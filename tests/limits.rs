@@ -279,3 +279,129 @@ async fn http_get_upgrade(env: &Env) -> String {
     let n = s.read(&mut buf).await.unwrap();
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
+
+fn error_of(frame: &Value) -> String {
+    assert_eq!(frame["type"], "ERROR", "{frame}");
+    let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+    data["error"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_keys_beyond_the_upstream_watch_limit_are_refused_by_name() {
+    let env = start(
+        SimConfig::default(),
+        kubemux::hub::HubConfig {
+            max_watches_per_cluster: 3,
+            ..quick_hub()
+        },
+        ServerConfig::default(),
+    )
+    .await;
+    let mut c = env.client().await;
+    for i in 0..3 {
+        c.request("/api/v1/pods", &format!("watch=1&labelSelector=k%3D{i}"))
+            .await;
+    }
+    env.eventually("three upstream watches", || {
+        env.sim.active_watches("pods") == 3
+    })
+    .await;
+    let mut other = env.client().await;
+    other
+        .request("/api/v1/pods", "watch=1&labelSelector=k%3D3")
+        .await;
+    let err = error_of(&other.frame().await);
+    assert!(
+        err.contains("--max-upstream-watches") && err.contains('3'),
+        "{err}"
+    );
+    assert_eq!(
+        env.sim.active_watches("pods"),
+        3,
+        "no fourth upstream watch"
+    );
+    // Joining a watch that exists is not a new upstream watch.
+    other
+        .request(
+            "/api/v1/pods",
+            "watch=1&labelSelector=k%3D0&timeoutSeconds=600",
+        )
+        .await;
+    env.eventually("the join is served", || {
+        env.hub.watches().iter().any(|w| w.subscribers == 2)
+    })
+    .await;
+    // A watch that lingered out frees its place.
+    c.close("/api/v1/pods", "watch=1&labelSelector=k%3D2").await;
+    env.eventually("the closed key's watch stopped", || {
+        env.hub.watch_count() == 2
+    })
+    .await;
+    other
+        .request("/api/v1/pods", "watch=1&labelSelector=k%3D3")
+        .await;
+    env.eventually("the new key got its watch", || env.hub.watch_count() == 3)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_passthrough_identity_cannot_take_every_upstream_watch() {
+    use kubemux::auth::policy::{AuthMode, Policy};
+    use kubemux::sim::{Rule, SimAuth, UserInfo};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let auth = SimAuth::new()
+        .with_admin_token("admin-token")
+        .with_token("token-a", UserInfo::new("a", "uid-a", ["team"]))
+        .with_token("token-b", UserInfo::new("b", "uid-b", ["team"]))
+        .with_rule(
+            Rule::allow(["get", "list", "watch"], ["pods"])
+                .users(["a", "b"])
+                .api_groups([""]),
+        );
+    let env = start(
+        SimConfig {
+            auth: Some(auth),
+            ..SimConfig::default()
+        },
+        kubemux::hub::HubConfig {
+            max_watches_per_identity: 2,
+            ..quick_hub()
+        },
+        ServerConfig {
+            policy: Policy::new(AuthMode::Passthrough, false),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let connect = |token: &'static str| {
+        let url = env.ws_url();
+        async move {
+            let mut req = url.into_client_request().unwrap();
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+            Client { ws }
+        }
+    };
+    let mut a = connect("token-a").await;
+    for ns in ["default", "team-a"] {
+        a.request(&format!("/api/v1/namespaces/{ns}/pods"), "watch=1")
+            .await;
+    }
+    env.eventually("a's two watches", || env.hub.watch_count() == 2)
+        .await;
+    a.request("/api/v1/namespaces/team-b/pods", "watch=1").await;
+    let refused = loop {
+        let frame = a.frame().await;
+        if frame["type"] == "ERROR" {
+            break error_of(&frame);
+        }
+    };
+    assert!(refused.contains("--max-watches-per-identity"), "{refused}");
+    let mut b = connect("token-b").await;
+    b.request("/api/v1/namespaces/team-b/pods", "watch=1").await;
+    env.eventually("b still gets a watch of its own", || {
+        env.hub.watch_count() == 3
+    })
+    .await;
+}

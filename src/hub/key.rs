@@ -40,6 +40,11 @@ impl WatchKey {
         &self.selectors
     }
 
+    /// The upstream identity the watch is restricted to, if any (a hash).
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
+    }
+
     /// Restricts sharing to one upstream identity (a hash, never a token).
     pub fn with_identity(mut self, identity: Option<Arc<str>>) -> Self {
         self.identity = identity;

@@ -38,6 +38,13 @@ pub struct HubConfig {
     pub history: HistoryLimits,
     /// Upstream request settings.
     pub upstream: UpstreamConfig,
+    /// Most shared (= upstream) watches on one cluster; a REQUEST for a new
+    /// key beyond it is refused naming the limit. Joining a watch that
+    /// exists is always allowed.
+    pub max_watches_per_cluster: usize,
+    /// Most shared watches one caller's identity may hold on a cluster in
+    /// `passthrough` (where each token has watches of its own).
+    pub max_watches_per_identity: usize,
 }
 
 impl Default for HubConfig {
@@ -47,6 +54,8 @@ impl Default for HubConfig {
             bookmark_interval: Duration::from_secs(60),
             history: HistoryLimits::default(),
             upstream: UpstreamConfig::default(),
+            max_watches_per_cluster: 2_000,
+            max_watches_per_identity: 200,
         }
     }
 }
@@ -162,11 +171,28 @@ pub enum SubscribeError {
     /// The hub is shutting down.
     #[error("kubemux is shutting down")]
     ShuttingDown,
+    /// A new shared watch would exceed a limit on upstream watches.
+    #[error(
+        "too many distinct watches: kubemux already holds {limit} upstream watches {scope} on cluster {cluster:?} (the limit {setting}); close other watches or ask the operator to raise it"
+    )]
+    TooManyWatches {
+        /// The cluster.
+        cluster: String,
+        /// `for this identity`, or `in all`.
+        scope: &'static str,
+        /// The limit's value.
+        limit: usize,
+        /// The setting that sets it.
+        setting: &'static str,
+    },
 }
 
 pub(crate) struct HubInner {
     pub(crate) config: HubConfig,
     pub(crate) watches: DashMap<WatchKey, Arc<SharedWatch>>,
+    /// Shared watches held per cluster and per (cluster, identity), for the
+    /// limits; a watch is counted from its creation until it stops.
+    counts: DashMap<(Arc<str>, Option<Arc<str>>), usize>,
     clusters: Arc<Registry>,
     metrics: Arc<Metrics>,
     closing: std::sync::atomic::AtomicBool,
@@ -211,6 +237,7 @@ impl Hub {
             inner: Arc::new(HubInner {
                 config,
                 watches: DashMap::new(),
+                counts: DashMap::new(),
                 clusters,
                 metrics,
                 closing: std::sync::atomic::AtomicBool::new(false),
@@ -273,16 +300,13 @@ impl Hub {
             .and_then(|rv| rv.parse::<u64>().ok())
             .filter(|rv| *rv > 0 && !params.send_initial_events);
         loop {
-            let mut created = false;
-            let watch = self
-                .inner
-                .watches
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    created = true;
-                    self.new_watch(&key)
-                })
-                .clone();
+            let (watch, created) = match self.inner.watches.entry(key.clone()) {
+                dashmap::Entry::Occupied(entry) => (entry.get().clone(), false),
+                dashmap::Entry::Vacant(entry) => {
+                    self.inner.admit(&key)?;
+                    (entry.insert(self.new_watch(&key)).clone(), true)
+                }
+            };
             if let Some(id) = watch.add(sink.clone(), params.clone()) {
                 if created {
                     // Started only once its first subscriber is in, so the
@@ -415,6 +439,60 @@ impl Hub {
             ))
         });
         out
+    }
+}
+
+impl HubInner {
+    /// Counts a new shared watch for `key` against the limits, or says which
+    /// one it would exceed.
+    fn admit(&self, key: &WatchKey) -> Result<(), SubscribeError> {
+        let cluster: Arc<str> = key.cluster().into();
+        let identity: Option<Arc<str>> = key.identity().map(Into::into);
+        let refuse = |scope, limit, setting| SubscribeError::TooManyWatches {
+            cluster: key.cluster().chars().take(100).collect(),
+            scope,
+            limit,
+            setting,
+        };
+        let held = |k: &(Arc<str>, Option<Arc<str>>)| self.counts.get(k).map_or(0, |n| *n);
+        let all = (cluster.clone(), None);
+        if held(&all) >= self.config.max_watches_per_cluster {
+            return Err(refuse(
+                "in all",
+                self.config.max_watches_per_cluster,
+                "--max-upstream-watches",
+            ));
+        }
+        let mine = (cluster, identity);
+        if mine.1.is_some() && held(&mine) >= self.config.max_watches_per_identity {
+            return Err(refuse(
+                "for this identity",
+                self.config.max_watches_per_identity,
+                "--max-watches-per-identity",
+            ));
+        }
+        *self.counts.entry(all).or_insert(0) += 1;
+        if mine.1.is_some() {
+            *self.counts.entry(mine).or_insert(0) += 1;
+        }
+        Ok(())
+    }
+
+    /// A shared watch for `key` stopped: it no longer counts.
+    pub(crate) fn release(&self, key: &WatchKey) {
+        let cluster: Arc<str> = key.cluster().into();
+        let mut keys = vec![(cluster.clone(), None)];
+        if let Some(identity) = key.identity() {
+            keys.push((cluster, Some(identity.into())));
+        }
+        for k in keys {
+            if let dashmap::Entry::Occupied(mut entry) = self.counts.entry(k) {
+                *entry.get_mut() = entry.get().saturating_sub(1);
+                if *entry.get() == 0 {
+                    entry.remove();
+                }
+            }
+        }
     }
 }
 

@@ -775,6 +775,9 @@ impl SharedWatch {
     fn stop_locked(&self, st: &mut State) {
         st.stopped = true;
         st.sides.clear();
+        if let Some(hub) = self.hub.upgrade() {
+            hub.release(&self.key);
+        }
         for t in st.tasks.drain(..) {
             t.abort();
         }
