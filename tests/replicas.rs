@@ -1,0 +1,287 @@
+//! Several interchangeable replicas behind a real load balancer (HAProxy,
+//! from Debian's packages; `.ci/run` installs it): three `kubemux serve`
+//! processes on 127.0.0.2–127.0.0.4 in front of one simulated cluster.
+//! Headlamp-style clients list and watch through HAProxy under churn; one
+//! replica is killed (SIGKILL), another rolled (SIGTERM). Each client
+//! reconnects through HAProxy and resumes from its last version on whichever
+//! replica it lands, so its state must end equal to the simulator's LIST,
+//! with every event once and no 410.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use kubemux::sim::{SimConfig, SimServer};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::process::Command;
+use tokio_tungstenite::tungstenite::Message;
+
+const PATH: &str = "/api/v1/pods";
+const CLIENTS: usize = 12;
+
+/// What one client has seen, shared with the test.
+#[derive(Default)]
+struct Seen {
+    applied: Applied,
+    /// The newest version applied; every later event must be newer.
+    last: u64,
+    /// Connections it made (1 + reconnects).
+    connections: u32,
+    /// For each reconnect, the time from losing its socket to having
+    /// re-subscribed through the balancer.
+    outages: Vec<Duration>,
+    /// Frames that broke a rule (an ERROR, a version going back), to report.
+    violations: Vec<String>,
+}
+
+fn free_port(ip: [u8; 4]) -> u16 {
+    std::net::TcpListener::bind(SocketAddr::from((ip, 0)))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn haproxy_config(front: SocketAddr, replicas: &[String]) -> String {
+    let mut cfg = format!(
+        "global\n  maxconn 2000\n\
+         defaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n  \
+         option redispatch\n  retries 3\n\
+         frontend front\n  bind {front}\n  default_backend kubemux\n\
+         backend kubemux\n  balance roundrobin\n  option httpchk GET /readyz\n"
+    );
+    for (i, addr) in replicas.iter().enumerate() {
+        cfg.push_str(&format!(
+            "  server r{i} {addr} check inter 300ms fall 1 rise 1\n"
+        ));
+    }
+    cfg
+}
+
+async fn spawn_replica(kubeconfig: &std::path::Path, ip: &str) -> Process {
+    spawn_kubemux(
+        &[
+            "serve",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--listen",
+            &format!("{ip}:0"),
+            "--auth",
+            "none",
+            "--linger",
+            "1s",
+        ],
+        &[],
+    )
+    .await
+}
+
+/// A Headlamp-style client: LIST through the balancer, then REQUEST from the
+/// list's version; whenever its socket ends, reconnect through the balancer
+/// and REQUEST from the newest version it applied.
+async fn client(
+    front: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let body = loop {
+        let body = http_get_body(front, &format!("/clusters/{CLUSTER}{PATH}")).await;
+        if body.starts_with('{') {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let list: Value = serde_json::from_str(&body).unwrap();
+    {
+        let mut s = seen.lock();
+        for item in list["items"].as_array().unwrap() {
+            s.applied.apply(&json!({"type": "ADDED", "object": item}));
+        }
+        s.last = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+    }
+    let mut lost: Option<tokio::time::Instant> = None;
+    while !*stop.borrow() {
+        let Ok((mut ws, _)) =
+            tokio_tungstenite::connect_async(format!("ws://{front}/wsMultiplexer")).await
+        else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let query = {
+            let mut s = seen.lock();
+            s.connections += 1;
+            if let Some(at) = lost.take() {
+                s.outages.push(at.elapsed());
+            }
+            format!("watch=1&resourceVersion={}", s.last)
+        };
+        let request =
+            json!({"clusterId": CLUSTER, "path": PATH, "query": query, "type": "REQUEST"});
+        if ws.send(Message::text(request.to_string())).await.is_err() {
+            continue;
+        }
+        let mut stop = stop.clone();
+        loop {
+            let msg = tokio::select! {
+                msg = ws.next() => msg,
+                _ = stop.changed() => break,
+            };
+            let Some(Ok(Message::Text(text))) = msg else {
+                break;
+            };
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            let mut s = seen.lock();
+            match frame["type"].as_str().unwrap() {
+                "DATA" => {
+                    let ev: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+                    if ev["type"] == "ERROR" {
+                        s.violations.push(format!("in-band error: {ev}"));
+                        continue;
+                    }
+                    let rv: u64 = ev["object"]["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    if ev["type"] == "BOOKMARK" {
+                        s.last = s.last.max(rv);
+                        continue;
+                    }
+                    if rv <= s.last {
+                        let last = s.last;
+                        s.violations
+                            .push(format!("event {rv} after {last}: twice or out of order"));
+                    }
+                    s.last = rv;
+                    s.applied.apply(&ev);
+                }
+                // A replica shutting down completes its subscriptions; the
+                // socket close that follows makes the client move on.
+                "COMPLETE" => {}
+                other => s.violations.push(format!("{other} frame: {frame}")),
+            }
+        }
+        lost = Some(tokio::time::Instant::now());
+    }
+}
+
+fn pods(sim: &SimServer) -> BTreeMap<String, String> {
+    let (objects, _) = sim.store().list("pods", None, None, None).unwrap();
+    versions_of(&objects)
+}
+
+/// Waits until every client's state equals the simulator's; returns how long it took.
+async fn whole(sim: &SimServer, clients: &[Arc<Mutex<Seen>>], what: &str) -> Duration {
+    let started = tokio::time::Instant::now();
+    eventually(what, || {
+        let want = pods(sim);
+        clients.iter().all(|c| c.lock().applied.versions() == want)
+    })
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_fail_over_between_replicas_behind_haproxy_exactly() {
+    if Command::new("haproxy").arg("-v").output().await.is_err() {
+        panic!("haproxy is not installed: `apt-get install haproxy` (.ci/run does)");
+    }
+    let sim = SimServer::start(SimConfig {
+        churn_rate: 20.0,
+        initial_pods: 40,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("kubemux-replicas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    write_kubeconfig(&kubeconfig, &[(CLUSTER, &sim)]);
+    let mut replicas = Vec::new();
+    for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        replicas.push(Some(spawn_replica(&kubeconfig, ip).await));
+    }
+    let addrs: Vec<String> = replicas
+        .iter()
+        .map(|r| r.as_ref().unwrap().addr.clone())
+        .collect();
+    let front = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(&cfg, haproxy_config(front, &addrs)).unwrap();
+    let mut haproxy = Command::new("haproxy")
+        .args(["-db", "-f", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("haproxy starts");
+    eventually("haproxy listens", || {
+        std::net::TcpStream::connect(front).is_ok()
+    })
+    .await;
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let seen: Vec<Arc<Mutex<Seen>>> = (0..CLIENTS).map(|_| Arc::default()).collect();
+    let tasks: Vec<_> = seen
+        .iter()
+        .map(|s| tokio::spawn(client(front, s.clone(), stop.clone())))
+        .collect();
+    eventually("every client connected", || {
+        seen.iter().all(|s| s.lock().connections >= 1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // A replica dies: its clients' sockets break, HAProxy marks it down.
+    let killed = replicas[0].take().unwrap();
+    let mut child = killed.child;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A rolling update: another replica is terminated gracefully.
+    let rolled = replicas[1].take().unwrap();
+    let (status, _) = rolled.terminate().await;
+    assert!(status.success(), "a SIGTERM'd replica exits cleanly");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    sim.set_churn_rate(0.0);
+    let took = whole(
+        &sim,
+        &seen,
+        "every client equals the simulator after the failovers",
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let reconnects: u32 = seen.iter().map(|s| s.lock().connections - 1).sum();
+    let longest = seen
+        .iter()
+        .filter_map(|s| s.lock().outages.iter().max().copied())
+        .max()
+        .unwrap_or_default();
+    for (i, s) in seen.iter().enumerate() {
+        let s = s.lock();
+        assert!(s.violations.is_empty(), "client {i}: {:?}", s.violations);
+    }
+    assert!(
+        reconnects > 0,
+        "the killed and the rolled replica had clients, and they moved"
+    );
+    println!(
+        "failover: {CLIENTS} clients, {reconnects} reconnects, longest time without a subscription {longest:?}, every client equal to the simulator {took:?} after the churn stopped"
+    );
+    let _ = haproxy.start_kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}
