@@ -853,3 +853,43 @@ async fn versions_a_cluster_without_integer_versions_uses_share_one_forwarded_wa
     );
     drop(first);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_a_final_bookmark_to_subscribers_that_asked() {
+    let Env { sim, server, hub } = start_default().await;
+    let (pods, _) = sim
+        .store()
+        .list("pods", Some("default"), None, None)
+        .unwrap();
+    let url = format!("ws://{}/wsMultiplexer", server.addr());
+    let mut asked = Client::connect(&url).await;
+    asked
+        .request(PATH, "watch=1&allowWatchBookmarks=true")
+        .await;
+    asked.events(pods.len()).await;
+    let mut other = Client::connect(&url).await;
+    other.request(PATH, "watch=1").await;
+    other.events(pods.len()).await;
+    // A change elsewhere moves the cache's version past every pod's.
+    let created = sim
+        .store()
+        .create("pods", Some("default"), pod("last-before-shutdown"))
+        .unwrap();
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    asked.event().await;
+    other.event().await;
+    drop(hub);
+    server.shutdown(Duration::from_secs(2)).await;
+    let (_, ev) = asked.event().await;
+    assert_eq!(ev["type"], "BOOKMARK", "{ev}");
+    assert_eq!(ev["object"]["metadata"]["resourceVersion"], rv.as_str());
+    assert_eq!(asked.frame().await["type"], "COMPLETE");
+    assert_eq!(
+        other.frame().await["type"],
+        "COMPLETE",
+        "no bookmark for a subscriber that did not ask"
+    );
+}

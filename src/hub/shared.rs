@@ -756,12 +756,17 @@ impl SharedWatch {
             .map_or(Duration::ZERO, |h| h.config.linger)
     }
 
-    /// Stops the watch and ends every subscriber with `reason`.
+    /// Stops the watch and ends every subscriber with `reason`. When kubemux
+    /// itself shuts down, subscribers that asked for bookmarks first get one
+    /// at the newest version, so they resume from there on another replica.
     pub(super) fn shutdown(&self, reason: EndReason) {
         {
             let mut st = self.state.lock();
             if st.stopped {
                 return;
+            }
+            if reason == EndReason::Shutdown {
+                self.bookmark_live(&st);
             }
             for (_, sub) in st.subs.drain() {
                 self.metrics.subscribers.dec();
@@ -796,7 +801,10 @@ impl SharedWatch {
 
     /// Sends a bookmark at the latest version to subscribers that asked for them.
     pub(super) fn send_bookmarks(&self) {
-        let st = self.state.lock();
+        self.bookmark_live(&self.state.lock());
+    }
+
+    fn bookmark_live(&self, st: &State) {
         if !st.listed || st.cache.latest().is_empty() {
             return;
         }
