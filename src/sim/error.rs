@@ -22,8 +22,9 @@ pub struct ApiError {
     pub reason: &'static str,
     /// Human-readable message, worded like the real server's.
     pub message: String,
-    /// Optional `details` (name, group, kind, retryAfterSeconds).
-    pub details: Option<StatusDetails>,
+    /// Optional `details` (name, group, kind, causes, retryAfterSeconds),
+    /// boxed so the common `Result<_, ApiError>` stays small.
+    pub details: Option<Box<StatusDetails>>,
 }
 
 impl ApiError {
@@ -37,7 +38,7 @@ impl ApiError {
     }
 
     fn with_details(mut self, details: StatusDetails) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -292,7 +293,7 @@ impl ApiError {
             status: "Failure",
             message: &self.message,
             reason: self.reason,
-            details: self.details.as_ref(),
+            details: self.details.as_deref(),
             code: self.code,
         }
     }
