@@ -541,30 +541,25 @@ async fn send_initial_events_false_starts_from_now() {
 }
 
 #[tokio::test]
-async fn send_initial_events_from_a_future_version_is_504_after_the_freshness_wait() {
+async fn send_initial_events_from_a_future_version_is_an_in_band_504_after_the_freshness_wait() {
     let server = start(test_config()).await;
+    let client = client(&server).await;
     let current = server.store().resource_version();
     let far = current + 1_000;
-    let (code, head, body) = raw_http(
-        &server,
-        "GET",
+    let mut stream = watch(
+        &client,
         &format!(
             "/api/v1/pods?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion={far}"
         ),
-        "",
     )
     .await;
-    assert_eq!(code, 504, "{body}");
-    assert!(
-        head.to_ascii_lowercase().contains("retry-after: 1"),
-        "{head}"
-    );
     assert_eq!(
-        body,
+        stream.next_line().await.expect("the in-band error"),
         format!(
-            r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","message":"Timeout: Too large resource version: {far}, current: {current}","reason":"Timeout","details":{{"causes":[{{"reason":"ResourceVersionTooLarge","message":"Too large resource version"}}],"retryAfterSeconds":1}},"code":504}}"#
+            r#"{{"type":"ERROR","object":{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","message":"Timeout: Too large resource version: {far}, current: {current}","reason":"Timeout","details":{{"causes":[{{"reason":"ResourceVersionTooLarge","message":"Too large resource version"}}],"retryAfterSeconds":1}},"code":504}}}}"#
         )
     );
+    assert_eq!(stream.next_line().await, None);
     server.shutdown().await;
 }
 

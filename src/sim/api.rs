@@ -296,8 +296,9 @@ fn filter(
 /// A WATCH. Without `sendInitialEvents`: unset or `0` starts with the
 /// current state, `R` replays the events after `R` (waiting, stream open,
 /// for a future `R`). `sendInitialEvents=true` sends the state at a version
-/// not older than `R` (waited for up to [`FRESHNESS_WAIT`], then 504) and
-/// the initial-events-end bookmark; `sendInitialEvents=false` with unset or
+/// not older than `R` (waited for up to [`FRESHNESS_WAIT`], then a 504
+/// Status as an in-band ERROR, as the watch cache does) and the
+/// initial-events-end bookmark; `sendInitialEvents=false` with unset or
 /// `0` sends only what happens from now on.
 async fn start_watch(
     app: &AppState,
@@ -314,10 +315,13 @@ async fn start_watch(
     let rv = query.resource_version_number()?.filter(|rv| *rv > 0);
     let start = match (query.send_initial_events, rv) {
         (Some(true), rv) => {
-            if let Some(rv) = rv {
-                app.store
+            if let Some(rv) = rv
+                && let Err(too_large) = app
+                    .store
                     .wait_for_resource_version(rv, FRESHNESS_WAIT)
-                    .await?;
+                    .await
+            {
+                return Ok(watch::error_response(&too_large));
             }
             WatchStart {
                 from: WatchFrom::CurrentState,

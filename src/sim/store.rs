@@ -505,7 +505,7 @@ impl Store {
     /// at or below it are dropped, so watches from before `rv` and LISTs at
     /// versions before it answer 410; `rv` itself and everything later stay
     /// servable. Never moves the compaction point backwards.
-    pub fn compact_to(&self, rv: u64) {
+    pub(crate) fn compact_to(&self, rv: u64) {
         let mut state = self.state.lock();
         let rv = rv.min(state.rv);
         if rv <= state.compacted_rv {
