@@ -58,6 +58,9 @@ enum Command {
         /// Static tokens and RBAC-like rules (YAML/JSON); without it every request is admin.
         #[arg(long)]
         auth_file: Option<PathBuf>,
+        /// Compact the history every interval up to the version recorded one interval before, like kube-apiserver's etcd compaction (0 = off).
+        #[arg(long, default_value = "5m", value_parser = kubemux::config::parse_duration)]
+        compaction_interval: std::time::Duration,
     },
     /// Print the effective configuration (flags over KUBEMUX_* over --config file over defaults) and exit.
     Config {
@@ -72,6 +75,9 @@ enum Command {
         /// Object changes per second in the simulated cluster.
         #[arg(long, default_value_t = 2.0)]
         churn: f64,
+        /// History compaction interval of the simulated cluster, like kube-apiserver's etcd compaction (0 = off).
+        #[arg(long, default_value = "5m", value_parser = kubemux::config::parse_duration)]
+        sim_compaction_interval: std::time::Duration,
         #[command(flatten)]
         proxy: ProxyArgs,
     },
@@ -136,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
             auth_file,
             object_size,
             stamp_sent_at,
+            compaction_interval,
         } => {
             init_logs(LogFormat::Human);
             let auth = auth_file
@@ -150,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
                 auth,
                 object_size,
                 stamp_sent_at,
+                compaction_interval,
                 ..SimConfig::default()
             })
             .await?;
@@ -166,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo {
             sim_listen,
             churn,
+            sim_compaction_interval,
             proxy,
         } => {
             let settings = Settings::resolve(&proxy, AuthMode::None)?;
@@ -173,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
             let sim = SimServer::start(SimConfig {
                 listen: sim_listen,
                 churn_rate: churn,
+                compaction_interval: sim_compaction_interval,
                 ..SimConfig::default()
             })
             .await

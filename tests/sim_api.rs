@@ -11,6 +11,28 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use sim_common::{client, raw_http, rv_of, start, test_config};
 
+/// `(status, parsed body)` of a GET.
+async fn get(server: &kubemux::sim::SimServer, path: &str) -> (u16, Value) {
+    let (code, _, body) = raw_http(server, "GET", path, "").await;
+    let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+    (code, value)
+}
+
+/// `(name, data.v)` of every item of a LIST body.
+fn items(list: &Value) -> Vec<(String, String)> {
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| {
+            (
+                item["metadata"]["name"].as_str().expect("name").to_string(),
+                item["data"]["v"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn version_and_discovery() {
     let server = start(test_config()).await;
@@ -376,5 +398,255 @@ async fn errors_are_status_objects() {
         .get("pods", Some("default"), "x")
         .expect_err("missing");
     assert_eq!((err.code, err.reason), (404, "NotFound"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn unparsable_resource_versions_are_the_storage_layers_500() {
+    let server = start(test_config()).await;
+    for (raw, problem) in [
+        ("abc", "invalid syntax"),
+        ("-1", "invalid syntax"),
+        ("undefined", "invalid syntax"),
+        ("99999999999999999999", "value out of range"),
+    ] {
+        for query in [
+            format!("resourceVersion={raw}"),
+            format!("watch=1&resourceVersion={raw}"),
+        ] {
+            let (code, _, body) =
+                raw_http(&server, "GET", &format!("/api/v1/pods?{query}"), "").await;
+            assert_eq!(code, 500, "{query}: {body}");
+            assert_eq!(
+                body,
+                format!(
+                    r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","message":"resourceVersion: Invalid value: \"{raw}\": strconv.ParseUint: parsing \"{raw}\": {problem}","code":500}}"#
+                ),
+                "{query}"
+            );
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn list_resource_version_semantics() {
+    let server = start(test_config()).await;
+    let store = server.store();
+    store
+        .create("namespaces", None, json!({"metadata": {"name": "lists"}}))
+        .expect("namespace");
+    let cm = |name: &str, v: &str| json!({"metadata": {"name": name}, "data": {"v": v}});
+    store
+        .create("configmaps", Some("lists"), cm("a", "1"))
+        .expect("a");
+    store
+        .create("configmaps", Some("lists"), cm("b", "1"))
+        .expect("b");
+    let at_both = store.resource_version();
+    store
+        .merge_patch(
+            "configmaps",
+            Some("lists"),
+            "a",
+            &json!({"data": {"v": "2"}}),
+        )
+        .expect("patch");
+    store
+        .delete("configmaps", Some("lists"), "b")
+        .expect("delete");
+    let current = store.resource_version();
+    let now = vec![("a".to_string(), "2".to_string())];
+    let then = vec![
+        ("a".to_string(), "1".to_string()),
+        ("b".to_string(), "1".to_string()),
+    ];
+    let path = "/api/v1/namespaces/lists/configmaps";
+
+    // Unset, "0" (any) and R <= current (not older than): the current state.
+    for query in [
+        String::new(),
+        "resourceVersion=0".into(),
+        "resourceVersion=0&resourceVersionMatch=NotOlderThan".into(),
+        format!("resourceVersion={at_both}"),
+        format!("resourceVersion={at_both}&resourceVersionMatch=NotOlderThan"),
+    ] {
+        let (code, list) = get(&server, &format!("{path}?{query}")).await;
+        assert_eq!(code, 200, "{query}: {list}");
+        assert_eq!(items(&list), now, "{query}");
+        assert_eq!(
+            list["metadata"]["resourceVersion"],
+            current.to_string(),
+            "{query}"
+        );
+    }
+
+    // Exact (or R with a limit and no match, the legacy rule): the state at R,
+    // paginated at R.
+    let (code, list) = get(
+        &server,
+        &format!("{path}?resourceVersion={at_both}&resourceVersionMatch=Exact"),
+    )
+    .await;
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(items(&list), then);
+    assert_eq!(list["metadata"]["resourceVersion"], at_both.to_string());
+    for query in [
+        format!("resourceVersion={at_both}&resourceVersionMatch=Exact&limit=1"),
+        format!("resourceVersion={at_both}&limit=1"),
+    ] {
+        let (code, first) = get(&server, &format!("{path}?{query}")).await;
+        assert_eq!(code, 200, "{query}: {first}");
+        assert_eq!(items(&first), then[..1], "{query}");
+        assert_eq!(first["metadata"]["resourceVersion"], at_both.to_string());
+        let token = first["metadata"]["continue"].as_str().expect("continue");
+        let (code, second) = get(&server, &format!("{path}?limit=1&continue={token}")).await;
+        assert_eq!(code, 200, "{second}");
+        assert_eq!(items(&second), then[1..], "{query}");
+        assert_eq!(second["metadata"]["resourceVersion"], at_both.to_string());
+        assert!(second["metadata"].get("continue").is_none());
+        let (code, status) = get(
+            &server,
+            &format!("{path}?limit=1&continue={token}&resourceVersion={at_both}"),
+        )
+        .await;
+        assert_eq!(code, 400, "{status}");
+        assert_eq!(
+            status["message"],
+            "specifying resource version is not allowed when using continue"
+        );
+    }
+
+    // A version just ahead is waited for, then served.
+    let ahead = current + 1;
+    let waiting = {
+        let server = server.clone();
+        tokio::spawn(async move { get(&server, &format!("{path}?resourceVersion={ahead}")).await })
+    };
+    store
+        .create("configmaps", Some("lists"), cm("c", "1"))
+        .expect("c");
+    let (code, list) = waiting.await.expect("join");
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["metadata"]["resourceVersion"], ahead.to_string());
+
+    // A version that does not come within the wait: 504, for both matches.
+    let current = store.resource_version();
+    let far = current + 1_000;
+    let too_large = format!(
+        r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","message":"Timeout: Too large resource version: {far}, current: {current}","reason":"Timeout","details":{{"causes":[{{"reason":"ResourceVersionTooLarge","message":"Too large resource version"}}],"retryAfterSeconds":1}},"code":504}}"#
+    );
+    let not_older = format!("{path}?resourceVersion={far}");
+    let exact = format!("{path}?resourceVersion={far}&resourceVersionMatch=Exact");
+    let (a, b) = tokio::join!(
+        raw_http(&server, "GET", &not_older, ""),
+        raw_http(&server, "GET", &exact, ""),
+    );
+    for (code, head, body) in [a, b] {
+        assert_eq!(code, 504, "{body}");
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: 1"),
+            "{head}"
+        );
+        assert_eq!(body, too_large);
+    }
+
+    // An exact version that has been compacted away: 410.
+    server.faults().compact_history();
+    let (code, _, body) = raw_http(
+        &server,
+        "GET",
+        &format!("{path}?resourceVersion={at_both}&resourceVersionMatch=Exact"),
+        "",
+    )
+    .await;
+    assert_eq!(code, 410);
+    assert_eq!(
+        body,
+        r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"The resourceVersion for the provided list is too old.","reason":"Expired","code":410}"#
+    );
+    // Not older than a compacted version is still the current state.
+    let (code, list) = get(&server, &format!("{path}?resourceVersion={at_both}")).await;
+    assert_eq!(code, 200, "{list}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn list_options_are_validated_like_validate_list_options() {
+    let server = start(test_config()).await;
+    let (code, _, body) = raw_http(
+        &server,
+        "GET",
+        "/api/v1/pods?watch=1&resourceVersionMatch=NotOlderThan",
+        "",
+    )
+    .await;
+    assert_eq!(code, 422);
+    assert_eq!(
+        body,
+        r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided","reason":"Invalid","details":{"group":"meta.k8s.io","kind":"ListOptions","causes":[{"reason":"FieldValueForbidden","message":"Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided","field":"resourceVersionMatch"}]},"code":422}"#
+    );
+    let forbidden = |detail: &str| format!("resourceVersionMatch: Forbidden: {detail}");
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        (
+            "watch=1&sendInitialEvents=false",
+            vec![forbidden("sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")],
+        ),
+        (
+            "watch=1&sendInitialEvents=true&resourceVersionMatch=Exact",
+            vec![
+                forbidden("sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"),
+                r#"resourceVersionMatch: Unsupported value: "Exact": supported values: "NotOlderThan""#.into(),
+            ],
+        ),
+        (
+            "resourceVersionMatch=NotOlderThan",
+            vec![forbidden("resourceVersionMatch is forbidden unless resourceVersion is provided")],
+        ),
+        (
+            "resourceVersion=0&resourceVersionMatch=Exact",
+            vec![forbidden(r#"resourceVersionMatch "exact" is forbidden for resourceVersion "0""#)],
+        ),
+        (
+            "resourceVersion=5&resourceVersionMatch=Newest",
+            vec![r#"resourceVersionMatch: Unsupported value: "Newest": supported values: "Exact", "NotOlderThan", """#.into()],
+        ),
+        (
+            "resourceVersion=5&resourceVersionMatch=Exact&continue=abc",
+            vec![forbidden("resourceVersionMatch is forbidden when continue is provided")],
+        ),
+        (
+            "sendInitialEvents=false",
+            vec!["sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list".into()],
+        ),
+    ];
+    for (query, errors) in cases {
+        let (code, status) = get(&server, &format!("/api/v1/pods?{query}")).await;
+        assert_eq!(code, 422, "{query}: {status}");
+        assert_eq!(status["reason"], "Invalid", "{query}");
+        let aggregate = match errors.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        assert_eq!(
+            status["message"],
+            format!(r#"ListOptions.meta.k8s.io "" is invalid: {aggregate}"#),
+            "{query}"
+        );
+        let causes = status["details"]["causes"].as_array().expect("causes");
+        assert_eq!(causes.len(), errors.len(), "{query}");
+    }
+    // A legacy /watch/ path is validated by the query's own `watch`: without
+    // it the list rules apply.
+    let (code, status) = get(
+        &server,
+        "/api/v1/watch/pods?sendInitialEvents=true&resourceVersionMatch=NotOlderThan",
+    )
+    .await;
+    assert_eq!(code, 422, "{status}");
+    assert_eq!(
+        status["message"],
+        r#"ListOptions.meta.k8s.io "" is invalid: [resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided, sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list]"#
+    );
     server.shutdown().await;
 }

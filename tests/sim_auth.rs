@@ -615,3 +615,49 @@ async fn rules_load_from_a_file_and_discovery_lists_the_reviews() {
     .await;
     assert!(matches!(refused, Err(kubemux::sim::SimError::Auth(_))));
 }
+
+#[tokio::test]
+async fn legacy_watch_paths_pass_the_same_checks_as_watches() {
+    let server = start_with_auth().await;
+    let alice = client_as(&server, "alice-token").await;
+    let mut allowed = watch(&alice, "/api/v1/watch/namespaces/team-a/pods").await;
+    assert_eq!(allowed.next().await.expect("initial")["type"], "ADDED");
+    assert_eq!(server.watch_requests_by("alice", "pods"), 1);
+    assert_eq!(server.active_watches_by("alice", "pods"), 1);
+    let denied = status(
+        try_watch(&alice, "/api/v1/watch/namespaces/default/pods")
+            .await
+            .err()
+            .expect("403"),
+    );
+    assert_eq!(denied.code, 403);
+    assert_eq!(
+        denied.message,
+        r#"pods is forbidden: User "alice" cannot watch resource "pods" in API group "" in the namespace "default""#
+    );
+    // bob may get and list his one configmap but not watch it; the path's
+    // name is the one RBAC sees.
+    let bob = client_as(&server, "bob-token").await;
+    let denied = status(
+        try_watch(
+            &bob,
+            "/api/v1/watch/namespaces/default/configmaps/kube-root-ca.crt",
+        )
+        .await
+        .err()
+        .expect("403"),
+    );
+    assert_eq!(
+        denied.message,
+        r#"configmaps "kube-root-ca.crt" is forbidden: User "bob" cannot watch resource "configmaps" in API group "" in the namespace "default""#
+    );
+    let carol = client_as(&server, "carol-token").await;
+    let mut deployments = watch(&carol, "/apis/apps/v1/watch/deployments").await;
+    assert_eq!(
+        deployments.next().await.expect("initial")["object"]["kind"],
+        "Deployment"
+    );
+    let (code, _) = raw(&server, "GET", "/api/v1/watch/pods", None, "").await;
+    assert_eq!(code, 401);
+    server.shutdown().await;
+}

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use kubemux::sim::SimConfig;
 use serde_json::{Value, json};
-use sim_common::{client, rv_of, start, summary, test_config, watch};
+use sim_common::{
+    client, eventually, raw_http, rv_of, start, summary, test_config, try_watch, watch,
+};
 
 fn pod(name: &str, labels: Value) -> Value {
     json!({"metadata": {"name": name, "labels": labels},
@@ -366,5 +368,304 @@ async fn selectors_turn_modifications_into_added_and_deleted() {
         node_events.iter().map(summary).collect::<Vec<_>>(),
         [("ADDED".into(), "p".into()), ("DELETED".into(), "p".into())]
     );
+    server.shutdown().await;
+}
+
+fn config_map(name: &str) -> Value {
+    json!({"metadata": {"name": name}})
+}
+
+#[tokio::test]
+async fn timed_compaction_expires_versions_recorded_a_tick_before() {
+    let server = start(SimConfig {
+        compaction_interval: Duration::from_millis(50),
+        ..test_config()
+    })
+    .await;
+    let client = client(&server).await;
+    let store = server.store();
+    store
+        .create("configmaps", Some("default"), config_map("before"))
+        .expect("create");
+    let recorded = store.resource_version();
+    // With no further writes the next tick records `recorded` and the one
+    // after compacts up to it.
+    eventually(|| server.compacted_resource_version() == recorded).await;
+
+    let mut expired = watch(&client, "/api/v1/configmaps?watch=1&resourceVersion=1").await;
+    assert_eq!(
+        expired.next_line().await.expect("the in-band error"),
+        format!(
+            r#"{{"type":"ERROR","object":{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","message":"too old resource version: 1 ({recorded})","reason":"Expired","code":410}}}}"#
+        )
+    );
+    assert_eq!(expired.next_line().await, None, "the stream ends after it");
+    let just_before = recorded - 1;
+    let events = watch(
+        &client,
+        &format!("/api/v1/configmaps?watch=1&resourceVersion={just_before}"),
+    )
+    .await
+    .drain()
+    .await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["object"]["code"], 410);
+
+    // The compacted version itself is still served, and so is everything
+    // after it: the watch replays every later event.
+    let mut served = watch(
+        &client,
+        &format!("/api/v1/configmaps?watch=1&resourceVersion={recorded}"),
+    )
+    .await;
+    for name in ["after-1", "after-2"] {
+        store
+            .create("configmaps", Some("default"), config_map(name))
+            .expect("create");
+    }
+    for name in ["after-1", "after-2"] {
+        assert_eq!(
+            summary(&served.next_event().await.expect("event")),
+            ("ADDED".into(), name.into())
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn compaction_interval_zero_only_compacts_on_demand() {
+    let server = start(SimConfig {
+        compaction_interval: Duration::ZERO,
+        history_limit: 3,
+        ..test_config()
+    })
+    .await;
+    let store = server.store();
+    let start_rv = store.resource_version();
+    assert_eq!(server.compacted_resource_version(), start_rv - 3);
+    let compacted = server.faults().compact_history();
+    assert_eq!(server.compacted_resource_version(), compacted);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn watch_from_a_future_version_delivers_only_what_comes_after_it() {
+    let server = start(test_config()).await;
+    let client = client(&server).await;
+    let store = server.store();
+    let current = store.resource_version();
+    let requested = current + 5;
+    // The stream is open (200, headers sent) before the version exists.
+    let mut stream = watch(
+        &client,
+        &format!("/api/v1/configmaps?watch=1&resourceVersion={requested}"),
+    )
+    .await;
+    for i in 1..=10 {
+        store
+            .create("configmaps", Some("default"), config_map(&format!("f{i}")))
+            .expect("create");
+    }
+    store
+        .create("configmaps", Some("default"), config_map("marker"))
+        .expect("create");
+    let mut seen = Vec::new();
+    loop {
+        let event = stream.next().await.expect("event");
+        let (kind, name) = summary(&event);
+        seen.push((kind, name.clone(), rv_of(&event["object"])));
+        if name == "marker" {
+            break;
+        }
+    }
+    let want: Vec<(String, String, u64)> = (6..=10)
+        .map(|i| ("ADDED".into(), format!("f{i}"), current + i))
+        .chain([("ADDED".into(), "marker".into(), current + 11)])
+        .collect();
+    assert_eq!(seen, want);
+
+    // A version that never comes: the stream stays open, empty, until the
+    // client's timeoutSeconds ends it cleanly.
+    let far = store.resource_version() + 1_000;
+    let events = watch(
+        &client,
+        &format!("/api/v1/configmaps?watch=1&resourceVersion={far}&timeoutSeconds=1"),
+    )
+    .await
+    .drain()
+    .await;
+    assert!(events.is_empty(), "{events:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn send_initial_events_false_starts_from_now() {
+    let server = start(test_config()).await;
+    let client = client(&server).await;
+    let store = server.store();
+    for rv in ["", "&resourceVersion=0"] {
+        let mut stream = watch(
+            &client,
+            &format!(
+                "/api/v1/configmaps?watch=1&sendInitialEvents=false&resourceVersionMatch=NotOlderThan{rv}"
+            ),
+        )
+        .await;
+        let name = format!("now{}", rv.len());
+        store
+            .create("configmaps", Some("default"), config_map(&name))
+            .expect("create");
+        assert_eq!(
+            summary(&stream.next().await.expect("live event")),
+            ("ADDED".into(), name),
+            "no initial state first ({rv:?})"
+        );
+    }
+    // From a version: the events after it, as without sendInitialEvents.
+    let from = store.resource_version();
+    store
+        .create("configmaps", Some("default"), config_map("later"))
+        .expect("create");
+    let mut stream = watch(
+        &client,
+        &format!(
+            "/api/v1/configmaps?watch=1&sendInitialEvents=false&resourceVersionMatch=NotOlderThan&resourceVersion={from}"
+        ),
+    )
+    .await;
+    assert_eq!(
+        summary(&stream.next().await.expect("replayed")),
+        ("ADDED".into(), "later".into())
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn send_initial_events_from_a_future_version_is_an_in_band_504_after_the_freshness_wait() {
+    let server = start(test_config()).await;
+    let client = client(&server).await;
+    let current = server.store().resource_version();
+    let far = current + 1_000;
+    let mut stream = watch(
+        &client,
+        &format!(
+            "/api/v1/pods?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion={far}"
+        ),
+    )
+    .await;
+    assert_eq!(
+        stream.next_line().await.expect("the in-band error"),
+        format!(
+            r#"{{"type":"ERROR","object":{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","message":"Timeout: Too large resource version: {far}, current: {current}","reason":"Timeout","details":{{"causes":[{{"reason":"ResourceVersionTooLarge","message":"Too large resource version"}}],"retryAfterSeconds":1}},"code":504}}}}"#
+        )
+    );
+    assert_eq!(stream.next_line().await, None);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn legacy_watch_paths_are_watches() {
+    let server = start(test_config()).await;
+    let client = client(&server).await;
+    let store = server.store();
+    store
+        .create("namespaces", None, config_map("legacy"))
+        .expect("namespace");
+    for name in ["one", "two"] {
+        store
+            .create("configmaps", Some("legacy"), config_map(name))
+            .expect("create");
+    }
+    let before = server.watch_requests("configmaps");
+
+    // A namespaced collection, without watch=1: current state, then live.
+    let mut collection = watch(&client, "/api/v1/watch/namespaces/legacy/configmaps").await;
+    let mut initial = Vec::new();
+    for _ in 0..2 {
+        initial.push(summary(&collection.next().await.expect("initial")));
+    }
+    assert_eq!(
+        initial,
+        [
+            ("ADDED".into(), "one".into()),
+            ("ADDED".into(), "two".into())
+        ]
+    );
+
+    // One object by name: like fieldSelector=metadata.name=one, from a version.
+    let from = store.resource_version();
+    let mut single = watch(
+        &client,
+        &format!("/api/v1/watch/namespaces/legacy/configmaps/one?resourceVersion={from}"),
+    )
+    .await;
+    store
+        .merge_patch(
+            "configmaps",
+            Some("legacy"),
+            "two",
+            &json!({"data": {"k": "2"}}),
+        )
+        .expect("patch");
+    store
+        .merge_patch(
+            "configmaps",
+            Some("legacy"),
+            "one",
+            &json!({"data": {"k": "1"}}),
+        )
+        .expect("patch");
+    assert_eq!(
+        summary(&single.next().await.expect("event")),
+        ("MODIFIED".into(), "one".into()),
+        "the change to two is not sent"
+    );
+    assert_eq!(
+        summary(&collection.next().await.expect("event")),
+        ("MODIFIED".into(), "two".into())
+    );
+    // A field selector is ANDed with the path's name.
+    let mut none = watch(
+        &client,
+        "/api/v1/watch/namespaces/legacy/configmaps/one?fieldSelector=metadata.name%3Dtwo&timeoutSeconds=1",
+    )
+    .await;
+    assert!(none.drain().await.is_empty());
+
+    // Cluster-wide, cluster-scoped by name, and a group path.
+    let mut nodes = watch(&client, "/api/v1/watch/nodes").await;
+    assert_eq!(nodes.next().await.expect("node")["object"]["kind"], "Node");
+    let mut namespace = watch(&client, "/api/v1/watch/namespaces/legacy").await;
+    assert_eq!(
+        summary(&namespace.next().await.expect("namespace")),
+        ("ADDED".into(), "legacy".into())
+    );
+    let mut deployments = watch(&client, "/apis/apps/v1/watch/namespaces/team-a/deployments").await;
+    assert_eq!(
+        deployments.next().await.expect("deployment")["object"]["kind"],
+        "Deployment"
+    );
+    assert_eq!(server.watch_requests("configmaps"), before + 3);
+    eventually(|| server.active_watches("configmaps") == 2).await;
+
+    // The same rules as any watch, and only GET.
+    let expired = try_watch(&client, "/api/v1/watch/pods?resourceVersion=abc").await;
+    assert!(matches!(expired, Err(kube::Error::Api(s)) if s.code == 500));
+    let (code, _, _) = raw_http(
+        &server,
+        "POST",
+        "/api/v1/watch/namespaces/legacy/configmaps",
+        "{}",
+    )
+    .await;
+    assert_eq!(code, 405);
+    for missing in [
+        "/api/v1/watch",
+        "/api/v1/watch/widgets",
+        "/api/v1/watch/pods/x",
+    ] {
+        let (code, _, _) = raw_http(&server, "GET", missing, "").await;
+        assert_eq!(code, 404, "{missing}");
+    }
     server.shutdown().await;
 }

@@ -77,14 +77,24 @@ pub fn attributes(
             def,
             namespace,
             name,
-        } => {
-            // The real resolver treats a namespace object as living in itself.
-            let namespace = match def.plural {
-                "namespaces" => Some(name.clone()),
-                _ => namespace.clone(),
-            };
-            (*def, namespace, Some(name.clone()), verb_of(method)?)
-        }
+        } => (
+            *def,
+            own_namespace(def, namespace, Some(name)),
+            Some(name.clone()),
+            verb_of(method)?,
+        ),
+        // The legacy `/watch/` prefix is the verb itself; the path's name (not
+        // a field selector) names the object, as in the real resolver.
+        ApiPath::Watch {
+            def,
+            namespace,
+            name,
+        } => (
+            *def,
+            own_namespace(def, namespace, name.as_ref()),
+            name.clone(),
+            "watch",
+        ),
     };
     Some((
         def,
@@ -99,6 +109,19 @@ pub fn attributes(
             name,
         },
     ))
+}
+
+/// The namespace of a request: the real resolver treats a namespace object
+/// as living in itself.
+fn own_namespace(
+    def: &ResourceDef,
+    namespace: &Option<String>,
+    name: Option<&String>,
+) -> Option<String> {
+    match (def.plural, name) {
+        ("namespaces", Some(name)) => Some(name.clone()),
+        _ => namespace.clone(),
+    }
 }
 
 fn verb_of(method: &Method) -> Option<&'static str> {
@@ -190,6 +213,18 @@ mod tests {
             ("delete", Some("x"))
         );
         assert!(attrs("v1", Method::GET, None).is_none());
+        let a = attrs("v1/watch/namespaces/a/pods/p1", Method::GET, None).expect("a");
+        assert_eq!(
+            (a.verb.as_str(), a.namespace.as_deref(), a.name.as_deref()),
+            ("watch", Some("a"), Some("p1"))
+        );
+        let a = attrs(
+            "v1/watch/pods",
+            Method::GET,
+            Some("fieldSelector=metadata.name%3Dp1"),
+        )
+        .expect("a");
+        assert_eq!((a.verb.as_str(), a.name.as_deref()), ("watch", None));
     }
 
     #[test]

@@ -18,11 +18,11 @@ use crate::sim::http::AppState;
 use crate::sim::object::{WithoutTypeMeta, meta_str};
 use crate::sim::pagination::ContinueToken;
 use crate::sim::path::{self, ApiPath};
-use crate::sim::query::ListQuery;
+use crate::sim::query::{ListQuery, MATCH_EXACT};
 use crate::sim::resources::ResourceDef;
 use crate::sim::review;
 use crate::sim::selector::Filter;
-use crate::sim::store::WatchFrom;
+use crate::sim::store::{FRESHNESS_WAIT, ListAt, WatchFrom};
 use crate::sim::watch::{self, WatchSpec, WatchStart};
 
 /// A request under `/api/...` or `/apis/...`, already split up by axum.
@@ -45,18 +45,20 @@ pub struct ApiRequest {
 }
 
 /// Routes an API request and renders any failure as a `Status`.
-pub fn handle(app: &AppState, request: ApiRequest) -> Response {
-    dispatch(app, request).unwrap_or_else(IntoResponse::into_response)
+pub async fn handle(app: &AppState, request: ApiRequest) -> Response {
+    dispatch(app, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-fn dispatch(app: &AppState, request: ApiRequest) -> Result<Response, ApiError> {
+async fn dispatch(app: &AppState, request: ApiRequest) -> Result<Response, ApiError> {
     let get_only = |doc: Result<Value, ApiError>| match request.method {
         Method::GET => doc.map(|d| Json(d).into_response()),
         _ => Err(ApiError::method_not_allowed()),
     };
     let api_path = path::parse(request.core, &request.rest)?;
     let query = match (&api_path, &request.method) {
-        (ApiPath::Collection { .. }, &Method::GET) => {
+        (ApiPath::Collection { .. } | ApiPath::Watch { .. }, &Method::GET) => {
             Some(ListQuery::parse(request.query.as_deref())?)
         }
         _ => None,
@@ -78,13 +80,29 @@ fn dispatch(app: &AppState, request: ApiRequest) -> Result<Response, ApiError> {
             _ => Err(ApiError::method_not_allowed()),
         },
         ApiPath::Object { def, .. } if def.create_only => Err(ApiError::method_not_allowed()),
+        ApiPath::Watch {
+            def,
+            namespace,
+            name,
+        } => match query {
+            Some(query) => {
+                let target = Target {
+                    def,
+                    namespace,
+                    name,
+                };
+                collection_get(app, target, &query, true, &request.user.username).await
+            }
+            None => Err(ApiError::method_not_allowed()),
+        },
         ApiPath::Collection { def, namespace } => match (request.method.clone(), query) {
             (Method::GET, Some(query)) => {
-                if query.watch {
-                    start_watch(app, def, namespace, &query, &request.user.username)
-                } else {
-                    list(app, def, namespace, &query)
-                }
+                let target = Target {
+                    def,
+                    namespace,
+                    name: None,
+                };
+                collection_get(app, target, &query, false, &request.user.username).await
             }
             (Method::POST, _) if namespace.is_some() || !def.namespaced => {
                 let object = parse_body(&request.body)?;
@@ -121,6 +139,36 @@ fn dispatch(app: &AppState, request: ApiRequest) -> Result<Response, ApiError> {
             };
             Ok(Json(object).into_response())
         }
+    }
+}
+
+/// What a LIST or WATCH reads: a type, a namespace scope and, for a legacy
+/// `/watch/.../{name}` path, one object.
+struct Target {
+    def: &'static ResourceDef,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+/// A GET on a collection (or a legacy watch path, `force_watch`), in the
+/// real handler's order: selectors (400), `ValidateListOptions` (422), then
+/// the storage layer (resourceVersion 500, 410, 504).
+async fn collection_get(
+    app: &AppState,
+    target: Target,
+    query: &ListQuery,
+    force_watch: bool,
+    user: &str,
+) -> Result<Response, ApiError> {
+    let mut filter = filter(target.def, target.namespace, query)?;
+    if let Some(name) = target.name {
+        filter = filter.with_name(name);
+    }
+    query.validate()?;
+    if query.watch || force_watch {
+        start_watch(app, target.def, filter, query, user).await
+    } else {
+        list(app, target.def, &filter, query).await
     }
 }
 
@@ -166,22 +214,56 @@ fn check_patch_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn list(
+/// A LIST, with the real server's resourceVersion semantics: unset or `0`
+/// is the current state; `R` (match unset or `NotOlderThan`) is the current
+/// state once the store has reached `R`; `Exact`, or `R` with a `limit` and
+/// no match (the legacy rule), is the state exactly at `R`, paginated at
+/// `R`. A version not reached yet is waited for up to [`FRESHNESS_WAIT`]
+/// (then 504); a compacted exact version is 410.
+async fn list(
     app: &AppState,
     def: &'static ResourceDef,
-    namespace: Option<String>,
+    filter: &Filter,
     query: &ListQuery,
 ) -> Result<Response, ApiError> {
     app.metrics.list_requested(def.plural);
-    let filter = filter(def, namespace, query)?;
     let token = query
         .continue_token
         .as_deref()
         .map(ContinueToken::decode)
         .transpose()?;
-    let page = app
-        .store
-        .list_page(def, &filter, query.limit, token.as_ref())?;
+    let at = match &token {
+        Some(token) => {
+            if query
+                .resource_version
+                .as_deref()
+                .is_some_and(|rv| rv != "0")
+            {
+                return Err(ApiError::bad_request(
+                    "specifying resource version is not allowed when using continue",
+                ));
+            }
+            ListAt::Continue(token)
+        }
+        None => match query.resource_version_number()? {
+            None | Some(0) => ListAt::Current,
+            Some(rv) => {
+                app.store
+                    .wait_for_resource_version(rv, FRESHNESS_WAIT)
+                    .await?;
+                let exact = match query.resource_version_match.as_deref() {
+                    Some(rv_match) => rv_match == MATCH_EXACT,
+                    None => query.limit.is_some_and(|limit| limit > 0),
+                };
+                if exact {
+                    ListAt::Exact(rv)
+                } else {
+                    ListAt::Current
+                }
+            }
+        },
+    };
+    let page = app.store.list_page(def, filter, query.limit, at)?;
     let remaining =
         (page.continue_token.is_some() && !filter.has_selectors()).then_some(page.remaining);
     let body = ListBody {
@@ -211,10 +293,17 @@ fn filter(
     .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-fn start_watch(
+/// A WATCH. Without `sendInitialEvents`: unset or `0` starts with the
+/// current state, `R` replays the events after `R` (waiting, stream open,
+/// for a future `R`). `sendInitialEvents=true` sends the state at a version
+/// not older than `R` (waited for up to [`FRESHNESS_WAIT`], then a 504
+/// Status as an in-band ERROR, as the watch cache does) and the
+/// initial-events-end bookmark; `sendInitialEvents=false` with unset or
+/// `0` sends only what happens from now on.
+async fn start_watch(
     app: &AppState,
     def: &'static ResourceDef,
-    namespace: Option<String>,
+    filter: Filter,
     query: &ListQuery,
     user: &str,
 ) -> Result<Response, ApiError> {
@@ -223,25 +312,38 @@ fn start_watch(
         tracing::debug!(resource = def.plural, ?failure, "injected watch failure");
         return Err(failure.error());
     }
-    let filter = filter(def, namespace, query)?;
-    let rv = query.resource_version_number()?;
-    let start = if query.send_initial_events {
-        if query.resource_version_match.as_deref() != Some("NotOlderThan") {
-            return Err(ApiError::invalid(
-                "sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan",
-            ));
+    let rv = query.resource_version_number()?.filter(|rv| *rv > 0);
+    let start = match (query.send_initial_events, rv) {
+        (Some(true), rv) => {
+            if let Some(rv) = rv
+                && let Err(too_large) = app
+                    .store
+                    .wait_for_resource_version(rv, FRESHNESS_WAIT)
+                    .await
+            {
+                return Ok(watch::error_response(&too_large));
+            }
+            WatchStart {
+                from: WatchFrom::CurrentState,
+                min_rv: 0,
+                initial_events_end: true,
+            }
         }
-        WatchStart {
-            from: WatchFrom::CurrentState,
-            min_rv: rv.unwrap_or(0),
-            initial_events_end: true,
-        }
-    } else {
-        WatchStart {
-            from: rv.map_or(WatchFrom::CurrentState, WatchFrom::After),
-            min_rv: rv.unwrap_or(0),
+        (Some(false), None) => WatchStart {
+            from: WatchFrom::Latest,
+            min_rv: 0,
             initial_events_end: false,
-        }
+        },
+        (None, None) => WatchStart {
+            from: WatchFrom::CurrentState,
+            min_rv: 0,
+            initial_events_end: false,
+        },
+        (_, Some(rv)) => WatchStart {
+            from: WatchFrom::After(rv),
+            min_rv: rv,
+            initial_events_end: false,
+        },
     };
     let timeout = match query.timeout {
         Some(t) if !t.is_zero() => t.min(app.settings.watch_timeout),

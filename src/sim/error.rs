@@ -16,12 +16,15 @@ use crate::sim::resources::ResourceDef;
 pub struct ApiError {
     /// HTTP status code, also written as `code` in the Status body.
     pub code: u16,
-    /// Machine-readable `reason` (`NotFound`, `Conflict`, `Expired`, ...).
+    /// Machine-readable `reason` (`NotFound`, `Conflict`, `Expired`, ...);
+    /// empty for errors the real server reports without one (a storage
+    /// error it turns into a bare 500), and then left out of the body.
     pub reason: &'static str,
     /// Human-readable message, worded like the real server's.
     pub message: String,
-    /// Optional `details` (name, group, kind, retryAfterSeconds).
-    pub details: Option<StatusDetails>,
+    /// Optional `details` (name, group, kind, causes, retryAfterSeconds),
+    /// boxed so the common `Result<_, ApiError>` stays small.
+    pub details: Option<Box<StatusDetails>>,
 }
 
 impl ApiError {
@@ -35,7 +38,7 @@ impl ApiError {
     }
 
     fn with_details(mut self, details: StatusDetails) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -77,7 +80,7 @@ impl ApiError {
             name: attrs.name.clone(),
             group: (!def.group.is_empty()).then_some(def.group),
             kind: Some(def.plural),
-            retry_after_seconds: None,
+            ..StatusDetails::default()
         })
     }
 
@@ -124,13 +127,98 @@ impl ApiError {
         .with_details(object_details(def, name))
     }
 
-    /// 410 when a resourceVersion is older than the retained history.
-    pub fn too_old(requested: u64, oldest: u64) -> Self {
+    /// 410 when a watch starts before the retained history. `compacted` is
+    /// the newest compacted resourceVersion, the number kube's watch cache
+    /// prints (`oldest-1`, its oldest event's version minus one): the oldest
+    /// version a watch may still start from.
+    pub fn too_old(requested: u64, compacted: u64) -> Self {
         Self::new(
             410,
             "Expired",
-            format!("too old resource version: {requested} ({oldest})"),
+            format!("too old resource version: {requested} ({compacted})"),
         )
+    }
+
+    /// 410 for a `resourceVersionMatch=Exact` LIST at a compacted version,
+    /// worded as the etcd storage layer words it.
+    pub fn list_expired() -> Self {
+        Self::new(
+            410,
+            "Expired",
+            "The resourceVersion for the provided list is too old.",
+        )
+    }
+
+    /// 500 for a `resourceVersion` that is not a decimal `uint64`: the real
+    /// server's storage layer returns a plain error (no `reason`) carrying
+    /// Go's `strconv.ParseUint` message, e.g. `resourceVersion: Invalid
+    /// value: "abc": strconv.ParseUint: parsing "abc": invalid syntax`.
+    pub fn invalid_resource_version(raw: &str, problem: &str) -> Self {
+        let quoted = go_quote(raw);
+        Self::new(
+            500,
+            "",
+            format!(
+                "resourceVersion: Invalid value: {quoted}: strconv.ParseUint: parsing {quoted}: {problem}"
+            ),
+        )
+    }
+
+    /// 504 when a request needs a resourceVersion the store has not reached
+    /// within the watch cache's freshness wait (`NewTooLargeResourceVersionError`:
+    /// a Timeout error, so the message starts with `Timeout: `).
+    pub fn too_large_resource_version(requested: u64, current: u64) -> Self {
+        Self::new(
+            504,
+            "Timeout",
+            format!("Timeout: Too large resource version: {requested}, current: {current}"),
+        )
+        .with_details(StatusDetails {
+            causes: vec![StatusCause {
+                reason: "ResourceVersionTooLarge",
+                message: "Too large resource version".into(),
+                field: None,
+            }],
+            retry_after_seconds: Some(1),
+            ..StatusDetails::default()
+        })
+    }
+
+    /// 422 for query parameters apimachinery's `ValidateListOptions`
+    /// rejects: `ListOptions.meta.k8s.io "" is invalid: <errors>`, one cause
+    /// per field error, several errors aggregated as `[a, b]` like Go's
+    /// `utilerrors.NewAggregate`.
+    pub fn invalid_list_options(errors: Vec<FieldError>) -> Self {
+        let mut seen: Vec<String> = Vec::new();
+        for error in &errors {
+            let text = format!("{}: {}", error.field, error.body());
+            if !seen.contains(&text) {
+                seen.push(text);
+            }
+        }
+        let aggregate = match seen.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        let causes = errors
+            .iter()
+            .map(|error| StatusCause {
+                reason: error.kind.cause_type(),
+                message: error.body(),
+                field: Some(error.field),
+            })
+            .collect();
+        Self::new(
+            422,
+            "Invalid",
+            format!("ListOptions.meta.k8s.io \"\" is invalid: {aggregate}"),
+        )
+        .with_details(StatusDetails {
+            group: Some("meta.k8s.io"),
+            kind: Some("ListOptions"),
+            causes,
+            ..StatusDetails::default()
+        })
     }
 
     /// 410 Expired with a custom message (injected faults).
@@ -205,7 +293,7 @@ impl ApiError {
             status: "Failure",
             message: &self.message,
             reason: self.reason,
-            details: self.details.as_ref(),
+            details: self.details.as_deref(),
             code: self.code,
         }
     }
@@ -225,6 +313,7 @@ pub struct StatusBody<'a> {
     metadata: Map<String, Value>,
     status: &'static str,
     message: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
     reason: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     details: Option<&'a StatusDetails>,
@@ -236,7 +325,7 @@ fn object_details(def: &ResourceDef, name: &str) -> StatusDetails {
         name: Some(name.to_string()),
         group: (!def.group.is_empty()).then_some(def.group),
         kind: Some(def.plural),
-        retry_after_seconds: None,
+        ..StatusDetails::default()
     }
 }
 
@@ -252,9 +341,129 @@ pub struct StatusDetails {
     /// Resource (plural) of the object.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<&'static str>,
+    /// Individual causes (field errors, the too-large-version marker).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<StatusCause>,
     /// Seconds to wait before retrying.
     #[serde(rename = "retryAfterSeconds", skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
+}
+
+/// One `Status.details.causes` entry, fields in the real server's order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StatusCause {
+    /// The cause type (`FieldValueForbidden`, `ResourceVersionTooLarge`, ...).
+    pub reason: &'static str,
+    /// Human-readable detail.
+    pub message: String,
+    /// The offending field, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+}
+
+/// The kinds of apimachinery `field.Error` the simulator produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldErrorKind {
+    /// `field.Forbidden`: the detail explains why.
+    Forbidden,
+    /// `field.NotSupported`: the rejected value and the supported ones.
+    NotSupported {
+        /// The value that was given.
+        value: String,
+        /// The values that would have been accepted.
+        supported: &'static [&'static str],
+    },
+}
+
+impl FieldErrorKind {
+    fn cause_type(&self) -> &'static str {
+        match self {
+            FieldErrorKind::Forbidden => "FieldValueForbidden",
+            FieldErrorKind::NotSupported { .. } => "FieldValueNotSupported",
+        }
+    }
+}
+
+/// One apimachinery `field.Error`, rendered as Go's `ErrorBody` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field path (`resourceVersionMatch`, `sendInitialEvents`).
+    pub field: &'static str,
+    /// What is wrong.
+    pub kind: FieldErrorKind,
+    /// Extra detail (the reason for a `Forbidden`).
+    pub detail: String,
+}
+
+impl FieldError {
+    /// `field.Forbidden(path, detail)`.
+    pub fn forbidden(field: &'static str, detail: impl Into<String>) -> Self {
+        FieldError {
+            field,
+            kind: FieldErrorKind::Forbidden,
+            detail: detail.into(),
+        }
+    }
+
+    /// `field.NotSupported(path, value, supported)`.
+    pub fn not_supported(
+        field: &'static str,
+        value: &str,
+        supported: &'static [&'static str],
+    ) -> Self {
+        FieldError {
+            field,
+            kind: FieldErrorKind::NotSupported {
+                value: value.to_string(),
+                supported,
+            },
+            detail: String::new(),
+        }
+    }
+
+    /// Go's `(*field.Error).ErrorBody`: `Forbidden: <detail>` or
+    /// `Unsupported value: "X": supported values: "A", "B"`.
+    fn body(&self) -> String {
+        match &self.kind {
+            FieldErrorKind::Forbidden => format!("Forbidden: {}", self.detail),
+            FieldErrorKind::NotSupported { value, supported } => {
+                let values: Vec<String> = supported.iter().map(|v| go_quote(v)).collect();
+                format!(
+                    "Unsupported value: {}: supported values: {}",
+                    go_quote(value),
+                    values.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// Go's `strconv.Quote`, which the real server's messages use for values:
+/// double quotes, with backslash escapes for quotes, backslashes and
+/// control characters (`\n`, `\x01`, `\u0085`).
+pub fn go_quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 impl IntoResponse for ApiError {

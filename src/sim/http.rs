@@ -164,4 +164,5 @@ async fn resource_request(app: &AppState, core: bool, request: Request) -> Respo
             user,
         },
     )
+    .await
 }

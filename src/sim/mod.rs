@@ -3,9 +3,12 @@
 //! It speaks real HTTP and writes JSON the way the real API server does, so
 //! the `kube` client can be pointed at it: discovery, LIST with selectors and
 //! pagination, WATCH with the watch cache's semantics (replay from a
-//! resourceVersion, 410 Expired after compaction, bookmarks,
-//! `sendInitialEvents`, selector transitions), create/update/merge-patch/
-//! delete, Prometheus metrics, fault injection and a churn generator.
+//! resourceVersion, waiting for a future one, 410 Expired after compaction
+//! by count, on a timer like etcd's or on demand, bookmarks,
+//! `sendInitialEvents`, selector transitions, the legacy `/watch/` paths),
+//! LIST at `Exact` or `NotOlderThan` versions, `ValidateListOptions`' 422s,
+//! create/update/merge-patch/delete, Prometheus metrics, fault injection and
+//! a churn generator.
 //!
 //! Layout: [`resources`] is the served-type table; [`store`] holds objects,
 //! the global resourceVersion and the event history; [`watch`] streams

@@ -34,6 +34,18 @@ pub enum ApiPath {
         /// Its name.
         name: String,
     },
+    /// A legacy watch path, `.../watch/[namespaces/{ns}/]{plural}[/{name}]`:
+    /// always a watch (no `watch=1` needed), of one object when named.
+    /// Deprecated on real servers but still served, so proxies that forward
+    /// such paths must be tested against them.
+    Watch {
+        /// The resource type.
+        def: &'static ResourceDef,
+        /// Namespace scope.
+        namespace: Option<String>,
+        /// The one object watched, like `fieldSelector=metadata.name=...`.
+        name: Option<String>,
+    },
 }
 
 /// Parses the part after `/api/` (`core = true`) or `/apis/`.
@@ -51,6 +63,41 @@ pub fn parse(core: bool, rest: &str) -> Result<ApiPath, ApiError> {
     };
     let lookup =
         |plural: &str| by_path(&group, &version, plural).ok_or_else(ApiError::unknown_resource);
+    if let [watch, rest @ ..] = tail
+        && watch == "watch"
+    {
+        return match resource_path(rest, lookup)? {
+            Some(ApiPath::Collection { def, namespace }) if !def.create_only => {
+                Ok(ApiPath::Watch {
+                    def,
+                    namespace,
+                    name: None,
+                })
+            }
+            Some(ApiPath::Object {
+                def,
+                namespace,
+                name,
+            }) if !def.create_only => Ok(ApiPath::Watch {
+                def,
+                namespace,
+                name: Some(name),
+            }),
+            _ => Err(ApiError::unknown_resource()),
+        };
+    }
+    match tail {
+        [] => Ok(ApiPath::Resources { group, version }),
+        rest => resource_path(rest, lookup)?.ok_or_else(ApiError::unknown_resource),
+    }
+}
+
+/// A collection or object path below `/api/v1` or `/apis/{group}/{version}`;
+/// `None` if `tail` is empty.
+fn resource_path(
+    tail: &[String],
+    lookup: impl Fn(&str) -> Result<&'static ResourceDef, ApiError>,
+) -> Result<Option<ApiPath>, ApiError> {
     let scoped = |def: &'static ResourceDef| {
         if def.namespaced {
             Ok(def)
@@ -58,8 +105,8 @@ pub fn parse(core: bool, rest: &str) -> Result<ApiPath, ApiError> {
             Err(ApiError::unknown_resource())
         }
     };
-    match tail {
-        [] => Ok(ApiPath::Resources { group, version }),
+    let path = match tail {
+        [] => return Ok(None),
         [plural] => Ok(ApiPath::Collection {
             def: lookup(plural)?,
             namespace: None,
@@ -91,7 +138,8 @@ pub fn parse(core: bool, rest: &str) -> Result<ApiPath, ApiError> {
             })
         }
         _ => Err(ApiError::unknown_resource()),
-    }
+    };
+    path.map(Some)
 }
 
 #[cfg(test)]
@@ -141,5 +189,38 @@ mod tests {
         assert!(parse(true, "v1/widgets").is_err());
         assert!(parse(false, "apps/v1/pods").is_err());
         assert!(parse(true, "v1/namespaces/a/pods/x/status").is_err());
+    }
+
+    #[test]
+    fn maps_legacy_watch_paths() {
+        let watch = |core, rest| match parse(core, rest).expect(rest) {
+            ApiPath::Watch {
+                def,
+                namespace,
+                name,
+            } => (def.plural, namespace, name),
+            other => panic!("{rest}: unexpected {other:?}"),
+        };
+        assert_eq!(watch(true, "v1/watch/pods"), ("pods", None, None));
+        assert_eq!(
+            watch(true, "v1/watch/namespaces/a/pods"),
+            ("pods", Some("a".into()), None)
+        );
+        assert_eq!(
+            watch(true, "v1/watch/namespaces/a/pods/x"),
+            ("pods", Some("a".into()), Some("x".into()))
+        );
+        assert_eq!(
+            watch(true, "v1/watch/namespaces/a"),
+            ("namespaces", None, Some("a".into()))
+        );
+        assert_eq!(
+            watch(false, "apps/v1/watch/namespaces/a/deployments"),
+            ("deployments", Some("a".into()), None)
+        );
+        assert!(parse(true, "v1/watch").is_err());
+        assert!(parse(true, "v1/watch/widgets").is_err());
+        assert!(parse(true, "v1/watch/pods/x").is_err());
+        assert!(parse(false, "authentication.k8s.io/v1/watch/tokenreviews").is_err());
     }
 }

@@ -259,6 +259,18 @@ impl Filter {
         })
     }
 
+    /// Adds `metadata.name=<name>` to the field selector: a legacy
+    /// `/watch/.../{name}` path, which the real handler ANDs with any
+    /// `fieldSelector` given.
+    pub fn with_name(mut self, name: String) -> Self {
+        self.fields.requirements.push(FieldRequirement {
+            path: "metadata.name".into(),
+            value: name,
+            negated: false,
+        });
+        self
+    }
+
     /// Whether there is any label or field selector (the namespace aside).
     pub fn has_selectors(&self) -> bool {
         !self.labels.requirements.is_empty() || !self.fields.requirements.is_empty()

@@ -43,6 +43,12 @@ pub struct SimConfig {
     pub bookmark_interval: Duration,
     /// Compaction window: how many events the history retains.
     pub history_limit: usize,
+    /// Compaction on a timer, like kube-apiserver's etcd compactor
+    /// (`--etcd-compaction-interval`, default 5 minutes): every tick
+    /// compacts up to the resourceVersion recorded at the previous tick, so
+    /// a version stays servable for at least one interval. `Duration::ZERO`
+    /// turns it off (only `history_limit` and the `compact` fault compact).
+    pub compaction_interval: Duration,
     /// Nodes in the initial population.
     pub initial_nodes: usize,
     /// Pods in the initial population.
@@ -67,6 +73,7 @@ impl Default for SimConfig {
             watch_timeout: Duration::from_secs(1800),
             bookmark_interval: Duration::from_secs(10),
             history_limit: 10_000,
+            compaction_interval: Duration::from_secs(300),
             initial_nodes: 3,
             initial_pods: 20,
             auth: None,
@@ -151,6 +158,11 @@ impl SimServer {
             logs: Arc::clone(&logs),
             resource_metrics: Arc::clone(&resource_metrics),
         });
+        let compactor = spawn_compactor(
+            Arc::clone(&store),
+            config.compaction_interval,
+            shutdown.clone(),
+        );
         let serve = axum::serve(SimListener::new(listener, addr, Arc::clone(&faults)), app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let serve_task = tokio::spawn(async move {
@@ -170,7 +182,12 @@ impl SimServer {
                 logs,
                 resource_metrics,
                 shutdown,
-                tasks: Mutex::new(vec![serve_task, churn_task]),
+                tasks: Mutex::new(
+                    [Some(serve_task), Some(churn_task), compactor]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                ),
             }),
         })
     }
@@ -198,6 +215,12 @@ impl SimServer {
             "preferences": {}
         })
         .to_string()
+    }
+
+    /// The newest compacted resourceVersion (see
+    /// [`Store::compacted_resource_version`]).
+    pub fn compacted_resource_version(&self) -> u64 {
+        self.inner.store.compacted_resource_version()
     }
 
     /// The object store, for direct reads and writes that bypass HTTP.
@@ -273,4 +296,34 @@ impl SimServer {
         }
         tracing::info!(addr = %self.inner.addr, "simulated API server stopped");
     }
+}
+
+/// The timed compactor, or `None` when `interval` is zero. As
+/// kube-apiserver's compactor does, the first tick only records the current
+/// resourceVersion and every later tick compacts up to the version recorded
+/// at the tick before, then records the current one.
+fn spawn_compactor(
+    store: Arc<Store>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> Option<JoinHandle<()>> {
+    if interval.is_zero() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recorded: Option<u64> = None;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {
+                    if let Some(rv) = recorded {
+                        store.compact_to(rv);
+                    }
+                    recorded = Some(store.resource_version());
+                }
+            }
+        }
+    }))
 }

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use rand::Rng;
@@ -35,13 +36,31 @@ pub const SENT_AT_ANNOTATION: &str = "kubemux.io/sent-at";
 type Key = (String, String);
 type Objects = BTreeMap<Key, Arc<Value>>;
 
+/// How long a request for a resourceVersion the store has not reached yet
+/// waits for it, like the watch cache's `waitUntilFreshAndBlock`.
+pub const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
+
 /// Where a new watch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchFrom {
     /// Synthetic ADDED for every current object, then live events.
     CurrentState,
+    /// Only events after the current resourceVersion (no initial state):
+    /// `sendInitialEvents=false` from "any" or unset.
+    Latest,
     /// Replay retained events newer than this resourceVersion, then live.
     After(u64),
+}
+
+/// Which state a LIST page is served from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ListAt<'a> {
+    /// The current state.
+    Current,
+    /// The state exactly at this resourceVersion (`resourceVersionMatch=Exact`).
+    Exact(u64),
+    /// The next page of a chunked LIST, at the token's resourceVersion.
+    Continue(&'a ContinueToken),
 }
 
 /// What a watcher must send before live events.
@@ -344,34 +363,45 @@ impl Store {
         let def = resource(resource_name)?;
         let filter = Filter::new(def, namespace, label_selector, field_selector)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let page = self.list_page(def, &filter, None, None)?;
+        let page = self.list_page(def, &filter, None, ListAt::Current)?;
         Ok((page.items.iter().map(|o| (**o).clone()).collect(), page.rv))
     }
 
-    /// One page of a LIST: up to `limit` matching objects after the
-    /// continue token's key, from the token's snapshot (reconstructed from
-    /// the history ring) or the current state. 410 if the snapshot has been
-    /// compacted away.
+    /// One page of a LIST: up to `limit` matching objects (after the
+    /// continue token's key), from the current state or from a snapshot
+    /// reconstructed from the history ring (an exact version, or a continue
+    /// token's). 410 if the snapshot has been compacted away; an exact
+    /// version not reached yet is the caller's to wait for (see
+    /// [`Store::wait_for_resource_version`]).
     pub(crate) fn list_page(
         &self,
         def: &'static ResourceDef,
         filter: &Filter,
         limit: Option<usize>,
-        continue_from: Option<&ContinueToken>,
+        at: ListAt<'_>,
     ) -> Result<ListPage, ApiError> {
         let state = self.state.lock();
-        let (snapshot_rv, snapshot) = match continue_from {
-            Some(token) if token.rv < state.compacted_rv || token.rv > state.rv => {
+        let (snapshot_rv, snapshot, start) = match at {
+            ListAt::Continue(token) if token.rv < state.compacted_rv || token.rv > state.rv => {
                 return Err(ApiError::continue_expired());
             }
-            Some(token) => (token.rv, state.snapshot_at(def, token.rv)),
-            None => (
+            ListAt::Continue(token) => (
+                token.rv,
+                state.snapshot_at(def, token.rv),
+                Some((token.namespace.clone(), token.name.clone())),
+            ),
+            ListAt::Exact(rv) if rv < state.compacted_rv => return Err(ApiError::list_expired()),
+            ListAt::Exact(rv) if rv > state.rv => {
+                return Err(ApiError::too_large_resource_version(rv, state.rv));
+            }
+            ListAt::Exact(rv) => (rv, state.snapshot_at(def, rv), None),
+            ListAt::Current => (
                 state.rv,
                 state.objects.get(def.plural).cloned().unwrap_or_default(),
+                None,
             ),
         };
         drop(state);
-        let start = continue_from.map(|t| (t.namespace.clone(), t.name.clone()));
         let mut matching = snapshot
             .iter()
             .filter(|(k, _)| start.as_ref().is_none_or(|s| *k > s))
@@ -422,6 +452,7 @@ impl Store {
                         .collect()
                 })
                 .unwrap_or_default(),
+            WatchFrom::Latest => Vec::new(),
             WatchFrom::After(rv) if rv < state.compacted_rv => {
                 return Err(ApiError::too_old(rv, state.compacted_rv));
             }
@@ -444,13 +475,53 @@ impl Store {
         })
     }
 
+    /// Waits until the store has reached `rv`, at most `limit`, as the watch
+    /// cache does before serving a LIST (or `sendInitialEvents`) at a
+    /// version it has not seen yet; 504 "Too large resource version" if it
+    /// does not get there in time.
+    pub(crate) async fn wait_for_resource_version(
+        &self,
+        rv: u64,
+        limit: Duration,
+    ) -> Result<(), ApiError> {
+        let mut versions = self.subscribe_rv();
+        match tokio::time::timeout(limit, versions.wait_for(|current| *current >= rv)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(ApiError::too_large_resource_version(
+                rv,
+                self.resource_version(),
+            )),
+        }
+    }
+
     /// Drops the whole history: every resourceVersion up to the current one
     /// becomes too old to watch from or continue a LIST at.
     pub(crate) fn compact(&self) {
+        let rv = self.state.lock().rv;
+        self.compact_to(rv);
+    }
+
+    /// Compacts the history up to `rv`, like an etcd compaction: the events
+    /// at or below it are dropped, so watches from before `rv` and LISTs at
+    /// versions before it answer 410; `rv` itself and everything later stay
+    /// servable. Never moves the compaction point backwards.
+    pub(crate) fn compact_to(&self, rv: u64) {
         let mut state = self.state.lock();
-        state.history.clear();
-        state.compacted_rv = state.rv;
-        tracing::info!(rv = state.rv, "history compacted");
+        let rv = rv.min(state.rv);
+        if rv <= state.compacted_rv {
+            return;
+        }
+        while state.history.front().is_some_and(|e| e.rv <= rv) {
+            state.history.pop_front();
+        }
+        state.compacted_rv = rv;
+        tracing::info!(rv, "history compacted");
+    }
+
+    /// The newest compacted resourceVersion: watches from it and LISTs at it
+    /// are still served, anything older is 410 Expired.
+    pub fn compacted_resource_version(&self) -> u64 {
+        self.state.lock().compacted_rv
     }
 
     /// How many objects of a type exist (all namespaces).

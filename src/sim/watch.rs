@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::sim::error::ApiError;
 use crate::sim::event::{Event, bookmark_line, error_line, line};
 use crate::sim::metrics::ActiveWatchGuard;
 use crate::sim::resources::ResourceDef;
@@ -65,6 +66,19 @@ pub fn response(spec: WatchSpec) -> Response {
         Some((Ok::<Bytes, Infallible>(chunk), stream))
     });
     let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = StatusCode::OK;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A watch that ends at once with one in-band ERROR line carrying `error`:
+/// what the real server's `newErrWatcher` sends (HTTP 200) for a failure it
+/// finds only after the request was accepted as a watch.
+pub fn error_response(error: &ApiError) -> Response {
+    let mut response = Response::new(Body::from(error_line(error)));
     *response.status_mut() = StatusCode::OK;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

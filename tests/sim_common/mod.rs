@@ -58,6 +58,15 @@ impl WatchLines {
         Some(serde_json::from_str(&line).expect("watch line is JSON"))
     }
 
+    /// The next line exactly as the server wrote it (without the newline),
+    /// or `None` when the server ended the stream.
+    pub async fn next_line(&mut self) -> Option<String> {
+        let line = tokio::time::timeout(GUARD, self.lines.next())
+            .await
+            .expect("watch line within the guard time")?;
+        line.ok()
+    }
+
     /// The next event that is not a BOOKMARK.
     pub async fn next_event(&mut self) -> Option<Value> {
         loop {
