@@ -663,6 +663,11 @@ async fn headlamps_first_viewer_is_served_from_the_lists_version() {
     }
     let text = env.metrics_text().await;
     assert!(!text.contains("outcome=\"expired\""), "no 410: {text}");
+    assert_eq!(
+        metric(&text, "kubemux_backfill_requests_total{cluster=\"sim\"}"),
+        None,
+        "each new watch listed at its first subscriber's version: nothing to backfill"
+    );
 }
 
 /// A client that loses its kubemux (restart, another replica) resumes from
@@ -730,6 +735,11 @@ async fn a_resume_across_a_kubemux_restart_is_exact() {
     assert_eq!(applied.versions(), versions_of(&pods));
     let text = http_get(server.addr(), "/metrics").await;
     assert!(!text.contains("outcome=\"expired\""), "no 410: {text}");
+    assert_eq!(
+        metric(&text, "kubemux_upstream_watch_requests_total{cluster=\"sim\"}"),
+        Some(1.0),
+        "the new watch listed at the client's version and watched from it; no backfill: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
