@@ -30,7 +30,8 @@ use crate::server::limits::TokenBucket;
 use crate::server::outbound::{Frame, Outbound};
 use crate::upstream::event::{EventType, WatchEvent};
 
-/// Seed 001's heartbeat: a ping every 30 s, 10 s to answer.
+/// Seed 001's heartbeat: a ping every 30 s, 10 s to answer (the default
+/// of [`crate::server::ServerConfig::dashboard_liveness`]).
 pub const LIVENESS: Liveness = Liveness {
     idle_timeout: None,
     ping_interval: Duration::from_secs(30),
@@ -614,7 +615,7 @@ pub async fn serve(
     let ctx = ConnContext {
         dialect: "dashboard",
         outbound,
-        liveness: LIVENESS,
+        liveness: config.dashboard_liveness,
         metrics,
         shutdown,
     };
