@@ -282,6 +282,12 @@ async fn es256_tokens_on_the_own_listener_and_families_without_a_source() {
         "{update}"
     );
     assert_eq!(metrics["nodes"], 3);
+    // The seed's averages: over kubemux's own samples, so the first sample
+    // is its own average.
+    assert_eq!(metrics["samples"], json!({"5m": 1, "1h": 1}), "{update}");
+    for (metric, window) in [("cpu", "average_5m"), ("memory", "average_1h")] {
+        assert_eq!(metrics[metric][window], metrics[metric]["instant"], "{update}");
+    }
     let (nodes, _) = env.sim.store().list("nodes", None, None, None).unwrap();
     let mut node = nodes[0].clone();
     kubemux::sim::templates::toggle_node_ready(&mut node);
