@@ -253,6 +253,8 @@ async fn seed_001_dashboard_snippet_reconnects_by_the_seeds_strategy() {
             assert!(types(summary).contains(&kind), "{kind} missing: {result}");
         }
         assert_eq!(summary["connection"]["status"], "connected", "{result}");
+        // A restart is told by the close code, not as a watch error.
+        assert_eq!(summary["errors"], json!([]), "{result}");
     }
     assert_eq!(result["closedWith"], 1001, "shutdown closes with 1001: {result}");
 }
@@ -393,6 +395,14 @@ async fn seed_003_client_class_subscribes_receives_and_is_denied() {
         "{result}"
     );
     assert_eq!(event["data"]["workspace_id"], CLUSTER, "{result}");
+    // metrics_update has the seed's fields but `network` (README: why).
+    assert_eq!(
+        result["shapes"]["monitoring.metrics_update"],
+        json!([
+            "data.metrics.network",
+        ]),
+        "{result}"
+    );
     let rejected = result["denied"]["rejected"].as_str().unwrap_or_default();
     assert!(
         rejected.contains("\"bob\" may not list"),

@@ -76,6 +76,52 @@ function section(text, title) {
   return rest.slice(0, end < 0 ? rest.length : end).join('\n');
 }
 
+/** The seed's example messages (JSON blocks with a string `type`), by type. */
+function examples(text) {
+  const out = {};
+  for (const b of blocks(text)) {
+    if (b.lang !== 'json') continue;
+    try {
+      const m = JSON.parse(b.body.replace(/\/\/[^\n]*/g, ''));
+      // An error's `details` are particular to its code, not its shape.
+      if (m && m.type === 'error' && m.error) delete m.error.details;
+      if (m && typeof m.type === 'string') (out[m.type] = out[m.type] || []).push(m);
+    } catch (e) {
+      // A block that is not a message (a fragment, a table) is no example.
+    }
+  }
+  return out;
+}
+
+/** Paths of `example`'s fields that `actual` lacks (objects compared key by key). */
+function missing(example, actual, at = '') {
+  if (!example || typeof example !== 'object' || Array.isArray(example)) return [];
+  const out = [];
+  for (const [key, value] of Object.entries(example)) {
+    const here = at ? `${at}.${key}` : key;
+    if (!actual || typeof actual !== 'object' || !(key in actual)) out.push(here);
+    else out.push(...missing(value, actual[key], here));
+  }
+  return out;
+}
+
+/**
+ * For each message type kubemux sent that the seed shows an example of,
+ * the example's fields kubemux's message lacks (against the closest
+ * example, e.g. the successful or the failed `auth_result`).
+ */
+function shapes(text, received) {
+  const byType = examples(text);
+  const out = {};
+  for (const m of received) {
+    const candidates = byType[m.type];
+    if (!candidates || m.type in out) continue;
+    const gaps = candidates.map((e) => missing(e, m)).sort((a, b) => a.length - b.length)[0];
+    out[m.type] = gaps;
+  }
+  return out;
+}
+
 // ---- the browser around the seed code ------------------------------------
 
 const sockets = [];
@@ -246,9 +292,23 @@ async function subscriptions() {
   } catch (e) {
     denied = { rejected: e.message };
   }
+  // The seed's monitoring example, through the class: its metrics_update.
+  const metrics = [];
+  alice.client.on('monitoring.metrics_update', (data) => metrics.push(data));
+  const monitoringId = await within(PATIENCE_MS, 'subscribe(monitoring) to settle',
+    alice.client.subscribe('monitoring', settings.workspace, ['metrics_update']));
+  await until('monitoring.metrics_update', () => metrics[0]);
+  emit({ step: 'metrics', monitoringId, metrics: metrics[0] });
   alice.client.close();
   bob.client.close();
-  return { subscriptionId, event, denied, usage };
+  return {
+    subscriptionId,
+    event,
+    denied,
+    usage,
+    metrics: metrics[0],
+    shapes: shapes(source, alice.sock.received.concat(bob.sock.received)),
+  };
 }
 
 /**
@@ -310,9 +370,17 @@ async function dashboard() {
   context.ws.close();
   const summary = (s) => ({
     types: [...new Set(s.received.map((m) => m.type))].sort(),
+    errors: s.received.filter((m) => m.type === 'error'),
     connection: s.received.find((m) => m.type === 'connection'),
   });
-  return { rules, sockets: sockets.length, first: summary(first), again: summary(again), closedWith };
+  return {
+    rules,
+    sockets: sockets.length,
+    first: summary(first),
+    again: summary(again),
+    closedWith,
+    shapes: shapes(source, first.received),
+  };
 }
 
 /**
