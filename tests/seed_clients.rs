@@ -198,13 +198,19 @@ async fn run_with_restart(
     loop {
         match node.step().await {
             Step::Await(what) => {
-                assert!(what == "restart" && !restarted, "unexpected request {what:?}");
+                assert!(
+                    what == "restart" && !restarted,
+                    "unexpected request {what:?}"
+                );
                 server = restart(server, registry, &config, port).await;
                 restarted = true;
             }
             Step::Done(result) => {
                 println!("{scenario}: {result}");
-                assert!(restarted, "the scenario ended without its restart: {result}");
+                assert!(
+                    restarted,
+                    "the scenario ended without its restart: {result}"
+                );
                 server.shutdown(Duration::from_secs(1)).await;
                 return result;
             }
@@ -235,7 +241,9 @@ async fn seed_001_dashboard_snippet_reconnects_by_the_seeds_strategy() {
     let _churn = keep_changing(&sim, |store, n| {
         let pod = json!({"metadata": {"name": format!("seed-client-{n}"), "namespace": "default"},
                          "spec": {"containers": [{"name": "main", "image": "nginx"}]}});
-        store.create("pods", Some("default"), pod).expect("pod created");
+        store
+            .create("pods", Some("default"), pod)
+            .expect("pod created");
         if n >= 3 {
             let _ = store.delete("pods", Some("default"), &format!("seed-client-{}", n - 3));
         }
@@ -256,7 +264,10 @@ async fn seed_001_dashboard_snippet_reconnects_by_the_seeds_strategy() {
         // A restart is told by the close code, not as a watch error.
         assert_eq!(summary["errors"], json!([]), "{result}");
     }
-    assert_eq!(result["closedWith"], 1001, "shutdown closes with 1001: {result}");
+    assert_eq!(
+        result["closedWith"], 1001,
+        "shutdown closes with 1001: {result}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,10 +286,19 @@ async fn seed_002_notification_snippets_reconnect_and_fetch_the_cluster() {
     .await;
     let port = server.extra_addrs()[0];
     let node = first_node(&sim);
-    let _churn = keep_changing(&sim, move |store, n| set_node_ready(store, &node, n % 2 == 1));
+    let _churn = keep_changing(&sim, move |store, n| {
+        set_node_ready(store, &node, n % 2 == 1)
+    });
     let settings = json!({"target": format!("ws://{port}"), "http": format!("http://{port}")});
-    let result =
-        run_with_restart("notifications", settings, server, hub.clusters(), config, port).await;
+    let result = run_with_restart(
+        "notifications",
+        settings,
+        server,
+        hub.clusters(),
+        config,
+        port,
+    )
+    .await;
     assert!(
         result["first"]
             .as_array()
@@ -308,7 +328,8 @@ fn jwt(user: &str, groups: &[&str]) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let claims = json!({"sub": user, "groups": groups, "exp": now + 600, "iss": ISSUER, "aud": AUDIENCE});
+    let claims =
+        json!({"sub": user, "groups": groups, "exp": now + 600, "iss": ISSUER, "aud": AUDIENCE});
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -398,9 +419,7 @@ async fn seed_003_client_class_subscribes_receives_and_is_denied() {
     // metrics_update has the seed's fields but `network` (README: why).
     assert_eq!(
         result["shapes"]["monitoring.metrics_update"],
-        json!([
-            "data.metrics.network",
-        ]),
+        json!(["data.metrics.network",]),
         "{result}"
     );
     let rejected = result["denied"]["rejected"].as_str().unwrap_or_default();

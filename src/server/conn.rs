@@ -173,7 +173,8 @@ impl Heartbeat {
         }
         if now >= self.next_ping {
             self.next_ping = now + self.liveness.ping_interval;
-            self.pong_due.get_or_insert(now + self.liveness.pong_timeout);
+            self.pong_due
+                .get_or_insert(now + self.liveness.pong_timeout);
             return Beat::Ping;
         }
         Beat::Wait
