@@ -124,8 +124,8 @@ function shapes(text, received) {
 
 // ---- the browser around the seed code ------------------------------------
 
+/** Every socket the seed code opened, in order. */
 const sockets = [];
-const socketWaiters = [];
 
 /**
  * The global `WebSocket`: the `ws` package, with the seed's host (its
@@ -155,7 +155,6 @@ class WebSocket extends WS {
       }
     });
     sockets.push(this);
-    socketWaiters.splice(0).forEach((wake) => wake());
   }
 }
 
@@ -417,6 +416,7 @@ async function notifications() {
     again: types(again),
     fetched: page.fetched[0],
     sample: reconnecting.received.find(isNotification),
+    shapes: shapes(source, reconnecting.received),
   };
 }
 
