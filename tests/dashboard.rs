@@ -555,3 +555,26 @@ async fn large_frames_are_compressed_when_the_client_negotiates_deflate() {
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(!head.contains("sec-websocket-extensions"), "{head}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_answers_pings_is_closed_with_1008() {
+    // Seed 001's heartbeat at test speed: the limits are the dialect's own.
+    let env = start(
+        SimConfig::default(),
+        quick_hub(),
+        ServerConfig {
+            dashboard_liveness: kubemux::server::conn::Liveness {
+                ping_interval: Duration::from_millis(300),
+                pong_timeout: Duration::from_millis(300),
+                ..kubemux::dialect::dashboard::LIVENESS
+            },
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let silent = SilentClient::connect(env.server.addr(), "/ws/dashboard").await;
+    let closed = silent.until_closed().await;
+    assert_eq!(closed.code, Some(1008), "{closed:?}");
+    assert_eq!(closed.reason, "no pong received", "{closed:?}");
+    assert!(closed.pings >= 1, "{closed:?}");
+}

@@ -144,3 +144,26 @@ async fn a_message_over_512_bytes_closes_with_1009_and_others_are_ignored() {
     }
     assert_eq!(code, Some(1009));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_answers_pings_is_closed_with_1008() {
+    // Seed 002's ping period and pong wait at test speed.
+    let env = start(
+        SimConfig::default(),
+        quick_hub(),
+        ServerConfig {
+            notifications_liveness: kubemux::server::conn::Liveness {
+                ping_interval: Duration::from_millis(300),
+                pong_timeout: Duration::from_millis(300),
+                ..kubemux::dialect::notifications::LIVENESS
+            },
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let silent = SilentClient::connect(env.server.addr(), "/ws/clusters").await;
+    let closed = silent.until_closed().await;
+    assert_eq!(closed.code, Some(1008), "{closed:?}");
+    assert_eq!(closed.reason, "no pong received", "{closed:?}");
+    assert!(closed.pings >= 1, "{closed:?}");
+}

@@ -151,10 +151,31 @@ async fn authed(env: &Env, user: &str, groups: &[&str]) -> Client {
     c
 }
 
+/// Subscribes; returns the `subscribe_result`, or the `error` of a refusal
+/// (after checking the `subscribe_result` with `success: false` that
+/// follows it, which seed 003's client class needs to settle).
 async fn subscribe(c: &mut Client, id: &str, data: Value) -> Value {
     c.send(json!({"type": "subscribe", "id": id, "data": data}))
         .await;
-    reply(c, id).await
+    let frame = reply(c, id).await;
+    if frame["type"] == "error" {
+        assert_refused_result(&reply(c, id).await, &frame);
+    }
+    frame
+}
+
+/// A refused subscribe's `subscribe_result`, in the seed class's terms.
+fn assert_refused_result(result: &Value, error: &Value) {
+    assert_eq!(result["type"], "subscribe_result", "{result}");
+    assert_eq!(result["id"], error["id"], "{result}");
+    assert_eq!(result["success"], false, "{result}");
+    assert_eq!(result["data"]["id"], error["id"], "{result}");
+    assert_eq!(result["data"]["success"], false, "{result}");
+    assert_eq!(
+        result["data"]["error"], error["error"]["message"],
+        "{result}"
+    );
+    assert_eq!(result["data"]["code"], error["error"]["code"], "{result}");
 }
 
 fn assert_error(frame: &Value, code: &str) {
@@ -173,6 +194,7 @@ async fn the_auth_flow() {
     let frame = c.frame().await;
     assert_error(&frame, "AUTH_REQUIRED");
     assert_eq!(frame["id"], "early");
+    assert_refused_result(&c.frame().await, &frame);
     c.send(json!({"type": "auth", "id": "a1", "token": hs256(&claims("alice", &["console-admins"]), SECRET)}))
         .await;
     let ok = c.frame().await;
@@ -282,6 +304,15 @@ async fn es256_tokens_on_the_own_listener_and_families_without_a_source() {
         "{update}"
     );
     assert_eq!(metrics["nodes"], 3);
+    // The seed's averages: over kubemux's own samples, so the first sample
+    // is its own average.
+    assert_eq!(metrics["samples"], json!({"5m": 1, "1h": 1}), "{update}");
+    for (metric, window) in [("cpu", "average_5m"), ("memory", "average_1h")] {
+        assert_eq!(
+            metrics[metric][window], metrics[metric]["instant"],
+            "{update}"
+        );
+    }
     let (nodes, _) = env.sim.store().list("nodes", None, None, None).unwrap();
     let mut node = nodes[0].clone();
     kubemux::sim::templates::toggle_node_ready(&mut node);
@@ -347,6 +378,10 @@ async fn project_events_quota_and_permission() {
     let ok = subscribe(&mut alice, "s1", data.clone()).await;
     assert_eq!(ok["type"], "subscribe_result", "{ok}");
     assert_eq!(ok["success"], true);
+    // Repeated in `data`, where seed 003's client class looks.
+    assert_eq!(ok["data"]["id"], "s1", "{ok}");
+    assert_eq!(ok["data"]["success"], true, "{ok}");
+    assert_eq!(ok["data"]["subscription_id"], ok["subscription_id"], "{ok}");
     let sid = ok["subscription_id"].as_str().unwrap().to_string();
     let denied = subscribe(&mut bob, "s2", data).await;
     assert_error(&denied, "PERMISSION_DENIED");
@@ -764,4 +799,59 @@ async fn without_a_jwt_key_the_endpoint_is_refused_with_a_reason() {
         }
         other => panic!("expected an HTTP refusal, got {other}"),
     }
+}
+
+fn fast_liveness(idle: Option<Duration>) -> ServerConfig {
+    ServerConfig {
+        console_liveness: kubemux::server::conn::Liveness {
+            ping_interval: Duration::from_millis(300),
+            pong_timeout: Duration::from_millis(300),
+            idle_timeout: idle,
+            ..kubemux::dialect::console::LIVENESS
+        },
+        ..ServerConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_answers_pings_is_closed_with_1008() {
+    let env = env_with(
+        fast_liveness(kubemux::dialect::console::LIVENESS.idle_timeout),
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut silent = SilentClient::connect(env.server.addr(), "/ws/v1").await;
+    let token = hs256(&claims("alice", &["console-admins"]), SECRET);
+    silent
+        .send_text(&json!({"type": "auth", "token": token}).to_string())
+        .await;
+    let closed = silent.until_closed().await;
+    assert_eq!(closed.code, Some(1008), "{closed:?}");
+    assert_eq!(closed.reason, "no pong received", "{closed:?}");
+    assert!(closed.pings >= 1, "{closed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_only_answers_websocket_pings_is_closed_when_idle() {
+    // The seed's idle timeout counts messages: WebSocket pongs (which
+    // tungstenite sends by itself) do not keep a connection open.
+    let env = env_with(
+        fast_liveness(Some(Duration::from_secs(1))),
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut c = authed(&env, "alice", &["console-admins"]).await;
+    use futures::StreamExt;
+    let code = loop {
+        match tokio::time::timeout(PATIENCE, c.ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame)))) => {
+                break frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    let (code, reason) = code.expect("a close frame with a code");
+    assert_eq!(code, 1000, "{reason}");
+    assert!(reason.starts_with("idle"), "{reason}");
 }

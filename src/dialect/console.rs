@@ -51,7 +51,8 @@ pub const PING_EVERY: Duration = Duration::from_secs(30);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// A connection that has not authenticated after this long is closed.
 pub const AUTH_DEADLINE: Duration = Duration::from_secs(30);
-/// WebSocket-level liveness (as the other dialects).
+/// WebSocket-level liveness (as the other dialects) and the seed's idle
+/// timeout (the default of [`crate::server::ServerConfig::console_liveness`]).
 pub const LIVENESS: Liveness = Liveness {
     ping_interval: Duration::from_secs(30),
     pong_timeout: Duration::from_secs(30),
@@ -188,6 +189,32 @@ impl Console {
     /// rather than allowed to grow its queue.
     fn send_error(&self, id: &Value, refusal: &Refusal) {
         if self.outbound.push(error_frame(id, refusal)).is_err() {
+            self.outbound
+                .close_with(conn::close::POLICY, "too many unread error messages");
+        }
+    }
+
+    /// Refuses a `subscribe`: the seed's generic `error` (as every other
+    /// refusal), then a `subscribe_result` with `success: false`, because
+    /// the seed's own client class settles its `subscribe()` promise only
+    /// on a `subscribe_result` whose `data` carries the request `id`,
+    /// `success` and `error` (its handlers receive `message.data`).
+    fn refuse_subscribe(&self, id: &Value, refusal: &Refusal) {
+        self.send_error(id, refusal);
+        let frame = Frame::text(
+            json!({
+                "type": "subscribe_result",
+                "id": id,
+                "timestamp": work::now(),
+                "success": false,
+                "error": refusal.message,
+                "code": refusal.code,
+                "data": {"id": id, "success": false, "error": refusal.message,
+                         "code": refusal.code, "details": refusal.details},
+            })
+            .to_string(),
+        );
+        if self.outbound.push(frame).is_err() {
             self.outbound
                 .close_with(conn::close::POLICY, "too many unread error messages");
         }
@@ -374,13 +401,13 @@ impl Console {
     fn on_authorised(&mut self, pending: Pending, result: Result<bool, Refusal>) {
         self.pending -= 1;
         let metrics = match result {
-            Err(refusal) => return self.send_error(&pending.request_id, &refusal),
+            Err(refusal) => return self.refuse_subscribe(&pending.request_id, &refusal),
             Ok(metrics) => metrics,
         };
         let mut events = pending.events;
         if events.contains("monitoring.metrics_update") && !metrics {
             if pending.explicit_metrics {
-                return self.send_error(
+                return self.refuse_subscribe(
                     &pending.request_id,
                     &Refusal {
                         code: "RESOURCE_NOT_FOUND",
@@ -395,7 +422,7 @@ impl Console {
             events.remove("monitoring.metrics_update");
         }
         let Some(cluster) = self.hub.clusters().get(&pending.cluster) else {
-            return self.send_error(
+            return self.refuse_subscribe(
                 &pending.request_id,
                 &Refusal::new("RESOURCE_NOT_FOUND", "the workspace was removed"),
             );
@@ -431,7 +458,7 @@ impl Console {
             match self.hub.subscribe(request, sink) {
                 Ok(s) => sub.hubs.push(s),
                 Err(e) => {
-                    return self.send_error(
+                    return self.refuse_subscribe(
                         &pending.request_id,
                         &Refusal::new("RESOURCE_NOT_FOUND", e.to_string()),
                     );
@@ -445,7 +472,10 @@ impl Console {
                 "timestamp": work::now(),
                 "success": true,
                 "subscription_id": subscription_id,
-                "data": {"subscription_id": subscription_id, "resource": pending.family.name(), "events": events},
+                // `data` repeats `id` and `success` for the seed's client
+                // class, whose handlers see only `message.data`.
+                "data": {"id": pending.request_id, "success": true, "subscription_id": subscription_id,
+                         "resource": pending.family.name(), "events": events},
             })
             .to_string(),
         );
@@ -744,9 +774,19 @@ impl Dialect for Console {
                 .close_with(conn::close::TOO_BIG, "message too large");
             return;
         }
+        let is_subscribe = parsed
+            .as_ref()
+            .is_ok_and(|m| m["type"].as_str() == Some("subscribe"));
+        let refuse = |console: &Self, refusal: &Refusal| {
+            if is_subscribe {
+                console.refuse_subscribe(&id, refusal);
+            } else {
+                console.send_error(&id, refusal);
+            }
+        };
         if !self.take_token() {
-            self.send_error(
-                &id,
+            refuse(
+                self,
                 &Refusal {
                     code: "RATE_LIMIT_EXCEEDED",
                     message: "Too many messages sent".into(),
@@ -769,8 +809,8 @@ impl Dialect for Console {
                 json!({"type": "pong", "id": id, "timestamp": work::now()}).to_string(),
             )),
             "auth" => self.on_auth(&id, &message),
-            _ if self.user.is_none() => self.send_error(
-                &id,
+            _ if self.user.is_none() => refuse(
+                self,
                 &Refusal::new(
                     "AUTH_REQUIRED",
                     "Authentication required: send {\"type\":\"auth\",\"token\":\"<JWT>\"} first",
@@ -779,7 +819,7 @@ impl Dialect for Console {
             kind => {
                 let kind = kind.to_string();
                 if let Err(refusal) = self.dispatch(&kind, &id, &message) {
-                    self.send_error(&id, &refusal);
+                    refuse(self, &refusal);
                 }
             }
         }
@@ -818,7 +858,7 @@ impl Dialect for Console {
                     if let Some(sub) = self.subs.remove(&key) {
                         self.by_id.remove(&sub.id);
                     }
-                    return self.send_error(&waiting.request_id, &refusal);
+                    return self.refuse_subscribe(&waiting.request_id, &refusal);
                 }
                 self.announce(key);
                 let Some(sub) = self.subs.get(&key) else {
@@ -966,7 +1006,7 @@ pub async fn serve(
     let ctx = ConnContext {
         dialect: "console",
         outbound,
-        liveness: LIVENESS,
+        liveness: config.console_liveness,
         metrics,
         shutdown,
     };

@@ -323,11 +323,57 @@ async fn fetch(cluster: &Cluster, path: &str) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
+/// The seed's `average_5m` window.
+const FIVE_MINUTES: Duration = Duration::from_secs(300);
+/// The seed's `average_1h` window, which bounds what [`Samples`] keeps.
+const ONE_HOUR: Duration = Duration::from_secs(3600);
+
+/// A bounded ring of the last hour of [`METRICS_EVERY`] samples (CPU cores,
+/// memory Mi): `metrics.k8s.io` reports only the instant, so the seed's
+/// averages are kubemux's own, over what it sampled (240 pairs at most).
+#[derive(Debug, Default)]
+struct Samples {
+    ring: std::collections::VecDeque<(f64, f64)>,
+}
+
+impl Samples {
+    const CAPACITY: usize = (ONE_HOUR.as_secs() / METRICS_EVERY.as_secs()) as usize;
+
+    fn push(&mut self, sample: (f64, f64)) {
+        if self.ring.len() == Self::CAPACITY {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(sample);
+    }
+
+    /// The mean of the samples within the last `window` (fewer while the
+    /// history is shorter), and how many that was.
+    fn average(&self, window: Duration) -> ((f64, f64), usize) {
+        let n = ((window.as_secs() / METRICS_EVERY.as_secs()) as usize).min(self.ring.len());
+        if n == 0 {
+            return ((0.0, 0.0), 0);
+        }
+        let sum = self
+            .ring
+            .iter()
+            .rev()
+            .take(n)
+            .fold((0.0, 0.0), |a, s| (a.0 + s.0, a.1 + s.1));
+        ((sum.0 / n as f64, sum.1 / n as f64), n)
+    }
+}
+
+fn cores(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
 /// Sends `monitoring.metrics_update` (node usage summed from
-/// `metrics.k8s.io`) now and every [`METRICS_EVERY`].
+/// `metrics.k8s.io`, with averages over the subscription's own samples)
+/// now and every [`METRICS_EVERY`].
 pub async fn poll_metrics(cluster: Arc<Cluster>, subscription: String, outbound: Arc<Outbound>) {
     let mut tick = tokio::time::interval(METRICS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut samples = Samples::default();
     loop {
         tick.tick().await;
         let id = Value::String(subscription.clone());
@@ -340,6 +386,10 @@ pub async fn poll_metrics(cluster: Arc<Cluster>, subscription: String, outbound:
                         .filter_map(|n| n["usage"][field].as_str().and_then(derive::quantity))
                         .sum::<f64>()
                 };
+                let instant = (sum("cpu"), sum("memory") / 1048576.0);
+                samples.push(instant);
+                let (five, in_five) = samples.average(FIVE_MINUTES);
+                let (hour, in_hour) = samples.average(ONE_HOUR);
                 envelope(
                     "monitoring.metrics_update",
                     &id,
@@ -347,9 +397,14 @@ pub async fn poll_metrics(cluster: Arc<Cluster>, subscription: String, outbound:
                         "subscription_id": subscription,
                         "workspace_id": cluster.id(),
                         "metrics": {
-                            "cpu": {"instant": (sum("cpu") * 1000.0).round() / 1000.0, "unit": "cores"},
-                            "memory": {"instant": (sum("memory") / 1048576.0).round(), "unit": "Mi"},
+                            "cpu": {"instant": cores(instant.0), "average_5m": cores(five.0),
+                                    "average_1h": cores(hour.0), "unit": "cores"},
+                            "memory": {"instant": instant.1.round(), "average_5m": five.1.round(),
+                                       "average_1h": hour.1.round(), "unit": "Mi"},
                             "nodes": items.len(),
+                            // How many 15 s samples each average covers: fewer
+                            // than 20 and 240 while the subscription is young.
+                            "samples": {"5m": in_five, "1h": in_hour},
                         },
                     }),
                 )
@@ -360,5 +415,29 @@ pub async fn poll_metrics(cluster: Arc<Cluster>, subscription: String, outbound:
             ),
         };
         outbound.push_forced(frame);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn averages_cover_their_window_of_the_bounded_ring() {
+        let mut samples = Samples::default();
+        assert_eq!(samples.average(FIVE_MINUTES), ((0.0, 0.0), 0));
+        samples.push((1.0, 100.0));
+        samples.push((3.0, 300.0));
+        assert_eq!(samples.average(FIVE_MINUTES), ((2.0, 200.0), 2));
+        // 300 samples (75 min): the ring keeps the last hour (240), the
+        // 5-minute average the last 20.
+        for i in 0..300 {
+            samples.push((f64::from(i), 0.0));
+        }
+        assert_eq!(samples.ring.len(), 240);
+        let ((cpu5, _), n5) = samples.average(FIVE_MINUTES);
+        assert_eq!((cpu5, n5), ((280..300).sum::<i32>() as f64 / 20.0, 20));
+        let ((cpu1, _), n1) = samples.average(ONE_HOUR);
+        assert_eq!((cpu1, n1), ((60..300).sum::<i32>() as f64 / 240.0, 240));
     }
 }

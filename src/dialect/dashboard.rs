@@ -30,7 +30,8 @@ use crate::server::limits::TokenBucket;
 use crate::server::outbound::{Frame, Outbound};
 use crate::upstream::event::{EventType, WatchEvent};
 
-/// Seed 001's heartbeat: a ping every 30 s, 10 s to answer.
+/// Seed 001's heartbeat: a ping every 30 s, 10 s to answer (the default
+/// of [`crate::server::ServerConfig::dashboard_liveness`]).
 pub const LIVENESS: Liveness = Liveness {
     idle_timeout: None,
     ping_interval: Duration::from_secs(30),
@@ -95,6 +96,9 @@ impl Subscriber for Sink {
 
     fn end(&self, reason: EndReason) {
         let message = match reason {
+            // The 1001 close that follows says so; a WATCH_ERROR would have
+            // a seed 001 client report a failure for a routine restart.
+            EndReason::Shutdown => return,
             EndReason::Failed(m) => m,
             EndReason::SlowConsumer => "the client did not read fast enough".into(),
             other => format!("watch ended: {other:?}"),
@@ -614,7 +618,7 @@ pub async fn serve(
     let ctx = ConnContext {
         dialect: "dashboard",
         outbound,
-        liveness: LIVENESS,
+        liveness: config.dashboard_liveness,
         metrics,
         shutdown,
     };

@@ -25,8 +25,12 @@ use crate::server::conn::{self, ConnContext, Dialect, Liveness};
 use crate::server::outbound::{Frame, Outbound};
 use crate::upstream::event::{EventType, WatchEvent};
 
-/// Seed 002's connection parameters: ping every 54 s, 60 s to answer,
+/// Seed 002's connection parameters: ping every 54 s, pong wait 60 s,
 /// 10 s write deadline; incoming messages over 512 bytes close with 1009.
+/// The seed's pong wait runs from the last pong (gorilla's read deadline);
+/// with pings every 54 s that is 6 s after each ping, which is how the
+/// connection loop counts it: a client silent from the start is closed at
+/// 60 s exactly.
 pub const LIVENESS: Liveness = Liveness {
     idle_timeout: None,
     ping_interval: Duration::from_secs(54),
@@ -279,7 +283,7 @@ pub async fn serve(
     let ctx = ConnContext {
         dialect: "notifications",
         outbound,
-        liveness: LIVENESS,
+        liveness: config.notifications_liveness,
         metrics,
         shutdown,
     };

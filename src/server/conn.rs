@@ -2,10 +2,11 @@
 //! draining the outbound queue, server pings and their deadline.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info};
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
@@ -65,15 +66,15 @@ impl<N: Send> Notices<N> for mpsc::Receiver<N> {
 pub struct Liveness {
     /// Interval of server pings.
     pub ping_interval: Duration,
-    /// A connection that has not answered a ping for this long after it was
-    /// sent is closed.
+    /// A connection that has not answered a ping this long after it was
+    /// sent is closed, at that moment (not at the next ping).
     pub pong_timeout: Duration,
     /// A single write blocked for longer than this means the client is gone
     /// or stuck; the connection is closed.
     pub write_timeout: Duration,
     /// A connection that [is idle](Dialect::is_idle) and has sent no
-    /// message for this long is closed (checked at each ping), so
-    /// abandoned sockets do not pile up. `None`: never.
+    /// message for this long is closed, at that moment, so abandoned
+    /// sockets do not pile up. `None`: never.
     pub idle_timeout: Option<Duration>,
 }
 
@@ -98,6 +99,86 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     /// A message was too big to process.
     pub const TOO_BIG: u16 = 1009;
+}
+
+/// What [`Heartbeat::due`] found has to happen now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Beat {
+    /// Nothing yet.
+    Wait,
+    /// Send a ping.
+    Ping,
+    /// A ping went unanswered for [`Liveness::pong_timeout`].
+    PongTimeout,
+    /// Idle for [`Liveness::idle_timeout`].
+    IdleTimeout,
+}
+
+/// The connection's deadlines, kept as instants so the connection sleeps
+/// until the earliest one: a contract such as "pong within 10 s" is met
+/// when it falls due, not at the next ping tick.
+#[derive(Debug)]
+struct Heartbeat {
+    liveness: Liveness,
+    next_ping: Instant,
+    /// When the oldest unanswered ping must have been answered.
+    pong_due: Option<Instant>,
+    last_message: Instant,
+}
+
+impl Heartbeat {
+    fn new(liveness: Liveness, now: Instant) -> Heartbeat {
+        Heartbeat {
+            liveness,
+            next_ping: now + liveness.ping_interval,
+            pong_due: None,
+            last_message: now,
+        }
+    }
+
+    /// Any pong answers every ping sent so far (WebSocket pongs carry no
+    /// reliable correlation, and an answer to a later ping proves the
+    /// client alive as well).
+    fn pong(&mut self) {
+        self.pong_due = None;
+    }
+
+    fn message(&mut self, now: Instant) {
+        self.last_message = now;
+    }
+
+    /// The earliest instant at which [`Heartbeat::due`] can change.
+    fn deadline(&self, idle: bool) -> Instant {
+        let mut at = self.next_ping;
+        if let Some(due) = self.pong_due {
+            at = at.min(due);
+        }
+        if let Some(limit) = self.liveness.idle_timeout.filter(|_| idle) {
+            at = at.min(self.last_message + limit);
+        }
+        at
+    }
+
+    /// What is due at `now`; a ping due now is recorded as sent.
+    fn due(&mut self, now: Instant, idle: bool) -> Beat {
+        if self.pong_due.is_some_and(|due| now >= due) {
+            return Beat::PongTimeout;
+        }
+        if self
+            .liveness
+            .idle_timeout
+            .is_some_and(|limit| idle && now >= self.last_message + limit)
+        {
+            return Beat::IdleTimeout;
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.liveness.ping_interval;
+            self.pong_due
+                .get_or_insert(now + self.liveness.pong_timeout);
+            return Beat::Ping;
+        }
+        Beat::Wait
+    }
 }
 
 static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -153,11 +234,9 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
         liveness.write_timeout,
         compress,
     ));
-    let mut ping = tokio::time::interval(liveness.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    let mut last_pong = Instant::now();
-    let mut last_message = Instant::now();
+    let mut heartbeat = Heartbeat::new(liveness, Instant::now());
+    let beat = tokio::time::sleep_until(heartbeat.deadline(dialect.is_idle()));
+    tokio::pin!(beat);
     let mut dialect_tick = dialect.tick_interval().map(|every| {
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -165,17 +244,23 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
     });
     let close_reason;
     loop {
+        // Re-armed only when a deadline moved, so a busy connection does
+        // not touch the timer wheel per event.
+        let deadline = heartbeat.deadline(dialect.is_idle());
+        if beat.deadline() != deadline {
+            beat.as_mut().reset(deadline);
+        }
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(text))) => {
-                    last_message = Instant::now();
+                    heartbeat.message(Instant::now());
                     dialect.on_text(text.as_str());
                 }
                 Some(Ok(Message::Binary(data))) => {
-                    last_message = Instant::now();
+                    heartbeat.message(Instant::now());
                     dialect.on_binary(&data);
                 }
-                Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
+                Some(Ok(Message::Pong(_))) => heartbeat.pong(),
                 Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => {
                     close_reason = "client closed";
@@ -199,23 +284,21 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
                     None => None,
                 }
             }, if dialect_tick.is_some() => dialect.on_tick(),
-            _ = ping.tick() => {
-                if last_pong.elapsed() > liveness.ping_interval + liveness.pong_timeout {
+            () = &mut beat => match heartbeat.due(Instant::now(), dialect.is_idle()) {
+                Beat::Wait => {}
+                Beat::Ping => outbound.ping(),
+                Beat::PongTimeout => {
                     outbound.close_with(close::POLICY, "no pong received");
                     close_reason = "pong timeout";
                     break;
                 }
-                if liveness
-                    .idle_timeout
-                    .is_some_and(|idle| dialect.is_idle() && last_message.elapsed() >= idle)
-                {
+                Beat::IdleTimeout => {
                     metrics.refused(super::limits::limit::IDLE_TIMEOUT);
                     outbound.close_with(close::NORMAL, "idle: nothing subscribed and no message received");
                     close_reason = "idle timeout";
                     break;
                 }
-                outbound.ping();
-            }
+            },
             _ = outbound.wait_closed() => {
                 close_reason = "writer stopped";
                 break;
@@ -306,4 +389,124 @@ async fn write_loop(
         }
     }
     outbound.shut();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn liveness(ping: u64, pong: u64, idle: Option<u64>) -> Liveness {
+        Liveness {
+            ping_interval: Duration::from_secs(ping),
+            pong_timeout: Duration::from_secs(pong),
+            write_timeout: Duration::from_secs(10),
+            idle_timeout: idle.map(Duration::from_secs),
+        }
+    }
+
+    /// Runs a heartbeat on tokio's clock as the connection loop does
+    /// (sleep until [`Heartbeat::deadline`], then [`Heartbeat::due`]). The
+    /// client answers each ping after `answer` (`None`: never), sends a
+    /// message at each of `messages` (seconds), and stops answering after
+    /// `answers_until`. Returns what ended the connection and when, or
+    /// `None` if it was still open at `until`.
+    async fn drive(
+        l: Liveness,
+        answer: Option<Duration>,
+        answers_until: Duration,
+        messages: &[u64],
+        idle: bool,
+        until: Duration,
+    ) -> Option<(Beat, Duration)> {
+        let start = Instant::now();
+        let mut heartbeat = Heartbeat::new(l, start);
+        let mut pong_at: Option<Instant> = None;
+        let mut messages: Vec<Instant> = messages
+            .iter()
+            .map(|s| start + Duration::from_secs(*s))
+            .collect();
+        loop {
+            let mut at = heartbeat.deadline(idle);
+            at = pong_at.map_or(at, |p| at.min(p));
+            at = messages.first().map_or(at, |m| at.min(*m));
+            if at > start + until {
+                return None;
+            }
+            tokio::time::sleep_until(at).await;
+            let now = Instant::now();
+            if pong_at.is_some_and(|p| now >= p) {
+                pong_at = None;
+                heartbeat.pong();
+                continue;
+            }
+            if messages.first().is_some_and(|m| now >= *m) {
+                messages.remove(0);
+                heartbeat.message(now);
+                continue;
+            }
+            match heartbeat.due(now, idle) {
+                Beat::Wait => {}
+                Beat::Ping => {
+                    pong_at = answer
+                        .filter(|_| now - start < answers_until)
+                        .map(|a| now + a);
+                }
+                beat => return Some((beat, now - start)),
+            }
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[tokio::test(start_paused = true)]
+    async fn seed_001_an_unanswered_ping_closes_10s_after_it_was_sent() {
+        let closed = drive(liveness(30, 10, None), None, HOUR, &[], false, HOUR).await;
+        assert_eq!(closed, Some((Beat::PongTimeout, Duration::from_secs(40))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn seed_002_an_unanswered_ping_closes_60s_after_the_last_answer() {
+        // Ping period 54 s, pong wait 60 s: 6 s after the ping.
+        let closed = drive(liveness(54, 6, None), None, HOUR, &[], false, HOUR).await;
+        assert_eq!(closed, Some((Beat::PongTimeout, Duration::from_secs(60))));
+        let answered_then_silent = drive(
+            liveness(54, 6, None),
+            Some(Duration::from_secs(1)),
+            Duration::from_secs(100),
+            &[],
+            false,
+            HOUR,
+        )
+        .await;
+        // Answered the pings at 54 s (pong at 55 s); the one at 108 s is not.
+        assert_eq!(
+            answered_then_silent,
+            Some((Beat::PongTimeout, Duration::from_secs(114)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answered_pings_keep_a_connection_open() {
+        let l = liveness(30, 10, None);
+        let open = drive(l, Some(Duration::from_secs(9)), HOUR, &[], false, HOUR).await;
+        assert_eq!(open, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn seed_003_idle_closes_300s_after_the_last_message() {
+        // Pings answered (WebSocket pongs are not messages), last message at 7 s.
+        let l = liveness(30, 30, Some(300));
+        let closed = drive(l, Some(Duration::from_secs(1)), HOUR, &[3, 7], true, HOUR).await;
+        assert_eq!(closed, Some((Beat::IdleTimeout, Duration::from_secs(307))));
+        // A connection the dialect does not call idle is never closed for it.
+        let busy = drive(l, Some(Duration::from_secs(1)), HOUR, &[7], false, HOUR).await;
+        assert_eq!(busy, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pong_deadline_longer_than_the_interval_keeps_the_first_ping_s() {
+        // Pings at 10 s, 20 s, 30 s…; the first one is due at 35 s.
+        let closed = drive(liveness(10, 25, None), None, HOUR, &[], false, HOUR).await;
+        assert_eq!(closed, Some((Beat::PongTimeout, Duration::from_secs(35))));
+    }
 }

@@ -55,6 +55,13 @@ pub struct ServerConfig {
     pub dashboard_listen: Option<SocketAddr>,
     /// Interval of the dashboard stream's `metrics` messages.
     pub dashboard_metrics_interval: std::time::Duration,
+    /// The dashboard stream's heartbeat (seed 001's by default).
+    pub dashboard_liveness: Liveness,
+    /// Cluster notifications' heartbeat (seed 002's by default).
+    pub notifications_liveness: Liveness,
+    /// The subscription API's heartbeat and idle timeout (seed 003's by
+    /// default).
+    pub console_liveness: Liveness,
     /// Abuse limits.
     pub limits: limits::Limits,
     /// The console dialect's JWT verifier and reviewer; without it `/ws/v1`
@@ -78,6 +85,9 @@ impl Default for ServerConfig {
             notifications_listen: None,
             dashboard_listen: None,
             dashboard_metrics_interval: std::time::Duration::from_secs(10),
+            dashboard_liveness: dashboard::LIVENESS,
+            notifications_liveness: notifications::LIVENESS,
+            console_liveness: console::LIVENESS,
             limits: limits::Limits::default(),
             console: None,
             subscriptions_listen: None,

@@ -346,3 +346,123 @@ pub fn write_kubeconfig(path: &std::path::Path, sims: &[(&str, &SimServer)]) {
     std::fs::write(&tmp, serde_json::to_string(&merged.unwrap()).unwrap()).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// A WebSocket client that never answers pings: a hand-made handshake and
+/// frame reader, because tungstenite answers every ping it reads.
+pub struct SilentClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// How a [`SilentClient`]'s connection ended.
+#[derive(Debug)]
+pub struct Closed {
+    /// The close frame's code, if the server sent one.
+    pub code: Option<u16>,
+    /// Its reason.
+    pub reason: String,
+    /// Pings received (none answered).
+    pub pings: usize,
+}
+
+impl SilentClient {
+    pub async fn connect(addr: SocketAddr, path: &str) -> SilentClient {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
+                .await
+                .expect("handshake answered")
+                .unwrap();
+            assert!(n > 0, "closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        buf.drain(..end);
+        SilentClient { stream, buf }
+    }
+
+    /// Sends a text message (masked with a zero key, as the protocol allows).
+    pub async fn send_text(&mut self, text: &str) {
+        use tokio::io::AsyncWriteExt;
+        let payload = text.as_bytes();
+        let mut frame = vec![0x81];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        frame.extend_from_slice(payload);
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    async fn fill(&mut self, n: usize) -> bool {
+        use tokio::io::AsyncReadExt;
+        while self.buf.len() < n {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk)).await {
+                Ok(Ok(got)) if got > 0 => self.buf.extend_from_slice(&chunk[..got]),
+                Ok(_) => return false,
+                Err(_) => panic!("the server neither sent nor closed within {PATIENCE:?}"),
+            }
+        }
+        true
+    }
+
+    /// Reads (and ignores) everything up to the server's close frame.
+    pub async fn until_closed(mut self) -> Closed {
+        let mut pings = 0;
+        loop {
+            if !self.fill(2).await {
+                return Closed {
+                    code: None,
+                    reason: String::new(),
+                    pings,
+                };
+            }
+            let opcode = self.buf[0] & 0x0f;
+            let (len, header) = match self.buf[1] & 0x7f {
+                126 => {
+                    assert!(self.fill(4).await);
+                    (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                }
+                127 => {
+                    assert!(self.fill(10).await);
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&self.buf[2..10]);
+                    (u64::from_be_bytes(n) as usize, 10)
+                }
+                n => (n as usize, 2),
+            };
+            assert!(self.fill(header + len).await, "a frame cut short");
+            let payload: Vec<u8> = self.buf.drain(..header + len).skip(header).collect();
+            match opcode {
+                0x9 => pings += 1,
+                0x8 => {
+                    return Closed {
+                        code: (payload.len() >= 2)
+                            .then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                        reason: String::from_utf8_lossy(payload.get(2..).unwrap_or_default())
+                            .into_owned(),
+                        pings,
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+}
