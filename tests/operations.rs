@@ -292,7 +292,7 @@ fn dechunk(body: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_completes_every_subscriber_closes_with_1001_and_exits_zero() {
+async fn sigterm_completes_every_subscriber_closes_with_1012_and_exits_zero() {
     let demo = spawn_kubemux(
         &[
             "demo",
@@ -340,7 +340,7 @@ async fn sigterm_completes_every_subscriber_closes_with_1001_and_exits_zero() {
             }
         }
         assert!(completed, "{path}: COMPLETE before the close");
-        assert_eq!(close_code, Some(1001), "{path}: closed with 1001");
+        assert_eq!(close_code, Some(1012), "{path}: closed with 1012 (service restart)");
     }
     let (status, _) = terminated.await.unwrap();
     assert!(status.success(), "exit status {status:?}");

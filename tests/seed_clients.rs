@@ -265,8 +265,8 @@ async fn seed_001_dashboard_snippet_reconnects_by_the_seeds_strategy() {
         assert_eq!(summary["errors"], json!([]), "{result}");
     }
     assert_eq!(
-        result["closedWith"], 1001,
-        "shutdown closes with 1001: {result}"
+        result["closedWith"], 1012,
+        "shutdown closes with 1012 (service restart): {result}"
     );
 }
 

@@ -96,7 +96,7 @@ impl Subscriber for Sink {
 
     fn end(&self, reason: EndReason) {
         let message = match reason {
-            // The 1001 close that follows says so; a WATCH_ERROR would have
+            // The 1012 close that follows says so; a WATCH_ERROR would have
             // a seed 001 client report a failure for a routine restart.
             EndReason::Shutdown => return,
             EndReason::Failed(m) => m,

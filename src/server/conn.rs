@@ -93,8 +93,9 @@ impl Default for Liveness {
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
-    /// The server is going away (shutdown).
-    pub const GOING_AWAY: u16 = 1001;
+    /// The server is restarting (shutdown, scale-down, rolling update): the
+    /// client should reconnect, to any replica, and resume from its version.
+    pub const SERVICE_RESTART: u16 = 1012;
     /// Policy violation (e.g. a client that never answers pings).
     pub const POLICY: u16 = 1008;
     /// A message was too big to process.
@@ -312,7 +313,10 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
     drop(dialect);
     drop(notices);
     if *shutdown.borrow() {
-        outbound.close_with(close::GOING_AWAY, "server shutting down");
+        outbound.close_with(
+            close::SERVICE_RESTART,
+            "kubemux is restarting: reconnect and resume from your last version",
+        );
     } else {
         outbound.close_with(close::NORMAL, "");
     }

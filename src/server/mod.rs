@@ -204,7 +204,7 @@ impl Server {
     }
 
     /// Stops accepting, completes every subscription, closes every socket
-    /// with 1001 and waits (up to `grace`) for the connections to finish.
+    /// with 1012 (service restart) and waits (up to `grace`) for the connections to finish.
     pub async fn shutdown(self, grace: std::time::Duration) {
         self.hub.shutdown();
         self.probes.abort();
