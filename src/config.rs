@@ -427,7 +427,11 @@ impl Settings {
                 Arc::new(Reviewer::new(self.auth_cache_ttl, metrics.clone())),
                 self.auth_recheck_interval,
             ),
-            mode => Policy::new(mode, self.allow_secrets),
+            AuthMode::Passthrough => Policy::passthrough(
+                Arc::new(Reviewer::new(self.auth_cache_ttl, metrics.clone())),
+                self.auth_recheck_interval,
+            ),
+            AuthMode::None => Policy::none(self.allow_secrets),
         }
     }
 
@@ -444,7 +448,8 @@ impl Settings {
                 "subscriptions_listen serves the subscription API, which needs a JWT key: set jwt_hs256_secret_file or jwt_public_key_file".into(),
             ));
         }
-        Policy::new(settings.auth, settings.allow_secrets)
+        settings
+            .auth
             .check_listener(settings.listen, settings.allow_unauthenticated_remote)
             .map_err(|e| ConfigError::Unsafe(e.to_string()))?;
         Ok(settings)

@@ -18,9 +18,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use bytes::Bytes;
 use kubemux::auth::credentials::{Credentials, token_from_protocols};
 use kubemux::auth::origin::OriginPolicy;
-use kubemux::auth::policy::resource_of_path;
 use kubemux::config::{ProxyArgs, Settings};
 use kubemux::dialect::{dashboard, dashboard_view, headlamp};
+use kubemux::api_path::ApiPath;
 use kubemux::hub::key::{normalize, parse_path};
 use kubemux::upstream::event::{WatchEvent, parse_list};
 
@@ -80,7 +80,11 @@ fn key(input: &[u8]) -> Verdict {
 
 fn path(input: &[u8]) -> Verdict {
     let t = text(input);
-    let _ = resource_of_path(&t);
+    if let Ok(ApiPath::Resource { collection, .. }) = kubemux::api_path::parse(&t)
+        && matches!(collection.resource.as_str(), "watch" | "proxy")
+    {
+        return Broken(format!("a legacy path was read as a resource: {t:?}"));
+    }
     match parse_path(&t) {
         Ok(_) if t.contains("/../") || t.ends_with("/..") || t.contains("/./") => {
             Broken(format!("a relative path was accepted: {t:?}"))
@@ -247,7 +251,7 @@ pub const TARGETS: &[Target] = &[
     },
     Target {
         name: "path",
-        about: "hub::key::parse_path (watchable collections only) and policy::resource_of_path",
+        about: "api_path::parse (every REST path) and hub::key::parse_path (watchable collections only)",
         corpus: &[
             "/api/v1/pods",
             "/api/v1/namespaces/default/pods",
