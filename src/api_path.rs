@@ -132,10 +132,16 @@ pub fn parse(path: &str) -> Result<ApiPath, KeyError> {
         [name, sub] => (Some(*name), Some(*sub)),
         _ => return Err(bad("names a path below a subresource")),
     };
-    if [Some(group), Some(version), namespace, Some(resource), subresource]
-        .into_iter()
-        .flatten()
-        .any(|s| s.contains(':'))
+    if [
+        Some(group),
+        Some(version),
+        namespace,
+        Some(resource),
+        subresource,
+    ]
+    .into_iter()
+    .flatten()
+    .any(|s| s.contains(':'))
     {
         return Err(bad(OBJECT_NAMES_ONLY));
     }
@@ -169,7 +175,15 @@ pub fn parse(path: &str) -> Result<ApiPath, KeyError> {
 mod tests {
     use super::*;
 
-    fn resource(path: &str) -> (String, Option<String>, String, Option<String>, Option<String>) {
+    fn resource(
+        path: &str,
+    ) -> (
+        String,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+    ) {
         match parse(path).expect(path) {
             ApiPath::Resource {
                 collection,
@@ -211,7 +225,14 @@ mod tests {
                 None
             )
         );
-        for discovery in ["/version", "/api", "/apis", "/api/v1", "/apis/apps", "/apis/apps/v1"] {
+        for discovery in [
+            "/version",
+            "/api",
+            "/apis",
+            "/api/v1",
+            "/apis/apps",
+            "/apis/apps/v1",
+        ] {
             assert_eq!(parse(discovery), Ok(ApiPath::Discovery), "{discovery}");
         }
     }
@@ -249,6 +270,9 @@ mod tests {
             );
         }
         let legacy = parse("/api/v1/watch/secrets").unwrap_err().to_string();
-        assert!(legacy.contains("legacy") && legacy.contains("watch=1"), "{legacy}");
+        assert!(
+            legacy.contains("legacy") && legacy.contains("watch=1"),
+            "{legacy}"
+        );
     }
 }

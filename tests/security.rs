@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::*;
 use kubemux::auth::policy::Policy;
 use kubemux::auth::review::Reviewer;
+use kubemux::auth::secret::Secret;
 use kubemux::cluster::Registry;
 use kubemux::hub::Hub;
 use kubemux::metrics::Metrics;
@@ -113,7 +114,10 @@ async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u1
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("an HTTP status line");
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     (status, body)
 }
 
@@ -266,4 +270,149 @@ async fn passthrough_revocation_ends_shared_watches_and_cached_lists() {
         ev["object"]["metadata"]["uid"], created["metadata"]["uid"],
         "bob's own watch goes on"
     );
+}
+
+const BACKEND_PROTOCOL_PREFIX: &str = "base64url.headlamp.backend.authorization.k8s.io.";
+
+fn backend_protocol(token: &str) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
+    format!("headlamp.multiplexer.k8s.io, {BACKEND_PROTOCOL_PREFIX}{encoded}")
+}
+
+/// The HTTP status a refused WebSocket upgrade got.
+async fn refused_upgrade(addr: SocketAddr, headers: &[(&'static str, String)]) -> u16 {
+    let mut req = format!("ws://{addr}/wsMultiplexer")
+        .into_client_request()
+        .unwrap();
+    for (name, value) in headers {
+        req.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        other => panic!("expected a refused upgrade, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headlamps_backend_token_is_never_a_kubernetes_credential() {
+    let s = setup(alice_and_bob(), passthrough(Duration::from_secs(30))).await;
+    let addr = s.server.addr();
+    // alice's Kubernetes token offered as Headlamp's backend token: it is
+    // a frontend-to-backend secret, so it must not make kubemux act as her.
+    let mut tab = ws_with(
+        addr,
+        &[("sec-websocket-protocol", backend_protocol("alice-token"))],
+    )
+    .await;
+    tab.request(PODS, "watch=1").await;
+    let err = error_text(&tab.frame().await);
+    assert!(err.contains("no credentials"), "{err}");
+    let rest = format!("/clusters/{CLUSTER}{PODS}");
+    let (status, body) =
+        get_with(addr, &rest, &[("x-headlamp_backend-token", "alice-token")]).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        s.sim.requests_by("alice"),
+        0,
+        "alice's token never reached the cluster"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_backend_token_is_required_and_checked() {
+    let s = setup(alice_and_bob(), |metrics| ServerConfig {
+        headlamp_backend_token: Some(Arc::new(Secret::new("desktop-secret"))),
+        ..passthrough(Duration::from_secs(30))(metrics)
+    })
+    .await;
+    let addr = s.server.addr();
+    let bob = ("authorization", "Bearer bob-token".to_string());
+    assert_eq!(refused_upgrade(addr, std::slice::from_ref(&bob)).await, 403);
+    assert_eq!(
+        refused_upgrade(
+            addr,
+            &[
+                bob.clone(),
+                ("sec-websocket-protocol", backend_protocol("desktop-secreT"))
+            ]
+        )
+        .await,
+        403
+    );
+    let mut tab = ws_with(
+        addr,
+        &[
+            bob.clone(),
+            ("sec-websocket-protocol", backend_protocol("desktop-secret")),
+        ],
+    )
+    .await;
+    tab.request(PODS, "watch=1").await;
+    assert_eq!(tab.frame().await["type"], "DATA", "served as bob");
+
+    let rest = format!("/clusters/{CLUSTER}{PODS}");
+    let bob = ("authorization", "Bearer bob-token");
+    assert_eq!(get_with(addr, &rest, &[bob]).await.0, 403);
+    assert_eq!(
+        get_with(addr, &rest, &[bob, ("x-headlamp_backend-token", "nope")])
+            .await
+            .0,
+        403
+    );
+    let (status, body) = get_with(
+        addr,
+        &rest,
+        &[bob, ("x-headlamp_backend-token", "desktop-secret")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.sim.requests_by("desktop-secret"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_detail_is_for_the_operator_only() {
+    let s = setup(alice_and_bob(), |metrics| ServerConfig {
+        admin_token: Some(Arc::new(Secret::new("ops-token"))),
+        ..passthrough(Duration::from_secs(30))(metrics)
+    })
+    .await;
+    let addr = s.server.addr();
+    let mut bob = bearer(addr, "bob-token").await;
+    bob.request(PODS, "watch=1&labelSelector=project%3Dskunkworks")
+        .await;
+    let sim_address = s.sim.addr().to_string();
+    let ops = [("authorization", "Bearer ops-token")];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, body) = get_with(addr, "/api/status", &ops).await;
+        if body.contains("skunkworks") {
+            assert!(body.contains(&sim_address), "{body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, body) = get_with(addr, "/api/clusters/sim", &ops).await;
+    assert!(body.contains(&sim_address), "{body}");
+
+    for headers in [
+        &[][..],
+        &[("authorization", "Bearer bob-token")][..],
+        &[("authorization", "Bearer ops-tokeN")][..],
+    ] {
+        for path in ["/api/status", "/api/clusters", "/api/clusters/sim"] {
+            let (status, body) = get_with(addr, path, headers).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            assert!(!body.contains("skunkworks"), "{path}: {body}");
+            assert!(!body.contains(&sim_address), "{path}: {body}");
+            assert!(!body.contains("/api/v1/"), "{path}: {body}");
+            assert!(body.contains("\"name\":\"sim\""), "{path}: {body}");
+        }
+        let (_, body) = get_with(addr, "/api/status", headers).await;
+        assert!(body.contains("\"redacted\":true"), "{body}");
+    }
+    for path in ["/healthz", "/readyz", "/metrics", "/"] {
+        assert_eq!(get(addr, path).await.0, 200, "{path}");
+    }
 }

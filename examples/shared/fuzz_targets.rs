@@ -16,11 +16,12 @@ use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
-use kubemux::auth::credentials::{Credentials, token_from_protocols};
+use kubemux::api_path::ApiPath;
+use kubemux::auth::credentials::Credentials;
 use kubemux::auth::origin::OriginPolicy;
+use kubemux::auth::secret::Secret;
 use kubemux::config::{ProxyArgs, Settings};
 use kubemux::dialect::{dashboard, dashboard_view, headlamp};
-use kubemux::api_path::ApiPath;
 use kubemux::hub::key::{normalize, parse_path};
 use kubemux::upstream::event::{WatchEvent, parse_list};
 
@@ -163,11 +164,7 @@ fn credentials(input: &[u8]) -> Verdict {
             headers.insert(name, v);
         }
     }
-    let offered: Vec<String> = f
-        .get(1)
-        .map(|p| text(p).split(',').map(|s| s.trim().to_string()).collect())
-        .unwrap_or_default();
-    let _ = token_from_protocols(&offered);
+    let _ = Secret::new("backend").check_backend_token(&headers);
     let _ = OriginPolicy::new(vec!["https://a.example".into()]).check(&headers);
     let creds = Credentials::from_headers(&headers);
     let shown = format!("{creds:?}");
@@ -378,7 +375,7 @@ pub const TARGETS: &[Target] = &[
     },
     Target {
         name: "credentials",
-        about: "auth::credentials (Authorization header, Headlamp subprotocol, split cookies) and origin check",
+        about: "auth::credentials (Authorization header, split cookies), Headlamp's backend token and the origin check",
         corpus: &[
             "Bearer abcdefghijk\nheadlamp.multiplexer.k8s.io, base64url.headlamp.backend.authorization.k8s.io.dG9rZW4tdTE\nheadlamp-auth-sim.1=n-u2; other=1; headlamp-auth-sim.0=toke\nhttps://a.example\na.example",
             "bearer   x\n\nheadlamp-auth-c.0=abc\n",

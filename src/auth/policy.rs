@@ -52,7 +52,7 @@ impl AuthMode {
 pub enum Denied {
     /// Passthrough mode without any credential for the cluster.
     #[error(
-        "no credentials for cluster {0:?}: send a bearer token (Authorization header, Headlamp's token subprotocol or its headlamp-auth cookies)"
+        "no credentials for cluster {0:?}: send a bearer token (Authorization header or Headlamp's headlamp-auth cookies)"
     )]
     NoCredentials(String),
     /// `secrets` in `none` mode.
@@ -223,7 +223,10 @@ mod tests {
             none.check_listener("0.0.0.0:1".parse().unwrap(), false)
                 .is_err()
         );
-        assert!(none.check_listener("0.0.0.0:1".parse().unwrap(), true).is_ok());
+        assert!(
+            none.check_listener("0.0.0.0:1".parse().unwrap(), true)
+                .is_ok()
+        );
         let creds = Credentials::default();
         let secrets = parse_path("/api/v1/namespaces/a/secrets").unwrap();
         assert_eq!(p.identity(&creds, "c", &secrets), Err(Denied::Secrets));

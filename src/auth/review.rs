@@ -34,7 +34,7 @@ pub struct User {
 pub enum ReviewError {
     /// No token was presented.
     #[error(
-        "no credentials for cluster {0:?}: send a bearer token (Authorization header, Headlamp's token subprotocol or its headlamp-auth cookies)"
+        "no credentials for cluster {0:?}: send a bearer token (Authorization header or Headlamp's headlamp-auth cookies)"
     )]
     NoCredentials(String),
     /// The cluster does not accept the token.

@@ -11,27 +11,34 @@ use serde_json::json;
 use tracing::debug;
 
 use super::AppState;
-use super::status::ClusterStatus;
-use crate::auth::credentials::Credentials;
+use super::status::{ClusterStatus, is_operator};
 use crate::api_path::{self, ApiPath};
+use crate::auth::credentials::Credentials;
 use crate::auth::policy::{AuthMode, Denied, review_resource};
-use crate::cluster::Cluster;
 use crate::auth::review::ReviewError;
+use crate::cluster::Cluster;
 use crate::hub::Identity;
 
 fn json_error(code: StatusCode, message: String) -> Response {
     (code, axum::Json(json!({ "error": message }))).into_response()
 }
 
-/// `GET /api/clusters`: every cluster with its health.
-pub(super) async fn clusters(State(state): State<AppState>) -> Response {
-    axum::Json(ClusterStatus::all(&state)).into_response()
+/// `GET /api/clusters`: every cluster with its health (and, for an
+/// operator, its API server).
+pub(super) async fn clusters(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let operator = is_operator(&state, &headers);
+    axum::Json(ClusterStatus::all(&state, operator)).into_response()
 }
 
 /// `GET /api/clusters/{name}`: one cluster, or 404 with a JSON error.
-pub(super) async fn cluster(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+pub(super) async fn cluster(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let operator = is_operator(&state, &headers);
     match state.hub.clusters().get(&name) {
-        Some(c) => axum::Json(ClusterStatus::of(&c)).into_response(),
+        Some(c) => axum::Json(ClusterStatus::of(&c, operator)).into_response(),
         None => json_error(StatusCode::NOT_FOUND, format!("unknown cluster {name:?}")),
     }
 }
@@ -54,6 +61,14 @@ pub(super) async fn kubernetes(
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET"));
         return resp;
+    }
+    if let Some(Err(refused)) = state
+        .config
+        .headlamp_backend_token
+        .as_ref()
+        .map(|token| token.check_backend_token(&headers))
+    {
+        return json_error(StatusCode::FORBIDDEN, refused.to_string());
     }
     let Some(target) = state.hub.clusters().get(&cluster) else {
         return json_error(
