@@ -7,6 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -31,15 +32,31 @@ struct Setup {
 }
 
 async fn setup(auth: SimAuth, config: impl FnOnce(Arc<Metrics>) -> ServerConfig) -> Setup {
+    setup_via(auth, config, false).await.0
+}
+
+/// [`setup`], and with `relay` kubemux reaches the simulator through a
+/// relay that counts the TCP connections kubemux opens to it.
+async fn setup_via(
+    auth: SimAuth,
+    config: impl FnOnce(Arc<Metrics>) -> ServerConfig,
+    relay: bool,
+) -> (Setup, Arc<AtomicUsize>) {
     let sim = SimServer::start(SimConfig {
         auth: Some(auth),
         ..SimConfig::default()
     })
     .await
     .unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let mut kubeconfig = sim.kubeconfig(CLUSTER);
+    if relay {
+        let via = counting_relay(sim.addr(), connections.clone()).await;
+        kubeconfig = kubeconfig.replace(&sim.addr().to_string(), &via.to_string());
+    }
     let registry = Arc::new(Registry::new());
     registry
-        .load_kubeconfig_text(&sim.kubeconfig(CLUSTER), "test")
+        .load_kubeconfig_text(&kubeconfig, "test")
         .await
         .unwrap();
     let metrics = Arc::new(Metrics::new());
@@ -47,7 +64,24 @@ async fn setup(auth: SimAuth, config: impl FnOnce(Arc<Metrics>) -> ServerConfig)
     let server = Server::start("127.0.0.1:0".parse().unwrap(), hub, config(metrics))
         .await
         .unwrap();
-    Setup { sim, server }
+    (Setup { sim, server }, connections)
+}
+
+/// Accepts on a loopback port, counts each connection and pipes it to `target`.
+async fn counting_relay(target: SocketAddr, count: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    addr
 }
 
 /// `passthrough` with reviews answered afresh each time (a zero cache
@@ -415,4 +449,27 @@ async fn status_detail_is_for_the_operator_only() {
     for path in ["/healthz", "/readyz", "/metrics", "/"] {
         assert_eq!(get(addr, path).await.0, 200, "{path}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_tokens_share_one_upstream_pool() {
+    let (s, upstream_connections) =
+        setup_via(alice_and_bob(), passthrough(Duration::from_secs(30)), true).await;
+    let addr = s.server.addr();
+    let rest = format!("/clusters/{CLUSTER}{PODS}");
+    let junk = 40;
+    for i in 0..junk {
+        let token = format!("Bearer junk-{i}");
+        let (status, body) = get_with(addr, &rest, &[("authorization", &token)]).await;
+        assert_eq!(status, 401, "the cluster's own answer: {body}");
+    }
+    let bob = get_with(addr, &rest, &[("authorization", "Bearer bob-token")]).await;
+    assert_eq!(bob.0, 200, "{}", bob.1);
+    let opened = upstream_connections.load(Ordering::SeqCst);
+    // Health probes (kubemux's own client) and one pool for every caller:
+    // a handful of connections, not one or more per token.
+    assert!(
+        opened < junk / 4,
+        "{opened} upstream connections for {junk} junk tokens"
+    );
 }
