@@ -473,3 +473,39 @@ async fn junk_tokens_share_one_upstream_pool() {
         "{opened} upstream connections for {junk} junk tokens"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_not_cached_for_the_whole_review_ttl() {
+    let auth = SimAuth::new()
+        .with_admin_token("admin-token")
+        .with_token("alice-token", UserInfo::new("alice", "uid-alice", ["dev"]));
+    let s = setup(auth, |metrics| ServerConfig {
+        policy: Policy::shared(
+            Arc::new(Reviewer::new(Duration::from_secs(600), metrics)),
+            Duration::from_secs(600),
+        ),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut alice = bearer(s.server.addr(), "alice-token").await;
+    alice.request(PODS, "watch=1").await;
+    assert!(error_text(&alice.frame().await).contains("\"alice\" may not"));
+    assert_eq!(alice.frame().await["type"], "COMPLETE");
+    s.sim.auth().add_rule(pods_rule("alice")).unwrap();
+    // Access just granted is seen well within the 10-minute review TTL.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        alice.request(PODS, "watch=1").await;
+        let frame = alice.frame().await;
+        if frame["type"] == "DATA" {
+            break;
+        }
+        assert!(error_text(&frame).contains("\"alice\" may not"));
+        assert_eq!(alice.frame().await["type"], "COMPLETE");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refusal was reused for the whole TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
