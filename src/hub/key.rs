@@ -452,6 +452,9 @@ mod tests {
             "/api/v1//pods",
             "/api/v1",
             "/api/v1/pods?watch=1",
+            "/api/v1/watch/secrets",
+            "/api/v1/watch/namespaces/x/secrets",
+            "/api/v1/namespaces/x/pods/y/log",
         ] {
             assert!(
                 matches!(parse_path(bad), Err(KeyError::BadPath { .. })),
