@@ -18,6 +18,7 @@ use crate::auth::jwt::{JwtSettings, JwtVerifier};
 use crate::auth::origin::OriginPolicy;
 use crate::auth::policy::{AuthMode, Policy};
 use crate::auth::review::Reviewer;
+use crate::auth::secret::{Secret, SecretFileError};
 use crate::dialect::console::ConsoleAuth;
 use crate::hub::{HistoryLimits, HubConfig};
 use crate::metrics::Metrics;
@@ -153,6 +154,12 @@ pub struct ProxyArgs {
     /// Subscription API: the JWT claim listing the user's Kubernetes groups [default: groups].
     #[arg(long, env = "KUBEMUX_JWT_GROUPS_CLAIM")]
     pub jwt_groups_claim: Option<String>,
+    /// File holding Headlamp's backend token (its HEADLAMP_BACKEND_TOKEN): /wsMultiplexer and /clusters/… then require it, by X-HEADLAMP_BACKEND-TOKEN or Headlamp's backend-token subprotocol; it is never sent to a cluster [default: not required].
+    #[arg(long, env = "KUBEMUX_HEADLAMP_BACKEND_TOKEN_FILE")]
+    pub headlamp_backend_token_file: Option<PathBuf>,
+    /// File holding the operator's bearer token: with --auth shared or passthrough, only `Authorization: Bearer <it>` sees the shared watches and API server addresses on /api/status and /api/clusters [default: nobody does].
+    #[arg(long, env = "KUBEMUX_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// The same settings as read from a TOML file. Unknown keys are errors, so a
@@ -196,6 +203,8 @@ struct FileConfig {
     jwt_audience: Option<String>,
     jwt_user_claim: Option<String>,
     jwt_groups_claim: Option<String>,
+    headlamp_backend_token_file: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
 }
 
 /// Why the configuration was rejected.
@@ -223,6 +232,9 @@ pub enum ConfigError {
     /// The subscription API's JWT settings are unusable.
     #[error("{0}")]
     Jwt(String),
+    /// A token file (Headlamp's backend token, the admin token) is unusable.
+    #[error(transparent)]
+    Secret(#[from] SecretFileError),
     /// A setting is out of its accepted range.
     #[error("invalid {setting} = {value}: accepted {accepted}")]
     Invalid {
@@ -300,6 +312,10 @@ pub struct Settings {
     pub subscriptions_listen: Option<SocketAddr>,
     /// The subscription API's JWT key and claims.
     pub jwt: JwtSettings,
+    /// File of Headlamp's backend token, required of Headlamp's requests.
+    pub headlamp_backend_token_file: Option<PathBuf>,
+    /// File of the operator's bearer token, for the status detail.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -340,6 +356,8 @@ impl Default for Settings {
                 groups_claim: "groups".into(),
                 ..JwtSettings::default()
             },
+            headlamp_backend_token_file: None,
+            admin_token_file: None,
         }
     }
 }
@@ -427,7 +445,11 @@ impl Settings {
                 Arc::new(Reviewer::new(self.auth_cache_ttl, metrics.clone())),
                 self.auth_recheck_interval,
             ),
-            mode => Policy::new(mode, self.allow_secrets),
+            AuthMode::Passthrough => Policy::passthrough(
+                Arc::new(Reviewer::new(self.auth_cache_ttl, metrics.clone())),
+                self.auth_recheck_interval,
+            ),
+            AuthMode::None => Policy::none(self.allow_secrets),
         }
     }
 
@@ -444,7 +466,10 @@ impl Settings {
                 "subscriptions_listen serves the subscription API, which needs a JWT key: set jwt_hs256_secret_file or jwt_public_key_file".into(),
             ));
         }
-        Policy::new(settings.auth, settings.allow_secrets)
+        settings.headlamp_backend_token()?;
+        settings.admin_token()?;
+        settings
+            .auth
             .check_listener(settings.listen, settings.allow_unauthenticated_remote)
             .map_err(|e| ConfigError::Unsafe(e.to_string()))?;
         Ok(settings)
@@ -520,6 +545,11 @@ impl Settings {
         };
         Ok(Settings {
             jwt,
+            headlamp_backend_token_file: args
+                .headlamp_backend_token_file
+                .clone()
+                .or(file.headlamp_backend_token_file),
+            admin_token_file: args.admin_token_file.clone().or(file.admin_token_file),
             subscriptions_listen: optional_addr(
                 "subscriptions_listen",
                 args.subscriptions_listen,
@@ -784,6 +814,11 @@ impl Settings {
         let paths = [
             ("jwt_hs256_secret_file", &self.jwt.hs256_secret_file),
             ("jwt_public_key_file", &self.jwt.public_key_file),
+            (
+                "headlamp_backend_token_file",
+                &self.headlamp_backend_token_file,
+            ),
+            ("admin_token_file", &self.admin_token_file),
         ];
         for (key, path) in paths {
             if let Some(p) = path {
@@ -818,6 +853,30 @@ impl Settings {
                 recheck: self.auth_recheck_interval,
             })
         }))
+    }
+
+    /// Headlamp's backend token, when a file for it is configured.
+    pub fn headlamp_backend_token(&self) -> Result<Option<Arc<Secret>>, ConfigError> {
+        Self::secret(
+            "headlamp_backend_token_file",
+            &self.headlamp_backend_token_file,
+        )
+    }
+
+    /// The operator's bearer token, when a file for it is configured.
+    pub fn admin_token(&self) -> Result<Option<Arc<Secret>>, ConfigError> {
+        Self::secret("admin_token_file", &self.admin_token_file)
+    }
+
+    fn secret(
+        setting: &'static str,
+        path: &Option<PathBuf>,
+    ) -> Result<Option<Arc<Secret>>, ConfigError> {
+        Ok(path
+            .as_deref()
+            .map(|p| Secret::from_file(setting, p))
+            .transpose()?
+            .map(Arc::new))
     }
 
     /// The hub's settings.

@@ -209,6 +209,8 @@ async fn run_proxy(
     let metrics = Arc::new(Metrics::new());
     let mut server_config = settings.server_config(&metrics);
     server_config.console = settings.console_auth(&metrics)?;
+    server_config.headlamp_backend_token = settings.headlamp_backend_token()?;
+    server_config.admin_token = settings.admin_token()?;
     let console = server_config.console.is_some();
     let hub = Hub::new(settings.hub_config(), registry.clone(), metrics);
     let server = Server::start(settings.listen, hub, server_config)

@@ -124,7 +124,11 @@ async fn run(mode: AuthMode) {
             Arc::new(Reviewer::new(Duration::from_secs(2), metrics.clone())),
             Duration::from_secs(1),
         ),
-        other => Policy::new(other, false),
+        AuthMode::Passthrough => Policy::passthrough(
+            Arc::new(Reviewer::new(Duration::from_secs(2), metrics.clone())),
+            Duration::from_secs(1),
+        ),
+        AuthMode::None => Policy::none(false),
     };
     let env = start(
         SimConfig {

@@ -16,9 +16,10 @@ use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
-use kubemux::auth::credentials::{Credentials, token_from_protocols};
+use kubemux::api_path::ApiPath;
+use kubemux::auth::credentials::Credentials;
 use kubemux::auth::origin::OriginPolicy;
-use kubemux::auth::policy::resource_of_path;
+use kubemux::auth::secret::Secret;
 use kubemux::config::{ProxyArgs, Settings};
 use kubemux::dialect::{dashboard, dashboard_view, headlamp};
 use kubemux::hub::key::{normalize, parse_path};
@@ -80,7 +81,11 @@ fn key(input: &[u8]) -> Verdict {
 
 fn path(input: &[u8]) -> Verdict {
     let t = text(input);
-    let _ = resource_of_path(&t);
+    if let Ok(ApiPath::Resource { collection, .. }) = kubemux::api_path::parse(&t)
+        && matches!(collection.resource.as_str(), "watch" | "proxy")
+    {
+        return Broken(format!("a legacy path was read as a resource: {t:?}"));
+    }
     match parse_path(&t) {
         Ok(_) if t.contains("/../") || t.ends_with("/..") || t.contains("/./") => {
             Broken(format!("a relative path was accepted: {t:?}"))
@@ -159,11 +164,7 @@ fn credentials(input: &[u8]) -> Verdict {
             headers.insert(name, v);
         }
     }
-    let offered: Vec<String> = f
-        .get(1)
-        .map(|p| text(p).split(',').map(|s| s.trim().to_string()).collect())
-        .unwrap_or_default();
-    let _ = token_from_protocols(&offered);
+    let _ = Secret::new("backend").check_backend_token(&headers);
     let _ = OriginPolicy::new(vec!["https://a.example".into()]).check(&headers);
     let creds = Credentials::from_headers(&headers);
     let shown = format!("{creds:?}");
@@ -247,7 +248,7 @@ pub const TARGETS: &[Target] = &[
     },
     Target {
         name: "path",
-        about: "hub::key::parse_path (watchable collections only) and policy::resource_of_path",
+        about: "api_path::parse (every REST path) and hub::key::parse_path (watchable collections only)",
         corpus: &[
             "/api/v1/pods",
             "/api/v1/namespaces/default/pods",
@@ -374,7 +375,7 @@ pub const TARGETS: &[Target] = &[
     },
     Target {
         name: "credentials",
-        about: "auth::credentials (Authorization header, Headlamp subprotocol, split cookies) and origin check",
+        about: "auth::credentials (Authorization header, split cookies), Headlamp's backend token and the origin check",
         corpus: &[
             "Bearer abcdefghijk\nheadlamp.multiplexer.k8s.io, base64url.headlamp.backend.authorization.k8s.io.dG9rZW4tdTE\nheadlamp-auth-sim.1=n-u2; other=1; headlamp-auth-sim.0=toke\nhttps://a.example\na.example",
             "bearer   x\n\nheadlamp-auth-c.0=abc\n",

@@ -1,7 +1,11 @@
 //! Client credentials as Headlamp and other dashboards send them: an
-//! `Authorization: Bearer` header, Headlamp's token subprotocol, or Headlamp's
-//! per-cluster cookies (`headlamp-auth-<cluster>.<n>`, one token split over
-//! numbered cookies).
+//! `Authorization: Bearer` header or Headlamp's per-cluster cookies
+//! (`headlamp-auth-<cluster>.<n>`, one token split over numbered cookies).
+//!
+//! Headlamp's `base64url.headlamp.backend.authorization.k8s.io.` subprotocol
+//! is not one of them: it carries Headlamp's backend token, a secret between
+//! its frontend and its backend (see [`super::secret`]), which must never
+//! reach a cluster.
 //!
 //! Tokens never reach logs or metrics: `Debug` is redacted, and only a hash
 //! ([`Credentials::identity_hash`]) may be used as a label or key.
@@ -9,18 +13,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use base64::Engine;
 use http::HeaderMap;
 
-/// Prefix of the subprotocol that carries a base64url bearer token.
-pub const TOKEN_PROTOCOL_PREFIX: &str = "base64url.headlamp.backend.authorization.k8s.io.";
 const COOKIE_PREFIX: &str = "headlamp-auth-";
 
 /// The credentials one connection presented.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     bearer: Option<String>,
-    protocol: Option<String>,
     cookies: BTreeMap<String, String>,
 }
 
@@ -28,7 +28,6 @@ impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
             .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
-            .field("protocol", &self.protocol.as_ref().map(|_| "<redacted>"))
             .field("cookie_clusters", &self.cookies.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -48,12 +47,6 @@ impl Credentials {
                     .then(|| token.trim().to_string())
             })
             .filter(|t| !t.is_empty());
-        let offered: Vec<String> = headers
-            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
-            .collect();
         let cookies = headers
             .get_all(http::header::COOKIE)
             .iter()
@@ -80,26 +73,21 @@ impl Credentials {
             .map(|(cluster, parts)| (cluster, parts.into_values().collect::<String>()))
             .filter(|(_, token)| !token.is_empty())
             .collect();
-        Credentials {
-            bearer,
-            protocol: token_from_protocols(&offered),
-            cookies,
-        }
+        Credentials { bearer, cookies }
     }
 
     /// The token to use for `cluster`: its own cookie first (the most
-    /// specific), then the subprotocol token, then the `Authorization` header.
+    /// specific), then the `Authorization` header.
     pub fn token_for(&self, cluster: &str) -> Option<&str> {
         self.cookies
             .get(cluster)
-            .or(self.protocol.as_ref())
             .or(self.bearer.as_ref())
             .map(String::as_str)
     }
 
     /// Whether any credential was presented.
     pub fn is_empty(&self) -> bool {
-        self.bearer.is_none() && self.protocol.is_none() && self.cookies.is_empty()
+        self.bearer.is_none() && self.cookies.is_empty()
     }
 }
 
@@ -124,17 +112,6 @@ pub fn identity_hash(token: &str) -> String {
         .collect()
 }
 
-/// The bearer token offered as a Headlamp subprotocol, if any.
-pub fn token_from_protocols(offered: &[String]) -> Option<String> {
-    offered.iter().find_map(|p| {
-        let encoded = p.strip_prefix(TOKEN_PROTOCOL_PREFIX)?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(encoded.trim_end_matches('='))
-            .ok()?;
-        String::from_utf8(bytes).ok().filter(|t| !t.is_empty())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,13 +133,16 @@ mod tests {
     }
 
     #[test]
-    fn subprotocol_token_is_base64url_decoded() {
-        let c = Credentials::from_headers(&headers(&[(
-            "sec-websocket-protocol",
-            "headlamp.multiplexer.k8s.io, base64url.headlamp.backend.authorization.k8s.io.bXktdG9rZW4",
-        )]));
-        assert_eq!(c.token_for("x"), Some("my-token"));
-        assert_eq!(token_from_protocols(&["other".into()]), None);
+    fn headlamps_backend_token_is_no_credential() {
+        let c = Credentials::from_headers(&headers(&[
+            (
+                "sec-websocket-protocol",
+                "headlamp.multiplexer.k8s.io, base64url.headlamp.backend.authorization.k8s.io.bXktdG9rZW4",
+            ),
+            ("x-headlamp_backend-token", "my-token"),
+        ]));
+        assert!(c.is_empty());
+        assert_eq!(c.token_for("x"), None);
     }
 
     #[test]

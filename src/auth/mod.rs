@@ -6,3 +6,4 @@ pub mod jwt;
 pub mod origin;
 pub mod policy;
 pub mod review;
+pub mod secret;

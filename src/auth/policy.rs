@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use super::credentials::Credentials;
 use super::review::Reviewer;
+use crate::api_path::ApiPath;
 use crate::hub::{Identity, ResourcePath};
 
 /// How clients are identified to the clusters.
@@ -51,7 +52,7 @@ impl AuthMode {
 pub enum Denied {
     /// Passthrough mode without any credential for the cluster.
     #[error(
-        "no credentials for cluster {0:?}: send a bearer token (Authorization header, Headlamp's token subprotocol or its headlamp-auth cookies)"
+        "no credentials for cluster {0:?}: send a bearer token (Authorization header or Headlamp's headlamp-auth cookies)"
     )]
     NoCredentials(String),
     /// `secrets` in `none` mode.
@@ -78,11 +79,7 @@ impl std::fmt::Debug for Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy {
-            mode: AuthMode::None,
-            allow_secrets: false,
-            review: None,
-        }
+        Policy::none(false)
     }
 }
 
@@ -93,11 +90,25 @@ impl Default for Policy {
 )]
 pub struct UnsafeListener(pub SocketAddr);
 
+impl AuthMode {
+    /// Refuses `none` on a non-loopback listener unless `allow_remote`.
+    pub fn check_listener(
+        self,
+        listen: SocketAddr,
+        allow_remote: bool,
+    ) -> Result<(), UnsafeListener> {
+        if self == AuthMode::None && !listen.ip().is_loopback() && !allow_remote {
+            return Err(UnsafeListener(listen));
+        }
+        Ok(())
+    }
+}
+
 impl Policy {
-    /// A policy for `mode`.
-    pub fn new(mode: AuthMode, allow_secrets: bool) -> Self {
+    /// The `none` mode; `allow_secrets` serves `secrets` too.
+    pub fn none(allow_secrets: bool) -> Self {
         Policy {
-            mode,
+            mode: AuthMode::None,
             allow_secrets,
             review: None,
         }
@@ -113,7 +124,22 @@ impl Policy {
         }
     }
 
-    /// The reviewer and re-check interval, in `shared` mode.
+    /// The `passthrough` mode: upstream requests run with the caller's own
+    /// token, and callers are reviewed by `reviewer` like in `shared` mode,
+    /// re-checked every `recheck`. The review is not redundant: a caller
+    /// joining a live watch (another tab's, under another connection's copy
+    /// of the token) or served a LIST from its store makes no request of
+    /// its own, so without it a revoked token would go on being served
+    /// until the upstream watch happened to be re-established.
+    pub fn passthrough(reviewer: Arc<Reviewer>, recheck: Duration) -> Self {
+        Policy {
+            mode: AuthMode::Passthrough,
+            allow_secrets: false,
+            review: Some((reviewer, recheck)),
+        }
+    }
+
+    /// The reviewer and re-check interval, in `shared` and `passthrough` modes.
     pub fn review(&self) -> Option<(&Arc<Reviewer>, Duration)> {
         self.review.as_ref().map(|(r, d)| (r, *d))
     }
@@ -123,26 +149,14 @@ impl Policy {
         self.mode
     }
 
-    /// Refuses `none` on a non-loopback listener unless `allow_remote`.
-    pub fn check_listener(
-        &self,
-        listen: SocketAddr,
-        allow_remote: bool,
-    ) -> Result<(), UnsafeListener> {
-        if self.mode == AuthMode::None && !listen.ip().is_loopback() && !allow_remote {
-            return Err(UnsafeListener(listen));
-        }
-        Ok(())
-    }
-
-    /// The identity a REST GET of `path` (a collection or one object) runs as.
+    /// The identity a REST GET of `path` runs as.
     pub fn identity_for_path(
         &self,
         credentials: &Credentials,
         cluster: &str,
-        path: &str,
+        path: &ApiPath,
     ) -> Result<Identity, Denied> {
-        self.identity(credentials, cluster, &resource_of_path(path))
+        self.identity_of(credentials, cluster, path.collection())
     }
 
     /// The identity an upstream watch for this caller and resource runs as.
@@ -152,10 +166,19 @@ impl Policy {
         cluster: &str,
         resource: &ResourcePath,
     ) -> Result<Identity, Denied> {
+        self.identity_of(credentials, cluster, Some(resource))
+    }
+
+    /// Every rule of the mode, on the parsed resource (`None`: discovery).
+    fn identity_of(
+        &self,
+        credentials: &Credentials,
+        cluster: &str,
+        resource: Option<&ResourcePath>,
+    ) -> Result<Identity, Denied> {
         match self.mode {
             AuthMode::None => {
-                if resource.group.is_empty()
-                    && resource.resource == "secrets"
+                if resource.is_some_and(|r| r.group.is_empty() && r.resource == "secrets")
                     && !self.allow_secrets
                 {
                     return Err(Denied::Secrets);
@@ -171,21 +194,16 @@ impl Policy {
     }
 }
 
-/// The resource a REST path (a collection or one object in it) is about;
-/// an unknown shape yields a resource that matches no rule.
-pub fn resource_of_path(path: &str) -> ResourcePath {
-    crate::hub::key::parse_path(path)
-        .ok()
-        .or_else(|| {
-            path.rsplit_once('/')
-                .and_then(|(parent, _)| crate::hub::key::parse_path(parent).ok())
-        })
-        .unwrap_or(ResourcePath {
-            group: "-".into(),
-            version: String::new(),
-            namespace: None,
-            resource: String::new(),
-        })
+/// The resource a review of a REST GET of `path` asks about: its
+/// collection, or for discovery a resource that matches no rule (only a
+/// user allowed everything may read discovery through a review).
+pub fn review_resource(path: &ApiPath) -> ResourcePath {
+    path.collection().cloned().unwrap_or(ResourcePath {
+        group: "-".into(),
+        version: String::new(),
+        namespace: None,
+        resource: String::new(),
+    })
 }
 
 #[cfg(test)]
@@ -195,38 +213,53 @@ mod tests {
 
     #[test]
     fn none_is_local_only_and_hides_secrets() {
-        let p = Policy::new(AuthMode::None, false);
+        let p = Policy::none(false);
+        let none = AuthMode::None;
         assert!(
-            p.check_listener("127.0.0.1:1".parse().unwrap(), false)
+            none.check_listener("127.0.0.1:1".parse().unwrap(), false)
                 .is_ok()
         );
         assert!(
-            p.check_listener("0.0.0.0:1".parse().unwrap(), false)
+            none.check_listener("0.0.0.0:1".parse().unwrap(), false)
                 .is_err()
         );
-        assert!(p.check_listener("0.0.0.0:1".parse().unwrap(), true).is_ok());
+        assert!(
+            none.check_listener("0.0.0.0:1".parse().unwrap(), true)
+                .is_ok()
+        );
         let creds = Credentials::default();
         let secrets = parse_path("/api/v1/namespaces/a/secrets").unwrap();
         assert_eq!(p.identity(&creds, "c", &secrets), Err(Denied::Secrets));
         let pods = parse_path("/api/v1/pods").unwrap();
         assert_eq!(p.identity(&creds, "c", &pods), Ok(Identity::Proxy));
+        let rest = |path| crate::api_path::parse(path).unwrap();
+        for path in [
+            "/api/v1/namespaces/a/secrets/s",
+            "/api/v1/namespaces/a/secrets/s/status",
+            "/api/v1/secrets",
+        ] {
+            assert_eq!(
+                p.identity_for_path(&creds, "c", &rest(path)),
+                Err(Denied::Secrets),
+                "{path}"
+            );
+        }
         assert_eq!(
-            p.identity_for_path(&creds, "c", "/api/v1/namespaces/a/secrets/s"),
-            Err(Denied::Secrets)
-        );
-        assert_eq!(
-            p.identity_for_path(&creds, "c", "/version"),
+            p.identity_for_path(&creds, "c", &rest("/version")),
             Ok(Identity::Proxy)
         );
-        let p = Policy::new(AuthMode::None, true);
+        let p = Policy::none(true);
         assert_eq!(p.identity(&creds, "c", &secrets), Ok(Identity::Proxy));
     }
 
     #[test]
     fn passthrough_needs_a_token() {
-        let p = Policy::new(AuthMode::Passthrough, false);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let reviewer = Arc::new(Reviewer::new(Duration::from_secs(1), metrics));
+        let p = Policy::passthrough(reviewer, Duration::from_secs(1));
         assert!(
-            p.check_listener("0.0.0.0:1".parse().unwrap(), false)
+            AuthMode::Passthrough
+                .check_listener("0.0.0.0:1".parse().unwrap(), false)
                 .is_ok()
         );
         let pods = parse_path("/api/v1/pods").unwrap();

@@ -34,7 +34,7 @@ pub struct User {
 pub enum ReviewError {
     /// No token was presented.
     #[error(
-        "no credentials for cluster {0:?}: send a bearer token (Authorization header, Headlamp's token subprotocol or its headlamp-auth cookies)"
+        "no credentials for cluster {0:?}: send a bearer token (Authorization header or Headlamp's headlamp-auth cookies)"
     )]
     NoCredentials(String),
     /// The cluster does not accept the token.
@@ -82,26 +82,86 @@ struct AccessKey {
     namespace: Option<String>,
 }
 
-/// Cached TokenReview answers, by (cluster, token hash).
-type TokenCache = HashMap<(String, String), (Result<User, String>, Instant)>;
-/// Cached SubjectAccessReview answers.
-type AccessCache = HashMap<AccessKey, (Result<(), String>, Instant)>;
+/// Most answers each of a reviewer's caches holds. Every distinct token
+/// presented (junk included) and every (user, resource) asked about adds
+/// one, so without a bound a client could grow kubemux's memory at will.
+const CAPACITY: usize = 10_000;
 
-/// TokenReview and SubjectAccessReview with a short cache.
+/// A refusal is reused at most this long (`ttl` if shorter): long enough to
+/// spare the cluster a review per request of a client retrying a bad token,
+/// short enough that access just granted is seen almost at once.
+const NEGATIVE_TTL: Duration = Duration::from_secs(2);
+
+/// Review answers by key, each reused for the reviewer's `ttl` (a refusal
+/// for at most [`NEGATIVE_TTL`]), at most `capacity` of them: when full,
+/// expired answers go first, then the oldest.
+struct Answers<K, V> {
+    map: HashMap<K, (Result<V, String>, Instant)>,
+    capacity: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> Answers<K, V> {
+    fn new(capacity: usize) -> Self {
+        Answers {
+            map: HashMap::new(),
+            capacity,
+        }
+    }
+
+    fn fresh(answer: &Result<V, String>, at: Instant, ttl: Duration) -> bool {
+        let ttl = if answer.is_ok() {
+            ttl
+        } else {
+            ttl.min(NEGATIVE_TTL)
+        };
+        at.elapsed() < ttl
+    }
+
+    /// The answer for `key`, unless it is older than it may be reused.
+    fn get(&self, key: &K, ttl: Duration) -> Option<Result<V, String>> {
+        let (answer, at) = self.map.get(key)?;
+        Self::fresh(answer, *at, ttl).then(|| answer.clone())
+    }
+
+    fn insert(&mut self, key: K, answer: Result<V, String>, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        if !self.map.contains_key(&key) && self.map.len() >= self.capacity {
+            self.map
+                .retain(|_, (answer, at)| Self::fresh(answer, *at, ttl));
+            if self.map.len() >= self.capacity
+                && let Some(oldest) = self
+                    .map
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(k, _)| k.clone())
+            {
+                self.map.remove(&oldest);
+            }
+        }
+        self.map.insert(key, (answer, Instant::now()));
+    }
+}
+
+/// TokenReview and SubjectAccessReview with a short, bounded cache.
 pub struct Reviewer {
     ttl: Duration,
-    tokens: Mutex<TokenCache>,
-    access: Mutex<AccessCache>,
+    /// TokenReview answers, by (cluster, token hash).
+    tokens: Mutex<Answers<(String, String), User>>,
+    /// SubjectAccessReview answers.
+    access: Mutex<Answers<AccessKey, ()>>,
     metrics: Arc<Metrics>,
 }
 
 impl Reviewer {
-    /// A reviewer whose answers are reused for `ttl`.
+    /// A reviewer whose answers are reused for `ttl` (refusals for at most
+    /// two seconds).
     pub fn new(ttl: Duration, metrics: Arc<Metrics>) -> Self {
         Reviewer {
             ttl,
-            tokens: Mutex::default(),
-            access: Mutex::default(),
+            tokens: Mutex::new(Answers::new(CAPACITY)),
+            access: Mutex::new(Answers::new(CAPACITY)),
             metrics,
         }
     }
@@ -139,10 +199,7 @@ impl Reviewer {
         fresh: bool,
     ) -> Result<User, ReviewError> {
         let key = (cluster.id().to_string(), identity_hash(token));
-        if !fresh
-            && let Some((answer, at)) = self.tokens.lock().get(&key).cloned()
-            && at.elapsed() < self.ttl
-        {
+        if !fresh && let Some(answer) = self.tokens.lock().get(&key, self.ttl) {
             self.record("token", "cache_hit");
             return answer.map_err(|reason| ReviewError::Unauthenticated {
                 cluster: cluster.id().to_string(),
@@ -176,9 +233,7 @@ impl Reviewer {
                 .unwrap_or_else(|| "token not recognised".into())),
         };
         self.record("token", if answer.is_ok() { "allowed" } else { "denied" });
-        self.tokens
-            .lock()
-            .insert(key, (answer.clone(), Instant::now()));
+        self.tokens.lock().insert(key, answer.clone(), self.ttl);
         answer.map_err(|reason| ReviewError::Unauthenticated {
             cluster: cluster.id().to_string(),
             reason,
@@ -233,10 +288,7 @@ impl Reviewer {
                 format!(": {reason}")
             },
         };
-        if !fresh
-            && let Some((answer, at)) = self.access.lock().get(&key).cloned()
-            && at.elapsed() < self.ttl
-        {
+        if !fresh && let Some(answer) = self.access.lock().get(&key, self.ttl) {
             self.record("access", "cache_hit");
             return answer.map_err(forbidden);
         }
@@ -273,9 +325,41 @@ impl Reviewer {
             Err(status.reason.unwrap_or_default())
         };
         self.record("access", if answer.is_ok() { "allowed" } else { "denied" });
-        self.access
-            .lock()
-            .insert(key, (answer.clone(), Instant::now()));
+        self.access.lock().insert(key, answer.clone(), self.ttl);
         answer.map_err(forbidden)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_bounded_and_refusals_short_lived() {
+        let ttl = Duration::from_secs(60);
+        let mut answers: Answers<u32, ()> = Answers::new(3);
+        for k in 0..3 {
+            answers.insert(k, Ok(()), ttl);
+        }
+        answers.insert(3, Err("no".into()), ttl);
+        assert_eq!(answers.map.len(), 3, "the oldest went");
+        assert_eq!(answers.get(&0, ttl), None);
+        assert_eq!(answers.get(&3, ttl), Some(Err("no".into())));
+        // A refusal is reused for NEGATIVE_TTL at most, an allowance for ttl.
+        let long_ago = Instant::now() - NEGATIVE_TTL - Duration::from_millis(1);
+        answers.map.insert(4, (Err("no".into()), long_ago));
+        answers.map.insert(5, (Ok(()), long_ago));
+        assert_eq!(answers.get(&4, ttl), None);
+        assert_eq!(answers.get(&5, ttl), Some(Ok(())));
+        // When full, expired answers go before any live one.
+        let mut answers: Answers<u32, ()> = Answers::new(2);
+        answers.insert(0, Ok(()), ttl);
+        answers.map.insert(1, (Err("no".into()), long_ago));
+        answers.insert(2, Ok(()), ttl);
+        assert!(answers.get(&0, ttl).is_some() && answers.map.len() == 2);
+        // With no reuse at all nothing is kept.
+        let mut answers: Answers<u32, ()> = Answers::new(2);
+        answers.insert(0, Ok(()), Duration::ZERO);
+        assert!(answers.map.is_empty());
     }
 }

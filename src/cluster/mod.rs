@@ -2,6 +2,7 @@
 
 mod health;
 pub mod kubeconfig;
+mod token;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::RwLock;
 
 pub use health::Health;
+pub use token::TokenClientError;
 
 /// One cluster and the client used to reach it.
 pub struct Cluster {
@@ -19,14 +21,10 @@ pub struct Cluster {
     client: kube::Client,
     config: Option<kube::Config>,
     streaming: std::sync::OnceLock<kube::Client>,
-    per_token:
-        parking_lot::Mutex<std::collections::HashMap<String, (kube::Client, std::time::Instant)>>,
+    per_token: token::TokenClients,
     health: RwLock<Health>,
     fingerprint: u64,
 }
-
-/// Clients made for callers' own tokens are kept this long after last use.
-const TOKEN_CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A change to the set of clusters, announced to whoever listens
 /// ([`Registry::changes`]): the hub ends subscriptions of removed or edited
@@ -44,13 +42,14 @@ pub enum ClusterChange {
 impl Cluster {
     /// A cluster from a ready client.
     pub fn new(id: impl Into<String>, server: impl Into<String>, client: kube::Client) -> Self {
+        let id = id.into();
         Cluster {
-            id: id.into(),
+            per_token: token::TokenClients::new(id.clone(), None),
+            id,
             server: server.into(),
             client,
             config: None,
             streaming: std::sync::OnceLock::new(),
-            per_token: Default::default(),
             health: RwLock::new(Health::default()),
             fingerprint: 0,
         }
@@ -61,32 +60,16 @@ impl Cluster {
         let server = config.cluster_url.to_string();
         let client = kube::Client::try_from(config.clone())?;
         let mut cluster = Cluster::new(id, server, client);
+        cluster.per_token = token::TokenClients::new(cluster.id.clone(), Some(config.clone()));
         cluster.config = Some(config);
         Ok(cluster)
     }
 
     /// A client that authenticates as the holder of `token` (passthrough
-    /// mode), built from the cluster's configuration with the credentials
-    /// swapped; reused while the token keeps being used.
-    pub fn client_for_token(&self, token: &str) -> Result<kube::Client, kube::Error> {
-        let hash = crate::auth::credentials::identity_hash(token);
-        let now = std::time::Instant::now();
-        let mut cache = self.per_token.lock();
-        if let Some((client, used)) = cache.get_mut(&hash) {
-            *used = now;
-            return Ok(client.clone());
-        }
-        cache.retain(|_, (_, used)| now.duration_since(*used) < TOKEN_CLIENT_IDLE);
-        let mut config = self.config.clone().ok_or_else(|| {
-            kube::Error::Service(format!("cluster {:?} cannot act as callers", self.id).into())
-        })?;
-        config.auth_info = kube::config::AuthInfo {
-            token: Some(secrecy::SecretString::from(token.to_string())),
-            ..Default::default()
-        };
-        let client = kube::Client::try_from(config)?;
-        cache.insert(hash, (client.clone(), now));
-        Ok(client)
+    /// mode): the cluster's one connection pool and TLS configuration, with
+    /// the token as the `Authorization` of each request (see [`token`]).
+    pub fn client_for_token(&self, token: &str) -> Result<kube::Client, TokenClientError> {
+        self.per_token.get(token)
     }
 
     /// A client without a read timeout, for follow streams (pod logs) that

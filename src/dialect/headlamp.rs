@@ -77,7 +77,8 @@ type SubKey = (String, String, String);
 enum Notice {
     /// The hub ended this subscription (its frames were already queued).
     Ended(SubKey, u64),
-    /// The `shared` mode's review of a requested subscription finished.
+    /// The review (`shared` and `passthrough` modes) of a requested
+    /// subscription finished.
     Reviewed(SubKey, u64, Result<(), String>),
     /// A periodic re-check found the caller no longer authorised.
     Revoked(SubKey, u64, String),
@@ -85,7 +86,11 @@ enum Notice {
 
 enum Slot {
     /// Waiting for its review; no event is sent before it succeeds.
-    Pending { token: u64, resource: ResourcePath },
+    Pending {
+        token: u64,
+        resource: ResourcePath,
+        identity: Identity,
+    },
     /// Subscribed.
     Active {
         token: u64,
@@ -228,11 +233,14 @@ impl Dialect for Headlamp {
                 if *t != token {
                     return;
                 }
-                let Some(Slot::Pending { resource, .. }) = self.subs.remove(&key) else {
+                let Some(Slot::Pending {
+                    resource, identity, ..
+                }) = self.subs.remove(&key)
+                else {
                     return;
                 };
                 match result {
-                    Ok(()) => self.subscribe(key, token, resource, Identity::Proxy),
+                    Ok(()) => self.subscribe(key, token, resource, identity),
                     Err(message) => self.end_frames(&key, &message),
                 }
             }
@@ -254,8 +262,10 @@ impl Dialect for Headlamp {
         self.subs.is_empty()
     }
 
-    /// Re-authorises every live subscription (`shared` mode), bypassing the
-    /// cache so a revocation is seen within one interval.
+    /// Re-authorises every live subscription (`shared` and `passthrough`
+    /// modes), bypassing the cache so a revocation is seen within one
+    /// interval even while the upstream watch (another connection's, in
+    /// `passthrough`) goes on.
     fn on_tick(&mut self) {
         let Some((reviewer, _)) = self.policy.review() else {
             return;
@@ -371,7 +381,14 @@ impl Headlamp {
                 .map_err(|e| e.to_string());
             let _ = notices.send(Notice::Reviewed(checked_key, token, verdict));
         });
-        self.subs.insert(key, Slot::Pending { token, resource });
+        self.subs.insert(
+            key,
+            Slot::Pending {
+                token,
+                resource,
+                identity,
+            },
+        );
     }
 
     fn subscribe(&mut self, key: SubKey, token: u64, resource: ResourcePath, identity: Identity) {

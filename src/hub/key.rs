@@ -119,67 +119,29 @@ pub enum KeyError {
     },
 }
 
-const MAX_PATH: usize = 512;
 const MAX_QUERY: usize = 4096;
 
-/// Parses and validates a collection path.
+/// Parses and validates a collection path: [`crate::api_path::parse`], the
+/// grammar REST GETs go through too, narrowed to collections.
 pub fn parse_path(path: &str) -> Result<ResourcePath, KeyError> {
+    use crate::api_path::ApiPath;
     let bad = |why| KeyError::BadPath {
         path: path.chars().take(100).collect(),
         why,
     };
-    if path.is_empty() {
-        return Err(KeyError::Missing("path"));
+    match crate::api_path::parse(path)? {
+        ApiPath::Resource {
+            collection,
+            name: None,
+            subresource: None,
+        } => Ok(collection),
+        ApiPath::Discovery => Err(bad("names an API version or group, not a collection")),
+        ApiPath::Resource {
+            subresource: Some(_),
+            ..
+        } => Err(bad("names a subresource, not a collection")),
+        ApiPath::Resource { .. } => Err(bad("names a single object, not a collection")),
     }
-    if path.len() > MAX_PATH {
-        return Err(bad("too long"));
-    }
-    let rest = path
-        .strip_prefix('/')
-        .ok_or_else(|| bad("must start with /"))?;
-    if rest.contains('?') || rest.contains('#') {
-        return Err(bad("query belongs in the query field"));
-    }
-    let segments: Vec<&str> = rest.split('/').collect();
-    for s in &segments {
-        if s.is_empty() {
-            return Err(bad("empty path segment"));
-        }
-        if *s == "." || *s == ".." {
-            return Err(bad("relative segments are not allowed"));
-        }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-        {
-            return Err(bad(
-                "segments may only hold letters, digits, '-', '.' and '_'",
-            ));
-        }
-    }
-    let (group, version, tail) = match segments.as_slice() {
-        ["api", version, tail @ ..] => (String::new(), *version, tail),
-        ["apis", group, version, tail @ ..] => (group.to_string(), *version, tail),
-        _ => {
-            return Err(bad(
-                "must start with /api/<version>/ or /apis/<group>/<version>/",
-            ));
-        }
-    };
-    let (namespace, resource) = match tail {
-        [resource] => (None, *resource),
-        ["namespaces", ns, resource] => (Some(ns.to_string()), *resource),
-        [] => return Err(bad("names an API version, not a collection")),
-        ["namespaces", _] => return Err(bad("names a single namespace, not a collection")),
-        [_, _] => return Err(bad("names a single object, not a collection")),
-        _ => return Err(bad("names a subresource or object, not a collection")),
-    };
-    Ok(ResourcePath {
-        group,
-        version: version.to_string(),
-        namespace,
-        resource: resource.to_string(),
-    })
 }
 
 fn parse_bool(name: &'static str, value: &str) -> Result<bool, KeyError> {
@@ -519,6 +481,9 @@ mod tests {
             "/api/v1//pods",
             "/api/v1",
             "/api/v1/pods?watch=1",
+            "/api/v1/watch/secrets",
+            "/api/v1/watch/namespaces/x/secrets",
+            "/api/v1/namespaces/x/pods/y/log",
         ] {
             assert!(
                 matches!(parse_path(bad), Err(KeyError::BadPath { .. })),

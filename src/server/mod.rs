@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use crate::auth::credentials::Credentials;
 use crate::auth::origin::OriginPolicy;
 use crate::auth::policy::Policy;
+use crate::auth::secret::Secret;
 use crate::dialect::notifications::{self, Feed};
 use crate::dialect::{console, dashboard, headlamp};
 use crate::hub::Hub;
@@ -69,6 +70,14 @@ pub struct ServerConfig {
     pub console: Option<Arc<console::ConsoleAuth>>,
     /// Also serve the console dialect at `/ws` on this address.
     pub subscriptions_listen: Option<SocketAddr>,
+    /// Headlamp's backend token: when set, `/wsMultiplexer` and
+    /// `/clusters/…` require it, as Headlamp's own backend does. Never a
+    /// Kubernetes credential, never forwarded.
+    pub headlamp_backend_token: Option<Arc<Secret>>,
+    /// The operator's bearer token: who sees the watches and API server
+    /// addresses on `/api/status` and `/api/clusters` (see
+    /// [`status::is_operator`]).
+    pub admin_token: Option<Arc<Secret>>,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +100,8 @@ impl Default for ServerConfig {
             limits: limits::Limits::default(),
             console: None,
             subscriptions_listen: None,
+            headlamp_backend_token: None,
+            admin_token: None,
         }
     }
 }
@@ -464,6 +475,14 @@ async fn headlamp_ws(
 ) -> Response {
     if let Some(refusal) = refuse_upgrade(&state, &headers) {
         return refusal;
+    }
+    if let Some(Err(refused)) = state
+        .config
+        .headlamp_backend_token
+        .as_ref()
+        .map(|token| token.check_backend_token(&headers))
+    {
+        return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();
     }
     let credentials = Credentials::from_headers(&headers);
     // Headlamp's subprotocol is echoed only when the client offered it.

@@ -11,44 +11,36 @@ use serde_json::json;
 use tracing::debug;
 
 use super::AppState;
-use super::status::ClusterStatus;
+use super::status::{ClusterStatus, is_operator};
+use crate::api_path::{self, ApiPath};
 use crate::auth::credentials::Credentials;
-use crate::auth::policy::{Denied, resource_of_path};
+use crate::auth::policy::{AuthMode, Denied, review_resource};
 use crate::auth::review::ReviewError;
+use crate::cluster::Cluster;
 use crate::hub::Identity;
 
 fn json_error(code: StatusCode, message: String) -> Response {
     (code, axum::Json(json!({ "error": message }))).into_response()
 }
 
-/// `GET /api/clusters`: every cluster with its health.
-pub(super) async fn clusters(State(state): State<AppState>) -> Response {
-    axum::Json(ClusterStatus::all(&state)).into_response()
+/// `GET /api/clusters`: every cluster with its health (and, for an
+/// operator, its API server).
+pub(super) async fn clusters(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let operator = is_operator(&state, &headers);
+    axum::Json(ClusterStatus::all(&state, operator)).into_response()
 }
 
 /// `GET /api/clusters/{name}`: one cluster, or 404 with a JSON error.
-pub(super) async fn cluster(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+pub(super) async fn cluster(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let operator = is_operator(&state, &headers);
     match state.hub.clusters().get(&name) {
-        Some(c) => axum::Json(ClusterStatus::of(&c)).into_response(),
+        Some(c) => axum::Json(ClusterStatus::of(&c, operator)).into_response(),
         None => json_error(StatusCode::NOT_FOUND, format!("unknown cluster {name:?}")),
     }
-}
-
-/// Segments of a forwarded path: what Kubernetes names and paths use, and
-/// nothing that could climb out of the API (`..`) or smuggle a query.
-fn forwardable(path: &str) -> bool {
-    (path.starts_with("api/")
-        || path.starts_with("apis/")
-        || path == "api"
-        || path == "apis"
-        || path == "version")
-        && path.split('/').all(|s| {
-            !s.is_empty()
-                && s != "."
-                && s != ".."
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'))
-        })
 }
 
 /// `GET /clusters/{cluster}/{path}`: a LIST from the cache when a shared
@@ -70,25 +62,38 @@ pub(super) async fn kubernetes(
             .insert(header::ALLOW, HeaderValue::from_static("GET"));
         return resp;
     }
+    if let Some(Err(refused)) = state
+        .config
+        .headlamp_backend_token
+        .as_ref()
+        .map(|token| token.check_backend_token(&headers))
+    {
+        return json_error(StatusCode::FORBIDDEN, refused.to_string());
+    }
     let Some(target) = state.hub.clusters().get(&cluster) else {
         return json_error(
             StatusCode::NOT_FOUND,
             format!("unknown cluster {cluster:?}"),
         );
     };
-    if !forwardable(&path) {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            format!("path {path:?} is not a Kubernetes API path"),
-        );
-    }
-    let query = query.unwrap_or_default();
     let full = format!("/{path}");
+    // The rules below apply to what this parser read, and what it read is
+    // what is forwarded: no second reading of the path exists.
+    let parsed = match api_path::parse(&full) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("not a Kubernetes API path kubemux serves: {e}"),
+            );
+        }
+    };
+    let query = query.unwrap_or_default();
     let credentials = Credentials::from_headers(&headers);
     let identity = match state
         .config
         .policy
-        .identity_for_path(&credentials, &cluster, &full)
+        .identity_for_path(&credentials, &cluster, &parsed)
     {
         Ok(identity) => identity,
         Err(denied @ Denied::NoCredentials(_)) => {
@@ -96,23 +101,18 @@ pub(super) async fn kubernetes(
         }
         Err(denied) => return json_error(StatusCode::FORBIDDEN, denied.to_string()),
     };
-    if let Some((reviewer, _)) = state.config.policy.review() {
-        let resource = resource_of_path(&full);
-        if let Err(e) = reviewer
-            .check(&target, credentials.token_for(&cluster), &resource, false)
-            .await
-        {
-            let code = match e {
-                ReviewError::NoCredentials(_) | ReviewError::Unauthenticated { .. } => {
-                    StatusCode::UNAUTHORIZED
-                }
-                ReviewError::Forbidden { .. } => StatusCode::FORBIDDEN,
-                ReviewError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
-            };
-            return json_error(code, e.to_string());
-        }
+    // `shared` forwards with kubemux's identity, so every GET is reviewed.
+    // `passthrough` forwards with the caller's token and the cluster
+    // decides, but a LIST from a shared watch's store reaches the cluster
+    // not at all: that answer is reviewed like `shared` mode's.
+    let reviewed = state.config.policy.mode() == AuthMode::Shared;
+    if reviewed && let Err(refusal) = review(&state, &target, &credentials, &parsed).await {
+        return refusal;
     }
     if let Some(list) = state.hub.cached_list(&cluster, &full, &query, &identity) {
+        if !reviewed && let Err(refusal) = review(&state, &target, &credentials, &parsed).await {
+            return refusal;
+        }
         debug!(cluster = %cluster, path = %full, "LIST served from a shared watch");
         return ([(header::CONTENT_TYPE, "application/json")], list.to_json()).into_response();
     }
@@ -157,18 +157,33 @@ pub(super) async fn kubernetes(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::forwardable;
-
-    #[test]
-    fn only_api_paths_are_forwarded() {
-        assert!(forwardable("api/v1/namespaces/default/pods"));
-        assert!(forwardable("apis/apps/v1/deployments"));
-        assert!(forwardable("version"));
-        assert!(!forwardable("api/v1/../../etc"));
-        assert!(!forwardable("metrics"));
-        assert!(!forwardable("api//v1"));
-        assert!(!forwardable("api/v1/pods?x=1"));
-    }
+/// The mode's review of a GET of `path`, as an error response when refused.
+async fn review(
+    state: &AppState,
+    target: &Cluster,
+    credentials: &Credentials,
+    path: &ApiPath,
+) -> Result<(), Response> {
+    let Some((reviewer, _)) = state.config.policy.review() else {
+        return Ok(());
+    };
+    reviewer
+        .check(
+            target,
+            credentials.token_for(target.id()),
+            &review_resource(path),
+            false,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            let code = match e {
+                ReviewError::NoCredentials(_) | ReviewError::Unauthenticated { .. } => {
+                    StatusCode::UNAUTHORIZED
+                }
+                ReviewError::Forbidden { .. } => StatusCode::FORBIDDEN,
+                ReviewError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
+            };
+            json_error(code, e.to_string())
+        })
 }

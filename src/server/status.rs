@@ -1,12 +1,29 @@
 //! Readiness, the status API and the status page: what an operator opens first.
 
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
+use crate::auth::policy::AuthMode;
 use crate::cluster::{Cluster, Health};
+
+/// Whether the caller may see every user's watches and the API servers'
+/// addresses. In `--auth none` everyone may: the listener is local and
+/// every caller acts as kubemux anyway. Otherwise only the bearer of
+/// `--admin-token-file`'s token: the watched namespaces and selectors of
+/// one user are not another's to read, and an API server's address is a
+/// target. Without an admin token nobody gets the detail (`/metrics` has
+/// the aggregate numbers).
+pub(super) fn is_operator(state: &AppState, headers: &HeaderMap) -> bool {
+    state.config.policy.mode() == AuthMode::None
+        || state
+            .config
+            .admin_token
+            .as_ref()
+            .is_some_and(|token| token.is_bearer_of(headers))
+}
 
 #[derive(Deserialize)]
 pub(super) struct ReadyQuery {
@@ -57,33 +74,41 @@ pub(super) async fn readyz(State(state): State<AppState>, Query(q): Query<ReadyQ
     (code, body).into_response()
 }
 
-/// One cluster as `/api/status` and `/api/clusters` show it.
+/// One cluster as `/api/status` and `/api/clusters` show it. For a caller
+/// who is not an operator, the API server's address is left out, and so is
+/// the last probe error (it names the address); the rest, seed 002's
+/// record, stays.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ClusterStatus {
     name: String,
-    server: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<String>,
     #[serde(flatten)]
     health: Health,
 }
 
 impl ClusterStatus {
     /// Every cluster of the hub's registry.
-    pub(super) fn all(state: &AppState) -> Vec<ClusterStatus> {
+    pub(super) fn all(state: &AppState, operator: bool) -> Vec<ClusterStatus> {
         state
             .hub
             .clusters()
             .all()
             .iter()
-            .map(|c| ClusterStatus::of(c))
+            .map(|c| ClusterStatus::of(c, operator))
             .collect()
     }
 
-    pub(super) fn of(c: &Cluster) -> Self {
+    pub(super) fn of(c: &Cluster, operator: bool) -> Self {
+        let mut health = c.health();
+        if !operator {
+            health.last_error = None;
+        }
         ClusterStatus {
             name: c.id().to_string(),
-            server: c.server().to_string(),
-            health: c.health(),
+            server: operator.then(|| c.server().to_string()),
+            health,
         }
     }
 }
@@ -102,17 +127,24 @@ struct WatchStatus {
 #[serde(rename_all = "camelCase")]
 struct Status {
     version: &'static str,
+    /// The caller is not an operator: no addresses, no watches.
+    redacted: bool,
     clusters: Vec<ClusterStatus>,
     watches: Vec<WatchStatus>,
 }
 
 /// `GET /api/status`: clusters with health and shared watches with their
-/// subscriber and event counts, for the status page and for scripts.
-pub(super) async fn api_status(State(state): State<AppState>) -> Response {
-    let clusters = ClusterStatus::all(&state);
-    let watches = state
-        .hub
-        .watches()
+/// subscriber and event counts, for the status page and for scripts. Only
+/// an operator ([`is_operator`]) is shown the watches and addresses.
+pub(super) async fn api_status(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let operator = is_operator(&state, &headers);
+    let clusters = ClusterStatus::all(&state, operator);
+    let all = if operator {
+        state.hub.watches()
+    } else {
+        Vec::new()
+    };
+    let watches = all
         .into_iter()
         .map(|w| WatchStatus {
             cluster: w.key.cluster().to_string(),
@@ -124,6 +156,7 @@ pub(super) async fn api_status(State(state): State<AppState>) -> Response {
         .collect();
     axum::Json(Status {
         version: env!("CARGO_PKG_VERSION"),
+        redacted: !operator,
         clusters,
         watches,
     })
