@@ -346,7 +346,8 @@ async fn new_keys_beyond_the_upstream_watch_limit_are_refused_by_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_passthrough_identity_cannot_take_every_upstream_watch() {
-    use kubemux::auth::policy::{AuthMode, Policy};
+    use kubemux::auth::policy::Policy;
+    use kubemux::auth::review::Reviewer;
     use kubemux::sim::{Rule, SimAuth, UserInfo};
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let auth = SimAuth::new()
@@ -368,7 +369,13 @@ async fn one_passthrough_identity_cannot_take_every_upstream_watch() {
             ..quick_hub()
         },
         ServerConfig {
-            policy: Policy::new(AuthMode::Passthrough, false),
+            policy: Policy::passthrough(
+                std::sync::Arc::new(Reviewer::new(
+                    Duration::from_secs(30),
+                    std::sync::Arc::new(kubemux::metrics::Metrics::new()),
+                )),
+                Duration::from_secs(30),
+            ),
             ..ServerConfig::default()
         },
     )
