@@ -298,6 +298,41 @@ async fn rest_lists_come_from_the_cache_when_a_watch_is_live() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_refusals_are_kubernetes_status_objects() {
+    let env = start_default().await;
+    let addr = env.server.addr();
+    for (method, path, code, reason, says) in [
+        ("GET", "/clusters/nope/api/v1/pods", 404, "NotFound", "nope"),
+        ("GET", "/clusters/sim/metrics", 400, "BadRequest", "metrics"),
+        (
+            "GET",
+            "/clusters/sim/api/v1/secrets",
+            403,
+            "Forbidden",
+            "secrets",
+        ),
+        (
+            "DELETE",
+            "/clusters/sim/api/v1/namespaces/default/pods",
+            405,
+            "MethodNotAllowed",
+            "read-only",
+        ),
+    ] {
+        let (got, body) = http(addr, method, path, "").await;
+        assert_eq!(got, code, "{method} {path}: {body}");
+        let status: Value = serde_json::from_str(&body).expect("a JSON body");
+        assert_eq!(status["kind"], "Status", "{body}");
+        assert_eq!(status["apiVersion"], "v1", "{body}");
+        assert_eq!(status["metadata"], json!({}), "{body}");
+        assert_eq!(status["status"], "Failure", "{body}");
+        assert_eq!(status["reason"], reason, "{body}");
+        assert_eq!(status["code"], code, "{body}");
+        assert!(status["message"].as_str().unwrap().contains(says), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_origins_are_refused_unless_allowed() {
     let env = start(
         SimConfig::default(),
