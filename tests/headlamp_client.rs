@@ -73,7 +73,8 @@ fn ensure_installed() {
                     .arg(&dir)
                     .output();
                 std::fs::remove_file(&lock).ok();
-                let out = out.expect("the Headlamp harness needs npm on PATH to install its packages");
+                let out =
+                    out.expect("the Headlamp harness needs npm on PATH to install its packages");
                 assert!(
                     out.status.success() && marker.exists(),
                     "`npm ci --prefix tests/headlamp-client` failed:\n{}\n{}",
@@ -230,7 +231,8 @@ impl World {
             "modify" => {
                 let ns = ask["namespace"].as_str().unwrap();
                 let name = ask["name"].as_str().unwrap();
-                let patch = json!({"metadata": {"labels": {"harness": rand::random::<u32>().to_string()}}});
+                let patch =
+                    json!({"metadata": {"labels": {"harness": rand::random::<u32>().to_string()}}});
                 let pod = self
                     .sim(cluster)
                     .store()
@@ -265,11 +267,10 @@ impl World {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let result = tokio::time::timeout(SCENARIO_PATIENCE, async {
             loop {
-                let line = lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .unwrap_or_else(|| panic!("the harness ended without a result ({scenario})"));
+                let line =
+                    lines.next_line().await.unwrap().unwrap_or_else(|| {
+                        panic!("the harness ended without a result ({scenario})")
+                    });
                 let msg: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("harness printed {line:?}: {e}"));
                 if msg.get("ask").is_some() {
@@ -281,7 +282,10 @@ impl World {
                 } else if let Some(result) = msg.get("result") {
                     break result.clone();
                 } else {
-                    panic!("scenario {scenario} failed in the harness: {}", msg["failed"]);
+                    panic!(
+                        "scenario {scenario} failed in the harness: {}",
+                        msg["failed"]
+                    );
                 }
             }
         })
