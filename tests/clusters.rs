@@ -128,6 +128,7 @@ async fn kubeconfig_edits_add_and_remove_clusters_while_running() {
         frame["data"].as_str().unwrap().contains("unknown cluster"),
         "{frame}"
     );
+    assert_eq!(c.frame().await["type"], "COMPLETE", "after the refusal");
 
     request(&mut c, "one", "/api/v1/nodes").await;
     assert_eq!(c.event().await.0["clusterId"], "one");
