@@ -23,11 +23,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use kubemux::auth::policy::{AuthMode, Policy};
 use kubemux::cluster::Registry;
 use kubemux::hub::Hub;
 use kubemux::metrics::Metrics;
 use kubemux::server::{Server, ServerConfig};
-use kubemux::sim::{SimConfig, SimServer};
+use kubemux::sim::{Rule, SimAuth, SimConfig, SimServer, UserInfo};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -98,6 +99,7 @@ fn ensure_installed() {
 struct World {
     sims: Vec<(String, SimServer)>,
     kubeconfig: String,
+    config: ServerConfig,
     hub: Hub,
     server: Option<Server>,
     addr: SocketAddr,
@@ -112,18 +114,26 @@ impl Drop for TempDir {
     }
 }
 
-async fn proxy(kubeconfig: &str, at: SocketAddr) -> std::io::Result<(Hub, Server)> {
+async fn proxy(
+    kubeconfig: &str,
+    at: SocketAddr,
+    config: &ServerConfig,
+) -> std::io::Result<(Hub, Server)> {
     let registry = Arc::new(Registry::new());
     registry
         .load_kubeconfig_text(kubeconfig, "test")
         .await
         .expect("kubeconfig loads");
     let hub = Hub::new(quick_hub(), registry, Arc::new(Metrics::new()));
-    let server = Server::start(at, hub.clone(), ServerConfig::default()).await?;
+    let server = Server::start(at, hub.clone(), config.clone()).await?;
     Ok((hub, server))
 }
 
 async fn world(names: &[&str]) -> World {
+    world_with(names, SimConfig::default(), ServerConfig::default()).await
+}
+
+async fn world_with(names: &[&str], sim: SimConfig, config: ServerConfig) -> World {
     let dir = std::env::temp_dir().join(format!(
         "kubemux-headlamp-client-{}-{}",
         std::process::id(),
@@ -132,19 +142,20 @@ async fn world(names: &[&str]) -> World {
     std::fs::create_dir_all(&dir).unwrap();
     let mut sims = Vec::new();
     for name in names {
-        let sim = SimServer::start(SimConfig::default()).await.unwrap();
+        let sim = SimServer::start(sim.clone()).await.unwrap();
         sims.push((name.to_string(), sim));
     }
     let file = dir.join("config");
     let named: Vec<(&str, &SimServer)> = sims.iter().map(|(n, s)| (n.as_str(), s)).collect();
     write_kubeconfig(&file, &named);
     let kubeconfig = std::fs::read_to_string(&file).unwrap();
-    let (hub, server) = proxy(&kubeconfig, "127.0.0.1:0".parse().unwrap())
+    let (hub, server) = proxy(&kubeconfig, "127.0.0.1:0".parse().unwrap(), &config)
         .await
         .expect("proxy starts");
     World {
         sims,
         kubeconfig,
+        config,
         hub,
         addr: server.addr(),
         server: Some(server),
@@ -211,7 +222,7 @@ impl World {
                 // A new kubemux (empty hub), on the same port when it is free.
                 let mut started = None;
                 for _ in 0..20 {
-                    if let Ok(s) = proxy(&self.kubeconfig, self.addr).await {
+                    if let Ok(s) = proxy(&self.kubeconfig, self.addr, &self.config).await {
                         started = Some(s);
                         break;
                     }
@@ -219,9 +230,13 @@ impl World {
                 }
                 let (hub, server) = match started {
                     Some(s) => s,
-                    None => proxy(&self.kubeconfig, "127.0.0.1:0".parse().unwrap())
-                        .await
-                        .expect("a new proxy starts"),
+                    None => proxy(
+                        &self.kubeconfig,
+                        "127.0.0.1:0".parse().unwrap(),
+                        &self.config,
+                    )
+                    .await
+                    .expect("a new proxy starts"),
                 };
                 self.hub = hub;
                 self.addr = server.addr();
@@ -392,7 +407,7 @@ async fn two_clusters_on_one_socket_each_converge() {
     let mut w = world(&["sim", "my.cluster"]).await;
     let r = w
         .run(
-            "two_clusters",
+            "clusters",
             json!({"clusters": ["sim", "my.cluster"], "secs": secs(), "rate": CHURN}),
         )
         .await;
@@ -464,4 +479,52 @@ async fn refusals_show_the_kubernetes_message_and_complete() {
             "{what}: no COMPLETE after the ERROR: {ws}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headlamps_auth_cookie_for_a_dotted_cluster_name_works() {
+    let auth = SimAuth::new()
+        .with_admin_token("admin-token")
+        .with_token("token-u0", UserInfo::new("u0", "uid-0", ["team"]))
+        .with_rule(
+            Rule::allow(["get", "list", "watch"], ["pods"])
+                .users(["u0"])
+                .api_groups([""]),
+        );
+    let mut w = world_with(
+        &["my.cluster"],
+        SimConfig {
+            auth: Some(auth),
+            ..SimConfig::default()
+        },
+        ServerConfig {
+            policy: Policy::new(AuthMode::Passthrough, false),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    // The cookies Headlamp's backend sets for "my.cluster", token split in two.
+    let r = w
+        .run(
+            "clusters",
+            json!({
+                "clusters": ["my.cluster"],
+                "secs": secs(),
+                "rate": CHURN,
+                "cookies": {"headlamp-auth-mycluster.0": "token-", "headlamp-auth-mycluster.1": "u0"},
+            }),
+        )
+        .await;
+    assert_eq!(
+        r["shown"],
+        json!([]),
+        "Headlamp shows errors: {}",
+        summary(&r)
+    );
+    assert_eq!(r["errors"], json!([]), "{}", summary(&r));
+    assert_no_410(&r);
+    assert_eq!(versions(&r["rendered"]["my.cluster"]), w.pods("my.cluster"));
+    let sim = w.sim("my.cluster");
+    assert!(sim.watch_requests_by("u0", "pods") >= 1, "watched as u0");
+    assert!(sim.list_requests_by("u0", "pods") >= 1, "listed as u0");
 }

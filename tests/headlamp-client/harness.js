@@ -4,7 +4,7 @@
 // Talks to the Rust test over stdio, one JSON object a line: the harness
 // writes {"ask": ...} and reads the answer (the test drives the simulator and
 // the proxy), and ends with {"result": {...}}, which the test asserts on.
-import { tap } from './globals.js';
+import { tap, cookies } from './globals.js';
 import readline from 'node:readline';
 import React from 'react';
 import TestRenderer from 'react-test-renderer';
@@ -238,16 +238,18 @@ const scenarios = {
     });
   },
 
-  // One list hook over two clusters: one socket, each cluster converges.
-  async two_clusters(o) {
+  // One list hook over the given clusters (Headlamp's multi-cluster view):
+  // one socket, each cluster converges.
+  async clusters(o) {
     const view = mountList(o.clusters);
     await subscribed(o.clusters.length);
     await ask('churn', { rate: o.rate });
     await sleep(o.secs * 1000);
     const c = await converge([view], o.clusters);
     const after = await counters(o.clusters);
+    const shown = (view.state.current?.errors ?? []).map(e => ({ message: e.message, status: e.status ?? null }));
     view.unmount();
-    finish({ ...c, rendered: c.rendered[0], after });
+    finish({ ...c, rendered: c.rendered[0], after, shown });
   },
 
   // List, kubemux restarts, the user navigates away and back: the list is
@@ -349,6 +351,8 @@ async function main() {
   relay = await startRelay(parseAddr(options.proxy), options.delayMs ?? 30);
   globalThis.__harness.appUrl = `http://127.0.0.1:${relay.port}/`;
   globalThis.__harness.cluster = options.cluster ?? null;
+  // Cookies as Headlamp's backend would have set them (its auth cookies).
+  for (const [name, value] of Object.entries(options.cookies ?? {})) cookies.set(name, value);
   if (!scenarios[scenario]) {
     console.error(`unknown scenario ${scenario}; one of ${Object.keys(scenarios).join(', ')}`);
     process.exit(2);
