@@ -409,3 +409,47 @@ async fn a_dashboard_in_shared_mode_is_cut_off_when_access_is_revoked() {
         "the connection closes after the revocation"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headlamps_cookie_for_a_dotted_cluster_name_is_its_sanitised_name() {
+    let sim = SimServer::start(SimConfig {
+        auth: Some(users(1)),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let registry = Arc::new(Registry::new());
+    registry
+        .load_kubeconfig_text(&sim.kubeconfig("my.cluster"), "test")
+        .await
+        .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let hub = Hub::new(quick_hub(), registry, metrics.clone());
+    let config = ServerConfig {
+        policy: passthrough(Duration::from_secs(30))(metrics),
+        ..ServerConfig::default()
+    };
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), hub, config)
+        .await
+        .unwrap();
+    // What Headlamp's backend sets for "my.cluster": headlamp-auth-mycluster.<n>.
+    let mut req = format!("ws://{}/wsMultiplexer", server.addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "cookie",
+        "headlamp-auth-mycluster.0=token-; headlamp-auth-mycluster.1=u0"
+            .parse()
+            .unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut c = Client { ws };
+    c.send(json!({"clusterId": "my.cluster", "path": PATH, "query": "watch=1", "userId": "", "type": "REQUEST"}))
+        .await;
+    let (frame, _) = c.event().await;
+    assert_eq!(frame["clusterId"], "my.cluster");
+    eventually("u0's own watch", || {
+        sim.watch_requests_by("u0", "pods") == 1
+    })
+    .await;
+}

@@ -128,6 +128,7 @@ async fn kubeconfig_edits_add_and_remove_clusters_while_running() {
         frame["data"].as_str().unwrap().contains("unknown cluster"),
         "{frame}"
     );
+    assert_eq!(c.frame().await["type"], "COMPLETE", "after the refusal");
 
     request(&mut c, "one", "/api/v1/nodes").await;
     assert_eq!(c.event().await.0["clusterId"], "one");
@@ -295,6 +296,41 @@ async fn rest_lists_come_from_the_cache_when_a_watch_is_live() {
     assert_eq!(code, 404);
     let (code, _) = http(addr, "GET", "/clusters/sim/metrics", "").await;
     assert_eq!(code, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_refusals_are_kubernetes_status_objects() {
+    let env = start_default().await;
+    let addr = env.server.addr();
+    for (method, path, code, reason, says) in [
+        ("GET", "/clusters/nope/api/v1/pods", 404, "NotFound", "nope"),
+        ("GET", "/clusters/sim/metrics", 400, "BadRequest", "metrics"),
+        (
+            "GET",
+            "/clusters/sim/api/v1/secrets",
+            403,
+            "Forbidden",
+            "secrets",
+        ),
+        (
+            "DELETE",
+            "/clusters/sim/api/v1/namespaces/default/pods",
+            405,
+            "MethodNotAllowed",
+            "read-only",
+        ),
+    ] {
+        let (got, body) = http(addr, method, path, "").await;
+        assert_eq!(got, code, "{method} {path}: {body}");
+        let status: Value = serde_json::from_str(&body).expect("a JSON body");
+        assert_eq!(status["kind"], "Status", "{body}");
+        assert_eq!(status["apiVersion"], "v1", "{body}");
+        assert_eq!(status["metadata"], json!({}), "{body}");
+        assert_eq!(status["status"], "Failure", "{body}");
+        assert_eq!(status["reason"], reason, "{body}");
+        assert_eq!(status["code"], code, "{body}");
+        assert!(status["message"].as_str().unwrap().contains(says), "{body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -266,6 +266,13 @@ async fn bad_input_gets_specific_errors_and_the_connection_keeps_working() {
             err.contains(expected),
             "{input}: error {err:?} should mention {expected:?}"
         );
+        let is_request = serde_json::from_str::<serde_json::Value>(input)
+            .is_ok_and(|v| v.get("type").is_some_and(|t| t == "REQUEST"));
+        if is_request {
+            let complete = c.frame().await;
+            assert_eq!(complete["type"], "COMPLETE", "{input}: {complete}");
+            assert_eq!(complete["path"], frame["path"]);
+        }
     }
     c.request("/api/v1/nodes", "watch=1").await;
     c.request("/api/v1/namespaces", "watch=1").await;
@@ -281,6 +288,7 @@ async fn bad_input_gets_specific_errors_and_the_connection_keeps_working() {
                 saw_limit = true;
             }
             "DATA" => saw_data = true,
+            "COMPLETE" => assert!(saw_limit, "COMPLETE follows the refusal"),
             other => panic!("unexpected {other}"),
         }
     }
@@ -368,4 +376,46 @@ async fn applied_events_equal_the_servers_objects_after_churn() {
             applied.apply(&ev);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_end_with_complete_after_the_error() {
+    let env = start_default().await;
+    let mut c = env.client().await;
+    for (cluster, path, query, says) in [
+        ("nope", "/api/v1/pods", "watch=1", "unknown cluster"),
+        (CLUSTER, "/api/v1/secrets", "watch=1", "secrets"),
+        (CLUSTER, "/api/v1/pods/x/log", "watch=1", ""),
+        (CLUSTER, "/api/v1/pods", "watch=1&bogus=1", "bogus"),
+        ("", "/api/v1/pods", "watch=1", "clusterId"),
+    ] {
+        c.send(json!({"clusterId": cluster, "path": path, "query": query, "userId": "u", "type": "REQUEST"}))
+            .await;
+        let error = c.frame().await;
+        assert_eq!(error["type"], "ERROR", "{error}");
+        assert_eq!(
+            (&error["clusterId"], &error["path"], &error["query"]),
+            (&json!(cluster), &json!(path), &json!(query))
+        );
+        let data: serde_json::Value =
+            serde_json::from_str(error["data"].as_str().unwrap()).unwrap();
+        assert!(data["error"].as_str().unwrap().contains(says), "{data}");
+        let complete = c
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("no COMPLETE after {error}"));
+        assert_eq!(complete["type"], "COMPLETE", "{complete}");
+        assert_eq!(
+            (
+                &complete["clusterId"],
+                &complete["path"],
+                &complete["query"]
+            ),
+            (&json!(cluster), &json!(path), &json!(query))
+        );
+    }
+    // A message that asks for no subscription gets its ERROR only.
+    c.send_raw("not json").await;
+    assert_eq!(c.frame().await["type"], "ERROR");
+    assert!(c.next_within(Duration::from_millis(300)).await.is_none());
 }

@@ -191,7 +191,13 @@ async fn messages_beyond_the_rate_get_an_error_each_and_close_always_passes() {
     })
     .await;
     c.send(json!({"type": "NOPE"})).await;
-    let frame = c.frame().await;
+    let frame = loop {
+        // Each refused REQUEST was followed by its COMPLETE.
+        let frame = c.frame().await;
+        if frame["type"] != "COMPLETE" {
+            break frame;
+        }
+    };
     assert!(
         frame["data"].as_str().unwrap().contains("rate limited"),
         "bad messages spend tokens too: {frame}"

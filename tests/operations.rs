@@ -340,7 +340,11 @@ async fn sigterm_completes_every_subscriber_closes_with_1012_and_exits_zero() {
             }
         }
         assert!(completed, "{path}: COMPLETE before the close");
-        assert_eq!(close_code, Some(1012), "{path}: closed with 1012 (service restart)");
+        assert_eq!(
+            close_code,
+            Some(1012),
+            "{path}: closed with 1012 (service restart)"
+        );
     }
     let (status, _) = terminated.await.unwrap();
     assert!(status.success(), "exit status {status:?}");

@@ -736,7 +736,10 @@ async fn a_resume_across_a_kubemux_restart_is_exact() {
     let text = http_get(server.addr(), "/metrics").await;
     assert!(!text.contains("outcome=\"expired\""), "no 410: {text}");
     assert_eq!(
-        metric(&text, "kubemux_upstream_watch_requests_total{cluster=\"sim\"}"),
+        metric(
+            &text,
+            "kubemux_upstream_watch_requests_total{cluster=\"sim\"}"
+        ),
         Some(1.0),
         "the new watch listed at the client's version and watched from it; no backfill: {text}"
     );
@@ -757,6 +760,7 @@ async fn watch_options_the_api_server_rejects_are_refused_by_name() {
         ),
         "{data}"
     );
+    assert_eq!(c.frame().await["type"], "COMPLETE");
     assert_eq!(env.sim.watch_requests("pods"), 0);
 }
 

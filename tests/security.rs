@@ -220,10 +220,12 @@ async fn legacy_watch_paths_never_reach_the_cluster_in_auth_none() {
         assert_eq!(frame["path"], path);
         let err = error_text(&frame);
         assert!(err.contains("legacy"), "{path}: {err}");
+        assert_eq!(ws.frame().await["type"], "COMPLETE", "{path}");
     }
     ws.request("/api/v1/namespaces/default/secrets", "watch=1")
         .await;
     assert!(error_text(&ws.frame().await).contains("secrets are not served"));
+    assert_eq!(ws.frame().await["type"], "COMPLETE");
     assert_eq!(
         secret_requests(&env),
         0,

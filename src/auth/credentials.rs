@@ -1,6 +1,8 @@
 //! Client credentials as Headlamp and other dashboards send them: an
 //! `Authorization: Bearer` header or Headlamp's per-cluster cookies
-//! (`headlamp-auth-<cluster>.<n>`, one token split over numbered cookies).
+//! (`headlamp-auth-<cluster>.<n>`, one token split over numbered cookies,
+//! the cluster name sanitised as Headlamp's backend does: see
+//! [`cookie_cluster_name`]).
 //!
 //! Headlamp's `base64url.headlamp.backend.authorization.k8s.io.` subprotocol
 //! is not one of them: it carries Headlamp's backend token, a secret between
@@ -80,7 +82,7 @@ impl Credentials {
     /// specific), then the `Authorization` header.
     pub fn token_for(&self, cluster: &str) -> Option<&str> {
         self.cookies
-            .get(cluster)
+            .get(&cookie_cluster_name(cluster))
             .or(self.bearer.as_ref())
             .map(String::as_str)
     }
@@ -89,6 +91,18 @@ impl Credentials {
     pub fn is_empty(&self) -> bool {
         self.bearer.is_none() && self.cookies.is_empty()
     }
+}
+
+/// The cluster part of Headlamp's cookie names for `cluster`, as Headlamp's
+/// backend writes it (`SanitizeClusterName`): only `[A-Za-z0-9-_]` kept, the
+/// rest dropped, cut to 50 characters. So `my.cluster`'s token arrives in
+/// `headlamp-auth-mycluster.0`.
+pub fn cookie_cluster_name(cluster: &str) -> String {
+    cluster
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .take(50)
+        .collect()
 }
 
 /// A stable, non-reversible name for a token, usable in keys and logs.
@@ -154,13 +168,33 @@ mod tests {
             ),
             (
                 "cookie",
-                "headlamp-auth-my.cluster.0=zzz; headlamp-auth-prod.10=ghi",
+                "headlamp-auth-mycluster.0=zzz; headlamp-auth-prod.10=ghi",
             ),
             ("authorization", "Bearer fallback"),
         ]));
         assert_eq!(c.token_for("prod"), Some("abcdefghi"));
         assert_eq!(c.token_for("my.cluster"), Some("zzz"));
         assert_eq!(c.token_for("other"), Some("fallback"));
+    }
+
+    #[test]
+    fn cookie_names_use_headlamps_sanitised_cluster_name() {
+        assert_eq!(cookie_cluster_name("my.cluster"), "mycluster");
+        assert_eq!(
+            cookie_cluster_name("arn:aws:eks:eu-west-1:1234:cluster/prod_1"),
+            "arnawsekseu-west-11234clusterprod_1"
+        );
+        let long = "a".repeat(60);
+        assert_eq!(cookie_cluster_name(&long), "a".repeat(50));
+        // Two clusters of the same sanitised name share the cookie, as in
+        // Headlamp; the unsanitised name is not a cookie name Headlamp uses.
+        let c = Credentials::from_headers(&headers(&[(
+            "cookie",
+            &format!("headlamp-auth-{}.0=tok", "a".repeat(50)),
+        )]));
+        assert_eq!(c.token_for(&long), Some("tok"));
+        let c = Credentials::from_headers(&headers(&[("cookie", "headlamp-auth-my.cluster.0=x")]));
+        assert_eq!(c.token_for("my.cluster"), None);
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! `clusterId:path:query`:
 //! - `DATA`: `data` is the watch event as a JSON string;
 //! - `ERROR`: `data` is `{"error":"…"}` as a JSON string;
-//! - `COMPLETE`: the subscription has ended; nothing more follows.
+//! - `COMPLETE`: the subscription has ended; nothing more follows. Also
+//!   after the ERROR that refuses a REQUEST (bad input, no credentials,
+//!   unknown cluster, refused resource, limits), so the client knows that
+//!   subscription will never start.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -173,8 +176,9 @@ impl Dialect for Headlamp {
                     m.cluster_id.as_deref().unwrap_or_default(),
                     m.path.as_deref().unwrap_or_default(),
                     m.query.as_deref().unwrap_or_default(),
+                    m.kind.as_deref() == Some("REQUEST"),
                 ),
-                Err(_) => self.rate_limited("", "", ""),
+                Err(_) => self.rate_limited("", "", "", false),
             };
         }
         let msg = match parsed {
@@ -209,7 +213,7 @@ impl Dialect for Headlamp {
 
     fn on_binary(&mut self, _data: &[u8]) {
         if !self.messages.try_take() {
-            return self.rate_limited("", "", "");
+            return self.rate_limited("", "", "", false);
         }
         self.error_frame(
             "",
@@ -321,7 +325,7 @@ impl Headlamp {
         }
         let (cluster, path, query) = &key;
         if cluster.is_empty() {
-            return self.error_frame(
+            return self.refuse(
                 cluster,
                 path,
                 query,
@@ -329,7 +333,7 @@ impl Headlamp {
             );
         }
         if self.subs.len() >= self.max_subscriptions {
-            return self.error_frame(
+            return self.refuse(
                 cluster,
                 path,
                 query,
@@ -343,11 +347,11 @@ impl Headlamp {
         // one costs the cluster nothing and always gets its specific error.
         let resource = match key::normalize(cluster, path, query) {
             Ok((_, resource, _)) => resource,
-            Err(e) => return self.error_frame(cluster, path, query, &e.to_string()),
+            Err(e) => return self.refuse(cluster, path, query, &e.to_string()),
         };
         let identity = match self.policy.identity(&self.credentials, cluster, &resource) {
             Ok(identity) => identity,
-            Err(denied) => return self.error_frame(cluster, path, query, &denied.to_string()),
+            Err(denied) => return self.refuse(cluster, path, query, &denied.to_string()),
         };
         let token = self.next_token;
         self.next_token += 1;
@@ -355,7 +359,7 @@ impl Headlamp {
             return self.subscribe(key, token, resource, identity);
         };
         let Some(target) = self.hub.clusters().get(cluster) else {
-            return self.error_frame(
+            return self.refuse(
                 cluster,
                 path,
                 query,
@@ -417,7 +421,7 @@ impl Headlamp {
                     },
                 );
             }
-            Err(e) => self.error_frame(cluster, path, query, &e.to_string()),
+            Err(e) => self.refuse(cluster, path, query, &e.to_string()),
         }
     }
 
@@ -440,17 +444,33 @@ impl Headlamp {
         }
     }
 
-    fn rate_limited(&self, cluster: &str, path: &str, query: &str) {
+    /// Refuses a REQUEST: ERROR, then COMPLETE (nothing more will come for
+    /// it), unless the same subscription is already live (a repeated
+    /// REQUEST), which carries on. Within the connection's bounds, like
+    /// [`Self::error_frame`].
+    fn refuse(&self, cluster: &str, path: &str, query: &str, message: &str) {
+        let key = (cluster.to_string(), path.to_string(), query.to_string());
+        let head = Bytes::from(head(cluster, path, query));
+        let live = self.subs.contains_key(&key);
+        let pushed = self.outbound.push(error_frame(&head, message)).is_ok()
+            && (live || self.outbound.push(complete_frame(&head)).is_ok());
+        if !pushed {
+            self.outbound
+                .close_with(conn::close::POLICY, "too many unread error messages");
+        }
+    }
+
+    fn rate_limited(&self, cluster: &str, path: &str, query: &str, request: bool) {
         self.hub.metrics().refused(limit::MESSAGE_RATE);
         let (rate, burst) = self.rate;
-        self.error_frame(
-            cluster,
-            path,
-            query,
-            &format!(
-                "rate limited: more than {rate} messages a second (bursts of {burst}) on this connection; this message was not processed, send it again later"
-            ),
+        let message = format!(
+            "rate limited: more than {rate} messages a second (bursts of {burst}) on this connection; this message was not processed, send it again later"
         );
+        if request {
+            self.refuse(cluster, path, query, &message);
+        } else {
+            self.error_frame(cluster, path, query, &message);
+        }
     }
 }
 

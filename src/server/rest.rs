@@ -23,6 +23,31 @@ fn json_error(code: StatusCode, message: String) -> Response {
     (code, axum::Json(json!({ "error": message }))).into_response()
 }
 
+/// A refusal on the Kubernetes path, as the API server words one: a
+/// `Status` object. Headlamp shows its `message` (anything else it shows as
+/// "Unreachable").
+fn status_error(code: StatusCode, message: String) -> Response {
+    let reason = match code {
+        StatusCode::BAD_REQUEST => "BadRequest",
+        StatusCode::UNAUTHORIZED => "Unauthorized",
+        StatusCode::FORBIDDEN => "Forbidden",
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
+        _ => "InternalError",
+    };
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    (code, axum::Json(body)).into_response()
+}
+
 /// `GET /api/clusters`: every cluster with its health (and, for an
 /// operator, its API server).
 pub(super) async fn clusters(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -54,7 +79,7 @@ pub(super) async fn kubernetes(
     RawQuery(query): RawQuery,
 ) -> Response {
     if method != Method::GET {
-        let mut resp = json_error(
+        let mut resp = status_error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed: kubemux is read-only"),
         );
@@ -68,10 +93,10 @@ pub(super) async fn kubernetes(
         .as_ref()
         .map(|token| token.check_backend_token(&headers))
     {
-        return json_error(StatusCode::FORBIDDEN, refused.to_string());
+        return status_error(StatusCode::FORBIDDEN, refused.to_string());
     }
     let Some(target) = state.hub.clusters().get(&cluster) else {
-        return json_error(
+        return status_error(
             StatusCode::NOT_FOUND,
             format!("unknown cluster {cluster:?}"),
         );
@@ -82,7 +107,7 @@ pub(super) async fn kubernetes(
     let parsed = match api_path::parse(&full) {
         Ok(parsed) => parsed,
         Err(e) => {
-            return json_error(
+            return status_error(
                 StatusCode::BAD_REQUEST,
                 format!("not a Kubernetes API path kubemux serves: {e}"),
             );
@@ -97,9 +122,9 @@ pub(super) async fn kubernetes(
     {
         Ok(identity) => identity,
         Err(denied @ Denied::NoCredentials(_)) => {
-            return json_error(StatusCode::UNAUTHORIZED, denied.to_string());
+            return status_error(StatusCode::UNAUTHORIZED, denied.to_string());
         }
-        Err(denied) => return json_error(StatusCode::FORBIDDEN, denied.to_string()),
+        Err(denied) => return status_error(StatusCode::FORBIDDEN, denied.to_string()),
     };
     // `shared` forwards with kubemux's identity, so every GET is reviewed.
     // `passthrough` forwards with the caller's token and the cluster
@@ -126,14 +151,14 @@ pub(super) async fn kubernetes(
         .body(kube::client::Body::empty())
     {
         Ok(r) => r,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
+        Err(e) => return status_error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
     };
     let client = match &identity {
         Identity::Proxy => target.client(),
         Identity::Bearer(token) => match target.client_for_token(token) {
             Ok(client) => client,
             Err(e) => {
-                return json_error(
+                return status_error(
                     StatusCode::BAD_GATEWAY,
                     format!("cannot act as the caller: {e}"),
                 );
@@ -150,7 +175,7 @@ pub(super) async fn kubernetes(
             }
             out
         }
-        Err(e) => json_error(
+        Err(e) => status_error(
             StatusCode::BAD_GATEWAY,
             format!("cluster {cluster:?} did not answer: {e}"),
         ),
@@ -184,6 +209,28 @@ async fn review(
                 ReviewError::Forbidden { .. } => StatusCode::FORBIDDEN,
                 ReviewError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
             };
-            json_error(code, e.to_string())
+            status_error(code, e.to_string())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_error;
+    use axum::http::StatusCode;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn refusals_are_kubernetes_status_objects() {
+        let resp = status_error(StatusCode::FORBIDDEN, "secrets are not served".into());
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["kind"], "Status");
+        assert_eq!(v["apiVersion"], "v1");
+        assert_eq!(v["metadata"], serde_json::json!({}));
+        assert_eq!(v["status"], "Failure");
+        assert_eq!(v["message"], "secrets are not served");
+        assert_eq!(v["reason"], "Forbidden");
+        assert_eq!(v["code"], 403);
+    }
 }
