@@ -22,10 +22,10 @@ use crate::auth::secret::{Secret, SecretFileError};
 use crate::dialect::console::ConsoleAuth;
 use crate::hub::{HistoryLimits, HubConfig};
 use crate::metrics::Metrics;
-use crate::server::ServerConfig;
 use crate::server::conn::Liveness;
 use crate::server::limits::Limits;
 use crate::server::outbound::QueueLimits;
+use crate::server::{ReadyBudget, ServerConfig};
 use crate::upstream::UpstreamConfig;
 
 /// How log lines are written.
@@ -124,6 +124,21 @@ pub struct ProxyArgs {
     /// Bytes all outbound queues may hold together; beyond it connections with a backlog are cut and new WebSockets get 503, 1 MiB to 1 TiB [default: 2147483648].
     #[arg(long, env = "KUBEMUX_QUEUE_MEMORY_BUDGET")]
     pub queue_memory_budget: Option<u64>,
+    /// Shared (= upstream) watches on one cluster; a REQUEST for a new key beyond it gets an ERROR naming this limit, 1 to 1000000 [default: 2000].
+    #[arg(long, env = "KUBEMUX_MAX_UPSTREAM_WATCHES")]
+    pub max_upstream_watches: Option<u64>,
+    /// With --auth passthrough, shared watches one caller's token may hold on one cluster, 1 to 1000000 [default: 200].
+    #[arg(long, env = "KUBEMUX_MAX_WATCHES_PER_IDENTITY")]
+    pub max_watches_per_identity: Option<u64>,
+    /// On SIGTERM, how long /readyz fails while every client is still served, before the sockets close (a load balancer's time to stop sending new clients; a Deployment's preStop delay), 0s to 10m [default: 0s].
+    #[arg(long, env = "KUBEMUX_SHUTDOWN_DELAY", value_parser = parse_duration)]
+    pub shutdown_delay: Option<Duration>,
+    /// Open WebSocket connections above which /readyz fails, so a load balancer sends new clients to another replica; 0 = no budget [default: 0].
+    #[arg(long, env = "KUBEMUX_READY_MAX_CONNECTIONS")]
+    pub ready_max_connections: Option<u64>,
+    /// Bytes queued for clients above which /readyz fails; 0 = no budget [default: 0].
+    #[arg(long, env = "KUBEMUX_READY_MAX_QUEUE_BYTES")]
+    pub ready_max_queue_bytes: Option<u64>,
     /// Cluster notifications: updates to one cluster closer together than this are merged, 0s to 1m [default: 1s].
     #[arg(long, env = "KUBEMUX_NOTIFICATIONS_DEBOUNCE", value_parser = parse_duration)]
     pub notifications_debounce: Option<Duration>,
@@ -196,6 +211,11 @@ struct FileConfig {
     message_rate: Option<u64>,
     message_burst: Option<u64>,
     queue_memory_budget: Option<u64>,
+    max_upstream_watches: Option<u64>,
+    max_watches_per_identity: Option<u64>,
+    shutdown_delay: Option<String>,
+    ready_max_connections: Option<u64>,
+    ready_max_queue_bytes: Option<u64>,
     subscriptions_listen: Option<String>,
     jwt_hs256_secret_file: Option<PathBuf>,
     jwt_public_key_file: Option<PathBuf>,
@@ -308,6 +328,16 @@ pub struct Settings {
     pub message_burst: u64,
     /// Bytes of all outbound queues together.
     pub queue_memory_budget: u64,
+    /// Shared watches per cluster.
+    pub max_upstream_watches: u64,
+    /// Shared watches per passthrough identity and cluster.
+    pub max_watches_per_identity: u64,
+    /// Readiness-failing time before the sockets close on SIGTERM.
+    pub shutdown_delay: Duration,
+    /// Connections above which readiness fails (0 = none).
+    pub ready_max_connections: u64,
+    /// Queued bytes above which readiness fails (0 = none).
+    pub ready_max_queue_bytes: u64,
     /// Own listener for the subscription API.
     pub subscriptions_listen: Option<SocketAddr>,
     /// The subscription API's JWT key and claims.
@@ -350,6 +380,11 @@ impl Default for Settings {
             message_rate: 1000,
             message_burst: 2000,
             queue_memory_budget: 2 << 30,
+            max_upstream_watches: 2_000,
+            max_watches_per_identity: 200,
+            shutdown_delay: Duration::ZERO,
+            ready_max_connections: 0,
+            ready_max_queue_bytes: 0,
             subscriptions_listen: None,
             jwt: JwtSettings {
                 user_claim: "sub".into(),
@@ -744,6 +779,38 @@ impl Settings {
                 1 << 20..=1 << 40,
                 "1048576 to 1099511627776 bytes",
             )?,
+            max_upstream_watches: check_int(
+                "max_upstream_watches",
+                args.max_upstream_watches
+                    .or(file.max_upstream_watches)
+                    .unwrap_or(d.max_upstream_watches),
+                1..=1_000_000,
+                "1 to 1000000",
+            )?,
+            max_watches_per_identity: check_int(
+                "max_watches_per_identity",
+                args.max_watches_per_identity
+                    .or(file.max_watches_per_identity)
+                    .unwrap_or(d.max_watches_per_identity),
+                1..=1_000_000,
+                "1 to 1000000",
+            )?,
+            shutdown_delay: dur(
+                args.shutdown_delay,
+                "shutdown_delay",
+                file.shutdown_delay,
+                d.shutdown_delay,
+                Duration::ZERO..=secs(600),
+                "0s to 10m",
+            )?,
+            ready_max_connections: args
+                .ready_max_connections
+                .or(file.ready_max_connections)
+                .unwrap_or(d.ready_max_connections),
+            ready_max_queue_bytes: args
+                .ready_max_queue_bytes
+                .or(file.ready_max_queue_bytes)
+                .unwrap_or(d.ready_max_queue_bytes),
         })
     }
 
@@ -802,6 +869,14 @@ impl Settings {
             self.message_rate,
             self.message_burst,
             self.queue_memory_budget,
+        ) + &format!(
+            "max_upstream_watches = {}\nmax_watches_per_identity = {}\nshutdown_delay = \"{}\"\n\
+             ready_max_connections = {}\nready_max_queue_bytes = {}\n",
+            self.max_upstream_watches,
+            self.max_watches_per_identity,
+            d(self.shutdown_delay),
+            self.ready_max_connections,
+            self.ready_max_queue_bytes,
         )
     }
 
@@ -889,7 +964,8 @@ impl Settings {
                 max_age: self.history_max_age,
             },
             upstream: UpstreamConfig::default(),
-            ..HubConfig::default()
+            max_watches_per_cluster: self.max_upstream_watches as usize,
+            max_watches_per_identity: self.max_watches_per_identity as usize,
         }
     }
 
@@ -923,6 +999,10 @@ impl Settings {
             dashboard_listen: self.dashboard_listen,
             dashboard_metrics_interval: self.dashboard_metrics_interval,
             subscriptions_listen: self.subscriptions_listen,
+            ready_budget: ReadyBudget {
+                max_connections: self.ready_max_connections as usize,
+                max_queue_bytes: self.ready_max_queue_bytes,
+            },
             ..ServerConfig::default()
         }
     }

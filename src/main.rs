@@ -234,7 +234,13 @@ async fn run_proxy(
         );
     }
     wait_for_signal().await?;
-    tracing::info!(grace = ?settings.shutdown_grace, "shutting down");
+    // Readiness fails first, so a load balancer sends new clients to
+    // another replica while these are still served; then the subscribers
+    // get their final bookmark and COMPLETE, and the sockets close with
+    // 1012 so clients reconnect (anywhere) and resume.
+    server.drain();
+    tracing::info!(delay = ?settings.shutdown_delay, grace = ?settings.shutdown_grace, "shutting down");
+    tokio::time::sleep(settings.shutdown_delay).await;
     server.shutdown(settings.shutdown_grace).await;
     if let Some(sim) = sim {
         sim.shutdown().await;

@@ -459,3 +459,100 @@ async fn auth_none_refuses_a_non_loopback_listener_without_the_override() {
     assert!(out.status.success(), "passthrough may listen anywhere");
     assert!(String::from_utf8_lossy(&out.stdout).contains("auth = \"passthrough\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_readiness_first_and_keeps_serving_for_the_shutdown_delay() {
+    let demo = spawn_kubemux(
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-listen",
+            "127.0.0.1:0",
+            "--shutdown-delay",
+            "4s",
+        ],
+        &[],
+    )
+    .await;
+    let addr: std::net::SocketAddr = demo.addr.parse().unwrap();
+    assert!(http_get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+    let mut c = Client::connect(&format!("ws://{addr}/wsMultiplexer")).await;
+    c.send(json!({"clusterId": "demo", "path": "/api/v1/nodes", "query": "watch=1", "type": "REQUEST"}))
+        .await;
+    c.event().await;
+    let terminated = tokio::spawn(demo.terminate());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let answer = http_get(addr, "/readyz?verbose").await;
+        if answer.starts_with("HTTP/1.1 503") {
+            assert!(answer.contains("[-]listeners"), "{answer}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Still served: a new REQUEST on the open socket is answered.
+    c.send(json!({"clusterId": "demo", "path": "/api/v1/namespaces", "query": "watch=1", "type": "REQUEST"}))
+        .await;
+    loop {
+        let frame = c.frame().await;
+        assert_ne!(
+            frame["type"], "COMPLETE",
+            "nothing ends during the delay: {frame}"
+        );
+        if frame["path"] == "/api/v1/namespaces" {
+            assert_eq!(frame["type"], "DATA", "{frame}");
+            break;
+        }
+    }
+    let (status, _) = terminated.await.unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_above_the_connection_budget() {
+    let env = start(
+        kubemux::sim::SimConfig::default(),
+        quick_hub(),
+        kubemux::server::ServerConfig {
+            ready_budget: kubemux::server::ReadyBudget {
+                max_connections: 2,
+                max_queue_bytes: 0,
+            },
+            ..kubemux::server::ServerConfig::default()
+        },
+    )
+    .await;
+    let addr = env.server.addr();
+    assert!(http_get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+    let a = env.client().await;
+    let b = env.client().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let full = loop {
+        let answer = http_get(addr, "/readyz?verbose").await;
+        if answer.starts_with("HTTP/1.1 503") {
+            break answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never full: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(full.contains("[-]budget: 2 connections"), "{full}");
+    assert!(full.contains("[+]listeners"), "{full}");
+    drop(a);
+    drop(b);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !http_get(addr, "/readyz").await.starts_with("HTTP/1.1 200") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -28,6 +28,7 @@ use crate::dialect::{console, dashboard, headlamp};
 use crate::hub::Hub;
 use conn::Liveness;
 use outbound::QueueLimits;
+pub use status::ReadyBudget;
 pub use upgrade::{WebSocket, WebSocketUpgrade};
 
 /// Limits and timings of client connections.
@@ -78,6 +79,9 @@ pub struct ServerConfig {
     /// addresses on `/api/status` and `/api/clusters` (see
     /// [`status::is_operator`]).
     pub admin_token: Option<Arc<Secret>>,
+    /// Above these, `/readyz` fails so a load balancer sends new clients to
+    /// another replica (the connections already here stay).
+    pub ready_budget: ReadyBudget,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +106,7 @@ impl Default for ServerConfig {
             subscriptions_listen: None,
             headlamp_backend_token: None,
             admin_token: None,
+            ready_budget: ReadyBudget::default(),
         }
     }
 }
@@ -114,6 +119,9 @@ pub struct AppState {
     /// Connection settings.
     pub config: Arc<ServerConfig>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Set on SIGTERM before the sockets close: readiness fails so the load
+    /// balancer sends new clients elsewhere while these are still served.
+    draining: Arc<std::sync::atomic::AtomicBool>,
     connections: tokio_util::task::TaskTracker,
     feed: Arc<Feed>,
 }
@@ -123,6 +131,7 @@ pub struct Server {
     addr: SocketAddr,
     extra_addrs: Vec<SocketAddr>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     hub: Hub,
     connections: tokio_util::task::TaskTracker,
@@ -165,10 +174,12 @@ impl Server {
         let spawn_serve = |listener: TcpListener, app: Router| {
             tokio::spawn(listener::serve(listener, app, accept.clone(), rx.clone()))
         };
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = AppState {
             hub: hub.clone(),
             config: Arc::new(config),
             shutdown: rx.clone(),
+            draining: draining.clone(),
             connections: connections.clone(),
             feed,
         };
@@ -196,6 +207,7 @@ impl Server {
             addr,
             extra_addrs,
             shutdown,
+            draining,
             tasks,
             hub,
             connections,
@@ -212,6 +224,14 @@ impl Server {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Starts a graceful shutdown: `/readyz` fails from now on, so a load
+    /// balancer stops sending new clients, while every connection is still
+    /// served. [`Server::shutdown`] follows after the drain delay.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Stops accepting, completes every subscription, closes every socket

@@ -30,18 +30,38 @@ pub(super) struct ReadyQuery {
     verbose: Option<String>,
 }
 
-/// Ready once the server is listening (it is, if it answers) and the
-/// cluster registry is loaded. A cluster being down does not make kubemux
-/// unready: its other clusters still work. `?verbose` lists every cluster.
+/// When a replica counts as full: above either budget `/readyz` fails, so
+/// the load balancer sends new clients to another replica. 0 = no budget.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadyBudget {
+    /// Open WebSocket connections.
+    pub max_connections: usize,
+    /// Bytes waiting in all outbound queues together.
+    pub max_queue_bytes: u64,
+}
+
+/// Ready once the server is listening (it is, if it answers), the cluster
+/// registry is loaded, it is not draining for a shutdown, and it is within
+/// its [`ReadyBudget`]. A cluster being down does not make kubemux unready:
+/// its other clusters still work. `?verbose` lists every check.
 pub(super) async fn readyz(State(state): State<AppState>, Query(q): Query<ReadyQuery>) -> Response {
     let registry = state.hub.clusters();
-    let ready = registry.is_loaded() && !*state.shutdown.borrow();
+    let listening =
+        !*state.shutdown.borrow() && !state.draining.load(std::sync::atomic::Ordering::Acquire);
+    let budget = state.config.ready_budget;
+    let connections = state.connections.len();
+    let queued = u64::try_from(state.hub.metrics().queue_bytes.get()).unwrap_or(0);
+    let room = (budget.max_connections == 0 || connections < budget.max_connections)
+        && (budget.max_queue_bytes == 0 || queued < budget.max_queue_bytes);
+    let ready = registry.is_loaded() && listening && room;
     let mut body = String::new();
     if q.verbose.is_some() {
+        let mark = |ok: bool| if ok { "+" } else { "-" };
         body.push_str(&format!(
-            "[{}]listeners\n[{}]cluster-registry\n",
-            if *state.shutdown.borrow() { "-" } else { "+" },
-            if registry.is_loaded() { "+" } else { "-" }
+            "[{}]listeners\n[{}]cluster-registry\n[{}]budget: {connections} connections, {queued} queued bytes\n",
+            mark(listening),
+            mark(registry.is_loaded()),
+            mark(room),
         ));
         for c in registry.all() {
             let h = c.health();
