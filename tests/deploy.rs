@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PodSpec, Service, ServiceAccount,
 };
@@ -41,6 +42,7 @@ struct Manifests {
     service: Option<Service>,
     network_policy: Option<NetworkPolicy>,
     pdb: Option<PodDisruptionBudget>,
+    hpa: Option<HorizontalPodAutoscaler>,
     /// (file, kind, metadata) of every object, for checks common to all.
     all: Vec<(String, String, ObjectMeta)>,
 }
@@ -143,6 +145,7 @@ fn load() -> Manifests {
                 "Service" => put(&mut m.service, typed(f, doc, all), f),
                 "NetworkPolicy" => put(&mut m.network_policy, typed(f, doc, all), f),
                 "PodDisruptionBudget" => put(&mut m.pdb, typed(f, doc, all), f),
+                "HorizontalPodAutoscaler" => put(&mut m.hpa, typed(f, doc, all), f),
                 other => panic!("{file}: unknown kind {other}"),
             }
         }
@@ -174,6 +177,9 @@ impl Manifests {
     }
     fn network_policy(&self) -> &NetworkPolicy {
         self.network_policy.as_ref().expect("a NetworkPolicy")
+    }
+    fn hpa(&self) -> &HorizontalPodAutoscaler {
+        self.hpa.as_ref().expect("a HorizontalPodAutoscaler")
     }
     fn pdb(&self) -> &PodDisruptionBudget {
         self.pdb.as_ref().expect("a PodDisruptionBudget")
@@ -811,4 +817,62 @@ fn containerfile_matches_the_deployment() {
     assert!(text.contains("--locked") && text.contains("x86_64-unknown-linux-musl"));
     let pod_uid = m.pod_spec().security_context.as_ref().unwrap().run_as_user;
     assert_eq!(pod_uid, Some(65532), "pod runAsUser is the image's USER");
+}
+
+#[test]
+fn hpa_scales_the_deployment_on_cpu_and_connections() {
+    let m = load();
+    let hpa = m.hpa().spec.as_ref().expect("HPA spec");
+    let deployment = m.deployment();
+    assert_eq!(hpa.scale_target_ref.api_version.as_deref(), Some("apps/v1"));
+    assert_eq!(hpa.scale_target_ref.kind, "Deployment");
+    assert_eq!(
+        Some(&hpa.scale_target_ref.name),
+        deployment.metadata.name.as_ref(),
+        "the HPA scales this Deployment"
+    );
+    let min = hpa.min_replicas.unwrap_or(1);
+    assert!(
+        min >= 2,
+        "with the PDB's minAvailable 1, fewer than two replicas block a drain"
+    );
+    assert!(hpa.max_replicas > min);
+    let replicas = deployment.spec.as_ref().unwrap().replicas.unwrap_or(1);
+    assert!(
+        (min..=hpa.max_replicas).contains(&replicas),
+        "the Deployment's own replicas lie within the HPA's range"
+    );
+    let metrics = hpa.metrics.as_deref().expect("HPA metrics");
+    let cpu = metrics
+        .iter()
+        .find_map(|m| m.resource.as_ref().filter(|r| r.name == "cpu"))
+        .expect("a CPU metric");
+    assert_eq!(cpu.target.type_, "Utilization");
+    let requests = m
+        .container()
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .expect("resource requests");
+    assert!(
+        requests.contains_key("cpu"),
+        "CPU utilisation is relative to the container's CPU request"
+    );
+    // The Pods metric must be one kubemux exports (checked against the code's
+    // own registry, not a copy of its name).
+    let registry = kubemux::metrics::Metrics::new();
+    registry
+        .connections
+        .get_or_create(&kubemux::metrics::Metrics::dialect("headlamp"))
+        .inc();
+    let exported = registry.encode();
+    let pods_metric = metrics
+        .iter()
+        .find_map(|m| m.pods.as_ref())
+        .expect("a per-pod connections metric");
+    assert!(
+        exported.contains(&format!("# TYPE {} gauge", pods_metric.metric.name)),
+        "{} is a gauge kubemux exports",
+        pods_metric.metric.name
+    );
 }
