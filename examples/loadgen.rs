@@ -28,6 +28,7 @@ mod shared;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,7 +44,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use shared::{
     Proc, cpu_seconds, event_resource_version, find, http, metric, metric_with, number_after,
-    rss_bytes, scrape, spawn, spawn_proxy, wait_until, ws_connect,
+    rss_bytes, scrape, spawn, spawn_proxy, spawn_proxy_on, wait_until, ws_connect,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -117,6 +118,11 @@ struct Args {
     /// Connections opened at once while connecting.
     #[arg(long, default_value_t = 64)]
     connect_parallelism: usize,
+    /// kubemux replicas behind HAProxy (on 127.0.0.2, 127.0.0.3, …; HAProxy
+    /// from the machine's packages). CPU and memory figures are the sums
+    /// over the replicas; HAProxy's own CPU is reported apart.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -555,6 +561,56 @@ async fn direct_client(
     }
 }
 
+/// HAProxy (from the machine's packages) in front of `replicas`, round
+/// robin with health checks on `/readyz`, on a free loopback port; returns
+/// it with its address once it accepts connections.
+pub fn spawn_haproxy(replicas: &[SocketAddr]) -> Result<(Proc, SocketAddr)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let front = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cfg = format!(
+        "global\n  maxconn 8000\n\
+         defaults\n  mode http\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n\
+         frontend front\n  bind {front}\n  default_backend kubemux\n\
+         backend kubemux\n  balance roundrobin\n  option httpchk GET /readyz\n"
+    );
+    for (i, r) in replicas.iter().enumerate() {
+        cfg.push_str(&format!("  server r{i} {r} check inter 1s\n"));
+    }
+    let path = std::env::temp_dir().join(format!("loadgen-{}-haproxy.cfg", std::process::id()));
+    std::fs::write(&path, cfg)?;
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting haproxy (install Debian's haproxy package)")?;
+    let proc = Proc::from(child);
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(front).is_err() {
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("haproxy did not listen on {front}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((proc, front))
+}
+
+/// Metrics of several processes, summed series by series.
+pub async fn scrape_sum(addrs: &[SocketAddr]) -> Result<BTreeMap<String, f64>> {
+    let mut sum = BTreeMap::new();
+    for addr in addrs {
+        for (k, v) in scrape(*addr).await? {
+            *sum.entry(k).or_insert(0.0) += v;
+        }
+    }
+    Ok(sum)
+}
+
 // ---------------------------------------------------------------- a run
 
 #[derive(Debug, Default)]
@@ -577,6 +633,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("churn_rate", "churn requested, events/s (R)"),
     ("churn_measured", "churn measured, events/s"),
     ("object_size", "object size, bytes (S)"),
+    ("replicas", "kubemux replicas"),
     ("upstream_watches", "upstream watches (sim, pods)"),
     ("window_secs", "measured window, s"),
     ("delivered_frames", "delivered frames in window"),
@@ -591,6 +648,7 @@ const FIELDS: &[(&str, &str)] = &[
         "server CPU per delivered frame, µs",
     ),
     ("sim_cpu_percent", "sim CPU, % of a core"),
+    ("balancer_cpu_percent", "HAProxy CPU, % of a core"),
     ("loadgen_cpu_percent", "loadgen CPU, % of a core"),
     ("load_average", "machine load average (1 min)"),
     ("server_rss_base_mib", "server RSS before clients, MiB"),
@@ -688,23 +746,51 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
         }
     };
     let sim_pid = procs.first().map(Proc::pid);
-    let (proxy, server_pid) = if direct {
-        (None, sim_pid)
+    // Where clients connect, the processes serving them (their CPU and
+    // memory are summed), where their metrics are read, and HAProxy's pid.
+    let mut server_pids: Vec<u32> = Vec::new();
+    let mut proxy_metrics: Vec<SocketAddr> = Vec::new();
+    let mut balancer_pid = None;
+    let proxy = if direct {
+        server_pids.extend(sim_pid);
+        None
     } else {
         match args.proxy_addr {
-            Some(addr) => (Some(addr), args.proxy_pid),
-            None => {
+            Some(addr) => {
+                server_pids.extend(args.proxy_pid);
+                proxy_metrics.push(addr);
+                Some(addr)
+            }
+            None if args.replicas <= 1 => {
                 let (p, addr) = spawn_proxy(&args.bin, &tmp, args.proxy_cpu.as_deref())?;
-                let pid = p.pid();
+                server_pids.push(p.pid());
                 procs.push(p);
-                (Some(addr), Some(pid))
+                proxy_metrics.push(addr);
+                Some(addr)
+            }
+            None => {
+                for i in 0..args.replicas {
+                    let ip = format!("127.0.0.{}", 2 + i);
+                    let (p, addr) =
+                        spawn_proxy_on(&args.bin, &tmp, args.proxy_cpu.as_deref(), &ip)?;
+                    server_pids.push(p.pid());
+                    procs.push(p);
+                    proxy_metrics.push(addr);
+                }
+                let (p, front) = spawn_haproxy(&proxy_metrics)?;
+                balancer_pid = Some(p.pid());
+                procs.push(p);
+                Some(front)
             }
         }
     };
+    let server_cpu = || -> Option<f64> { server_pids.iter().map(|p| cpu_seconds(*p)).sum() };
+    let server_rss = || -> Option<u64> { server_pids.iter().map(|p| rss_bytes(*p)).sum() };
     let _ = http(sim, "POST", "/_sim/churn?rate=0").await?;
-    if let Some(proxy) = proxy {
-        scrape(proxy).await.context("proxy metrics")?;
+    if !proxy_metrics.is_empty() {
+        scrape_sum(&proxy_metrics).await.context("proxy metrics")?;
     }
+    report.set("replicas", if direct { 0 } else { args.replicas.max(1) });
     let total_subs = args.connections * args.subs;
     report.set("connections", args.connections);
     report.set("subscriptions", total_subs);
@@ -717,7 +803,7 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     let (ctl_tx, ctl_rx) = watch::channel(Ctl::default());
     let gate = Arc::new(tokio::sync::Semaphore::new(args.connect_parallelism.max(1)));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_base = server_pid.and_then(rss_bytes);
+    let rss_base = server_rss();
 
     // Connect.
     let mut tasks = Vec::new();
@@ -755,7 +841,7 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_conns = server_pid.and_then(rss_bytes);
+    let rss_conns = server_rss();
 
     // Subscribe and wait for every initial state.
     ctl_tx.send_modify(|c| c.subscribe = true);
@@ -771,7 +857,7 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     .await?;
     wait_quiet(&shared, Duration::from_millis(500), Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_subs = server_pid.and_then(rss_bytes);
+    let rss_subs = server_rss();
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     if let (Some(base), Some(conns), Some(subs)) = (rss_base, rss_conns, rss_subs) {
         report.set("server_rss_base_mib", round(mib(base), 1));
@@ -795,11 +881,12 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     http(sim, "POST", &format!("/_sim/churn?rate={}", args.rate)).await?;
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
     let proxy_before = match proxy {
-        Some(p) => Some(scrape(p).await?),
+        Some(_) => Some(scrape_sum(&proxy_metrics).await?),
         None => None,
     };
-    let cpu0 = server_pid.and_then(cpu_seconds);
+    let cpu0 = server_cpu();
     let sim_cpu0 = sim_pid.and_then(cpu_seconds);
+    let balancer_cpu0 = balancer_pid.and_then(cpu_seconds);
     let own_cpu0 = cpu_seconds(std::process::id());
     let rv0 = sim_rv(sim).await?;
     let t0 = Instant::now();
@@ -807,8 +894,9 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
     shared.measuring.store(false, Ordering::Relaxed);
     let window = t0.elapsed().as_secs_f64();
-    let cpu1 = server_pid.and_then(cpu_seconds);
+    let cpu1 = server_cpu();
     let sim_cpu1 = sim_pid.and_then(cpu_seconds);
+    let balancer_cpu1 = balancer_pid.and_then(cpu_seconds);
     let own_cpu1 = cpu_seconds(std::process::id());
     let rv1 = sim_rv(sim).await?;
     let frames = shared.frames_window.load(Ordering::Relaxed);
@@ -830,6 +918,12 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     }
     if let (Some(a), Some(b)) = (sim_cpu0, sim_cpu1) {
         report.set("sim_cpu_percent", round((b - a) / window * 100.0, 1));
+    }
+    match (balancer_cpu0, balancer_cpu1) {
+        (Some(a), Some(b)) => {
+            report.set("balancer_cpu_percent", round((b - a) / window * 100.0, 1))
+        }
+        _ => report.set("balancer_cpu_percent", "-"),
     }
     if let (Some(a), Some(b)) = (own_cpu0, own_cpu1) {
         report.set("loadgen_cpu_percent", round((b - a) / window * 100.0, 1));
@@ -888,9 +982,9 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
             - watch_requests_before,
     );
     let history_pct = match (proxy, proxy_resumes_before) {
-        (Some(p), Some((hist0, _))) => {
+        (Some(_), Some((hist0, _))) => {
             // kubemux: its own count of resumes served from a shared watch's history.
-            let m = scrape(p).await?;
+            let m = scrape_sum(&proxy_metrics).await?;
             let hist = metric_with(&m, "kubemux_resumes_total", "history") - hist0;
             (resumed > 0).then(|| hist / resumed as f64 * 100.0)
         }
@@ -908,8 +1002,8 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
         },
     );
     let slow = match proxy {
-        Some(p) => metric(
-            &scrape(p).await?,
+        Some(_) => metric(
+            &scrape_sum(&proxy_metrics).await?,
             "kubemux_slow_consumer_terminations_total",
         ),
         None => shared.slow_cuts.load(Ordering::Relaxed) as f64,

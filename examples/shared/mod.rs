@@ -25,6 +25,13 @@ impl Drop for Proc {
     }
 }
 
+impl From<Child> for Proc {
+    /// Owns a process started elsewhere: it is killed when dropped.
+    fn from(child: Child) -> Self {
+        Proc { child }
+    }
+}
+
 impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -240,12 +247,22 @@ pub fn spawn_proxy(
     kubeconfig: &std::path::Path,
     cpu: Option<&str>,
 ) -> Result<(Proc, SocketAddr)> {
+    spawn_proxy_on(bin, kubeconfig, cpu, "127.0.0.1")
+}
+
+/// [`spawn_proxy`] on a given loopback address (replicas use 127.0.0.2, …).
+pub fn spawn_proxy_on(
+    bin: &PathBuf,
+    kubeconfig: &std::path::Path,
+    cpu: Option<&str>,
+    ip: &str,
+) -> Result<(Proc, SocketAddr)> {
     let args: Vec<String> = vec![
         "serve".into(),
         "--kubeconfig".into(),
         kubeconfig.to_string_lossy().into_owned(),
         "--listen".into(),
-        "127.0.0.1:0".into(),
+        format!("{ip}:0"),
         "--auth".into(),
         "none".into(),
     ];
