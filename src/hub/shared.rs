@@ -263,6 +263,20 @@ impl SharedWatch {
         .abort_handle()
     }
 
+    /// Gives a subscriber being started `events`; if it cannot take them
+    /// all it is ended as a slow consumer and `false` returned.
+    fn owed<'e>(&self, sub: &Sub, events: impl IntoIterator<Item = &'e Arc<WatchEvent>>) -> bool {
+        for ev in events {
+            if sub.sink.event(ev).is_err() {
+                self.metrics.subscribers.dec();
+                self.metrics.slow_consumers.inc();
+                sub.sink.end(EndReason::SlowConsumer);
+                return false;
+            }
+        }
+        true
+    }
+
     fn resumed(&self, outcome_name: &'static str) {
         self.metrics
             .resumes
@@ -286,7 +300,7 @@ impl SharedWatch {
                 return None;
             }
             Start::Backfill(from) => {
-                if self.target.get().is_none() {
+                let Some(upstream) = self.target.get().cloned() else {
                     // A watch fed by its owner has no cluster to ask: the
                     // history is all there is.
                     let message =
@@ -298,12 +312,12 @@ impl SharedWatch {
                     self.metrics.subscribers.dec();
                     sub.sink.end(EndReason::Expired);
                     return None;
-                }
+                };
                 self.resumed("backfilled");
-                return self.join_backfill(st, id, sub, from);
+                return self.join_backfill(st, id, sub, from, upstream);
             }
             Start::Forward(version) => {
-                if self.target.get().is_none() {
+                let Some(upstream) = self.target.get().cloned() else {
                     let _ = sub.sink.event(&Arc::new(WatchEvent::status(
                         410,
                         "Expired",
@@ -313,9 +327,9 @@ impl SharedWatch {
                     self.metrics.subscribers.dec();
                     sub.sink.end(EndReason::Expired);
                     return None;
-                }
+                };
                 self.resumed("forwarded");
-                return self.join_forward(st, id, sub, version);
+                return self.join_forward(st, id, sub, version, upstream);
             }
             Start::Future(rv) => {
                 self.resumed("waited");
@@ -324,21 +338,13 @@ impl SharedWatch {
             }
         };
         self.resumed(served);
-        for ev in &events {
-            if sub.sink.event(ev).is_err() {
-                self.metrics.subscribers.dec();
-                self.metrics.slow_consumers.inc();
-                sub.sink.end(EndReason::SlowConsumer);
-                return None;
-            }
+        if !self.owed(&sub, &events) {
+            return None;
         }
         if sub.params.send_initial_events {
             let (kind, api_version) = st.cache.kind();
             let bookmark = WatchEvent::bookmark(kind, api_version, st.cache.latest(), true);
-            if sub.sink.event(&Arc::new(bookmark)).is_err() {
-                self.metrics.subscribers.dec();
-                self.metrics.slow_consumers.inc();
-                sub.sink.end(EndReason::SlowConsumer);
+            if !self.owed(&sub, [&Arc::new(bookmark)]) {
                 return None;
             }
         }
@@ -355,6 +361,7 @@ impl SharedWatch {
         id: SubscriberId,
         mut sub: Sub,
         from: u64,
+        upstream: (WatchTarget, UpstreamConfig),
     ) -> Option<Sub> {
         let joinable = st
             .sides
@@ -364,19 +371,18 @@ impl SharedWatch {
             .map(|(side_id, _)| *side_id);
         let side_id = match joinable {
             Some(side_id) => side_id,
-            None => self.spawn_side(st, SideKind::Backfill { from }, from.to_string())?,
+            None => self.spawn_side(st, upstream, SideKind::Backfill { from }, from.to_string()),
         };
-        let side = st.sides.get_mut(&side_id)?;
-        let mut cursor = from;
-        for ev in side.fetched.iter().filter(|ev| ev.rv() > Some(from)) {
-            if sub.sink.event(ev).is_err() {
-                self.metrics.subscribers.dec();
-                self.metrics.slow_consumers.inc();
-                sub.sink.end(EndReason::SlowConsumer);
-                return None;
-            }
-            cursor = ev.rv().unwrap_or(cursor);
+        let side = self.side_for(st, side_id, &sub)?;
+        let owed: Vec<&Arc<WatchEvent>> = side
+            .fetched
+            .iter()
+            .filter(|ev| ev.rv() > Some(from))
+            .collect();
+        if !self.owed(&sub, owed.iter().copied()) {
+            return None;
         }
+        let cursor = owed.last().and_then(|ev| ev.rv()).unwrap_or(from);
         side.subs.push(id);
         sub.phase = Phase::Side {
             side: side_id,
@@ -393,6 +399,7 @@ impl SharedWatch {
         id: SubscriberId,
         mut sub: Sub,
         version: String,
+        upstream: (WatchTarget, UpstreamConfig),
     ) -> Option<Sub> {
         let joinable = st
             .sides
@@ -406,20 +413,16 @@ impl SharedWatch {
             Some(side_id) => side_id,
             None => self.spawn_side(
                 st,
+                upstream,
                 SideKind::Forward {
                     version: version.clone(),
                 },
                 version,
-            )?,
+            ),
         };
-        let side = st.sides.get_mut(&side_id)?;
-        for ev in &side.fetched {
-            if sub.sink.event(ev).is_err() {
-                self.metrics.subscribers.dec();
-                self.metrics.slow_consumers.inc();
-                sub.sink.end(EndReason::SlowConsumer);
-                return None;
-            }
+        let side = self.side_for(st, side_id, &sub)?;
+        if !self.owed(&sub, &side.fetched) {
+            return None;
         }
         side.subs.push(id);
         sub.phase = Phase::Side {
@@ -433,10 +436,10 @@ impl SharedWatch {
     fn spawn_side(
         self: &Arc<Self>,
         st: &mut State,
+        (target, config): (WatchTarget, UpstreamConfig),
         kind: SideKind,
         version: String,
-    ) -> Option<SideId> {
-        let (target, config) = self.target.get()?.clone();
+    ) -> SideId {
         let side_id = st.next_side;
         st.next_side += 1;
         let (cursor, first_answer) = match kind {
@@ -470,7 +473,20 @@ impl SharedWatch {
                 warned: false,
             },
         );
-        Some(side_id)
+        side_id
+    }
+
+    /// The side stream a subscriber joins, or its end if there is none
+    /// (which cannot happen: it was just found or started under the lock).
+    fn side_for<'s>(&self, st: &'s mut State, side_id: SideId, sub: &Sub) -> Option<&'s mut Side> {
+        let side = st.sides.get_mut(&side_id);
+        if side.is_none() {
+            self.metrics.subscribers.dec();
+            sub.sink.end(EndReason::Failed(
+                "the side stream for this version vanished".into(),
+            ));
+        }
+        side
     }
 
     /// An event of a side stream.
@@ -580,11 +596,7 @@ impl SharedWatch {
                     st.subs.insert(*id, sub);
                     continue;
                 };
-                let owed = st.cache.replay_after(cursor);
-                if owed.iter().any(|ev| sub.sink.event(ev).is_err()) {
-                    self.metrics.subscribers.dec();
-                    self.metrics.slow_consumers.inc();
-                    sub.sink.end(EndReason::SlowConsumer);
+                if !self.owed(&sub, &st.cache.replay_after(cursor)) {
                     continue;
                 }
                 sub.phase = Phase::Live;
