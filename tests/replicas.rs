@@ -5,7 +5,8 @@
 //! replica is killed (SIGKILL), another rolled (SIGTERM). Each client
 //! reconnects through HAProxy and resumes from its last version on whichever
 //! replica it lands, so its state must end equal to the simulator's LIST,
-//! with every event once and no 410.
+//! with every event once and no 410. Seed-001-style dashboard clients
+//! reconnect the same way and end showing the simulator's pods.
 
 mod common;
 
@@ -175,6 +176,71 @@ async fn client(
     }
 }
 
+/// A seed-001-style dashboard client: `/ws/dashboard` through the balancer;
+/// its pods are the last `initial_state`'s plus the `pod_event`s since
+/// (also inside `batch` frames). When its socket ends it waits a second and
+/// reconnects, as the seed's client does, and starts over from the new
+/// `initial_state`.
+async fn dashboard(
+    front: SocketAddr,
+    pods: Arc<Mutex<(BTreeMap<String, ()>, u32)>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    fn apply(pods: &mut BTreeMap<String, ()>, msg: &Value) {
+        let key = |d: &Value| {
+            format!(
+                "{}/{}",
+                d["namespace"].as_str().unwrap_or(""),
+                d["name"].as_str().unwrap_or("")
+            )
+        };
+        match msg["type"].as_str() {
+            Some("initial_state") => {
+                pods.clear();
+                for p in msg["data"]["pods"].as_array().into_iter().flatten() {
+                    pods.insert(key(p), ());
+                }
+            }
+            Some("pod_event") if msg["action"] == "DELETED" => {
+                pods.remove(&key(&msg["data"]));
+            }
+            Some("pod_event") => {
+                pods.insert(key(&msg["data"]), ());
+            }
+            Some("batch") => {
+                for ev in msg["events"].as_array().into_iter().flatten() {
+                    apply(pods, ev);
+                }
+            }
+            _ => {}
+        }
+    }
+    while !*stop.borrow() {
+        let url = format!("ws://{front}/ws/dashboard?cluster={CLUSTER}");
+        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        pods.lock().1 += 1;
+        let mut stop = stop.clone();
+        loop {
+            let msg = tokio::select! {
+                msg = ws.next() => msg,
+                _ = stop.changed() => return,
+            };
+            match msg {
+                Some(Ok(Message::Text(text))) => {
+                    let msg: Value = serde_json::from_str(&text).unwrap();
+                    apply(&mut pods.lock().0, &msg);
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 fn pods(sim: &SimServer) -> BTreeMap<String, String> {
     let (objects, _) = sim.store().list("pods", None, None, None).unwrap();
     versions_of(&objects)
@@ -236,8 +302,14 @@ async fn clients_fail_over_between_replicas_behind_haproxy_exactly() {
         .iter()
         .map(|s| tokio::spawn(client(front, s.clone(), stop.clone())))
         .collect();
+    let boards: Vec<Arc<Mutex<(BTreeMap<String, ()>, u32)>>> =
+        (0..3).map(|_| Arc::default()).collect();
+    let board_tasks: Vec<_> = boards
+        .iter()
+        .map(|b| tokio::spawn(dashboard(front, b.clone(), stop.clone())))
+        .collect();
     eventually("every client connected", || {
-        seen.iter().all(|s| s.lock().connections >= 1)
+        seen.iter().all(|s| s.lock().connections >= 1) && boards.iter().all(|b| b.lock().1 >= 1)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -261,8 +333,13 @@ async fn clients_fail_over_between_replicas_behind_haproxy_exactly() {
         "every client equals the simulator after the failovers",
     )
     .await;
+    eventually("every dashboard shows the simulator's pods", || {
+        let want: BTreeMap<String, ()> = pods(&sim).into_keys().map(|k| (k, ())).collect();
+        boards.iter().all(|b| b.lock().0 == want)
+    })
+    .await;
     let _ = stop_tx.send(true);
-    for t in tasks {
+    for t in tasks.into_iter().chain(board_tasks) {
         let _ = t.await;
     }
     let reconnects: u32 = seen.iter().map(|s| s.lock().connections - 1).sum();
@@ -279,8 +356,9 @@ async fn clients_fail_over_between_replicas_behind_haproxy_exactly() {
         reconnects > 0,
         "the killed and the rolled replica had clients, and they moved"
     );
+    let board_reconnects: u32 = boards.iter().map(|b| b.lock().1 - 1).sum();
     println!(
-        "failover: {CLIENTS} clients, {reconnects} reconnects, longest time without a subscription {longest:?}, every client equal to the simulator {took:?} after the churn stopped"
+        "failover: {CLIENTS} clients, {reconnects} reconnects ({board_reconnects} more by the 3 dashboards), longest time without a subscription {longest:?}, every client equal to the simulator {took:?} after the churn stopped"
     );
     let _ = haproxy.start_kill();
     let _ = std::fs::remove_dir_all(&dir);
