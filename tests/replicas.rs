@@ -176,16 +176,15 @@ async fn client(
     }
 }
 
+/// A dashboard client's pods (`namespace/name`) and how often it connected.
+type Board = Arc<Mutex<(BTreeMap<String, ()>, u32)>>;
+
 /// A seed-001-style dashboard client: `/ws/dashboard` through the balancer;
 /// its pods are the last `initial_state`'s plus the `pod_event`s since
 /// (also inside `batch` frames). When its socket ends it waits a second and
 /// reconnects, as the seed's client does, and starts over from the new
 /// `initial_state`.
-async fn dashboard(
-    front: SocketAddr,
-    pods: Arc<Mutex<(BTreeMap<String, ()>, u32)>>,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn dashboard(front: SocketAddr, pods: Board, stop: tokio::sync::watch::Receiver<bool>) {
     fn apply(pods: &mut BTreeMap<String, ()>, msg: &Value) {
         let key = |d: &Value| {
             format!(
@@ -302,8 +301,7 @@ async fn clients_fail_over_between_replicas_behind_haproxy_exactly() {
         .iter()
         .map(|s| tokio::spawn(client(front, s.clone(), stop.clone())))
         .collect();
-    let boards: Vec<Arc<Mutex<(BTreeMap<String, ()>, u32)>>> =
-        (0..3).map(|_| Arc::default()).collect();
+    let boards: Vec<Board> = (0..3).map(|_| Arc::default()).collect();
     let board_tasks: Vec<_> = boards
         .iter()
         .map(|b| tokio::spawn(dashboard(front, b.clone(), stop.clone())))
