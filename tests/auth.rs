@@ -453,3 +453,44 @@ async fn headlamps_cookie_for_a_dotted_cluster_name_is_its_sanitised_name() {
     })
     .await;
 }
+
+/// How a passthrough identity reaches `/wsMultiplexer` behind Headlamp:
+/// Headlamp's auth cookies carry `Path=/clusters/<cluster>`, so a browser
+/// never sends them to `/wsMultiplexer`; the deployment's auth proxy (here
+/// HAProxy, as oauth2-proxy's `--set-authorization-header` would) puts the
+/// user's token in `Authorization` on every request it forwards, and the
+/// socket, opened with no credential of its own, watches as that user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_proxy_injected_authorization_header_is_the_sockets_identity() {
+    let s = setup(users(1), passthrough(Duration::from_secs(30))).await;
+    let front = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = format!(
+        "{HAPROXY_DEFAULTS}frontend front\n  bind {front}\n  \
+         http-request set-header Authorization \"Bearer token-u0\"\n  default_backend kubemux\n\
+         backend kubemux\n  server k {}\n",
+        s.server.addr()
+    );
+    let _haproxy = start_haproxy(&config, front).await;
+    let (pods, _) = s
+        .sim
+        .store()
+        .list("pods", Some("default"), None, None)
+        .unwrap();
+    // What the browser sends: no Authorization, no cookie on this path.
+    let mut browser = Client::connect(&format!("ws://{front}/wsMultiplexer")).await;
+    browser.request(PATH, "watch=1").await;
+    browser.events(pods.len()).await;
+    eventually("the upstream watch runs as the proxy's user", || {
+        s.sim.watch_requests_by("u0", "pods") == 1
+    })
+    .await;
+    assert_eq!(
+        s.sim.watch_requests_by(ADMIN, "pods"),
+        0,
+        "never as kubemux"
+    );
+    // The same socket straight to kubemux has no identity at all.
+    let mut direct = Client::connect(&format!("ws://{}/wsMultiplexer", s.server.addr())).await;
+    direct.request(PATH, "watch=1").await;
+    assert!(error_text(&direct.frame().await).contains("no credentials"));
+}

@@ -20,7 +20,6 @@ use futures::{SinkExt, StreamExt};
 use kubemux::sim::{SimConfig, SimServer};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
 const PATH: &str = "/api/v1/pods";
@@ -41,19 +40,9 @@ struct Seen {
     violations: Vec<String>,
 }
 
-fn free_port(ip: [u8; 4]) -> u16 {
-    std::net::TcpListener::bind(SocketAddr::from((ip, 0)))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn haproxy_config(front: SocketAddr, replicas: &[String]) -> String {
     let mut cfg = format!(
-        "global\n  maxconn 2000\n\
-         defaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n  \
-         option redispatch\n  retries 3\n\
+        "{HAPROXY_DEFAULTS}  option redispatch\n  retries 3\n\
          frontend front\n  bind {front}\n  default_backend kubemux\n\
          backend kubemux\n  balance roundrobin\n  option httpchk GET /readyz\n"
     );
@@ -258,9 +247,6 @@ async fn whole(sim: &SimServer, clients: &[Arc<Mutex<Seen>>], what: &str) -> Dur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_fail_over_between_replicas_behind_haproxy_exactly() {
-    if Command::new("haproxy").arg("-v").output().await.is_err() {
-        panic!("haproxy is not installed: `apt-get install haproxy` (.ci/run does)");
-    }
     let sim = SimServer::start(SimConfig {
         churn_rate: 20.0,
         initial_pods: 40,
@@ -280,20 +266,8 @@ async fn clients_fail_over_between_replicas_behind_haproxy_exactly() {
         .iter()
         .map(|r| r.as_ref().unwrap().addr.clone())
         .collect();
-    let front = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
-    let cfg = dir.join("haproxy.cfg");
-    std::fs::write(&cfg, haproxy_config(front, &addrs)).unwrap();
-    let mut haproxy = Command::new("haproxy")
-        .args(["-db", "-f", cfg.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("haproxy starts");
-    eventually("haproxy listens", || {
-        std::net::TcpStream::connect(front).is_ok()
-    })
-    .await;
+    let front = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut haproxy = start_haproxy(&haproxy_config(front, &addrs), front).await;
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let seen: Vec<Arc<Mutex<Seen>>> = (0..CLIENTS).map(|_| Arc::default()).collect();

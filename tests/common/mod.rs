@@ -466,3 +466,42 @@ impl SilentClient {
         }
     }
 }
+
+/// `global` and `defaults` of the HAProxy configurations the tests write.
+pub const HAPROXY_DEFAULTS: &str = "global\n  maxconn 2000\n\
+     defaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n";
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// HAProxy (Debian's package; `.ci/run` installs it) running `config`,
+/// which binds `front`; returned once it accepts connections, killed when
+/// dropped. Fails the test, naming the package, when it is not installed.
+pub async fn start_haproxy(config: &str, front: SocketAddr) -> tokio::process::Child {
+    let path = std::env::temp_dir().join(format!(
+        "kubemux-test-haproxy-{}-{}.cfg",
+        std::process::id(),
+        front.port()
+    ));
+    std::fs::write(&path, config).unwrap();
+    let child = tokio::process::Command::new("haproxy")
+        .args(["-db", "-f", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("haproxy does not start ({e}): `apt-get install haproxy` (.ci/run does)")
+        });
+    eventually("haproxy listens", || {
+        std::net::TcpStream::connect(front).is_ok()
+    })
+    .await;
+    child
+}
