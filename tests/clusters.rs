@@ -261,6 +261,27 @@ async fn rest_lists_come_from_the_cache_when_a_watch_is_live() {
         1,
         "served from the cache: no LIST reached the cluster"
     );
+    let raw: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for item in raw["items"].as_array().unwrap() {
+        assert!(
+            item.get("kind").is_none() && item.get("apiVersion").is_none(),
+            "list items carry no type meta of their own, as the API server writes them: {item}"
+        );
+        assert!(item["metadata"]["name"].is_string());
+    }
+    assert_eq!(raw["kind"], "PodList");
+    // `?watch=1` is a watch stream, never a LIST, even with a live cache.
+    let (code, body) = http(
+        addr,
+        "GET",
+        "/clusters/sim/api/v1/namespaces/default/pods?watch=1&timeoutSeconds=1",
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let first: serde_json::Value =
+        serde_json::from_str(body.lines().next().expect("watch events")).unwrap();
+    assert_eq!(first["type"], "ADDED", "{first}");
 
     let (code, body) = http(addr, "GET", "/clusters/sim/api/v1/nodes?limit=2", "").await;
     assert_eq!(code, 200, "{body}");

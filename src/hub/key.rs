@@ -74,6 +74,8 @@ pub struct ClientParams {
     pub timeout_seconds: Option<u64>,
     /// Watch-list semantics: initial state, then an end-of-initial-events bookmark.
     pub send_initial_events: bool,
+    /// `watch` was true: a REST GET with it is a watch stream, not a LIST.
+    pub watch: bool,
 }
 
 /// A parsed collection path.
@@ -191,7 +193,8 @@ pub fn normalize(
             "labelSelector" => label = Some(selector::canonical_labels(&value)?),
             "fieldSelector" => field = Some(selector::canonical_fields(&value)?),
             "watch" => {
-                if !parse_bool("watch", &value)? && !value.is_empty() {
+                params.watch = parse_bool("watch", &value)?;
+                if !params.watch && !value.is_empty() {
                     return Err(KeyError::BadValue {
                         name: "watch",
                         why: "only watches are served here".into(),

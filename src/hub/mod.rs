@@ -85,7 +85,9 @@ pub struct CachedList {
 }
 
 impl CachedList {
-    /// The list as the API server writes it (`{"kind":"PodList",…}`).
+    /// The list as the API server writes it (`{"kind":"PodList",…}`): its
+    /// items without their own `kind` and `apiVersion`, which the list's
+    /// carry (the watch events they came from have them).
     pub fn to_json(&self) -> Vec<u8> {
         let head = serde_json::json!({
             "kind": format!("{}List", self.item_kind),
@@ -102,11 +104,38 @@ impl CachedList {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(item);
+            match without_type_meta(item) {
+                Some(stripped) => out.extend_from_slice(&stripped),
+                None => out.extend_from_slice(item),
+            }
         }
         out.extend_from_slice(b"]}");
         out
     }
+}
+
+/// An object's JSON without its top-level `kind` and `apiVersion`; the
+/// other fields are copied as they are, unparsed.
+fn without_type_meta(object: &[u8]) -> Option<Vec<u8>> {
+    let raw: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_slice(object).ok()?;
+    let mut out = Vec::with_capacity(object.len());
+    out.push(b'{');
+    let mut first = true;
+    for (name, value) in raw {
+        if name == "kind" || name == "apiVersion" {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        serde_json::to_writer(&mut out, &name).ok()?;
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    out.push(b'}');
+    Some(out)
 }
 
 /// Whose identity an upstream watch runs as.
@@ -381,10 +410,25 @@ impl Hub {
         {
             return None;
         }
-        let (key, _, _) = key::normalize(cluster, path, query).ok()?;
+        let (key, _, params) = key::normalize(cluster, path, query).ok()?;
+        if params.watch {
+            // A watch stream, as the API server answers `?watch=1`.
+            return None;
+        }
         let key = identity.scope(key);
         let watch = self.inner.watches.get(&key)?.clone();
         let (item_kind, api_version, resource_version, items) = watch.snapshot_list()?;
+        // `resourceVersion=R` asks for a list not older than R; a store
+        // behind it (or a version it cannot compare) is for the cluster.
+        if let Some(asked) = params.resource_version.as_deref().filter(|rv| *rv != "0") {
+            let behind = match (asked.parse::<u64>(), resource_version.parse::<u64>()) {
+                (Ok(asked), Ok(have)) => have < asked,
+                _ => true,
+            };
+            if behind {
+                return None;
+            }
+        }
         Some(CachedList {
             item_kind,
             api_version,
