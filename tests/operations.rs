@@ -231,8 +231,11 @@ async fn readiness_and_status_report_the_clusters_and_watches() {
     let ready = http_get(env.server.addr(), "/readyz").await;
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     let mut c = env.client().await;
-    c.request("/api/v1/pods", "watch=1&labelSelector=app%3Dweb")
-        .await;
+    c.request(
+        "/api/v1/pods",
+        "watch=1&labelSelector=app%3Dweb%2Ctier+in+(a%2Cb)&fieldSelector=status.phase%3DRunning",
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let status: Value = loop {
         let resp = http_get(env.server.addr(), "/api/status").await;
@@ -266,7 +269,18 @@ async fn readiness_and_status_report_the_clusters_and_watches() {
             .starts_with("v1.")
     );
     assert_eq!(status["watches"][0]["path"], "/api/v1/pods");
-    assert_eq!(status["watches"][0]["selectors"], "labelSelector=app%3Dweb");
+    let selectors = status["watches"][0]["selectors"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        selectors.contains("app%3Dweb"),
+        "the key, encoded: {selectors}"
+    );
+    assert_eq!(
+        status["watches"][0]["selectorText"],
+        "fieldSelector: status.phase=Running; labelSelector: app=web,tier in (a,b)",
+        "decoded for the page"
+    );
     assert_eq!(status["watches"][0]["subscribers"], 1);
     let verbose = http_get(env.server.addr(), "/readyz?verbose").await;
     assert!(verbose.contains("[+]cluster sim reachable"), "{verbose}");
