@@ -260,8 +260,9 @@ impl Dialect for Headlamp {
         self.policy.review().map(|(_, every)| every)
     }
 
+    /// Messages still waiting for the rate limit are work owed, not idleness.
     fn is_idle(&self) -> bool {
-        self.subs.is_empty()
+        self.subs.is_empty() && self.delayed.is_empty()
     }
 
     /// Re-authorises every live subscription (`shared` and `passthrough`
