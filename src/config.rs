@@ -921,13 +921,21 @@ impl Settings {
     ) -> Result<Option<Arc<ConsoleAuth>>, ConfigError> {
         let verifier =
             JwtVerifier::from_settings(&self.jwt).map_err(|e| ConfigError::Jwt(e.to_string()))?;
-        Ok(verifier.map(|verifier| {
-            Arc::new(ConsoleAuth {
-                verifier,
-                reviewer: Arc::new(Reviewer::new(self.auth_cache_ttl, metrics.clone())),
-                recheck: self.auth_recheck_interval,
-            })
-        }))
+        Ok(verifier.map(|verifier| self.console_auth_with(verifier, metrics)))
+    }
+
+    /// The subscription API's verifier and reviewer around `verifier`
+    /// (the demo's generated secret, which no setting names).
+    pub fn console_auth_with(
+        &self,
+        verifier: JwtVerifier,
+        metrics: &Arc<Metrics>,
+    ) -> Arc<ConsoleAuth> {
+        Arc::new(ConsoleAuth {
+            verifier,
+            reviewer: Arc::new(Reviewer::new(self.auth_cache_ttl, metrics.clone())),
+            recheck: self.auth_recheck_interval,
+        })
     }
 
     /// Headlamp's backend token, when a file for it is configured.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use kubemux::auth::jwt::{JwtSettings, JwtVerifier};
 use kubemux::auth::policy::AuthMode;
 use kubemux::cluster::{Cluster, Registry};
 use kubemux::config::{LogFormat, ProxyArgs, Settings};
@@ -78,9 +79,84 @@ enum Command {
         /// History compaction interval of the simulated cluster, like kube-apiserver's etcd compaction (0 = off).
         #[arg(long, default_value = "5m", value_parser = kubemux::config::parse_duration)]
         sim_compaction_interval: std::time::Duration,
+        /// Print a JWT for the subscription API (/ws/v1), valid for a day, naming the simulated cluster's admin; signs with the configured HS256 secret, or enables /ws/v1 with a random one.
+        #[arg(long)]
+        print_demo_token: bool,
         #[command(flatten)]
         proxy: ProxyArgs,
     },
+}
+
+/// The HS256 secret `kubemux demo --print-demo-token` signs its token with.
+struct DemoSecret {
+    secret: Vec<u8>,
+    /// Generated for this run (no key was configured), so the subscription
+    /// API is enabled with it.
+    generated: bool,
+}
+
+/// How long the demo token is valid: a day of trying things out.
+const DEMO_TOKEN_SECS: u64 = 86_400;
+
+impl DemoSecret {
+    /// The configured HS256 secret (read as the verifier reads it), or a
+    /// random one when no JWT key is configured.
+    fn new(jwt: &JwtSettings) -> anyhow::Result<DemoSecret> {
+        if jwt.public_key_file.is_some() {
+            anyhow::bail!(
+                "--print-demo-token signs with an HS256 secret, but a public key (jwt_public_key_file) is configured: a token for it can only come from its private key"
+            );
+        }
+        let Some(path) = &jwt.hs256_secret_file else {
+            let bytes: [u8; 32] = rand::random();
+            let secret = bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+            return Ok(DemoSecret {
+                secret: secret.into_bytes(),
+                generated: true,
+            });
+        };
+        let mut secret =
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        while matches!(secret.last(), Some(b'\n' | b'\r')) {
+            secret.pop();
+        }
+        Ok(DemoSecret {
+            secret,
+            generated: false,
+        })
+    }
+
+    /// A token the subscription API accepts (the configured issuer,
+    /// audience and claim names), for the simulator's admin: the demo's
+    /// simulated cluster has no RBAC rules, and its admin's group is
+    /// allowed everything.
+    fn token(&self, jwt: &JwtSettings) -> anyhow::Result<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let mut claims = serde_json::Map::new();
+        claims.insert(
+            jwt.user_claim.clone(),
+            kubemux::sim::auth::ADMIN_USER.into(),
+        );
+        claims.insert(
+            jwt.groups_claim.clone(),
+            serde_json::json!([kubemux::sim::rbac::SUPERUSER_GROUP]),
+        );
+        claims.insert("iat".into(), now.into());
+        claims.insert("exp".into(), (now + DEMO_TOKEN_SECS).into());
+        if let Some(issuer) = &jwt.issuer {
+            claims.insert("iss".into(), issuer.clone().into());
+        }
+        if let Some(audience) = &jwt.audience {
+            claims.insert("aud".into(), audience.clone().into());
+        }
+        Ok(jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&self.secret),
+        )?)
+    }
 }
 
 fn init_logs(format: LogFormat) {
@@ -125,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .context("loading clusters from the kubeconfig")?;
             }
-            run_proxy(registry, &settings, None).await
+            run_proxy(registry, &settings, None, None).await
         }
         Command::Config { proxy } => {
             print!(
@@ -175,10 +251,14 @@ async fn main() -> anyhow::Result<()> {
             sim_listen,
             churn,
             sim_compaction_interval,
+            print_demo_token,
             proxy,
         } => {
             let settings = Settings::resolve(&proxy, AuthMode::None)?;
             init_logs(settings.log_format);
+            let demo_secret = print_demo_token
+                .then(|| DemoSecret::new(&settings.jwt))
+                .transpose()?;
             let sim = SimServer::start(SimConfig {
                 listen: sim_listen,
                 churn_rate: churn,
@@ -196,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
                 sim.url(),
                 sim.url()
             );
-            run_proxy(registry, &settings, Some(sim)).await
+            run_proxy(registry, &settings, Some(sim), demo_secret).await
         }
     }
 }
@@ -205,10 +285,16 @@ async fn run_proxy(
     registry: Arc<Registry>,
     settings: &Settings,
     sim: Option<SimServer>,
+    demo_secret: Option<DemoSecret>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let mut server_config = settings.server_config(&metrics);
-    server_config.console = settings.console_auth(&metrics)?;
+    server_config.console = match &demo_secret {
+        Some(demo) if demo.generated => Some(
+            settings.console_auth_with(JwtVerifier::hs256(&demo.secret, &settings.jwt), &metrics),
+        ),
+        _ => settings.console_auth(&metrics)?,
+    };
     server_config.headlamp_backend_token = settings.headlamp_backend_token()?;
     server_config.admin_token = settings.admin_token()?;
     let console = server_config.console.is_some();
@@ -225,8 +311,36 @@ async fn run_proxy(
     println!(
         "status page: http://{addr}/   Headlamp multiplexer: ws://{addr}/wsMultiplexer   metrics: http://{addr}/metrics"
     );
+    println!(
+        "dashboard stream: ws://{addr}/ws/dashboard   cluster notifications: ws://{addr}/ws/clusters"
+    );
     if console {
         println!("subscription API (JWT): ws://{addr}/ws/v1");
+    }
+    // The dialects' own listeners, in the order `Server::extra_addrs` has
+    // them, each at the address it actually bound (a port 0 is resolved).
+    let extra = [
+        (
+            settings.notifications_listen,
+            "--notifications-listen: ws://{}/ws and http://{}/api/clusters",
+        ),
+        (settings.dashboard_listen, "--dashboard-listen: ws://{}/ws"),
+        (
+            settings.subscriptions_listen,
+            "--subscriptions-listen (JWT): ws://{}/ws",
+        ),
+    ];
+    let configured = extra.iter().filter(|(at, _)| at.is_some());
+    for ((_, line), bound) in configured.zip(server.extra_addrs()) {
+        println!("{}", line.replace("{}", &bound.to_string()));
+    }
+    // With a demo secret the subscription API is always on: the secret is
+    // either the configured one or enabled above.
+    if let Some(demo) = &demo_secret {
+        println!(
+            "demo token for the subscription API (valid 24 h): {}",
+            demo.token(&settings.jwt)?
+        );
     }
     if let Some(cluster) = registry.ids().first() {
         println!(

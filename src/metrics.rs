@@ -239,7 +239,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Prometheus text exposition of every metric.
+    /// Every metric in the OpenMetrics text format (what Prometheus asks for).
     pub fn encode(&self) -> String {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let alive = runtime.metrics().num_alive_tasks();
@@ -250,5 +250,64 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// The content type of [`Metrics::encode`].
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`to_text_004`].
+pub const TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Rewrites OpenMetrics text as the classic Prometheus text format
+/// (0.0.4), which a browser shows as text instead of downloading and
+/// older scrapers read: no `# EOF` or `# UNIT` lines, and a counter's
+/// family named like its `_total` sample, as that format expects.
+pub fn to_text_004(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    #[test]
+    fn text_004_names_counter_families_by_their_samples_and_drops_eof() {
+        let metrics = Metrics::new();
+        metrics.refused("message_rate");
+        let text = to_text_004(&metrics.encode());
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(
+            text.contains("# TYPE kubemux_limit_refusals_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP kubemux_limit_refusals_total "),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubemux_limit_refusals_total{limit=\"message_rate\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE kubemux_subscribers gauge"), "{text}");
     }
 }

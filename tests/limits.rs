@@ -148,60 +148,117 @@ async fn an_idle_connection_is_closed_and_a_subscribed_one_is_not() {
     assert_eq!(refusals(&env, "idle_timeout"), 1.0);
 }
 
+/// A REQUEST of `/api/v1/namespaces` the client names by `i` (`limit` is
+/// ignored by the watch, so every `i` is its own subscription, answered
+/// at once with the namespaces as ADDED).
+fn namespaces_query(i: usize) -> String {
+    format!("watch=1&limit={i}")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_beyond_the_rate_get_an_error_each_and_close_always_passes() {
+async fn messages_beyond_the_rate_are_delayed_and_all_processed_in_order() {
     let env = start(
         SimConfig::default(),
         quick_hub(),
         with_limits(Limits {
-            message_rate: 0.05,
+            message_rate: 20.0,
             message_burst: 3.0,
             ..Limits::default()
         }),
     )
     .await;
     let mut c = env.client().await;
-    const SENT: usize = 10;
+    const SENT: usize = 30;
     for i in 0..SENT {
-        c.request(&format!("/api/v1/namespaces/ns-{i}/pods"), "watch=1")
-            .await;
+        c.request("/api/v1/namespaces", &namespaces_query(i)).await;
     }
-    // CLOSE is honoured even with the bucket empty.
-    c.close("/api/v1/namespaces/ns-0/pods", "watch=1").await;
-    let mut limited = Vec::new();
-    while limited.len() + 3 < SENT {
+    // A bad message waits its turn too, and is answered after them all.
+    c.send(json!({"type": "NOPE"})).await;
+    let mut answered = Vec::new();
+    loop {
         let frame = c.frame().await;
+        assert_ne!(frame["type"], "COMPLETE", "nothing is refused: {frame}");
         if frame["type"] == "ERROR" {
-            let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
-            let error = data["error"].as_str().unwrap().to_string();
-            assert!(error.contains("rate limited"), "{error}");
-            limited.push(frame["path"].as_str().unwrap().to_string());
+            let data = frame["data"].as_str().unwrap_or_default();
+            assert!(data.contains("unknown type"), "only NOPE errs: {frame}");
+            break;
+        }
+        let query = frame["query"].as_str().unwrap_or_default().to_string();
+        if !answered.contains(&query) {
+            answered.push(query);
         }
     }
-    assert_eq!(refusals(&env, "message_rate") as usize, limited.len());
     assert_eq!(
-        limited,
-        (3..SENT)
-            .map(|i| format!("/api/v1/namespaces/ns-{i}/pods"))
-            .collect::<Vec<_>>(),
-        "the burst passes, each later message is refused by name"
+        answered,
+        (0..SENT).map(namespaces_query).collect::<Vec<_>>(),
+        "every REQUEST answered, in the order sent"
     );
-    env.eventually("ns-0 closed, ns-1 and ns-2 live", || {
-        metric(&env.hub.metrics().encode(), "kubemux_subscribers") == Some(2.0)
+    assert_eq!(refusals(&env, "message_rate"), 0.0);
+    assert_eq!(
+        metric(&env.hub.metrics().encode(), "kubemux_subscribers"),
+        Some(SENT as f64)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_overtakes_delayed_messages_and_a_flood_past_the_backlog_closes_with_1008() {
+    // One token, then none for the rest of the test.
+    let env = start(
+        SimConfig::default(),
+        quick_hub(),
+        with_limits(Limits {
+            message_rate: 0.0001,
+            message_burst: 1.0,
+            ..Limits::default()
+        }),
+    )
+    .await;
+    let subscribers = || metric(&env.hub.metrics().encode(), "kubemux_subscribers");
+    let mut c = env.client().await;
+    c.request("/api/v1/namespaces", &namespaces_query(0)).await;
+    assert_eq!(c.event().await.0["query"], namespaces_query(0));
+    // Delayed behind the empty bucket; the CLOSE after it goes first.
+    c.request("/api/v1/namespaces", &namespaces_query(1)).await;
+    c.close("/api/v1/namespaces", &namespaces_query(0)).await;
+    env.eventually("the CLOSE is honoured before the delayed REQUEST", || {
+        subscribers() == Some(0.0)
     })
     .await;
-    c.send(json!({"type": "NOPE"})).await;
-    let frame = loop {
-        // Each refused REQUEST was followed by its COMPLETE.
-        let frame = c.frame().await;
-        if frame["type"] != "COMPLETE" {
-            break frame;
+    // A CLOSE also drops the REQUEST for the same subscription still
+    // waiting, as processing in order would have ended it.
+    c.close("/api/v1/namespaces", &namespaces_query(1)).await;
+
+    // Thousands of messages more than the backlog holds.
+    for i in 2..10_000 {
+        let msg = json!({"clusterId": CLUSTER, "path": "/api/v1/namespaces", "query": namespaces_query(i), "type": "REQUEST"});
+        let text = tokio_tungstenite::tungstenite::Message::text(msg.to_string());
+        if futures::SinkExt::feed(&mut c.ws, text).await.is_err() {
+            break;
+        }
+    }
+    let _ = futures::SinkExt::flush(&mut c.ws).await;
+    let close = loop {
+        match tokio::time::timeout(PATIENCE, futures::StreamExt::next(&mut c.ws))
+            .await
+            .expect("the flooding socket is closed")
+        {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => break frame,
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                // The rest of the first subscription's namespaces.
+                assert!(
+                    t.contains(&namespaces_query(0)),
+                    "no delayed message is processed: {t}"
+                )
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
         }
     };
-    assert!(
-        frame["data"].as_str().unwrap().contains("rate limited"),
-        "bad messages spend tokens too: {frame}"
-    );
+    let close = close.expect("a close frame with a reason");
+    assert_eq!(u16::from(close.code), 1008);
+    assert!(close.reason.contains("message_rate"), "{}", close.reason);
+    assert_eq!(refusals(&env, "message_rate"), 1.0);
+    assert_eq!(subscribers(), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

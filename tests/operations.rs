@@ -231,8 +231,11 @@ async fn readiness_and_status_report_the_clusters_and_watches() {
     let ready = http_get(env.server.addr(), "/readyz").await;
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     let mut c = env.client().await;
-    c.request("/api/v1/pods", "watch=1&labelSelector=app%3Dweb")
-        .await;
+    c.request(
+        "/api/v1/pods",
+        "watch=1&labelSelector=app%3Dweb%2Ctier+in+(a%2Cb)&fieldSelector=status.phase%3DRunning",
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let status: Value = loop {
         let resp = http_get(env.server.addr(), "/api/status").await;
@@ -266,7 +269,18 @@ async fn readiness_and_status_report_the_clusters_and_watches() {
             .starts_with("v1.")
     );
     assert_eq!(status["watches"][0]["path"], "/api/v1/pods");
-    assert_eq!(status["watches"][0]["selectors"], "labelSelector=app%3Dweb");
+    let selectors = status["watches"][0]["selectors"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        selectors.contains("app%3Dweb"),
+        "the key, encoded: {selectors}"
+    );
+    assert_eq!(
+        status["watches"][0]["selectorText"],
+        "fieldSelector: status.phase=Running; labelSelector: app=web,tier in (a,b)",
+        "decoded for the page"
+    );
     assert_eq!(status["watches"][0]["subscribers"], 1);
     let verbose = http_get(env.server.addr(), "/readyz?verbose").await;
     assert!(verbose.contains("[+]cluster sim reachable"), "{verbose}");
@@ -555,4 +569,65 @@ async fn readiness_fails_above_the_connection_budget() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// GET /metrics with `accept` (none if empty); the content type and body.
+async fn metrics_as(addr: std::net::SocketAddr, accept: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let accept = if accept.is_empty() {
+        String::new()
+    } else {
+        format!("Accept: {accept}\r\n")
+    };
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .expect("a content type");
+    (content_type, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_plain_text_for_browsers_and_openmetrics_for_prometheus() {
+    let env = start_default().await;
+    let addr = env.server.addr();
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    for accept in ["", browser, "text/plain", "*/*"] {
+        let (content_type, body) = metrics_as(addr, accept).await;
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "Accept {accept:?}: {content_type}"
+        );
+        assert!(!body.contains("# EOF"), "Accept {accept:?}");
+        assert!(
+            body.contains("# TYPE kubemux_subscriptions_total counter"),
+            "a counter family is named like its samples: {body}"
+        );
+    }
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (content_type, body) = metrics_as(addr, prometheus).await;
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(
+        body.contains("# TYPE kubemux_subscriptions counter"),
+        "{body}"
+    );
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    // Refused explicitly (q=0), OpenMetrics is not sent.
+    let (content_type, _) = metrics_as(addr, "application/openmetrics-text;q=0, text/plain").await;
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
 }

@@ -61,8 +61,13 @@ async fn status_page_shows_the_cluster_and_its_shared_watches() {
     let Some(chromium) = chromium() else { return };
     let env = start_default().await;
     let mut c = env.client().await;
-    c.request("/api/v1/pods", "watch=1").await;
-    c.event().await;
+    c.request(
+        "/api/v1/pods",
+        "watch=1&labelSelector=app%3Dweb%2Ctier+in+(a%2Cb)",
+    )
+    .await;
+    env.eventually("the watch is shared", || !env.hub.watches().is_empty())
+        .await;
     env.eventually("the cluster has been probed", || {
         env.hub.clusters().all()[0].health().reachable == Some(true)
     })
@@ -76,6 +81,10 @@ async fn status_page_shows_the_cluster_and_its_shared_watches() {
     assert!(
         dom.contains("<td>/api/v1/pods</td>"),
         "the shared watch: {dom}"
+    );
+    assert!(
+        dom.contains("<td>labelSelector: app=web,tier in (a,b)</td>"),
+        "the selectors, decoded: {dom}"
     );
     assert!(dom.contains("1 shared watch(es)"), "totals: {dom}");
     assert!(dom.contains("1 subscriber(s)"), "totals: {dom}");

@@ -157,6 +157,13 @@ impl JwtVerifier {
         Ok(Some(Self::new(key, algorithm, settings)))
     }
 
+    /// A verifier of HS256 tokens signed with `secret`, held in memory:
+    /// `kubemux demo --print-demo-token` generates one that never touches
+    /// a file. `settings`' key files are not read.
+    pub fn hs256(secret: &[u8], settings: &JwtSettings) -> Self {
+        Self::new(DecodingKey::from_secret(secret), Algorithm::HS256, settings)
+    }
+
     fn new(key: DecodingKey, algorithm: Algorithm, settings: &JwtSettings) -> Self {
         let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_SECS;

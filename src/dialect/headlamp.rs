@@ -11,7 +11,7 @@
 //!   unknown cluster, refused resource, limits), so the client knows that
 //!   subscription will never start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,10 @@ pub async fn serve(
         max_subscriptions: config.max_subscriptions,
         messages: TokenBucket::new(config.limits.message_rate, config.limits.message_burst),
         rate: (config.limits.message_rate, config.limits.message_burst),
+        delayed: VecDeque::new(),
+        delayed_bytes: 0,
+        wake: None,
+        flooded: false,
     };
     let ctx = ConnContext {
         dialect: "headlamp",
@@ -120,10 +124,37 @@ struct Headlamp {
     next_token: u64,
     max_subscriptions: usize,
     /// Client messages other than CLOSE spend a token; CLOSE only ever
-    /// lowers the load, so it is always honoured.
+    /// lowers the load, so it is always honoured at once.
     messages: TokenBucket,
-    /// The bucket's rate and burst, for the refusal's message.
+    /// The bucket's rate and burst, for the close reason.
     rate: (f64, f64),
+    /// Messages that found the bucket empty, processed in order as it
+    /// refills. Delayed rather than refused, because Headlamp never
+    /// resends a REQUEST: a refused one would freeze that list.
+    delayed: VecDeque<(Delayed, usize)>,
+    /// Bytes of the delayed messages' text, bounded by [`BACKLOG_BYTES`].
+    delayed_bytes: usize,
+    /// When the next delayed message can be processed.
+    wake: Option<tokio::time::Instant>,
+    /// The backlog overflowed and the connection is closing: whatever the
+    /// client still sends is ignored.
+    flooded: bool,
+}
+
+/// Most messages a connection may have waiting for the rate limit; one
+/// that floods beyond it is closed (1008), so a flood costs bounded memory.
+/// A few thousand is far more than a person's tabs cause in a burst.
+const BACKLOG_MESSAGES: usize = 4096;
+/// Most bytes of text waiting for the rate limit, for the same reason:
+/// the message count alone would allow thousands of maximum-size messages.
+const BACKLOG_BYTES: usize = 4 << 20;
+
+/// A client message waiting for a token.
+enum Delayed {
+    /// A text message, parsed (or the reason it could not be).
+    Text(Result<ClientMessage, String>),
+    /// A binary message (always answered with an ERROR).
+    Binary,
 }
 
 /// A client message's fields, before any meaning is given to them.
@@ -169,58 +200,25 @@ impl Dialect for Headlamp {
 
     fn on_text(&mut self, text: &str) {
         let parsed = parse_client_message(text);
-        let closing = matches!(&parsed, Ok(m) if m.kind.as_deref() == Some("CLOSE"));
-        if !closing && !self.messages.try_take() {
-            return match &parsed {
-                Ok(m) => self.rate_limited(
-                    m.cluster_id.as_deref().unwrap_or_default(),
-                    m.path.as_deref().unwrap_or_default(),
-                    m.query.as_deref().unwrap_or_default(),
-                    m.kind.as_deref() == Some("REQUEST"),
-                ),
-                Err(_) => self.rate_limited("", "", "", false),
-            };
+        if let Ok(m) = &parsed
+            && m.kind.as_deref() == Some("CLOSE")
+        {
+            return self.close(m);
         }
-        let msg = match parsed {
-            Ok(m) => m,
-            Err(why) => return self.error_frame("", "", "", &why),
-        };
-        let cluster = msg.cluster_id.unwrap_or_default();
-        let path = msg.path.unwrap_or_default();
-        let query = msg.query.unwrap_or_default();
-        match msg.kind.as_deref() {
-            Some("REQUEST") => self.request(cluster, path, query),
-            Some("CLOSE") => {
-                self.subs.remove(&(cluster, path, query));
-            }
-            Some("") | None => self.error_frame(
-                &cluster,
-                &path,
-                &query,
-                "invalid message: missing field type (REQUEST or CLOSE)",
-            ),
-            Some(other) => {
-                let other: String = other.chars().take(40).collect();
-                self.error_frame(
-                    &cluster,
-                    &path,
-                    &query,
-                    &format!("invalid message: unknown type {other:?}, expected REQUEST or CLOSE"),
-                )
-            }
-        }
+        self.admit(Delayed::Text(parsed), text.len());
     }
 
     fn on_binary(&mut self, _data: &[u8]) {
-        if !self.messages.try_take() {
-            return self.rate_limited("", "", "", false);
-        }
-        self.error_frame(
-            "",
-            "",
-            "",
-            "invalid message: binary frames are not accepted, send JSON text",
-        );
+        // Not kept (only its ERROR is owed), so it costs no bytes.
+        self.admit(Delayed::Binary, 0);
+    }
+
+    fn wake_at(&self) -> Option<tokio::time::Instant> {
+        self.wake
+    }
+
+    fn on_wake(&mut self) {
+        self.drain();
     }
 
     fn on_notice(&mut self, notice: Notice) {
@@ -262,8 +260,9 @@ impl Dialect for Headlamp {
         self.policy.review().map(|(_, every)| every)
     }
 
+    /// Messages still waiting for the rate limit are work owed, not idleness.
     fn is_idle(&self) -> bool {
-        self.subs.is_empty()
+        self.subs.is_empty() && self.delayed.is_empty()
     }
 
     /// Re-authorises every live subscription (`shared` and `passthrough`
@@ -318,6 +317,102 @@ impl Dialect for Headlamp {
 }
 
 impl Headlamp {
+    /// A message other than CLOSE: processed now if a token is there and
+    /// nothing is waiting before it, otherwise delayed in order.
+    fn admit(&mut self, message: Delayed, bytes: usize) {
+        if self.flooded {
+            return;
+        }
+        if self.delayed.is_empty() && self.messages.try_take() {
+            return self.process(message);
+        }
+        if self.delayed.len() >= BACKLOG_MESSAGES || self.delayed_bytes + bytes > BACKLOG_BYTES {
+            self.hub.metrics().refused(limit::MESSAGE_RATE);
+            let (rate, burst) = self.rate;
+            self.delayed.clear();
+            self.delayed_bytes = 0;
+            self.wake = None;
+            self.flooded = true;
+            return self.outbound.close_with(
+                conn::close::POLICY,
+                &format!("message_rate: over {rate}/s (bursts of {burst}) with a full backlog"),
+            );
+        }
+        self.delayed_bytes += bytes;
+        self.delayed.push_back((message, bytes));
+        self.drain();
+    }
+
+    /// Processes the delayed messages the bucket has tokens for, and
+    /// notes when the next one can go.
+    fn drain(&mut self) {
+        while !self.delayed.is_empty() && self.messages.try_take() {
+            if let Some((message, bytes)) = self.delayed.pop_front() {
+                self.delayed_bytes -= bytes;
+                self.process(message);
+            }
+        }
+        if self.delayed.is_empty() {
+            self.wake = None;
+        } else {
+            self.wake = Some(tokio::time::Instant::from_std(self.messages.ready_at()));
+        }
+    }
+
+    /// CLOSE, at once: ends the subscription and drops any REQUEST for it
+    /// still waiting, so the outcome is the one processing in order gives.
+    fn close(&mut self, m: &ClientMessage) {
+        let key = (
+            m.cluster_id.clone().unwrap_or_default(),
+            m.path.clone().unwrap_or_default(),
+            m.query.clone().unwrap_or_default(),
+        );
+        self.delayed.retain(|(d, _)| {
+            !matches!(d, Delayed::Text(Ok(r)) if r.kind.as_deref() == Some("REQUEST")
+                && r.cluster_id.as_deref().unwrap_or_default() == key.0
+                && r.path.as_deref().unwrap_or_default() == key.1
+                && r.query.as_deref().unwrap_or_default() == key.2)
+        });
+        self.delayed_bytes = self.delayed.iter().map(|(_, bytes)| bytes).sum();
+        self.subs.remove(&key);
+    }
+
+    fn process(&mut self, message: Delayed) {
+        let msg = match message {
+            Delayed::Text(Ok(m)) => m,
+            Delayed::Text(Err(why)) => return self.error_frame("", "", "", &why),
+            Delayed::Binary => {
+                return self.error_frame(
+                    "",
+                    "",
+                    "",
+                    "invalid message: binary frames are not accepted, send JSON text",
+                );
+            }
+        };
+        let cluster = msg.cluster_id.unwrap_or_default();
+        let path = msg.path.unwrap_or_default();
+        let query = msg.query.unwrap_or_default();
+        match msg.kind.as_deref() {
+            Some("REQUEST") => self.request(cluster, path, query),
+            Some("") | None => self.error_frame(
+                &cluster,
+                &path,
+                &query,
+                "invalid message: missing field type (REQUEST or CLOSE)",
+            ),
+            Some(other) => {
+                let other: String = other.chars().take(40).collect();
+                self.error_frame(
+                    &cluster,
+                    &path,
+                    &query,
+                    &format!("invalid message: unknown type {other:?}, expected REQUEST or CLOSE"),
+                )
+            }
+        }
+    }
+
     fn request(&mut self, cluster: String, path: String, query: String) {
         let key = (cluster, path, query);
         if self.subs.contains_key(&key) {
@@ -457,19 +552,6 @@ impl Headlamp {
         if !pushed {
             self.outbound
                 .close_with(conn::close::POLICY, "too many unread error messages");
-        }
-    }
-
-    fn rate_limited(&self, cluster: &str, path: &str, query: &str, request: bool) {
-        self.hub.metrics().refused(limit::MESSAGE_RATE);
-        let (rate, burst) = self.rate;
-        let message = format!(
-            "rate limited: more than {rate} messages a second (bursts of {burst}) on this connection; this message was not processed, send it again later"
-        );
-        if request {
-            self.refuse(cluster, path, query, &message);
-        } else {
-            self.error_frame(cluster, path, query, &message);
         }
     }
 }

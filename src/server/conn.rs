@@ -35,6 +35,13 @@ pub trait Dialect: Send + 'static {
     }
     /// Periodic work (re-checks, batches, metrics).
     fn on_tick(&mut self) {}
+    /// When the dialect has deferred work due (messages held back by a
+    /// rate limit), so the loop wakes for it without polling.
+    fn wake_at(&self) -> Option<Instant> {
+        None
+    }
+    /// The moment [`Dialect::wake_at`] named has come.
+    fn on_wake(&mut self) {}
     /// Whether the connection serves nothing (no subscription), so that
     /// silence from the client for [`Liveness::idle_timeout`] closes it.
     /// Listen-only dialects are never idle.
@@ -251,6 +258,7 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
         if beat.deadline() != deadline {
             beat.as_mut().reset(deadline);
         }
+        let wake = dialect.wake_at();
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(text))) => {
@@ -285,6 +293,11 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
                     None => None,
                 }
             }, if dialect_tick.is_some() => dialect.on_tick(),
+            () = async {
+                if let Some(at) = wake {
+                    tokio::time::sleep_until(at).await;
+                }
+            }, if wake.is_some() => dialect.on_wake(),
             () = &mut beat => match heartbeat.due(Instant::now(), dialect.is_idle()) {
                 Beat::Wait => {}
                 Beat::Ping => outbound.ping(),

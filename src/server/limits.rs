@@ -27,8 +27,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Client messages per second per connection, refilled continuously…
     /// Headlamp sends a REQUEST (and a CLOSE) for every change of a list it
-    /// shows, so the default is far above what a person causes and only
-    /// stops floods.
+    /// shows, so the default is far above what a person causes; messages
+    /// beyond it are delayed, not refused, and only a flood past the
+    /// backlog closes the connection.
     pub message_rate: f64,
     /// …with bursts of up to this many.
     pub message_burst: f64,
@@ -58,7 +59,8 @@ pub mod limit {
     pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
     /// A connection with nothing subscribed stayed silent too long.
     pub const IDLE_TIMEOUT: &str = "idle_timeout";
-    /// A client sent messages faster than its rate.
+    /// A client sent messages faster than its rate until its backlog of
+    /// delayed messages was full.
     pub const MESSAGE_RATE: &str = "message_rate";
     /// The outbound queues together hold too many bytes.
     pub const QUEUE_BUDGET: &str = "queue_budget";
@@ -161,6 +163,18 @@ impl TokenBucket {
             false
         }
     }
+
+    /// When the next token will be there (now if one is).
+    pub fn ready_at(&mut self) -> Instant {
+        self.refill();
+        if self.tokens >= 1.0 {
+            return self.refilled;
+        }
+        // A zero rate (never refilling) waits a day rather than overflowing.
+        let wait = Duration::try_from_secs_f64((1.0 - self.tokens) / self.rate)
+            .unwrap_or(Duration::from_secs(86_400));
+        self.refilled + wait
+    }
 }
 
 #[cfg(test)]
@@ -196,5 +210,6 @@ mod tests {
         let mut bucket = TokenBucket::new(0.001, 3.0);
         assert!((0..3).all(|_| bucket.try_take()));
         assert!(!bucket.try_take());
+        assert!(bucket.ready_at() > Instant::now() + Duration::from_secs(100));
     }
 }

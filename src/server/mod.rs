@@ -477,15 +477,40 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.hub.metrics().encode(),
-    )
-        .into_response()
+/// OpenMetrics for a scraper that asks for it (Prometheus does, first in
+/// its `Accept`); the classic text format otherwise, which a browser
+/// (`text/html`), `curl` (`*/*`) or an old scraper (`text/plain`) shows
+/// or reads as text instead of offering an unknown type for download.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let openmetrics = state.hub.metrics().encode();
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut params = range.split(';').map(str::trim);
+            let kind = params.next().unwrap_or_default();
+            let refused = params.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            kind.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        });
+    if wants_openmetrics {
+        (
+            [(header::CONTENT_TYPE, crate::metrics::OPENMETRICS)],
+            openmetrics,
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, crate::metrics::TEXT_004)],
+            crate::metrics::to_text_004(&openmetrics),
+        )
+            .into_response()
+    }
 }
 
 async fn headlamp_ws(

@@ -138,7 +138,11 @@ impl ClusterStatus {
 struct WatchStatus {
     cluster: String,
     path: String,
+    /// The canonical selector query, as the shared watch's key has it.
     selectors: String,
+    /// The same decoded for people (`labelSelector: app=web; fieldSelector:
+    /// …`): the page shows it, since `%3D` and `%2C` are hard to read.
+    selector_text: String,
     subscribers: usize,
     events: u64,
 }
@@ -151,6 +155,15 @@ struct Status {
     redacted: bool,
     clusters: Vec<ClusterStatus>,
     watches: Vec<WatchStatus>,
+}
+
+/// A selector query decoded (`+` and percent-escapes) into `name: value`
+/// pairs joined by `; `.
+fn decoded_selectors(query: &str) -> String {
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(name, value)| format!("{name}: {value}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// `GET /api/status`: clusters with health and shared watches with their
@@ -170,6 +183,7 @@ pub(super) async fn api_status(State(state): State<AppState>, headers: HeaderMap
             cluster: w.key.cluster().to_string(),
             path: w.key.path().to_string(),
             selectors: w.key.selectors().to_string(),
+            selector_text: decoded_selectors(w.key.selectors()),
             subscribers: w.subscribers,
             events: w.events,
         })

@@ -267,6 +267,8 @@ pub fn versions_of(objects: &[Value]) -> BTreeMap<String, String> {
 pub struct Process {
     pub child: tokio::process::Child,
     pub addr: String,
+    /// Every line it has printed on stdout so far (the banner included).
+    pub stdout: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Starts the real `kubemux` binary with `args` (stdout and stderr piped,
@@ -290,21 +292,47 @@ pub async fn spawn_kubemux(args: &[&str], env: &[(&str, &str)]) -> Process {
     }
     let mut child = cmd.spawn().expect("kubemux starts");
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let stdout = Arc::new(std::sync::Mutex::new(Vec::new()));
     let addr = loop {
         let line = tokio::time::timeout(PATIENCE, lines.next_line())
             .await
             .expect("kubemux prints its address in time")
             .unwrap()
             .expect("kubemux keeps running");
+        stdout.lock().unwrap().push(line.clone());
         if let Some(rest) = line.strip_prefix("kubemux listening on http://") {
             break rest.split_whitespace().next().unwrap().to_string();
         }
     };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Process { child, addr }
+    let printed = stdout.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            printed.lock().unwrap().push(line);
+        }
+    });
+    Process {
+        child,
+        addr,
+        stdout,
+    }
 }
 
 impl Process {
+    /// The rest of the first stdout line starting with `prefix`, once printed.
+    pub async fn printed(&self, prefix: &str) -> String {
+        eventually(&format!("kubemux prints {prefix:?}"), || {
+            self.stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.starts_with(prefix))
+        })
+        .await;
+        let lines = self.stdout.lock().unwrap();
+        let line = lines.iter().find(|l| l.starts_with(prefix)).unwrap();
+        line[prefix.len()..].to_string()
+    }
+
     /// Sends SIGTERM and returns the exit status and everything written to stderr.
     pub async fn terminate(self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().unwrap().to_string();
