@@ -438,10 +438,7 @@ impl Headlamp {
     /// allowed to grow its queue.
     fn error_frame(&self, cluster: &str, path: &str, query: &str, message: &str) {
         let frame = error_frame(&Bytes::from(head(cluster, path, query)), message);
-        if self.outbound.push(frame).is_err() {
-            self.outbound
-                .close_with(conn::close::POLICY, "too many unread error messages");
-        }
+        self.outbound.answer(frame);
     }
 
     /// Refuses a REQUEST: ERROR, then COMPLETE (nothing more will come for
@@ -452,11 +449,9 @@ impl Headlamp {
         let key = (cluster.to_string(), path.to_string(), query.to_string());
         let head = Bytes::from(head(cluster, path, query));
         let live = self.subs.contains_key(&key);
-        let pushed = self.outbound.push(error_frame(&head, message)).is_ok()
-            && (live || self.outbound.push(complete_frame(&head)).is_ok());
-        if !pushed {
-            self.outbound
-                .close_with(conn::close::POLICY, "too many unread error messages");
+        self.outbound.answer(error_frame(&head, message));
+        if !live {
+            self.outbound.answer(complete_frame(&head));
         }
     }
 
