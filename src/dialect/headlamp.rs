@@ -274,16 +274,12 @@ impl Dialect for Headlamp {
         let Some((reviewer, _)) = self.policy.review() else {
             return;
         };
-        let live: Vec<(SubKey, u64, ResourcePath)> = self
-            .subs
-            .iter()
-            .filter_map(|(key, slot)| match slot {
-                Slot::Active {
-                    token, resource, ..
-                } => Some((key.clone(), *token, resource.clone())),
-                Slot::Pending { .. } => None,
-            })
-            .collect();
+        let live = review_groups(self.subs.iter().filter_map(|(key, slot)| match slot {
+            Slot::Active {
+                token, resource, ..
+            } => Some((key.clone(), *token, resource.clone())),
+            Slot::Pending { .. } => None,
+        }));
         if live.is_empty() {
             return;
         }
@@ -294,18 +290,26 @@ impl Dialect for Headlamp {
             self.notices.clone(),
         );
         tokio::spawn(async move {
-            for (key, token, resource) in live {
-                let Some(cluster) = hub.clusters().get(&key.0) else {
+            for ((cluster_id, resource), members) in live {
+                let Some(cluster) = hub.clusters().get(&cluster_id) else {
                     continue;
                 };
                 let verdict = reviewer
-                    .check(&cluster, credentials.token_for(&key.0), &resource, true)
+                    .check(
+                        &cluster,
+                        credentials.token_for(&cluster_id),
+                        &resource,
+                        true,
+                    )
                     .await;
                 match verdict {
                     Err(
                         e @ (ReviewError::Forbidden { .. } | ReviewError::Unauthenticated { .. }),
                     ) => {
-                        let _ = notices.send(Notice::Revoked(key, token, e.to_string()));
+                        let message = e.to_string();
+                        for (key, token) in members {
+                            let _ = notices.send(Notice::Revoked(key, token, message.clone()));
+                        }
                     }
                     Err(e) => {
                         debug!(error = %e, "re-check could not be made; keeping the subscription")
@@ -467,6 +471,33 @@ impl Headlamp {
             self.error_frame(cluster, path, query, &message);
         }
     }
+}
+
+/// Live subscriptions grouped by what their re-check asks: the cluster and
+/// the resource's group, name and namespace (RBAC ignores the version, and
+/// so does the review cache), so that many subscriptions of one connection
+/// on one collection (different queries: selectors, versions) cost one
+/// review per re-check interval, not one each.
+fn review_groups(
+    live: impl Iterator<Item = (SubKey, u64, ResourcePath)>,
+) -> Vec<((String, ResourcePath), Vec<(SubKey, u64)>)> {
+    let mut by_attributes: HashMap<(String, String, String, Option<String>), usize> =
+        HashMap::new();
+    let mut groups: Vec<((String, ResourcePath), Vec<(SubKey, u64)>)> = Vec::new();
+    for (key, token, resource) in live {
+        let attributes = (
+            key.0.clone(),
+            resource.group.clone(),
+            resource.resource.clone(),
+            resource.namespace.clone(),
+        );
+        let at = *by_attributes.entry(attributes).or_insert_with(|| {
+            groups.push(((key.0.clone(), resource), Vec::new()));
+            groups.len() - 1
+        });
+        groups[at].1.push((key, token));
+    }
+    groups
 }
 
 /// `{"clusterId":…,"path":…,"query":…` — the part every frame of one
