@@ -473,17 +473,19 @@ impl Headlamp {
     }
 }
 
+/// What one re-check asks about (cluster id, a representative resource) and
+/// the subscriptions (key, slot token) its verdict applies to.
+type ReviewGroup = ((String, ResourcePath), Vec<(SubKey, u64)>);
+
 /// Live subscriptions grouped by what their re-check asks: the cluster and
 /// the resource's group, name and namespace (RBAC ignores the version, and
 /// so does the review cache), so that many subscriptions of one connection
 /// on one collection (different queries: selectors, versions) cost one
 /// review per re-check interval, not one each.
-fn review_groups(
-    live: impl Iterator<Item = (SubKey, u64, ResourcePath)>,
-) -> Vec<((String, ResourcePath), Vec<(SubKey, u64)>)> {
+fn review_groups(live: impl Iterator<Item = (SubKey, u64, ResourcePath)>) -> Vec<ReviewGroup> {
     let mut by_attributes: HashMap<(String, String, String, Option<String>), usize> =
         HashMap::new();
-    let mut groups: Vec<((String, ResourcePath), Vec<(SubKey, u64)>)> = Vec::new();
+    let mut groups: Vec<ReviewGroup> = Vec::new();
     for (key, token, resource) in live {
         let attributes = (
             key.0.clone(),
