@@ -52,14 +52,14 @@ pub struct ProxyArgs {
     /// How long a shared watch outlives its last subscriber, 0s to 1h [default: 30s].
     #[arg(long, env = "KUBEMUX_LINGER", value_parser = parse_duration)]
     pub linger: Option<Duration>,
-    /// Largest client message in bytes, 256 to 64 MiB; larger closes the socket with 1009 [default: 65536].
-    #[arg(long, env = "KUBEMUX_MAX_MESSAGE_SIZE")]
+    /// Largest client message in bytes (4096, 64KiB, 1 MiB…), 256 to 64 MiB; larger closes the socket with 1009 [default: 65536].
+    #[arg(long, env = "KUBEMUX_MAX_MESSAGE_SIZE", value_parser = parse_byte_size)]
     pub max_message_size: Option<u64>,
     /// Subscriptions one connection may hold, 1 to 100000 [default: 1000].
     #[arg(long, env = "KUBEMUX_MAX_SUBSCRIPTIONS")]
     pub max_subscriptions: Option<u64>,
-    /// Bytes waiting in one connection's queue before its subscriptions are cut off as slow consumers, 4096 to 4 GiB [default: 8388608].
-    #[arg(long, env = "KUBEMUX_QUEUE_MAX_BYTES")]
+    /// Bytes (8MiB, 8 MiB, 8388608…) waiting in one connection's queue before its subscriptions are cut off as slow consumers, 4096 to 4 GiB [default: 8388608].
+    #[arg(long, env = "KUBEMUX_QUEUE_MAX_BYTES", value_parser = parse_byte_size)]
     pub queue_max_bytes: Option<u64>,
     /// Frames waiting in one connection's queue, 16 to 10000000 [default: 65536].
     #[arg(long, env = "KUBEMUX_QUEUE_MAX_FRAMES")]
@@ -121,8 +121,8 @@ pub struct ProxyArgs {
     /// Burst of client messages above --message-rate, 1 to 100000 [default: 2000].
     #[arg(long, env = "KUBEMUX_MESSAGE_BURST")]
     pub message_burst: Option<u64>,
-    /// Bytes all outbound queues may hold together; beyond it connections with a backlog are cut and new WebSockets get 503, 1 MiB to 1 TiB [default: 2147483648].
-    #[arg(long, env = "KUBEMUX_QUEUE_MEMORY_BUDGET")]
+    /// Bytes (2GiB, 512 MiB…) all outbound queues may hold together; beyond it connections with a backlog are cut and new WebSockets get 503, 1 MiB to 1 TiB [default: 2147483648].
+    #[arg(long, env = "KUBEMUX_QUEUE_MEMORY_BUDGET", value_parser = parse_byte_size)]
     pub queue_memory_budget: Option<u64>,
     /// Shared (= upstream) watches on one cluster; a REQUEST for a new key beyond it gets an ERROR naming this limit, 1 to 1000000 [default: 2000].
     #[arg(long, env = "KUBEMUX_MAX_UPSTREAM_WATCHES")]
@@ -136,8 +136,8 @@ pub struct ProxyArgs {
     /// Open WebSocket connections above which /readyz fails, so a load balancer sends new clients to another replica; 0 = no budget [default: 0].
     #[arg(long, env = "KUBEMUX_READY_MAX_CONNECTIONS")]
     pub ready_max_connections: Option<u64>,
-    /// Bytes queued for clients above which /readyz fails; 0 = no budget [default: 0].
-    #[arg(long, env = "KUBEMUX_READY_MAX_QUEUE_BYTES")]
+    /// Bytes (1GiB, 1073741824…) queued for clients above which /readyz fails; 0 = no budget [default: 0].
+    #[arg(long, env = "KUBEMUX_READY_MAX_QUEUE_BYTES", value_parser = parse_byte_size)]
     pub ready_max_queue_bytes: Option<u64>,
     /// Cluster notifications: updates to one cluster closer together than this are merged, 0s to 1m [default: 1s].
     #[arg(long, env = "KUBEMUX_NOTIFICATIONS_DEBOUNCE", value_parser = parse_duration)]
@@ -184,9 +184,9 @@ pub struct ProxyArgs {
 struct FileConfig {
     listen: Option<String>,
     linger: Option<String>,
-    max_message_size: Option<u64>,
+    max_message_size: Option<FileBytes>,
     max_subscriptions: Option<u64>,
-    queue_max_bytes: Option<u64>,
+    queue_max_bytes: Option<FileBytes>,
     queue_max_frames: Option<u64>,
     history_max_events: Option<u64>,
     history_max_age: Option<String>,
@@ -210,12 +210,12 @@ struct FileConfig {
     idle_timeout: Option<String>,
     message_rate: Option<u64>,
     message_burst: Option<u64>,
-    queue_memory_budget: Option<u64>,
+    queue_memory_budget: Option<FileBytes>,
     max_upstream_watches: Option<u64>,
     max_watches_per_identity: Option<u64>,
     shutdown_delay: Option<String>,
     ready_max_connections: Option<u64>,
-    ready_max_queue_bytes: Option<u64>,
+    ready_max_queue_bytes: Option<FileBytes>,
     subscriptions_listen: Option<String>,
     jwt_hs256_secret_file: Option<PathBuf>,
     jwt_public_key_file: Option<PathBuf>,
@@ -402,6 +402,57 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 30s, 2m, 500ms)"))
 }
 
+/// How byte sizes may be written, for error messages.
+const BYTE_FORMS: &str = "a whole number of bytes, optionally with a binary unit: 4096, 64KiB, 8 MiB, 2G (B, K/KiB, M/MiB, G/GiB, T/TiB)";
+
+/// Parses a byte size as README writes them (`8 MiB`, `64KiB`, `2G`,
+/// `4096`): a whole number, optional spaces, an optional binary unit. Decimal
+/// units (`MB`) are refused rather than guessed at, since `8MB` as 8,000,000
+/// or 8,388,608 would both surprise someone.
+pub fn parse_byte_size(s: &str) -> Result<u64, String> {
+    let text = s.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let shift = match unit.trim_start() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        _ => return Err(format!("{s:?} is not a size: expected {BYTE_FORMS}")),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: expected {BYTE_FORMS}"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large: at most {} bytes", u64::MAX))
+}
+
+/// A byte size in the config file: a TOML integer (as `to_toml` writes and
+/// older files have) or a string with a unit. TOML integers are signed, so a
+/// negative one is refused by [`file_bytes`] with the setting's name instead
+/// of an anonymous "did not match any variant".
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum FileBytes {
+    Number(i64),
+    Text(String),
+}
+
+fn file_bytes(setting: &'static str, value: Option<FileBytes>) -> Result<Option<u64>, ConfigError> {
+    let invalid = |value: String| ConfigError::Invalid {
+        setting,
+        value,
+        accepted: BYTE_FORMS,
+    };
+    value
+        .map(|v| match v {
+            FileBytes::Number(n) => u64::try_from(n).map_err(|_| invalid(n.to_string())),
+            FileBytes::Text(t) => parse_byte_size(&t).map_err(|_| invalid(t)),
+        })
+        .transpose()
+}
+
 fn file_duration(
     setting: &'static str,
     value: Option<String>,
@@ -539,6 +590,15 @@ impl Settings {
             check_duration(setting, value, range, accepted)
         };
         let secs = Duration::from_secs;
+        let bytes = |flag: Option<u64>,
+                     setting: &'static str,
+                     file: Option<FileBytes>|
+         -> Result<Option<u64>, ConfigError> {
+            match flag {
+                Some(v) => Ok(Some(v)),
+                None => file_bytes(setting, file),
+            }
+        };
         let claim = |flag: &Option<String>,
                      file: Option<String>,
                      setting: &'static str,
@@ -601,11 +661,14 @@ impl Settings {
             )?,
             max_message_size: check_int(
                 "max_message_size",
-                args.max_message_size
-                    .or(file.max_message_size)
-                    .unwrap_or(d.max_message_size),
+                bytes(
+                    args.max_message_size,
+                    "max_message_size",
+                    file.max_message_size,
+                )?
+                .unwrap_or(d.max_message_size),
                 256..=64 << 20,
-                "256 to 67108864 bytes",
+                "256 to 67108864 bytes (64 MiB)",
             )?,
             max_subscriptions: check_int(
                 "max_subscriptions",
@@ -617,11 +680,14 @@ impl Settings {
             )?,
             queue_max_bytes: check_int(
                 "queue_max_bytes",
-                args.queue_max_bytes
-                    .or(file.queue_max_bytes)
-                    .unwrap_or(d.queue_max_bytes),
+                bytes(
+                    args.queue_max_bytes,
+                    "queue_max_bytes",
+                    file.queue_max_bytes,
+                )?
+                .unwrap_or(d.queue_max_bytes),
                 4096..=4 << 30,
-                "4096 to 4294967296 bytes",
+                "4096 to 4294967296 bytes (4 GiB)",
             )?,
             queue_max_frames: check_int(
                 "queue_max_frames",
@@ -773,11 +839,14 @@ impl Settings {
             )?,
             queue_memory_budget: check_int(
                 "queue_memory_budget",
-                args.queue_memory_budget
-                    .or(file.queue_memory_budget)
-                    .unwrap_or(d.queue_memory_budget),
+                bytes(
+                    args.queue_memory_budget,
+                    "queue_memory_budget",
+                    file.queue_memory_budget,
+                )?
+                .unwrap_or(d.queue_memory_budget),
                 1 << 20..=1 << 40,
-                "1048576 to 1099511627776 bytes",
+                "1048576 to 1099511627776 bytes (1 MiB to 1 TiB)",
             )?,
             max_upstream_watches: check_int(
                 "max_upstream_watches",
@@ -807,10 +876,12 @@ impl Settings {
                 .ready_max_connections
                 .or(file.ready_max_connections)
                 .unwrap_or(d.ready_max_connections),
-            ready_max_queue_bytes: args
-                .ready_max_queue_bytes
-                .or(file.ready_max_queue_bytes)
-                .unwrap_or(d.ready_max_queue_bytes),
+            ready_max_queue_bytes: bytes(
+                args.ready_max_queue_bytes,
+                "ready_max_queue_bytes",
+                file.ready_max_queue_bytes,
+            )?
+            .unwrap_or(d.ready_max_queue_bytes),
         })
     }
 
@@ -1132,6 +1203,99 @@ mod tests {
         );
         let err = Settings::from_toml(&ProxyArgs::default(), "lingr = \"1s\"", "t").unwrap_err();
         assert!(err.to_string().contains("lingr"), "{err}");
+    }
+
+    #[test]
+    fn byte_sizes_take_binary_units_as_readme_writes_them() {
+        for (text, bytes) in [
+            ("4096", 4096),
+            ("64KiB", 64 << 10),
+            ("64 K", 64 << 10),
+            ("8 MiB", 8 << 20),
+            ("8M", 8 << 20),
+            ("2GiB", 2 << 30),
+            ("1 TiB", 1 << 40),
+            ("512B", 512),
+            (" 8 MiB ", 8 << 20),
+        ] {
+            assert_eq!(parse_byte_size(text), Ok(bytes), "{text}");
+        }
+        for text in [
+            "",
+            "MiB",
+            "8 MB",
+            "8mib",
+            "1.5GiB",
+            "-1",
+            "8 MiB x",
+            "99999999999999999999",
+        ] {
+            let err = parse_byte_size(text).unwrap_err();
+            assert!(err.contains("KiB"), "{text}: {err}");
+        }
+        assert!(
+            parse_byte_size("17179869184 GiB")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn byte_sizes_in_the_file_are_numbers_or_strings_with_units() {
+        let s = Settings::from_toml(
+            &ProxyArgs::default(),
+            "queue_max_bytes = \"8 MiB\"\nqueue_memory_budget = \"2GiB\"\n\
+             max_message_size = 4096\nready_max_queue_bytes = \"1G\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(s.queue_max_bytes, 8 << 20);
+        assert_eq!(s.queue_memory_budget, 2 << 30);
+        assert_eq!(s.max_message_size, 4096);
+        assert_eq!(s.ready_max_queue_bytes, 1 << 30);
+        for (toml, setting) in [
+            ("queue_max_bytes = \"8 MB\"", "queue_max_bytes"),
+            ("max_message_size = -1", "max_message_size"),
+            ("queue_memory_budget = \"lots\"", "queue_memory_budget"),
+            ("ready_max_queue_bytes = \"1.5G\"", "ready_max_queue_bytes"),
+            ("queue_max_bytes = \"8 GiB\"", "queue_max_bytes"),
+        ] {
+            let text = Settings::from_toml(&ProxyArgs::default(), toml, "t")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                text.contains(setting) && text.contains("accepted") && text.contains("GiB"),
+                "{toml}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn byte_size_flags_and_variables_take_units() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            proxy: ProxyArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "kubemux",
+            "--queue-max-bytes",
+            "8 MiB",
+            "--max-message-size",
+            "64KiB",
+        ])
+        .unwrap();
+        assert_eq!(cli.proxy.queue_max_bytes, Some(8 << 20));
+        assert_eq!(cli.proxy.max_message_size, Some(64 << 10));
+        let err = Cli::try_parse_from(["kubemux", "--queue-memory-budget", "2 GB"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("--queue-memory-budget") && err.contains("GiB"),
+            "{err}"
+        );
     }
 
     #[test]

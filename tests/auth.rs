@@ -494,3 +494,39 @@ async fn an_auth_proxy_injected_authorization_header_is_the_sockets_identity() {
     direct.request(PATH, "watch=1").await;
     assert!(error_text(&direct.frame().await).contains("no credentials"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rechecks_ask_once_per_connection_and_collection_not_once_per_subscription() {
+    const SUBSCRIPTIONS: usize = 100;
+    let s = setup(users(1), shared(Duration::from_secs(1))).await;
+    let mut c = bearer(&s, "token-u0").await;
+    for i in 0..SUBSCRIPTIONS {
+        c.request(PATH, &format!("watch=1&labelSelector=n%3D{i}"))
+            .await;
+    }
+    // Every subscription was reviewed and has its own upstream watch.
+    eventually("every subscription is live", || {
+        s.sim.watch_requests("pods") >= SUBSCRIPTIONS as u64
+    })
+    .await;
+    let reviews = || {
+        s.sim
+            .requests_by_verb(ADMIN, "create", "subjectaccessreviews")
+    };
+    let before = reviews();
+    s.sim.auth().revoke_user("u0");
+    // The re-check that finds the revocation ends every subscription.
+    let mut completed = 0;
+    while completed < SUBSCRIPTIONS {
+        if c.frame().await["type"] == "COMPLETE" {
+            completed += 1;
+        }
+    }
+    // One re-check in flight when the rule went (list and watch), then the
+    // refused one: a handful of reviews, not one per subscription.
+    let asked = reviews() - before;
+    assert!(
+        asked <= 6,
+        "{asked} SubjectAccessReviews for {SUBSCRIPTIONS} subscriptions"
+    );
+}

@@ -475,3 +475,100 @@ async fn one_passthrough_identity_cannot_take_every_upstream_watch() {
     })
     .await;
 }
+
+/// Floods `path` on `addr` with `bad` messages from a socket with a tiny
+/// receive buffer, reading nothing until kubemux has refused the flood as
+/// unread answers, then reads: the connection ends with a 1008 close frame.
+async fn flood_without_reading(env: &Env, addr: std::net::SocketAddr, path: &str, bad: &str) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+    let (mut sink, mut stream) = ws.split();
+    let bad = bad.to_string();
+    let flood =
+        tokio::spawn(async move { while sink.send(Message::text(bad.clone())).await.is_ok() {} });
+    env.eventually("the unread answers are refused", || {
+        refusals(env, "unread_answers") == 1.0
+    })
+    .await;
+    let code = loop {
+        match tokio::time::timeout(PATIENCE, stream.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("{path}: the connection ended without a close frame: {other:?}"),
+        }
+    };
+    flood.abort();
+    assert_eq!(code, Some(1008), "{path}");
+}
+
+fn tiny_queue(config: ServerConfig) -> ServerConfig {
+    ServerConfig {
+        queue: QueueLimits {
+            max_bytes: 4096,
+            ..QueueLimits::default()
+        },
+        ..config
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_messages_without_reading_is_closed_with_1008() {
+    let env = start(
+        SimConfig::default(),
+        quick_hub(),
+        tiny_queue(ServerConfig::default()),
+    )
+    .await;
+    flood_without_reading(&env, env.server.addr(), "/wsMultiplexer", "not json").await;
+    let env = start(
+        SimConfig::default(),
+        quick_hub(),
+        tiny_queue(ServerConfig {
+            dashboard_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServerConfig::default()
+        }),
+    )
+    .await;
+    flood_without_reading(&env, env.server.extra_addrs()[0], "/ws", "not json").await;
+    let secret = std::env::temp_dir().join(format!("kubemux-flood-{}", std::process::id()));
+    std::fs::write(&secret, "flood-secret").unwrap();
+    let verifier =
+        kubemux::auth::jwt::JwtVerifier::from_settings(&kubemux::auth::jwt::JwtSettings {
+            hs256_secret_file: Some(secret.clone()),
+            user_claim: "sub".into(),
+            groups_claim: "groups".into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+    std::fs::remove_file(&secret).ok();
+    let metrics = std::sync::Arc::new(kubemux::metrics::Metrics::new());
+    let env = start(
+        SimConfig::default(),
+        quick_hub(),
+        tiny_queue(ServerConfig {
+            console: Some(std::sync::Arc::new(
+                kubemux::dialect::console::ConsoleAuth {
+                    verifier,
+                    reviewer: std::sync::Arc::new(kubemux::auth::review::Reviewer::new(
+                        Duration::from_secs(30),
+                        metrics,
+                    )),
+                    recheck: Duration::from_secs(30),
+                },
+            )),
+            subscriptions_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServerConfig::default()
+        }),
+    )
+    .await;
+    flood_without_reading(&env, env.server.extra_addrs()[0], "/ws", "not json").await;
+}

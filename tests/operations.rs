@@ -71,6 +71,64 @@ async fn flags_override_env_which_overrides_the_file() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_sizes_take_units_in_flags_env_and_file() {
+    let dir = std::env::temp_dir().join(format!("kubemux-sizes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.toml");
+    std::fs::write(
+        &file,
+        "max_message_size = \"64 KiB\"\nready_max_queue_bytes = 4096\n",
+    )
+    .unwrap();
+    let out = effective(
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--queue-max-bytes",
+            "8 MiB",
+        ],
+        &[("KUBEMUX_QUEUE_MEMORY_BUDGET", "1GiB")],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "queue_max_bytes = 8388608",
+        "queue_memory_budget = 1073741824",
+        "max_message_size = 65536",
+        "ready_max_queue_bytes = 4096",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    let demo = spawn_kubemux(
+        &[
+            "demo",
+            "--queue-max-bytes",
+            "8 MiB",
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-listen",
+            "127.0.0.1:0",
+        ],
+        &[("KUBEMUX_MAX_MESSAGE_SIZE", "64KiB")],
+    )
+    .await;
+    let mut c = Client::connect(&format!("ws://{}/wsMultiplexer", demo.addr)).await;
+    c.send(
+        json!({"clusterId": "demo", "path": "/api/v1/pods", "query": "watch=1", "type": "REQUEST"}),
+    )
+    .await;
+    c.event().await;
+    let (status, _) = demo.terminate().await;
+    assert!(status.success());
+}
+
 #[tokio::test]
 async fn invalid_settings_are_rejected_at_start_by_name() {
     for (args, env, setting) in [

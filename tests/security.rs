@@ -511,3 +511,32 @@ async fn a_refusal_is_not_cached_for_the_whole_review_ttl() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_mode_authorises_discovery_as_non_resource_urls() {
+    let s = setup(alice_and_bob(), |metrics| ServerConfig {
+        policy: Policy::shared(
+            Arc::new(Reviewer::new(Duration::from_secs(30), metrics)),
+            Duration::from_secs(30),
+        ),
+        ..ServerConfig::default()
+    })
+    .await;
+    let addr = s.server.addr();
+    // alice may read pods in one namespace only; discovery is hers anyway,
+    // as `system:discovery` grants it to every authenticated user.
+    for path in ["/api", "/api/v1", "/apis", "/apis/apps/v1", "/version"] {
+        let url = format!("/clusters/{CLUSTER}{path}");
+        let (status, body) = get_with(addr, &url, &[("authorization", "Bearer alice-token")]).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let (status, body) = get_with(addr, &url, &[("authorization", "Bearer junk")]).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        let (status, body) = get(addr, &url).await;
+        assert_eq!(status, 401, "{path}: {body}");
+    }
+    // Reviews asked about the URL itself, one per distinct path (cached).
+    let reviews = s
+        .sim
+        .requests_by_verb(ADMIN_USER, "create", "subjectaccessreviews");
+    assert_eq!(reviews, 5, "one SubjectAccessReview per discovery path");
+}

@@ -78,6 +78,19 @@ pub enum JwtError {
     /// `aud` does not contain the configured audience.
     #[error("wrong audience")]
     WrongAudience,
+    /// The token has no `exp`: kubemux accepts only tokens that expire.
+    #[error("claim \"exp\" is missing: the token must say when it expires")]
+    MissingExpiry,
+    /// `exp` or `nbf` is not a whole number of seconds in the accepted range.
+    #[error(
+        "claim {claim:?} must be whole seconds since 1970, 0 to 253402300799 (9999-12-31), got {got}"
+    )]
+    TimeOutOfRange {
+        /// `exp` or `nbf`.
+        claim: &'static str,
+        /// The value's number, or its kind.
+        got: String,
+    },
     /// A required claim is missing or of the wrong type.
     #[error("claim {0:?} is missing or not a string")]
     MissingClaim(String),
@@ -166,9 +179,13 @@ impl JwtVerifier {
 
     fn new(key: DecodingKey, algorithm: Algorithm, settings: &JwtSettings) -> Self {
         let mut validation = Validation::new(algorithm);
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        // `exp` and `nbf` are checked by `verify` itself: the library reports
+        // an `exp` it cannot read as a u64 (1e30, a string) as "missing", lets
+        // an unreadable `nbf` through when not validating it, and takes any
+        // u64, which `SystemTime` cannot hold.
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         if let Some(issuer) = &settings.issuer {
             validation.set_issuer(&[issuer]);
         }
@@ -197,6 +214,16 @@ impl JwtVerifier {
             _ => JwtError::Malformed(e.to_string()),
         })?;
         let claims = data.claims;
+        let expires = time_claim(&claims, "exp")?.ok_or(JwtError::MissingExpiry)?;
+        let not_before = time_claim(&claims, "nbf")?;
+        let now = SystemTime::now();
+        let leeway = Duration::from_secs(LEEWAY_SECS);
+        if expires + leeway < now {
+            return Err(JwtError::Expired);
+        }
+        if not_before.is_some_and(|nbf| nbf > now + leeway) {
+            return Err(JwtError::NotYetValid);
+        }
         let name = claims
             .get(&self.user_claim)
             .and_then(Value::as_str)
@@ -212,19 +239,43 @@ impl JwtVerifier {
                 .ok_or_else(|| JwtError::BadGroups(self.groups_claim.clone()))?,
             Some(_) => return Err(JwtError::BadGroups(self.groups_claim.clone())),
         };
-        let expires = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
         Ok(Verified {
             user: User {
                 name,
                 uid: None,
                 groups,
             },
-            expires,
+            expires: Some(expires),
         })
     }
+}
+
+/// The latest `exp` or `nbf` accepted, 9999-12-31T23:59:59Z: later than any
+/// real token, and far enough inside `SystemTime`'s range that adding the
+/// leeway cannot overflow (a bare u64 of seconds can, and would panic).
+const MAX_TIME_CLAIM: u64 = 253_402_300_799;
+
+/// A NumericDate claim (`exp`, `nbf`) as a time, `None` when absent.
+fn time_claim(
+    claims: &Map<String, Value>,
+    claim: &'static str,
+) -> Result<Option<SystemTime>, JwtError> {
+    let Some(value) = claims.get(claim) else {
+        return Ok(None);
+    };
+    let out_of_range = || JwtError::TimeOutOfRange {
+        claim,
+        got: match value {
+            Value::Number(n) => n.to_string(),
+            Value::String(_) => "a string".into(),
+            _ => "not a number".into(),
+        },
+    };
+    let secs = value
+        .as_u64()
+        .filter(|&secs| secs <= MAX_TIME_CLAIM)
+        .ok_or_else(out_of_range)?;
+    Ok(Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)))
 }
 
 #[cfg(test)]
@@ -303,5 +354,43 @@ mod tests {
             Err(JwtError::BadGroups(_))
         ));
         assert!(matches!(v.verify("not a jwt"), Err(JwtError::Malformed(_))));
+    }
+
+    #[test]
+    fn exp_and_nbf_out_of_range_are_named_not_missing() {
+        let v = verifier(b"s3cret", None, None);
+        let good = json!({"sub": "alice", "exp": now() + 600});
+        for (claim, value, shown) in [
+            ("exp", json!(1e30), "1e+30"),
+            ("exp", json!(u64::MAX), "18446744073709551615"),
+            ("exp", json!(-5), "-5"),
+            ("exp", json!(now() as f64 + 600.5), "."),
+            ("exp", json!("soon"), "a string"),
+            ("nbf", json!(1e30), "1e+30"),
+            ("nbf", json!(u64::MAX), "18446744073709551615"),
+            ("nbf", json!(true), "not a number"),
+        ] {
+            let mut claims = good.clone();
+            claims[claim] = value;
+            let err = v.verify(&token(b"s3cret", claims)).unwrap_err();
+            assert!(
+                matches!(&err, JwtError::TimeOutOfRange { claim: c, .. } if *c == claim),
+                "{claim}: {err}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(claim) && text.contains("253402300799") && text.contains(shown),
+                "{text}"
+            );
+            assert!(!text.contains("missing"), "{text}");
+        }
+        let mut latest = good.clone();
+        latest["exp"] = json!(MAX_TIME_CLAIM);
+        assert!(v.verify(&token(b"s3cret", latest)).is_ok());
+        let mut none = good.clone();
+        none.as_object_mut().unwrap().remove("exp");
+        let err = v.verify(&token(b"s3cret", none)).unwrap_err();
+        assert_eq!(err, JwtError::MissingExpiry);
+        assert!(err.to_string().contains("exp"), "{err}");
     }
 }

@@ -194,18 +194,6 @@ impl Policy {
     }
 }
 
-/// The resource a review of a REST GET of `path` asks about: its
-/// collection, or for discovery a resource that matches no rule (only a
-/// user allowed everything may read discovery through a review).
-pub fn review_resource(path: &ApiPath) -> ResourcePath {
-    path.collection().cloned().unwrap_or(ResourcePath {
-        group: "-".into(),
-        version: String::new(),
-        namespace: None,
-        resource: String::new(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::api::{Api, PostParams};
 use parking_lot::Mutex;
@@ -61,6 +61,19 @@ pub enum ReviewError {
         /// The authorizer's reason, prefixed with ": ", or empty.
         reason: String,
     },
+    /// The user may not read a non-resource URL (discovery: `/api`, `/apis`,
+    /// `/version`).
+    #[error("user {user:?} may not get {path} on cluster {cluster:?}{reason}")]
+    ForbiddenPath {
+        /// Username.
+        user: String,
+        /// The URL path.
+        path: String,
+        /// Cluster id.
+        cluster: String,
+        /// The authorizer's reason, prefixed with ": ", or empty.
+        reason: String,
+    },
     /// The review itself failed (kubemux lacks permission, the cluster is down).
     #[error("could not check access on cluster {cluster:?}: {message}")]
     Unavailable {
@@ -76,10 +89,23 @@ struct AccessKey {
     cluster: String,
     user: User,
     verb: &'static str,
-    group: String,
-    resource: String,
-    subresource: Option<&'static str>,
-    namespace: Option<String>,
+    target: Target,
+}
+
+/// What a SubjectAccessReview is about besides who and which verb: the
+/// cache key's half that `resourceAttributes` or `nonResourceAttributes`
+/// carries (the version is left out: RBAC ignores it).
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Target {
+    Resource {
+        group: String,
+        resource: String,
+        subresource: Option<&'static str>,
+        namespace: Option<String>,
+    },
+    NonResource {
+        path: String,
+    },
 }
 
 /// Most answers each of a reviewer's caches holds. Every distinct token
@@ -256,10 +282,12 @@ impl Reviewer {
             cluster: cluster.id().to_string(),
             user: user.clone(),
             verb,
-            group: resource.group.clone(),
-            resource: resource.resource.clone(),
-            subresource,
-            namespace: resource.namespace.clone(),
+            target: Target::Resource {
+                group: resource.group.clone(),
+                resource: resource.resource.clone(),
+                subresource,
+                namespace: resource.namespace.clone(),
+            },
         };
         let forbidden = |reason: String| ReviewError::Forbidden {
             user: user.name.clone(),
@@ -288,25 +316,86 @@ impl Reviewer {
                 format!(": {reason}")
             },
         };
+        let spec = SubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.to_string()),
+                group: Some(resource.group.clone()),
+                version: Some(resource.version.clone()),
+                resource: Some(resource.resource.clone()),
+                subresource: subresource.map(str::to_string),
+                namespace: resource.namespace.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.authorise(cluster, key, spec, fresh)
+            .await?
+            .map_err(forbidden)
+    }
+
+    /// Authenticates `token` and authorises `get` on the non-resource URL
+    /// `path` (discovery: `/api`, `/apis/<group>`, `/version`), as the API
+    /// server itself authorises them (`system:discovery` grants them to
+    /// every authenticated user), not as a resource nobody has.
+    pub async fn check_path(
+        &self,
+        cluster: &Cluster,
+        token: Option<&str>,
+        path: &str,
+        fresh: bool,
+    ) -> Result<User, ReviewError> {
+        let token = token.ok_or_else(|| ReviewError::NoCredentials(cluster.id().to_string()))?;
+        let user = self.authenticate(cluster, token, fresh).await?;
+        let key = AccessKey {
+            cluster: cluster.id().to_string(),
+            user: user.clone(),
+            verb: "get",
+            target: Target::NonResource {
+                path: path.to_string(),
+            },
+        };
+        let spec = SubjectAccessReviewSpec {
+            non_resource_attributes: Some(NonResourceAttributes {
+                path: Some(path.to_string()),
+                verb: Some("get".to_string()),
+            }),
+            ..Default::default()
+        };
+        self.authorise(cluster, key, spec, fresh)
+            .await?
+            .map_err(|reason| ReviewError::ForbiddenPath {
+                user: user.name.clone(),
+                path: path.to_string(),
+                cluster: cluster.id().to_string(),
+                reason: if reason.is_empty() {
+                    reason
+                } else {
+                    format!(": {reason}")
+                },
+            })?;
+        Ok(user)
+    }
+
+    /// The cached or fresh answer to `key`, whose attributes `spec` carries
+    /// (the user is filled in here): `Ok(Err(reason))` is a refusal, the
+    /// outer error a review that could not be made.
+    async fn authorise(
+        &self,
+        cluster: &Cluster,
+        key: AccessKey,
+        spec: SubjectAccessReviewSpec,
+        fresh: bool,
+    ) -> Result<Result<(), String>, ReviewError> {
         if !fresh && let Some(answer) = self.access.lock().get(&key, self.ttl) {
             self.record("access", "cache_hit");
-            return answer.map_err(forbidden);
+            return Ok(answer);
         }
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
-                user: Some(user.name.clone()),
-                uid: user.uid.clone(),
-                groups: Some(user.groups.clone()),
-                resource_attributes: Some(ResourceAttributes {
-                    verb: Some(verb.to_string()),
-                    group: Some(resource.group.clone()),
-                    version: Some(resource.version.clone()),
-                    resource: Some(resource.resource.clone()),
-                    subresource: subresource.map(str::to_string),
-                    namespace: resource.namespace.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
+                user: Some(key.user.name.clone()),
+                uid: key.user.uid.clone(),
+                groups: Some(key.user.groups.clone()),
+                ..spec
             },
             ..Default::default()
         };
@@ -326,7 +415,7 @@ impl Reviewer {
         };
         self.record("access", if answer.is_ok() { "allowed" } else { "denied" });
         self.access.lock().insert(key, answer.clone(), self.ttl);
-        answer.map_err(forbidden)
+        Ok(answer)
     }
 }
 

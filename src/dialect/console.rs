@@ -188,10 +188,7 @@ impl Console {
     /// bad messages without reading the answers is disconnected (1008)
     /// rather than allowed to grow its queue.
     fn send_error(&self, id: &Value, refusal: &Refusal) {
-        if self.outbound.push(error_frame(id, refusal)).is_err() {
-            self.outbound
-                .close_with(conn::close::POLICY, "too many unread error messages");
-        }
+        self.outbound.answer(error_frame(id, refusal));
     }
 
     /// Refuses a `subscribe`: the seed's generic `error` (as every other
@@ -214,10 +211,7 @@ impl Console {
             })
             .to_string(),
         );
-        if self.outbound.push(frame).is_err() {
-            self.outbound
-                .close_with(conn::close::POLICY, "too many unread error messages");
-        }
+        self.outbound.answer(frame);
     }
 
     fn take_token(&mut self) -> bool {
@@ -805,7 +799,7 @@ impl Dialect for Console {
         };
         match kind {
             "pong" => {}
-            "ping" => self.outbound.push_forced(Frame::text(
+            "ping" => self.outbound.answer(Frame::text(
                 json!({"type": "pong", "id": id, "timestamp": work::now()}).to_string(),
             )),
             "auth" => self.on_auth(&id, &message),

@@ -434,10 +434,10 @@ impl Dialect for Dashboard {
 
     fn on_text(&mut self, text: &str) {
         match parse_client_message(text) {
-            Ok(kind) if kind == "ping" => self.send(Frame::text(
+            Ok(kind) if kind == "ping" => self.outbound.answer(Frame::text(
                 json!({"type": "pong", "timestamp": now()}).to_string(),
             )),
-            Ok(kind) => self.send(error_frame(
+            Ok(kind) => self.outbound.answer(error_frame(
                 "WATCH_ERROR",
                 "unsupported message",
                 &format!(
@@ -445,7 +445,9 @@ impl Dialect for Dashboard {
                     kind.chars().take(40).collect::<String>()
                 ),
             )),
-            Err(e) => self.send(error_frame("WATCH_ERROR", "invalid message", &e)),
+            Err(e) => self
+                .outbound
+                .answer(error_frame("WATCH_ERROR", "invalid message", &e)),
         }
     }
 

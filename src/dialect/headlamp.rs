@@ -273,16 +273,12 @@ impl Dialect for Headlamp {
         let Some((reviewer, _)) = self.policy.review() else {
             return;
         };
-        let live: Vec<(SubKey, u64, ResourcePath)> = self
-            .subs
-            .iter()
-            .filter_map(|(key, slot)| match slot {
-                Slot::Active {
-                    token, resource, ..
-                } => Some((key.clone(), *token, resource.clone())),
-                Slot::Pending { .. } => None,
-            })
-            .collect();
+        let live = review_groups(self.subs.iter().filter_map(|(key, slot)| match slot {
+            Slot::Active {
+                token, resource, ..
+            } => Some((key.clone(), *token, resource.clone())),
+            Slot::Pending { .. } => None,
+        }));
         if live.is_empty() {
             return;
         }
@@ -293,18 +289,26 @@ impl Dialect for Headlamp {
             self.notices.clone(),
         );
         tokio::spawn(async move {
-            for (key, token, resource) in live {
-                let Some(cluster) = hub.clusters().get(&key.0) else {
+            for ((cluster_id, resource), members) in live {
+                let Some(cluster) = hub.clusters().get(&cluster_id) else {
                     continue;
                 };
                 let verdict = reviewer
-                    .check(&cluster, credentials.token_for(&key.0), &resource, true)
+                    .check(
+                        &cluster,
+                        credentials.token_for(&cluster_id),
+                        &resource,
+                        true,
+                    )
                     .await;
                 match verdict {
                     Err(
                         e @ (ReviewError::Forbidden { .. } | ReviewError::Unauthenticated { .. }),
                     ) => {
-                        let _ = notices.send(Notice::Revoked(key, token, e.to_string()));
+                        let message = e.to_string();
+                        for (key, token) in members {
+                            let _ = notices.send(Notice::Revoked(key, token, message.clone()));
+                        }
                     }
                     Err(e) => {
                         debug!(error = %e, "re-check could not be made; keeping the subscription")
@@ -533,10 +537,7 @@ impl Headlamp {
     /// allowed to grow its queue.
     fn error_frame(&self, cluster: &str, path: &str, query: &str, message: &str) {
         let frame = error_frame(&Bytes::from(head(cluster, path, query)), message);
-        if self.outbound.push(frame).is_err() {
-            self.outbound
-                .close_with(conn::close::POLICY, "too many unread error messages");
-        }
+        self.outbound.answer(frame);
     }
 
     /// Refuses a REQUEST: ERROR, then COMPLETE (nothing more will come for
@@ -547,13 +548,40 @@ impl Headlamp {
         let key = (cluster.to_string(), path.to_string(), query.to_string());
         let head = Bytes::from(head(cluster, path, query));
         let live = self.subs.contains_key(&key);
-        let pushed = self.outbound.push(error_frame(&head, message)).is_ok()
-            && (live || self.outbound.push(complete_frame(&head)).is_ok());
-        if !pushed {
-            self.outbound
-                .close_with(conn::close::POLICY, "too many unread error messages");
+        self.outbound.answer(error_frame(&head, message));
+        if !live {
+            self.outbound.answer(complete_frame(&head));
         }
     }
+}
+
+/// What one re-check asks about (cluster id, a representative resource) and
+/// the subscriptions (key, slot token) its verdict applies to.
+type ReviewGroup = ((String, ResourcePath), Vec<(SubKey, u64)>);
+
+/// Live subscriptions grouped by what their re-check asks: the cluster and
+/// the resource's group, name and namespace (RBAC ignores the version, and
+/// so does the review cache), so that many subscriptions of one connection
+/// on one collection (different queries: selectors, versions) cost one
+/// review per re-check interval, not one each.
+fn review_groups(live: impl Iterator<Item = (SubKey, u64, ResourcePath)>) -> Vec<ReviewGroup> {
+    let mut by_attributes: HashMap<(String, String, String, Option<String>), usize> =
+        HashMap::new();
+    let mut groups: Vec<ReviewGroup> = Vec::new();
+    for (key, token, resource) in live {
+        let attributes = (
+            key.0.clone(),
+            resource.group.clone(),
+            resource.resource.clone(),
+            resource.namespace.clone(),
+        );
+        let at = *by_attributes.entry(attributes).or_insert_with(|| {
+            groups.push(((key.0.clone(), resource), Vec::new()));
+            groups.len() - 1
+        });
+        groups[at].1.push((key, token));
+    }
+    groups
 }
 
 /// `{"clusterId":…,"path":…,"query":…` — the part every frame of one

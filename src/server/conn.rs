@@ -259,8 +259,13 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
             beat.as_mut().reset(deadline);
         }
         let wake = dialect.wake_at();
+        // Once a close frame is queued (a policy close by the dialect, a
+        // flood of unread answers) nothing the client sends can be
+        // answered: it is not read any more, and the kernel pushes back on
+        // it, while the writer delivers the close.
+        let reading = !outbound.is_closed();
         tokio::select! {
-            msg = stream.next() => match msg {
+            msg = stream.next(), if reading => match msg {
                 Some(Ok(Message::Text(text))) => {
                     heartbeat.message(Instant::now());
                     dialect.on_text(text.as_str());

@@ -64,6 +64,9 @@ pub mod limit {
     pub const MESSAGE_RATE: &str = "message_rate";
     /// The outbound queues together hold too many bytes.
     pub const QUEUE_BUDGET: &str = "queue_budget";
+    /// A client sent messages whose answers it did not read until they no
+    /// longer fit its queue (closed with 1008).
+    pub const UNREAD_ANSWERS: &str = "unread_answers";
 }
 
 /// Counts open connections per client address.

@@ -160,6 +160,48 @@ impl Outbound {
         Ok(())
     }
 
+    /// Queues the answer to one of the client's own messages (an ERROR for
+    /// a bad one, a pong) within the bounds. When it does not fit, the
+    /// client sends faster than it reads: see [`Outbound::close_unread`].
+    pub fn answer(&self, frame: Frame) {
+        if self.push(frame).is_err() {
+            self.close_unread();
+        }
+    }
+
+    /// Closes the connection with 1008 because answers to the client's own
+    /// messages no longer fit its queue. What is still queued is dropped
+    /// (answers nobody reads), so the close frame is the next thing written
+    /// after what the socket already holds, and the connection stops reading
+    /// the client ([`Outbound::is_closed`]), so a flood costs nothing more
+    /// than the bytes the kernel buffers; the write timeout still bounds how
+    /// long the close frame waits for a client that never reads at all.
+    pub fn close_unread(&self) {
+        let mut q = self.queue.lock();
+        if q.closed {
+            return;
+        }
+        let dropped = q.items.iter().filter(|o| matches!(o, Out::Text(_))).count();
+        self.metrics.frames_dropped.inc_by(dropped as u64);
+        self.metrics.queue_bytes.dec_by(q.bytes as i64);
+        self.metrics.refused(super::limits::limit::UNREAD_ANSWERS);
+        q.bytes = 0;
+        q.items.clear();
+        q.items.push_back(Out::Close(
+            super::conn::close::POLICY,
+            "too many unread answers: read the answers to your messages".into(),
+        ));
+        q.closed = true;
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// Whether a close frame was queued (or the connection is gone): nothing
+    /// more will be sent, so nothing more the client sends is read.
+    pub fn is_closed(&self) -> bool {
+        self.queue.lock().closed
+    }
+
     /// Queues a small control frame (an error, a completion) even when the
     /// queue is full, so a client that is cut off learns why.
     pub fn push_forced(&self, frame: Frame) {

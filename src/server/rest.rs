@@ -14,7 +14,7 @@ use super::AppState;
 use super::status::{ClusterStatus, is_operator};
 use crate::api_path::{self, ApiPath};
 use crate::auth::credentials::Credentials;
-use crate::auth::policy::{AuthMode, Denied, review_resource};
+use crate::auth::policy::{AuthMode, Denied};
 use crate::auth::review::ReviewError;
 use crate::cluster::Cluster;
 use crate::hub::Identity;
@@ -131,11 +131,13 @@ pub(super) async fn kubernetes(
     // decides, but a LIST from a shared watch's store reaches the cluster
     // not at all: that answer is reviewed like `shared` mode's.
     let reviewed = state.config.policy.mode() == AuthMode::Shared;
-    if reviewed && let Err(refusal) = review(&state, &target, &credentials, &parsed).await {
+    if reviewed && let Err(refusal) = review(&state, &target, &credentials, &full, &parsed).await {
         return refusal;
     }
     if let Some(list) = state.hub.cached_list(&cluster, &full, &query, &identity) {
-        if !reviewed && let Err(refusal) = review(&state, &target, &credentials, &parsed).await {
+        if !reviewed
+            && let Err(refusal) = review(&state, &target, &credentials, &full, &parsed).await
+        {
             return refusal;
         }
         debug!(cluster = %cluster, path = %full, "LIST served from a shared watch");
@@ -182,35 +184,37 @@ pub(super) async fn kubernetes(
     }
 }
 
-/// The mode's review of a GET of `path`, as an error response when refused.
+/// The mode's review of a GET of `full` (parsed as `path`), as an error
+/// response when refused: `list` and `watch` of a resource's collection,
+/// or for discovery `get` of the URL, a non-resource URL to Kubernetes.
 async fn review(
     state: &AppState,
     target: &Cluster,
     credentials: &Credentials,
+    full: &str,
     path: &ApiPath,
 ) -> Result<(), Response> {
     let Some((reviewer, _)) = state.config.policy.review() else {
         return Ok(());
     };
-    reviewer
-        .check(
-            target,
-            credentials.token_for(target.id()),
-            &review_resource(path),
-            false,
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            let code = match e {
-                ReviewError::NoCredentials(_) | ReviewError::Unauthenticated { .. } => {
-                    StatusCode::UNAUTHORIZED
-                }
-                ReviewError::Forbidden { .. } => StatusCode::FORBIDDEN,
-                ReviewError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
-            };
-            status_error(code, e.to_string())
-        })
+    let token = credentials.token_for(target.id());
+    match path.collection() {
+        Some(collection) => reviewer.check(target, token, collection, false).await,
+        None => reviewer.check_path(target, token, full, false).await,
+    }
+    .map(|_| ())
+    .map_err(|e| {
+        let code = match e {
+            ReviewError::NoCredentials(_) | ReviewError::Unauthenticated { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
+            ReviewError::Forbidden { .. } | ReviewError::ForbiddenPath { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            ReviewError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
+        };
+        status_error(code, e.to_string())
+    })
 }
 
 #[cfg(test)]
