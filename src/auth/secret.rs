@@ -182,14 +182,7 @@ fn presented_backend_token(headers: &HeaderMap) -> Result<Option<String>, Backen
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, v.parse().unwrap());
-        }
-        h
-    }
+    use crate::auth::credentials::headers;
 
     #[test]
     fn backend_token_by_header_or_subprotocol() {
