@@ -6,19 +6,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_starts_and_a_client_sees_live_pod_events() {
-    let demo = spawn_kubemux(
-        &[
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-listen",
-            "127.0.0.1:0",
-            "--churn",
-            "50",
-        ],
-        &[],
-    )
-    .await;
+    let demo = spawn_demo(&["--churn", "50"]).await;
     let mut c = Client::connect(&format!("ws://{}/wsMultiplexer", demo.addr)).await;
     c.send(serde_json::json!({"clusterId": "demo", "path": "/api/v1/pods", "query": "watch=1", "userId": "", "type": "REQUEST"}))
         .await;
@@ -35,18 +23,7 @@ async fn demo_starts_and_a_client_sees_live_pod_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn print_demo_token_enables_the_subscription_api_and_its_token_authenticates() {
-    let demo = spawn_kubemux(
-        &[
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-listen",
-            "127.0.0.1:0",
-            "--print-demo-token",
-        ],
-        &[],
-    )
-    .await;
+    let demo = spawn_demo(&["--print-demo-token"]).await;
     let endpoint = demo.printed("subscription API (JWT): ").await;
     assert_eq!(endpoint, format!("ws://{}/ws/v1", demo.addr));
     let token = demo
@@ -85,20 +62,12 @@ async fn print_demo_token_enables_the_subscription_api_and_its_token_authenticat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_banner_lists_every_listener_it_opened() {
-    let demo = spawn_kubemux(
-        &[
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-listen",
-            "127.0.0.1:0",
-            "--dashboard-listen",
-            "127.0.0.1:0",
-            "--notifications-listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    )
+    let demo = spawn_demo(&[
+        "--dashboard-listen",
+        "127.0.0.1:0",
+        "--notifications-listen",
+        "127.0.0.1:0",
+    ])
     .await;
     let addr = &demo.addr;
     let main = demo.printed("status page: ").await;

@@ -365,21 +365,7 @@ fn dechunk(body: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_completes_every_subscriber_closes_with_1012_and_exits_zero() {
-    let demo = spawn_kubemux(
-        &[
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-listen",
-            "127.0.0.1:0",
-            "--churn",
-            "5",
-            "--shutdown-grace",
-            "5s",
-        ],
-        &[],
-    )
-    .await;
+    let demo = spawn_demo(&["--churn", "5", "--shutdown-grace", "5s"]).await;
     let addr = demo.addr.clone();
     let url = format!("ws://{addr}/wsMultiplexer");
     let mut clients = Vec::new();
@@ -424,23 +410,7 @@ async fn sigterm_completes_every_subscriber_closes_with_1012_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_have_a_line_per_connection_and_watch_and_none_per_event() {
-    let demo = spawn_kubemux(
-        &[
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-listen",
-            "127.0.0.1:0",
-            "--churn",
-            "200",
-            "--log-format",
-            "json",
-            "--linger",
-            "0s",
-        ],
-        &[],
-    )
-    .await;
+    let demo = spawn_demo(&["--churn", "200", "--log-format", "json", "--linger", "0s"]).await;
     let addr = demo.addr.clone();
     let mut c = Client::connect(&format!("ws://{addr}/wsMultiplexer")).await;
     c.send(
@@ -534,19 +504,7 @@ async fn auth_none_refuses_a_non_loopback_listener_without_the_override() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_fails_readiness_first_and_keeps_serving_for_the_shutdown_delay() {
-    let demo = spawn_kubemux(
-        &[
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-listen",
-            "127.0.0.1:0",
-            "--shutdown-delay",
-            "4s",
-        ],
-        &[],
-    )
-    .await;
+    let demo = spawn_demo(&["--shutdown-delay", "4s"]).await;
     let addr: std::net::SocketAddr = demo.addr.parse().unwrap();
     assert!(http_get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
     let mut c = Client::connect(&format!("ws://{addr}/wsMultiplexer")).await;

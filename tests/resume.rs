@@ -120,31 +120,34 @@ fn rv_of(ev: &Value) -> u64 {
         .unwrap()
 }
 
-fn short_history() -> HubConfig {
-    HubConfig {
-        history: HistoryLimits {
-            max_events: 3,
-            max_age: Duration::from_secs(600),
-        },
-        ..quick_hub()
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn version_older_than_history_is_backfilled_exactly_once_then_served_locally() {
+/// A kubemux whose history holds 3 events, a subscriber that has received
+/// everything, and a version `old` followed by `n` changes (their versions),
+/// so that `old` is older than the history but the simulator still serves it.
+async fn past_the_history(n: usize) -> (Env, Client, String, Vec<String>) {
     let env = start(
         SimConfig::default(),
-        short_history(),
+        HubConfig {
+            history: HistoryLimits {
+                max_events: 3,
+                max_age: Duration::from_secs(600),
+            },
+            ..quick_hub()
+        },
         ServerConfig::default(),
     )
     .await;
     let mut first = primed(&env).await;
-    let old = create(&env, "a");
-    let mut later = Vec::new();
-    for name in ["b", "c", "d", "e"] {
-        later.push(create(&env, name));
-    }
-    first.events(5).await;
+    let old = create(&env, "old");
+    let later: Vec<String> = (0..n)
+        .map(|i| create(&env, &format!("later-{i}")))
+        .collect();
+    first.events(n + 1).await;
+    (env, first, old, later)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_older_than_history_is_backfilled_exactly_once_then_served_locally() {
+    let (env, mut first, old, mut later) = past_the_history(4).await;
     assert_upstream_untouched(&env).await;
     let query = format!("watch=1&resourceVersion={old}");
     for client in 0..2 {
@@ -205,19 +208,7 @@ async fn version_older_than_history_is_backfilled_exactly_once_then_served_local
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_backfills_from_one_version_share_one_upstream_request() {
-    let env = start(
-        SimConfig::default(),
-        short_history(),
-        ServerConfig::default(),
-    )
-    .await;
-    let mut first = primed(&env).await;
-    let old = create(&env, "a");
-    let mut later = Vec::new();
-    for i in 0..6 {
-        later.push(create(&env, &format!("p{i}")));
-    }
-    first.events(7).await;
+    let (env, _first, old, later) = past_the_history(6).await;
     let query = format!("watch=1&resourceVersion={old}");
     let mut clients = Vec::new();
     for _ in 0..5 {
@@ -239,18 +230,7 @@ async fn concurrent_backfills_from_one_version_share_one_upstream_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_the_cluster_compacted_gets_the_clusters_own_410_then_complete() {
-    let env = start(
-        SimConfig::default(),
-        short_history(),
-        ServerConfig::default(),
-    )
-    .await;
-    let mut first = primed(&env).await;
-    let old = create(&env, "a");
-    for name in ["b", "c", "d", "e"] {
-        create(&env, name);
-    }
-    first.events(5).await;
+    let (env, _first, old, _) = past_the_history(4).await;
     env.sim.faults().compact_history();
     // What the API server itself answers to that version.
     let body = http_get_body(

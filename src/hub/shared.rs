@@ -60,8 +60,9 @@ enum Phase {
 }
 
 enum SideKind {
-    /// Fetches the events after `from` that the history no longer holds.
-    Backfill { from: u64 },
+    /// Fetches the events after `from` that the history no longer holds;
+    /// `cursor` is the newest version they cover so far.
+    Backfill { from: u64, cursor: u64 },
     /// Relays the server's stream from `version`, which the cache cannot place.
     Forward { version: String },
 }
@@ -72,18 +73,24 @@ struct Side {
     /// What the side stream delivered so far, for subscribers joining late.
     /// A backfill holds only events the history lacks.
     fetched: Vec<Arc<WatchEvent>>,
-    /// Backfill: the newest version `fetched` covers.
-    cursor: u64,
     subs: Vec<SubscriberId>,
-    task: Option<AbortHandle>,
+    task: AbortHandle,
     warned: bool,
+}
+
+impl Side {
+    /// The newest version a backfill covers; `None` for a forward.
+    fn backfilled_to(&self) -> Option<u64> {
+        match self.kind {
+            SideKind::Backfill { cursor, .. } => Some(cursor),
+            SideKind::Forward { .. } => None,
+        }
+    }
 }
 
 impl Drop for Side {
     fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
+        self.task.abort();
     }
 }
 
@@ -91,13 +98,14 @@ struct Sub {
     sink: Arc<dyn Subscriber>,
     params: ClientParams,
     phase: Phase,
-    timers: Vec<AbortHandle>,
+    /// Ends the subscription at the client's own `timeoutSeconds`.
+    timeout: Option<AbortHandle>,
 }
 
 impl Drop for Sub {
     fn drop(&mut self) {
-        for t in &self.timers {
-            t.abort();
+        if let Some(timer) = &self.timeout {
+            timer.abort();
         }
     }
 }
@@ -224,11 +232,10 @@ impl SharedWatch {
             sink,
             params,
             phase: Phase::Pending,
-            timers: Vec::new(),
+            timeout: None,
         };
         if let Some(secs) = sub.params.timeout_seconds.filter(|s| *s > 0) {
-            sub.timers
-                .push(self.timer(Duration::from_secs(secs), id, EndReason::Timeout));
+            sub.timeout = Some(self.timer(Duration::from_secs(secs), id, EndReason::Timeout));
         }
         self.metrics.subscribers.inc();
         self.metrics.subscriptions_started.inc();
@@ -366,12 +373,19 @@ impl SharedWatch {
         let joinable = st
             .sides
             .iter()
-            .filter(|(_, side)| matches!(side.kind, SideKind::Backfill { from: f } if f <= from))
-            .max_by_key(|(_, side)| side.cursor)
+            .filter(
+                |(_, side)| matches!(side.kind, SideKind::Backfill { from: f, .. } if f <= from),
+            )
+            .max_by_key(|(_, side)| side.backfilled_to())
             .map(|(side_id, _)| *side_id);
         let side_id = match joinable {
             Some(side_id) => side_id,
-            None => self.spawn_side(st, upstream, SideKind::Backfill { from }, from.to_string()),
+            None => self.spawn_side(
+                st,
+                upstream,
+                SideKind::Backfill { from, cursor: from },
+                from.to_string(),
+            ),
         };
         let side = self.side_for(st, side_id, &sub)?;
         let owed: Vec<&Arc<WatchEvent>> = side
@@ -442,9 +456,9 @@ impl SharedWatch {
     ) -> SideId {
         let side_id = st.next_side;
         st.next_side += 1;
-        let (cursor, first_answer) = match kind {
-            SideKind::Backfill { from } => (from, FirstAnswer::Retry),
-            SideKind::Forward { .. } => (0, FirstAnswer::Final),
+        let first_answer = match kind {
+            SideKind::Backfill { .. } => FirstAnswer::Retry,
+            SideKind::Forward { .. } => FirstAnswer::Final,
         };
         self.count(&self.metrics.backfill_requests);
         let sink = Arc::new(SideSink {
@@ -467,9 +481,8 @@ impl SharedWatch {
             Side {
                 kind,
                 fetched: Vec::new(),
-                cursor,
                 subs: Vec::new(),
-                task: Some(task.abort_handle()),
+                task: task.abort_handle(),
                 warned: false,
             },
         );
@@ -505,7 +518,7 @@ impl SharedWatch {
             let Some(side) = sides.get_mut(&side_id) else {
                 return;
             };
-            match side.kind {
+            match &mut side.kind {
                 SideKind::Forward { .. } => {
                     if side.fetched.len() < FORWARD_REPLAY_LIMIT {
                         side.fetched.push(event.clone());
@@ -518,11 +531,11 @@ impl SharedWatch {
                         }
                     }
                 }
-                SideKind::Backfill { .. } => {
+                SideKind::Backfill { cursor, .. } => {
                     let Some(rv) = event.rv() else {
                         return;
                     };
-                    if rv <= side.cursor {
+                    if rv <= *cursor {
                         return;
                     }
                     if rv > horizon {
@@ -533,7 +546,7 @@ impl SharedWatch {
                     } else {
                         self.count(&self.metrics.backfill_events);
                         side.fetched.push(event.clone());
-                        side.cursor = rv;
+                        *cursor = rv;
                         complete = rv == horizon;
                         for id in &side.subs {
                             let Some(sub) = subs.get_mut(id) else {
@@ -585,7 +598,7 @@ impl SharedWatch {
             let Some(side) = st.sides.remove(&side_id) else {
                 continue;
             };
-            if let SideKind::Backfill { from } = side.kind {
+            if let SideKind::Backfill { from, .. } = side.kind {
                 st.cache.prepend(from, &side.fetched);
             }
             for id in &side.subs {
@@ -606,9 +619,7 @@ impl SharedWatch {
             done.extend(
                 st.sides
                     .iter()
-                    .filter(|(_, s)| {
-                        matches!(s.kind, SideKind::Backfill { .. }) && s.cursor >= horizon
-                    })
+                    .filter(|(_, s)| s.backfilled_to().is_some_and(|c| c >= horizon))
                     .map(|(id, _)| *id),
             );
         }

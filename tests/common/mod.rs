@@ -317,6 +317,20 @@ pub async fn spawn_kubemux(args: &[&str], env: &[(&str, &str)]) -> Process {
     }
 }
 
+/// `kubemux demo` on free loopback ports (proxy and embedded simulator),
+/// with `extra` flags.
+pub async fn spawn_demo(extra: &[&str]) -> Process {
+    let mut args = vec![
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--sim-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    spawn_kubemux(&args, &[]).await
+}
+
 impl Process {
     /// The rest of the first stdout line starting with `prefix`, once printed.
     pub async fn printed(&self, prefix: &str) -> String {
@@ -532,4 +546,14 @@ pub async fn start_haproxy(config: &str, front: SocketAddr) -> tokio::process::C
     })
     .await;
     child
+}
+
+/// A client of `path` that never answers pings is closed with 1008 "no pong
+/// received", after at least one ping.
+pub async fn assert_closed_for_no_pong(addr: SocketAddr, path: &str) {
+    let silent = SilentClient::connect(addr, path).await;
+    let closed = silent.until_closed().await;
+    assert_eq!(closed.code, Some(1008), "{path}: {closed:?}");
+    assert_eq!(closed.reason, "no pong received", "{path}: {closed:?}");
+    assert!(closed.pings >= 1, "{path}: {closed:?}");
 }
