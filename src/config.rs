@@ -23,6 +23,7 @@ use crate::dialect::console::ConsoleAuth;
 use crate::hub::{HistoryLimits, HubConfig};
 use crate::metrics::Metrics;
 use crate::server::conn::Liveness;
+use crate::server::forwarded::TrustedProxies;
 use crate::server::limits::Limits;
 use crate::server::outbound::QueueLimits;
 use crate::server::{ReadyBudget, ServerConfig};
@@ -88,6 +89,9 @@ pub struct ProxyArgs {
     /// Browser origins allowed besides the same origin, comma-separated (e.g. https://dash.example.com, or * for any) [default: none].
     #[arg(long, env = "KUBEMUX_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Reverse proxies (addresses or blocks, comma-separated: 10.0.0.0/8,127.0.0.1) whose Forwarded / X-Forwarded-For / -Host / -Proto headers are believed, for the same-origin check and the client address of per-address limits [default: none, the headers are ignored].
+    #[arg(long, env = "KUBEMUX_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
     /// Whose identity upstream requests use: passthrough (each client's own token) or none (kubemux's, loopback only) [default: passthrough for serve, none for demo].
     #[arg(long, env = "KUBEMUX_AUTH")]
     pub auth: Option<AuthMode>,
@@ -124,6 +128,15 @@ pub struct ProxyArgs {
     /// Bytes (2GiB, 512 MiB…) all outbound queues may hold together; beyond it connections with a backlog are cut and new WebSockets get 503, 1 MiB to 1 TiB [default: 2147483648].
     #[arg(long, env = "KUBEMUX_QUEUE_MEMORY_BUDGET", value_parser = parse_byte_size)]
     pub queue_memory_budget: Option<u64>,
+    /// Bytes (512MiB, 64 MiB…) the outbound queues of one client address may hold together; over it, its connection with a backlog is closed with 1008; 0 = a quarter of --queue-memory-budget, up to 1 TiB [default: 0].
+    #[arg(long, env = "KUBEMUX_QUEUE_BUDGET_PER_CLIENT", value_parser = parse_byte_size)]
+    pub queue_budget_per_client: Option<u64>,
+    /// REST requests (/clusters/…) per second per client address, and per identity when a credential is sent; more get 429 with Retry-After, 1 to 100000 [default: 100].
+    #[arg(long, env = "KUBEMUX_REST_RATE")]
+    pub rest_rate: Option<u64>,
+    /// Burst of REST requests above --rest-rate (a dashboard's page load lists a few dozen paths per cluster at once), 1 to 1000000 [default: 1000].
+    #[arg(long, env = "KUBEMUX_REST_BURST")]
+    pub rest_burst: Option<u64>,
     /// Shared (= upstream) watches on one cluster; a REQUEST for a new key beyond it gets an ERROR naming this limit, 1 to 1000000 [default: 2000].
     #[arg(long, env = "KUBEMUX_MAX_UPSTREAM_WATCHES")]
     pub max_upstream_watches: Option<u64>,
@@ -196,6 +209,7 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     log_format: Option<LogFormat>,
     allowed_origins: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
     auth: Option<AuthMode>,
     allow_unauthenticated_remote: Option<bool>,
     allow_secrets: Option<bool>,
@@ -211,6 +225,9 @@ struct FileConfig {
     message_rate: Option<u64>,
     message_burst: Option<u64>,
     queue_memory_budget: Option<FileBytes>,
+    queue_budget_per_client: Option<FileBytes>,
+    rest_rate: Option<u64>,
+    rest_burst: Option<u64>,
     max_upstream_watches: Option<u64>,
     max_watches_per_identity: Option<u64>,
     shutdown_delay: Option<String>,
@@ -298,6 +315,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Browser origins allowed besides the same origin.
     pub allowed_origins: Vec<String>,
+    /// Reverse proxies whose forwarded headers are believed.
+    pub trusted_proxies: Vec<String>,
     /// Auth mode.
     pub auth: AuthMode,
     /// `none` on a non-loopback listener is allowed.
@@ -328,6 +347,13 @@ pub struct Settings {
     pub message_burst: u64,
     /// Bytes of all outbound queues together.
     pub queue_memory_budget: u64,
+    /// Bytes of one client address's outbound queues together (0: a
+    /// quarter of the budget).
+    pub queue_budget_per_client: u64,
+    /// REST requests per second per client address and per identity.
+    pub rest_rate: u64,
+    /// Burst above the REST rate.
+    pub rest_burst: u64,
     /// Shared watches per cluster.
     pub max_upstream_watches: u64,
     /// Shared watches per passthrough identity and cluster.
@@ -365,6 +391,7 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(20),
             log_format: LogFormat::Human,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             auth: AuthMode::Passthrough,
             allow_unauthenticated_remote: false,
             allow_secrets: false,
@@ -380,6 +407,9 @@ impl Default for Settings {
             message_rate: 1000,
             message_burst: 2000,
             queue_memory_budget: 2 << 30,
+            queue_budget_per_client: 0,
+            rest_rate: 100,
+            rest_burst: 1000,
             max_upstream_watches: 2_000,
             max_watches_per_identity: 200,
             shutdown_delay: Duration::ZERO,
@@ -751,6 +781,24 @@ impl Settings {
             } else {
                 args.allowed_origins.clone()
             },
+            trusted_proxies: {
+                let blocks = if args.trusted_proxies.is_empty() {
+                    file.trusted_proxies.unwrap_or_default()
+                } else {
+                    args.trusted_proxies.clone()
+                };
+                let blocks: Vec<String> = blocks
+                    .iter()
+                    .map(|b| b.trim().to_string())
+                    .filter(|b| !b.is_empty())
+                    .collect();
+                TrustedProxies::parse(&blocks).map_err(|bad| ConfigError::Invalid {
+                    setting: "trusted_proxies",
+                    value: bad.0,
+                    accepted: "addresses or blocks like 10.0.0.0/8, 127.0.0.1, fd00::/8",
+                })?;
+                blocks
+            },
             auth: args.auth.or(file.auth).unwrap_or(default_auth),
             allow_unauthenticated_remote: args.allow_unauthenticated_remote
                 || file.allow_unauthenticated_remote.unwrap_or(false),
@@ -848,6 +896,29 @@ impl Settings {
                 1 << 20..=1 << 40,
                 "1048576 to 1099511627776 bytes (1 MiB to 1 TiB)",
             )?,
+            queue_budget_per_client: check_int(
+                "queue_budget_per_client",
+                bytes(
+                    args.queue_budget_per_client,
+                    "queue_budget_per_client",
+                    file.queue_budget_per_client,
+                )?
+                .unwrap_or(d.queue_budget_per_client),
+                0..=1 << 40,
+                "0 (a quarter of queue_memory_budget) to 1099511627776 bytes (1 TiB)",
+            )?,
+            rest_rate: check_int(
+                "rest_rate",
+                args.rest_rate.or(file.rest_rate).unwrap_or(d.rest_rate),
+                1..=100_000,
+                "1 to 100000",
+            )?,
+            rest_burst: check_int(
+                "rest_burst",
+                args.rest_burst.or(file.rest_burst).unwrap_or(d.rest_burst),
+                1..=1_000_000,
+                "1 to 1000000",
+            )?,
             max_upstream_watches: check_int(
                 "max_upstream_watches",
                 args.max_upstream_watches
@@ -897,7 +968,7 @@ impl Settings {
              queue_max_bytes = {}\nqueue_max_frames = {}\nhistory_max_events = {}\n\
              history_max_age = \"{}\"\nbookmark_interval = \"{}\"\nping_interval = \"{}\"\n\
              pong_timeout = \"{}\"\nshutdown_grace = \"{}\"\nlog_format = \"{}\"\n\
-             allowed_origins = {:?}\nauth = \"{}\"\nallow_unauthenticated_remote = {}\n\
+             allowed_origins = {:?}\ntrusted_proxies = {:?}\nauth = \"{}\"\nallow_unauthenticated_remote = {}\n\
              allow_secrets = {}\nauth_cache_ttl = \"{}\"\nauth_recheck_interval = \"{}\"\n\
              {}notifications_debounce = \"{}\"\n{}dashboard_metrics_interval = \"{}\"\n\
              {}jwt_user_claim = {:?}\njwt_groups_claim = {:?}\n",
@@ -915,6 +986,7 @@ impl Settings {
             d(self.shutdown_grace),
             format,
             self.allowed_origins,
+            self.trusted_proxies,
             self.auth.as_str(),
             self.allow_unauthenticated_remote,
             self.allow_secrets,
@@ -933,13 +1005,17 @@ impl Settings {
             self.jwt.groups_claim,
         ) + &format!(
             "max_connections_per_address = {}\nhandshake_timeout = \"{}\"\nidle_timeout = \"{}\"\n\
-             message_rate = {}\nmessage_burst = {}\nqueue_memory_budget = {}\n",
+             message_rate = {}\nmessage_burst = {}\nqueue_memory_budget = {}\n\
+             queue_budget_per_client = {}\nrest_rate = {}\nrest_burst = {}\n",
             self.max_connections_per_address,
             d(self.handshake_timeout),
             d(self.idle_timeout),
             self.message_rate,
             self.message_burst,
             self.queue_memory_budget,
+            self.queue_budget_per_client,
+            self.rest_rate,
+            self.rest_burst,
         ) + &format!(
             "max_upstream_watches = {}\nmax_watches_per_identity = {}\nshutdown_delay = \"{}\"\n\
              ready_max_connections = {}\nready_max_queue_bytes = {}\n",
@@ -1057,6 +1133,10 @@ impl Settings {
                 max_bytes: self.queue_max_bytes as usize,
                 max_frames: self.queue_max_frames as usize,
                 budget: self.queue_memory_budget as usize,
+                per_client: match self.queue_budget_per_client {
+                    0 => self.queue_memory_budget / 4,
+                    share => share,
+                } as usize,
             },
             liveness: Liveness {
                 ping_interval: self.ping_interval,
@@ -1070,8 +1150,12 @@ impl Settings {
                 message_rate: self.message_rate as f64,
                 message_burst: self.message_burst as f64,
                 queue_budget: self.queue_memory_budget as usize,
+                rest_rate: self.rest_rate as f64,
+                rest_burst: self.rest_burst as f64,
             },
             origins: OriginPolicy::new(self.allowed_origins.clone()),
+            // Checked when the settings were read.
+            trusted_proxies: TrustedProxies::parse(&self.trusted_proxies).unwrap_or_default(),
             policy: self.policy(metrics),
             notifications_listen: self.notifications_listen,
             notifications_debounce: self.notifications_debounce,

@@ -975,7 +975,7 @@ pub async fn serve(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let metrics = hub.metrics().clone();
-    let outbound = Arc::new(Outbound::new(config.queue, metrics.clone()));
+    let outbound = Arc::new(socket.outbound(config.queue, metrics.clone()));
     let (tx, rx) = mpsc::channel(65_536);
     let now = Instant::now();
     let console = Console {

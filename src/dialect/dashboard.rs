@@ -513,7 +513,7 @@ pub async fn serve(
     recheck: Option<Recheck>,
 ) {
     let metrics = hub.metrics().clone();
-    let outbound = Arc::new(Outbound::new(config.queue, metrics.clone()));
+    let outbound = Arc::new(socket.outbound(config.queue, metrics.clone()));
     let (tx, rx) = mpsc::channel(65_536);
     let registry = hub.clusters().clone();
     let cluster_id = query

@@ -44,7 +44,7 @@ pub async fn serve(
     shutdown: tokio::sync::watch::Receiver<bool>,
     credentials: Credentials,
 ) {
-    let outbound = Arc::new(Outbound::new(config.queue, hub.metrics().clone()));
+    let outbound = Arc::new(socket.outbound(config.queue, hub.metrics().clone()));
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
     debug!(
         ?credentials,

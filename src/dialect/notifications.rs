@@ -22,7 +22,7 @@ use crate::cluster::ClusterChange;
 use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
 use crate::server::ServerConfig;
 use crate::server::conn::{self, ConnContext, Dialect, Liveness};
-use crate::server::outbound::{Frame, Outbound};
+use crate::server::outbound::Frame;
 use crate::upstream::event::{EventType, WatchEvent};
 
 /// Seed 002's connection parameters: ping every 54 s, pong wait 60 s,
@@ -256,7 +256,7 @@ pub async fn serve(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let metrics = feed.hub.metrics().clone();
-    let outbound = Arc::new(Outbound::new(config.queue, metrics.clone()));
+    let outbound = Arc::new(socket.outbound(config.queue, metrics.clone()));
     let (listening, mut rx) = feed.listen();
     let forward_to = outbound.clone();
     let forward = tokio::spawn(async move {

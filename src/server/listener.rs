@@ -2,6 +2,12 @@
 //! to give every connection a handshake deadline (hyper's header read
 //! timeout, which needs a timer `axum::serve` does not set) and to count
 //! connections per client address before any byte is parsed.
+//!
+//! A connection from a trusted reverse proxy (`--trusted-proxies`) carries
+//! many clients' requests, so it is not counted as one client: each of its
+//! requests is counted against the client address the proxy forwarded, for
+//! as long as the request (or the WebSocket it became) lives. Every request
+//! carries its [`ClientInfo`] in its extensions.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,7 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -20,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 use tracing::{debug, warn};
 
+use super::forwarded::{ClientInfo, TrustedProxies};
 use super::limits::{Admission, Admitted, limit};
 use crate::metrics::Metrics;
 
@@ -32,6 +39,8 @@ pub(super) struct Accept {
     pub handshake_timeout: std::time::Duration,
     /// Where handshake timeouts are counted.
     pub metrics: Arc<Metrics>,
+    /// Peers whose forwarded headers say who the client is.
+    pub trusted: Arc<TrustedProxies>,
 }
 
 /// Serves `app` on `listener` until `stop` turns true, then lets the open
@@ -65,7 +74,11 @@ pub(super) async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let admitted = accept.admission.admit(peer.ip());
+        let admitted = if accept.trusted.trusts(peer.ip()) {
+            Slot::PerRequest
+        } else {
+            Slot::Connection(accept.admission.admit(peer.ip()))
+        };
         connections.spawn(connection(
             tcp,
             peer,
@@ -82,26 +95,58 @@ pub(super) async fn serve(
     Ok(())
 }
 
+/// How a connection counts against its client address.
+enum Slot {
+    /// The peer is the client: admitted (or refused) once for the
+    /// connection.
+    Connection(Option<Arc<Admitted>>),
+    /// The peer is a trusted proxy: each request is admitted for the
+    /// client it forwards.
+    PerRequest,
+}
+
 /// One TCP connection: the app if admitted, otherwise a 429 for every
 /// request on it.
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
-    admitted: Option<Arc<Admitted>>,
+    slot: Slot,
     app: Router,
     http: http1::Builder,
     accept: Accept,
     mut stop: watch::Receiver<bool>,
 ) {
     let io = TokioIo::new(tcp);
-    let result = match admitted {
-        Some(admitted) => {
+    let connection_slot = match slot {
+        Slot::Connection(None) => None,
+        Slot::Connection(Some(admitted)) => Some(Some(admitted)),
+        Slot::PerRequest => Some(None),
+    };
+    let result = match connection_slot {
+        Some(connection_slot) => {
+            let admission = accept.admission.clone();
+            let trusted = accept.trusted.clone();
             let service = service_fn(move |mut request: Request<Incoming>| {
-                // The upgrade handler takes a clone into the WebSocket, so
-                // the address's slot is held for the socket's whole life.
-                request.extensions_mut().insert(admitted.clone());
+                let client = ClientInfo::of(peer, request.headers(), &trusted);
+                let admitted = connection_slot
+                    .clone()
+                    .ok_or(())
+                    .or_else(|()| admission.admit(client.addr).ok_or(client.addr));
+                let max = admission.max();
                 let mut app = app.clone();
-                async move { app.call(request.map(Body::new)).await }
+                async move {
+                    let admitted = match admitted {
+                        Ok(admitted) => admitted,
+                        // A proxy's connection carries other clients: keep it.
+                        Err(addr) => return Ok(too_many_connections(addr, max, false)),
+                    };
+                    // The upgrade handler takes a clone into the WebSocket,
+                    // so the address's slot is held for the socket's whole
+                    // life.
+                    request.extensions_mut().insert(admitted);
+                    request.extensions_mut().insert(client);
+                    app.call(request.map(Body::new)).await
+                }
             });
             let conn = http.serve_connection(io, service).with_upgrades();
             tokio::pin!(conn);
@@ -119,7 +164,7 @@ async fn connection(
         None => {
             let max = accept.admission.max();
             let service = service_fn(move |_: Request<Incoming>| async move {
-                Ok::<_, Infallible>(too_many_connections(peer, max))
+                Ok::<_, Infallible>(too_many_connections(peer.ip(), max, true))
             });
             http.serve_connection(io, service).await
         }
@@ -134,17 +179,18 @@ async fn connection(
     }
 }
 
-fn too_many_connections(peer: SocketAddr, max: usize) -> Response<Body> {
-    let mut response = Response::new(Body::from(format!(
-        "too many connections from {}: at most {max} per client address (--max-connections-per-address)\n",
-        peer.ip()
-    )));
-    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+/// The refusal of a connection (or, through a trusted proxy, a request)
+/// beyond the per-address cap: a Kubernetes `Status`, closing the
+/// connection when it is the client's own.
+fn too_many_connections(client: std::net::IpAddr, max: usize, close: bool) -> Response<Body> {
+    let message = format!(
+        "too many connections from {client}: at most {max} per client address (--max-connections-per-address)"
+    );
+    let mut response = super::too_many_requests(&message, 5);
+    if close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
     response
 }

@@ -2,6 +2,7 @@
 
 pub mod conn;
 mod deflate;
+pub mod forwarded;
 pub mod limits;
 mod listener;
 pub mod outbound;
@@ -13,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,6 +28,7 @@ use crate::dialect::notifications::{self, Feed};
 use crate::dialect::{console, dashboard, headlamp};
 use crate::hub::Hub;
 use conn::Liveness;
+use forwarded::{ClientInfo, TrustedProxies};
 use outbound::QueueLimits;
 pub use status::ReadyBudget;
 pub use upgrade::{WebSocket, WebSocketUpgrade};
@@ -46,6 +48,9 @@ pub struct ServerConfig {
     pub health_interval: std::time::Duration,
     /// Which browser origins may connect.
     pub origins: OriginPolicy,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-*` headers say
+    /// who the client is and what it addressed (none by default).
+    pub trusted_proxies: TrustedProxies,
     /// Whose identity upstream requests run as.
     pub policy: Policy,
     /// Cluster notifications: updates closer together than this are merged.
@@ -93,6 +98,7 @@ impl Default for ServerConfig {
             liveness: Liveness::default(),
             health_interval: std::time::Duration::from_secs(30),
             origins: OriginPolicy::default(),
+            trusted_proxies: TrustedProxies::default(),
             policy: Policy::default(),
             notifications_debounce: std::time::Duration::from_secs(1),
             notifications_listen: None,
@@ -124,6 +130,7 @@ pub struct AppState {
     draining: Arc<std::sync::atomic::AtomicBool>,
     connections: tokio_util::task::TaskTracker,
     feed: Arc<Feed>,
+    rest_rate: Arc<limits::RestRate>,
 }
 
 /// A running server.
@@ -170,7 +177,13 @@ impl Server {
             ),
             handshake_timeout: config.limits.handshake_timeout,
             metrics: hub.metrics().clone(),
+            trusted: Arc::new(config.trusted_proxies.clone()),
         };
+        let rest_rate = Arc::new(limits::RestRate::new(
+            config.limits.rest_rate,
+            config.limits.rest_burst,
+            hub.metrics().clone(),
+        ));
         let spawn_serve = |listener: TcpListener, app: Router| {
             tokio::spawn(listener::serve(listener, app, accept.clone(), rx.clone()))
         };
@@ -182,6 +195,7 @@ impl Server {
             draining: draining.clone(),
             connections: connections.clone(),
             feed,
+            rest_rate,
         };
         let mut tasks = vec![spawn_serve(listener, router(state.clone()))];
         let mut extra_addrs = Vec::new();
@@ -268,9 +282,56 @@ where
     })
 }
 
+/// A 429 as the API server's own limits send one: `Retry-After` in whole
+/// seconds and a `Status` with reason `TooManyRequests`.
+pub(crate) fn too_many_requests(message: &str, retry_after: u64) -> Response {
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": "TooManyRequests",
+        "details": { "retryAfterSeconds": retry_after },
+        "code": 429,
+    });
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, retry_after.to_string())],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// The REST rate limit, per client address and per credential, in front of
+/// `/clusters/…` (where each request may cost the cluster a review or a
+/// forwarded request).
+async fn rest_rate_limit(
+    State(state): State<AppState>,
+    Extension(client): Extension<ClientInfo>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let credentials = Credentials::from_headers(request.headers());
+    let cluster = request
+        .uri()
+        .path()
+        .strip_prefix("/clusters/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    match state
+        .rest_rate
+        .check(client.addr, credentials.token_for(cluster))
+    {
+        Ok(()) => next.run(request).await,
+        Err(limited) => too_many_requests(&limited.to_string(), limited.retry_after),
+    }
+}
+
 /// Refuses an upgrade while shutting down, while the outbound queues are
-/// over their memory budget, or from a foreign origin.
-fn refuse_upgrade(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+/// over their memory budget, or from a foreign origin (the site being the
+/// one a trusted proxy forwarded, if any).
+fn refuse_upgrade(state: &AppState, headers: &HeaderMap, client: &ClientInfo) -> Option<Response> {
     if *state.shutdown.borrow() {
         return Some(
             (
@@ -298,7 +359,11 @@ fn refuse_upgrade(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     state
         .config
         .origins
-        .check(headers)
+        .check_site(
+            headers,
+            client.site(headers),
+            client.forwarded_proto.as_deref(),
+        )
         .err()
         .map(|refused| (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response())
 }
@@ -315,9 +380,10 @@ fn notifications_router(state: AppState) -> Router {
 async fn notifications_ws(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Extension(client): Extension<ClientInfo>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Some(refusal) = refuse_upgrade(&state, &headers) {
+    if let Some(refusal) = refuse_upgrade(&state, &headers, &client) {
         return refusal;
     }
     let ws = ws.lean(notifications::MAX_MESSAGE);
@@ -336,10 +402,11 @@ async fn notifications_ws(
 async fn dashboard_ws(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Extension(client): Extension<ClientInfo>,
     axum::extract::Query(query): axum::extract::Query<dashboard::DashboardQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Some(refusal) = refuse_upgrade(&state, &headers) {
+    if let Some(refusal) = refuse_upgrade(&state, &headers, &client) {
         return refusal;
     }
     let credentials = Credentials::from_headers(&headers);
@@ -381,9 +448,10 @@ async fn dashboard_ws(
 async fn console_ws(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Extension(client): Extension<ClientInfo>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Some(refusal) = refuse_upgrade(&state, &headers) {
+    if let Some(refusal) = refuse_upgrade(&state, &headers, &client) {
         return refusal;
     }
     let Some(auth) = state.config.console.clone() else {
@@ -471,7 +539,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/clusters/{name}", get(rest::cluster))
         .route(
             "/clusters/{cluster}/{*path}",
-            axum::routing::any(rest::kubernetes),
+            axum::routing::any(rest::kubernetes).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                rest_rate_limit,
+            )),
         )
         .route("/", get(status::page))
         .with_state(state)
@@ -516,9 +587,10 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
 async fn headlamp_ws(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Extension(client): Extension<ClientInfo>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Some(refusal) = refuse_upgrade(&state, &headers) {
+    if let Some(refusal) = refuse_upgrade(&state, &headers, &client) {
         return refusal;
     }
     if let Some(Err(refused)) = state

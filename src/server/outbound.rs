@@ -3,14 +3,20 @@
 //! The hub pushes frames here without ever waiting; the connection's writer
 //! task drains it into the socket. A push that would exceed the byte or frame
 //! bound fails, and the hub then ends that subscriber as a slow consumer.
+//! Every queue of one client address also counts against that address's
+//! share of the global budget ([`QueueLimits::per_client`]); the connection
+//! that is behind when its address goes over the share is closed, so one
+//! client cannot fill the budget that every other client's new sockets need.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::limits::{QueueShare, limit};
 use crate::hub::Overflow;
 use crate::metrics::Metrics;
 
@@ -82,6 +88,11 @@ pub struct QueueLimits {
     pub max_frames: usize,
     /// Most bytes waiting in all connections' queues together.
     pub budget: usize,
+    /// Most bytes waiting in the queues of one client address's
+    /// connections together (`--queue-budget-per-client`, a quarter of the
+    /// budget by default): over it, the connection that is behind is closed
+    /// with 1008.
+    pub per_client: usize,
 }
 
 impl QueueLimits {
@@ -94,10 +105,12 @@ impl QueueLimits {
 
 impl Default for QueueLimits {
     fn default() -> Self {
+        let budget = super::limits::Limits::default().queue_budget;
         QueueLimits {
             max_bytes: 8 << 20,
             max_frames: 65_536,
-            budget: super::limits::Limits::default().queue_budget,
+            budget,
+            per_client: budget / 4,
         }
     }
 }
@@ -118,10 +131,11 @@ pub struct Outbound {
     closed: Notify,
     limits: QueueLimits,
     metrics: Arc<Metrics>,
+    share: Option<QueueShare>,
 }
 
 impl Outbound {
-    /// An empty queue.
+    /// An empty queue, counted against the global budget only.
     pub fn new(limits: QueueLimits, metrics: Arc<Metrics>) -> Self {
         Outbound {
             queue: Mutex::new(Queue {
@@ -133,6 +147,36 @@ impl Outbound {
             closed: Notify::new(),
             limits,
             metrics,
+            share: None,
+        }
+    }
+
+    /// An empty queue counted against `share` too (its client address's).
+    pub fn with_share(
+        limits: QueueLimits,
+        metrics: Arc<Metrics>,
+        share: Option<QueueShare>,
+    ) -> Self {
+        Outbound {
+            share,
+            ..Outbound::new(limits, metrics)
+        }
+    }
+
+    /// Counts `len` more bytes queued (negative: fewer) in the global gauge
+    /// and the address's share.
+    fn account(&self, len: isize) {
+        self.metrics.queue_bytes.inc_by(len as i64);
+        if let Some(share) = &self.share {
+            if len >= 0 {
+                share
+                    .queued
+                    .fetch_add(len.unsigned_abs(), Ordering::Relaxed);
+            } else {
+                share
+                    .queued
+                    .fetch_sub(len.unsigned_abs(), Ordering::Relaxed);
+            }
         }
     }
 
@@ -147,13 +191,30 @@ impl Outbound {
             self.metrics.frames_dropped.inc();
             return Err(Overflow);
         }
+        // A client address over its share loses the connection that is
+        // behind (not those keeping up), before the global budget is reached.
+        if let Some(share) = &self.share
+            && q.bytes >= self.limits.behind()
+            && share.bytes() + len > self.limits.per_client
+        {
+            let reason = format!(
+                "too many bytes queued for {}: more than {} for one client address (--queue-budget-per-client); read faster",
+                share.address, self.limits.per_client
+            );
+            self.metrics.frames_dropped.inc();
+            self.metrics.refused(limit::QUEUE_SHARE);
+            self.cut(&mut q, reason);
+            drop(q);
+            self.ready.notify_one();
+            return Err(Overflow);
+        }
         // Over the global budget, connections that are behind are cut and
         // those keeping up (a few frames in flight) are not, so the budget
         // may be exceeded by at most `behind` bytes per connection.
         let total = self.metrics.queue_bytes.get().max(0) as usize;
         if q.bytes >= self.limits.behind() && total + len > self.limits.budget {
             self.metrics.frames_dropped.inc();
-            self.metrics.refused(super::limits::limit::QUEUE_BUDGET);
+            self.metrics.refused(limit::QUEUE_BUDGET);
             return Err(Overflow);
         }
         self.enqueue(&mut q, Out::Text(frame), len);
@@ -181,19 +242,27 @@ impl Outbound {
         if q.closed {
             return;
         }
-        let dropped = q.items.iter().filter(|o| matches!(o, Out::Text(_))).count();
-        self.metrics.frames_dropped.inc_by(dropped as u64);
-        self.metrics.queue_bytes.dec_by(q.bytes as i64);
-        self.metrics.refused(super::limits::limit::UNREAD_ANSWERS);
-        q.bytes = 0;
-        q.items.clear();
-        q.items.push_back(Out::Close(
-            super::conn::close::POLICY,
+        self.metrics.refused(limit::UNREAD_ANSWERS);
+        self.cut(
+            &mut q,
             "too many unread answers: read the answers to your messages".into(),
-        ));
-        q.closed = true;
+        );
         drop(q);
         self.ready.notify_one();
+    }
+
+    /// Drops what is queued and queues a 1008 close with `reason` instead:
+    /// the bytes are released at once, and the close frame is the next
+    /// thing written after what the socket already holds.
+    fn cut(&self, q: &mut Queue, reason: String) {
+        let dropped = q.items.iter().filter(|o| matches!(o, Out::Text(_))).count();
+        self.metrics.frames_dropped.inc_by(dropped as u64);
+        self.account(-(q.bytes as isize));
+        q.bytes = 0;
+        q.items.clear();
+        q.items
+            .push_back(Out::Close(super::conn::close::POLICY, reason));
+        q.closed = true;
     }
 
     /// Whether a close frame was queued (or the connection is gone): nothing
@@ -236,7 +305,7 @@ impl Outbound {
     fn enqueue(&self, q: &mut Queue, out: Out, len: usize) {
         q.items.push_back(out);
         q.bytes += len;
-        self.metrics.queue_bytes.inc_by(len as i64);
+        self.account(len as isize);
         self.metrics.frames_out.inc();
         if q.items.len() == 1 {
             self.ready.notify_one();
@@ -254,7 +323,7 @@ impl Outbound {
                     // Do not keep the capacity of a burst (an initial state)
                     // for the life of an idle connection.
                     q.items.shrink_to(KEEP_CAPACITY);
-                    self.metrics.queue_bytes.dec_by(q.bytes as i64);
+                    self.account(-(q.bytes as isize));
                     q.bytes = 0;
                     return;
                 }
@@ -268,7 +337,7 @@ impl Outbound {
     pub fn shut(&self) {
         let mut q = self.queue.lock();
         q.closed = true;
-        self.metrics.queue_bytes.dec_by(q.bytes as i64);
+        self.account(-(q.bytes as isize));
         let dropped = q.items.iter().filter(|o| matches!(o, Out::Text(_))).count();
         self.metrics.frames_dropped.inc_by(dropped as u64);
         q.bytes = 0;
@@ -300,6 +369,7 @@ mod tests {
                 max_bytes: 10,
                 max_frames: 100,
                 budget: 1 << 20,
+                per_client: 1 << 20,
             },
             Arc::new(Metrics::new()),
         );
@@ -316,6 +386,7 @@ mod tests {
             max_bytes: 100,
             max_frames: 100,
             budget: 10,
+            per_client: 10,
         };
         assert_eq!(limits.behind(), 12);
         let behind = Outbound::new(limits, metrics.clone());

@@ -12,7 +12,9 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::deflate::{self, Inflating};
-use super::limits::Admitted;
+use super::limits::{Admitted, QueueShare};
+use super::outbound::{Outbound, QueueLimits};
+use crate::metrics::Metrics;
 
 /// The message stream of an upgraded connection.
 pub(super) type Stream = WebSocketStream<Inflating<TokioIo<hyper::upgrade::Upgraded>>>;
@@ -23,6 +25,16 @@ pub struct WebSocket {
     /// Whether permessage-deflate was negotiated, so large frames may be
     /// sent compressed.
     pub(super) compress: bool,
+    /// The client address's share of the outbound budget.
+    share: Option<QueueShare>,
+}
+
+impl WebSocket {
+    /// The socket's outbound queue, counted against its client address's
+    /// share of the budget.
+    pub fn outbound(&self, limits: QueueLimits, metrics: std::sync::Arc<Metrics>) -> Outbound {
+        Outbound::with_share(limits, metrics, self.share.clone())
+    }
 }
 
 /// Why a request could not become a WebSocket.
@@ -196,6 +208,7 @@ impl WebSocketUpgrade {
             serve(WebSocket {
                 stream,
                 compress: deflate,
+                share: admitted.as_deref().map(QueueShare::of),
             })
             .await;
             drop(admitted);
