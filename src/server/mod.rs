@@ -4,6 +4,7 @@ pub mod conn;
 mod deflate;
 pub mod limits;
 mod listener;
+pub mod notice;
 pub mod outbound;
 mod rest;
 mod status;

@@ -3,6 +3,13 @@
 //! The hub pushes frames here without ever waiting; the connection's writer
 //! task drains it into the socket. A push that would exceed the byte or frame
 //! bound fails, and the hub then ends that subscriber as a slow consumer.
+//!
+//! What a subscriber is owed when it joins (an initial state, a replay of
+//! the history) is queued as one [`Replay`]: a cursor over events the cache
+//! already holds, turned into frames only as the writer reaches them. It is
+//! outside the byte and frame bounds, so a snapshot of any size reaches a
+//! client that reads; live frames queue behind it within the bounds, so a
+//! client that stops reading still overflows and is cut.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -62,11 +69,49 @@ impl Frame {
     }
 }
 
+/// Frames produced one by one as the writer takes them: the cost of a
+/// queued replay is a pointer per event, whatever the events' size.
+pub struct Replay {
+    frames: Box<dyn Iterator<Item = Frame> + Send>,
+    /// `frames_out`, counted as frames are made rather than when queued.
+    sent: Option<prometheus_client::metrics::counter::Counter>,
+}
+
+impl Replay {
+    /// A replay of `frames`, made lazily.
+    pub fn new(frames: impl Iterator<Item = Frame> + Send + 'static) -> Self {
+        Replay {
+            frames: Box::new(frames),
+            sent: None,
+        }
+    }
+}
+
+impl Iterator for Replay {
+    type Item = Frame;
+
+    fn next(&mut self) -> Option<Frame> {
+        let frame = self.frames.next()?;
+        if let Some(sent) = &self.sent {
+            sent.inc();
+        }
+        Some(frame)
+    }
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replay")
+    }
+}
+
 /// Something for the writer to send.
 #[derive(Debug)]
 pub enum Out {
     /// A text frame.
     Text(Frame),
+    /// Text frames, made as they are written.
+    Replay(Replay),
     /// A WebSocket ping.
     Ping,
     /// A close frame with code and reason; the writer stops after it.
@@ -181,8 +226,7 @@ impl Outbound {
         if q.closed {
             return;
         }
-        let dropped = q.items.iter().filter(|o| matches!(o, Out::Text(_))).count();
-        self.metrics.frames_dropped.inc_by(dropped as u64);
+        self.metrics.frames_dropped.inc_by(dropped(&q.items));
         self.metrics.queue_bytes.dec_by(q.bytes as i64);
         self.metrics.refused(super::limits::limit::UNREAD_ANSWERS);
         q.bytes = 0;
@@ -200,6 +244,19 @@ impl Outbound {
     /// more will be sent, so nothing more the client sends is read.
     pub fn is_closed(&self) -> bool {
         self.queue.lock().closed
+    }
+
+    /// Queues what a joining subscriber is owed, outside the bounds (see
+    /// the module's documentation); frames pushed later follow it.
+    pub fn push_replay(&self, mut replay: Replay) {
+        replay.sent = Some(self.metrics.frames_out.clone());
+        let mut q = self.queue.lock();
+        if !q.closed {
+            q.items.push_back(Out::Replay(replay));
+            if q.items.len() == 1 {
+                self.ready.notify_one();
+            }
+        }
     }
 
     /// Queues a small control frame (an error, a completion) even when the
@@ -269,8 +326,7 @@ impl Outbound {
         let mut q = self.queue.lock();
         q.closed = true;
         self.metrics.queue_bytes.dec_by(q.bytes as i64);
-        let dropped = q.items.iter().filter(|o| matches!(o, Out::Text(_))).count();
-        self.metrics.frames_dropped.inc_by(dropped as u64);
+        self.metrics.frames_dropped.inc_by(dropped(&q.items));
         q.bytes = 0;
         q.items.clear();
         drop(q);
@@ -287,6 +343,14 @@ impl Outbound {
     pub fn queued_bytes(&self) -> usize {
         self.queue.lock().bytes
     }
+}
+
+/// Text frames among `items` (a replay counts as one).
+fn dropped(items: &VecDeque<Out>) -> u64 {
+    items
+        .iter()
+        .filter(|o| matches!(o, Out::Text(_) | Out::Replay(_)))
+        .count() as u64
 }
 
 #[cfg(test)]
