@@ -572,3 +572,93 @@ async fn a_flood_of_bad_messages_without_reading_is_closed_with_1008() {
     .await;
     flood_without_reading(&env, env.server.extra_addrs()[0], "/ws", "not json").await;
 }
+
+/// A simulator whose pod list is at least 100 times the tiny queue's bound.
+async fn big_snapshot_env(server: ServerConfig) -> (Env, usize) {
+    let env = start(
+        SimConfig {
+            initial_pods: 250,
+            object_size: 2048,
+            ..SimConfig::default()
+        },
+        quick_hub(),
+        tiny_queue(server),
+    )
+    .await;
+    let list: Value =
+        serde_json::from_str(&http_get_body(env.sim.addr(), "/api/v1/pods").await).unwrap();
+    let pods = list["items"].as_array().unwrap();
+    let bytes: usize = pods.iter().map(|p| p.to_string().len()).sum();
+    assert!(
+        bytes >= 100 * 4096,
+        "the snapshot ({bytes} bytes) is 100x the queue's 4096"
+    );
+    (env, pods.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_receives_a_snapshot_a_hundred_times_its_queue() {
+    let (env, pods) = big_snapshot_env(ServerConfig {
+        dashboard_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut headlamp = env.client().await;
+    headlamp.request("/api/v1/pods", "watch=1").await;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < pods {
+        let frame = headlamp.frame().await;
+        assert_eq!(
+            frame["type"], "DATA",
+            "a reading client is not cut: {frame}"
+        );
+        let event: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+        assert_eq!(event["type"], "ADDED", "{event}");
+        seen.insert(object_key(&event["object"]));
+    }
+
+    let mut dashboard = Client::connect(&format!("ws://{}/ws", env.server.extra_addrs()[0])).await;
+    let state = loop {
+        let frame = dashboard.frame().await;
+        assert_ne!(frame["type"], "error", "{frame}");
+        if frame["type"] == "initial_state" {
+            break frame;
+        }
+    };
+    assert_eq!(
+        state["data"]["pods"].as_array().map(Vec::len),
+        Some(pods),
+        "every pod in the dashboard's initial state"
+    );
+    assert_eq!(
+        metric(&env.hub.metrics().encode(), "kubemux_slow_consumers_total"),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_after_a_big_snapshot_is_still_cut() {
+    let env = start(
+        SimConfig {
+            initial_pods: 250,
+            object_size: 2048,
+            churn_rate: 1000.0,
+            ..SimConfig::default()
+        },
+        quick_hub(),
+        tiny_queue(ServerConfig::default()),
+    )
+    .await;
+    let mut silent = SilentClient::connect(env.server.addr(), "/wsMultiplexer").await;
+    silent
+        .send_text(
+            &json!({"clusterId": CLUSTER, "path": "/api/v1/pods", "query": "watch=1",
+                    "userId": "u", "type": "REQUEST"})
+            .to_string(),
+        )
+        .await;
+    env.eventually("the client that does not read is cut", || {
+        metric(&env.hub.metrics().encode(), "kubemux_slow_consumers_total").unwrap_or(0.0) >= 1.0
+    })
+    .await;
+}

@@ -855,3 +855,44 @@ async fn a_client_that_only_answers_websocket_pings_is_closed_when_idle() {
     assert_eq!(code, 1000, "{reason}");
     assert!(reason.starts_with("idle"), "{reason}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_whose_initial_state_is_a_hundred_times_the_queue_is_served() {
+    let queue = kubemux::server::outbound::QueueLimits {
+        max_bytes: 4096,
+        ..kubemux::server::outbound::QueueLimits::default()
+    };
+    let env = env_with(
+        ServerConfig {
+            queue,
+            ..ServerConfig::default()
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    let padding = "x".repeat(2048);
+    for i in 0..250 {
+        env.sim
+            .store()
+            .create(
+                "pods",
+                Some("default"),
+                json!({"metadata": {"name": format!("big-{i}"), "namespace": "default",
+                        "annotations": {"padding": padding}},
+                       "spec": {"containers": []}}),
+            )
+            .unwrap();
+    }
+    let (pods, _) = env.sim.store().list("pods", None, None, None).unwrap();
+    let bytes: usize = pods.iter().map(|p| p.to_string().len()).sum();
+    assert!(bytes >= 100 * queue.max_bytes, "{bytes} bytes of pods");
+    let mut alice = authed(&env, "alice", &["console-admins"]).await;
+    let ok = subscribe(
+        &mut alice,
+        "w",
+        json!({"resource": "workspace", "workspace_id": CLUSTER}),
+    )
+    .await;
+    assert_eq!(ok["type"], "subscribe_result", "{ok}");
+    assert_eq!(ok["success"], true, "{ok}");
+}

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::server::WebSocket;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::debug;
 
@@ -27,6 +26,7 @@ use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscribe
 use crate::server::ServerConfig;
 use crate::server::conn::{self, ConnContext, Dialect, Liveness};
 use crate::server::limits::TokenBucket;
+use crate::server::notice::{self, NoticeSender};
 use crate::server::outbound::{Frame, Outbound};
 use crate::upstream::event::WatchEvent;
 
@@ -41,6 +41,9 @@ pub const SOCKET_LIMIT: usize = 4 * MAX_MESSAGE;
 pub const MAX_SUBSCRIPTIONS: usize = 100;
 /// Concurrent log streams per connection.
 pub const MAX_LOG_STREAMS: usize = 5;
+/// Most live events waiting for the connection's task; a subscription's
+/// initial state is one of them, whatever its size.
+const EVENT_NOTICES: usize = 65_536;
 /// Client messages per second, sustained.
 pub const RATE_PER_SECOND: f64 = 100.0;
 /// Client messages in a burst.
@@ -92,6 +95,8 @@ struct Pending {
 /// Notices from hub subscriptions and background tasks.
 enum Notice {
     Event(u64, Stream, Arc<WatchEvent>),
+    /// What a subscription was owed when it joined, in order.
+    Replay(u64, Stream, Vec<Arc<WatchEvent>>),
     Problem(u64, Refusal),
     Authorised(Box<Pending>, Result<bool, Refusal>),
     Revoked(Target, String),
@@ -124,18 +129,21 @@ struct LogStream {
 struct Sink {
     sub: u64,
     stream: Stream,
-    tx: mpsc::Sender<Notice>,
+    tx: NoticeSender<Notice>,
 }
 
 impl Subscriber for Sink {
     fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
         self.tx
-            .try_send(Notice::Event(self.sub, self.stream, event.clone()))
-            .map_err(|_| Overflow)
+            .event(Notice::Event(self.sub, self.stream, event.clone()))
+    }
+
+    fn replay(&self, events: Vec<Arc<WatchEvent>>) -> Result<(), Overflow> {
+        self.tx.event(Notice::Replay(self.sub, self.stream, events))
     }
 
     fn warning(&self, message: &str) {
-        let _ = self.tx.try_send(Notice::Problem(
+        self.tx.control(Notice::Problem(
             self.sub,
             Refusal::new("WORKSPACE_UNAVAILABLE", message),
         ));
@@ -147,7 +155,7 @@ impl Subscriber for Sink {
             EndReason::SlowConsumer => "the client did not read fast enough".into(),
             other => format!("watch ended: {other:?}"),
         };
-        let _ = self.tx.try_send(Notice::Problem(
+        self.tx.control(Notice::Problem(
             self.sub,
             Refusal::new("SUBSCRIPTION_ENDED", message),
         ));
@@ -158,7 +166,7 @@ struct Console {
     hub: Hub,
     auth: Arc<ConsoleAuth>,
     outbound: Arc<Outbound>,
-    notices: mpsc::Sender<Notice>,
+    notices: NoticeSender<Notice>,
     user: Option<User>,
     expires: Option<SystemTime>,
     opened: Instant,
@@ -184,6 +192,28 @@ fn invalid(message: impl Into<String>) -> Refusal {
 }
 
 impl Console {
+    /// Applies events of one subscription's stream and sends what they change.
+    fn on_events(&mut self, key: u64, stream: Stream, events: &[Arc<WatchEvent>]) {
+        let Some(sub) = self.subs.get_mut(&key) else {
+            return;
+        };
+        let mut out = Vec::new();
+        for event in events {
+            sub.apply(stream, event, &mut out);
+        }
+        let synced = sub.synced();
+        if let Some(waiting) = self.unannounced.get_mut(&key) {
+            waiting.buffered.append(&mut out);
+            if synced {
+                self.announce(key);
+            }
+        } else if !out.is_empty()
+            && let Some(sub) = self.subs.get(&key)
+        {
+            self.emit(sub, out);
+        }
+    }
+
     /// Queues an error within the connection's bounds: a client flooding
     /// bad messages without reading the answers is disconnected (1008)
     /// rather than allowed to grow its queue.
@@ -387,7 +417,7 @@ impl Console {
                 Ok(()) if wants_metrics => Ok(work::metrics_available(&cluster).await),
                 Ok(()) => Ok(false),
             };
-            let _ = notices.send(Notice::Authorised(pending, result)).await;
+            notices.control(Notice::Authorised(pending, result));
         });
         Ok(())
     }
@@ -632,7 +662,7 @@ impl Console {
                 )),
                 Err(refusal) => outbound.push_forced(error_frame(&id, &refusal)),
             }
-            let _ = notices.send(Notice::LogEnded(sid)).await;
+            notices.control(Notice::LogEnded(sid));
         });
         self.logs.insert(
             stream_id,
@@ -739,7 +769,7 @@ impl Console {
                     work::authorise(&reviewer, &cluster, &user, &checks, true).await
                     && refusal.code == "PERMISSION_DENIED"
                 {
-                    let _ = notices.send(Notice::Revoked(target, refusal.message)).await;
+                    notices.control(Notice::Revoked(target, refusal.message));
                 }
             }
         });
@@ -828,24 +858,8 @@ impl Dialect for Console {
 
     fn on_notice(&mut self, notice: Notice) {
         match notice {
-            Notice::Event(key, stream, event) => {
-                let Some(sub) = self.subs.get_mut(&key) else {
-                    return;
-                };
-                let mut out = Vec::new();
-                sub.apply(stream, &event, &mut out);
-                let synced = sub.synced();
-                if let Some(waiting) = self.unannounced.get_mut(&key) {
-                    waiting.buffered.append(&mut out);
-                    if synced {
-                        self.announce(key);
-                    }
-                } else if !out.is_empty()
-                    && let Some(sub) = self.subs.get(&key)
-                {
-                    self.emit(sub, out);
-                }
-            }
+            Notice::Event(key, stream, event) => self.on_events(key, stream, &[event]),
+            Notice::Replay(key, stream, events) => self.on_events(key, stream, &events),
             Notice::Problem(key, refusal) => {
                 let ended = refusal.code == "SUBSCRIPTION_ENDED";
                 if ended && let Some(waiting) = self.unannounced.remove(&key) {
@@ -976,7 +990,7 @@ pub async fn serve(
 ) {
     let metrics = hub.metrics().clone();
     let outbound = Arc::new(socket.outbound(config.queue, metrics.clone()));
-    let (tx, rx) = mpsc::channel(65_536);
+    let (tx, rx) = notice::channel(EVENT_NOTICES);
     let now = Instant::now();
     let console = Console {
         hub,

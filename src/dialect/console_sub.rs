@@ -182,7 +182,10 @@ impl Sub {
         }
         let deleted = event.kind() == EventType::Deleted;
         let key = format!("{stream:?}/{}", event.key());
-        let Ok(object) = serde_json::from_slice::<Value>(event.object()) else {
+        // Parsed once per event for every console subscription it reaches.
+        let parsed =
+            event.derived(|e| ParsedObject(serde_json::from_slice::<Value>(e.object()).ok()));
+        let Some(object) = parsed.0.as_ref() else {
             return;
         };
         match stream {
@@ -190,17 +193,17 @@ impl Sub {
                 if deleted {
                     self.pods.remove(&key);
                 } else {
-                    self.pods.insert(key.clone(), derive::pod_requests(&object));
+                    self.pods.insert(key.clone(), derive::pod_requests(object));
                 }
                 self.resources_dirty = true;
                 let alerts = if deleted {
                     Vec::new()
                 } else {
-                    derive::pod_alerts(&object)
+                    derive::pod_alerts(object)
                 };
                 self.conditions_changed(&key, alerts, out);
             }
-            Stream::Nodes => self.node_event(&key, &object, deleted, out),
+            Stream::Nodes => self.node_event(&key, object, deleted, out),
             Stream::Namespace => {
                 if self.synced() {
                     let kind = match event.kind() {
@@ -208,14 +211,14 @@ impl Sub {
                         EventType::Deleted => "project.deleted",
                         _ => "project.updated",
                     };
-                    out.push((kind, json!({"project": self.project_json(&object)})));
+                    out.push((kind, json!({"project": self.project_json(object)})));
                 }
             }
             Stream::Quotas => {
                 let full = if deleted {
                     Vec::new()
                 } else {
-                    derive::quota_exceeded(&object)
+                    derive::quota_exceeded(object)
                 };
                 let ids: Vec<String> = full.iter().map(|q| q.id.clone()).collect();
                 let before = self.conditions.remove(&key).unwrap_or_default();
@@ -416,3 +419,6 @@ pub fn is_initial_end(event: &WatchEvent) -> bool {
         .map(|v| v["metadata"]["annotations"]["k8s.io/initial-events-end"] == "true")
         .unwrap_or(false)
 }
+
+/// An event's object as JSON, shared by the console subscriptions it reaches.
+struct ParsedObject(Option<Value>);

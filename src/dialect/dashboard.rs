@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use crate::server::WebSocket;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use super::dashboard_view::{self, NamespaceView, NodeView, PodView};
 use crate::auth::credentials::Credentials;
@@ -27,6 +26,7 @@ use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscribe
 use crate::server::ServerConfig;
 use crate::server::conn::{self, ConnContext, Dialect, Liveness};
 use crate::server::limits::TokenBucket;
+use crate::server::notice::{self, NoticeSender};
 use crate::server::outbound::{Frame, Outbound};
 use crate::upstream::event::{EventType, WatchEvent};
 
@@ -43,6 +43,9 @@ pub const MAX_MESSAGE: usize = 10 * 1024 * 1024;
 const BURST: f64 = 50.0;
 const PER_SECOND: f64 = 1000.0 / 60.0;
 const QUERY: &str = "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan";
+/// Most live events waiting for the connection's task; a stream's initial
+/// state is one of them, whatever its size.
+const EVENT_NOTICES: usize = 65_536;
 
 fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -59,6 +62,8 @@ enum Stream {
 /// Notices from the dashboard's subscriptions.
 enum Notice {
     Event(Stream, Arc<WatchEvent>),
+    /// What a stream was owed when it joined (its initial state), in order.
+    Replay(Stream, Vec<Arc<WatchEvent>>),
     Problem(Stream, String),
     /// A periodic re-check (shared auth mode) found access revoked.
     Revoked(String),
@@ -78,20 +83,21 @@ pub struct Recheck {
 
 struct Sink {
     stream: Stream,
-    tx: mpsc::Sender<Notice>,
+    tx: NoticeSender<Notice>,
 }
 
 impl Subscriber for Sink {
     fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
-        self.tx
-            .try_send(Notice::Event(self.stream, event.clone()))
-            .map_err(|_| Overflow)
+        self.tx.event(Notice::Event(self.stream, event.clone()))
+    }
+
+    fn replay(&self, events: Vec<Arc<WatchEvent>>) -> Result<(), Overflow> {
+        self.tx.event(Notice::Replay(self.stream, events))
     }
 
     fn warning(&self, message: &str) {
-        let _ = self
-            .tx
-            .try_send(Notice::Problem(self.stream, message.to_string()));
+        self.tx
+            .control(Notice::Problem(self.stream, message.to_string()));
     }
 
     fn end(&self, reason: EndReason) {
@@ -103,7 +109,7 @@ impl Subscriber for Sink {
             EndReason::SlowConsumer => "the client did not read fast enough".into(),
             other => format!("watch ended: {other:?}"),
         };
-        let _ = self.tx.try_send(Notice::Problem(self.stream, message));
+        self.tx.control(Notice::Problem(self.stream, message));
     }
 }
 
@@ -198,7 +204,7 @@ struct Dashboard {
     metrics_every: Duration,
     last_metrics: Instant,
     recheck: Option<(Recheck, Instant)>,
-    notices: mpsc::Sender<Notice>,
+    notices: NoticeSender<Notice>,
     hub: Hub,
 }
 
@@ -415,7 +421,7 @@ impl Dashboard {
                     e @ (ReviewError::Forbidden { .. } | ReviewError::Unauthenticated { .. }),
                 ) = verdict
                 {
-                    let _ = notices.send(Notice::Revoked(e.to_string())).await;
+                    notices.control(Notice::Revoked(e.to_string()));
                     return;
                 }
             }
@@ -454,6 +460,11 @@ impl Dialect for Dashboard {
     fn on_notice(&mut self, notice: Notice) {
         match notice {
             Notice::Event(stream, event) => self.apply(stream, &event),
+            Notice::Replay(stream, events) => {
+                for event in &events {
+                    self.apply(stream, event);
+                }
+            }
             Notice::Revoked(message) => {
                 self.outbound.push_forced(error_frame(
                     "PERMISSION_DENIED",
@@ -514,7 +525,7 @@ pub async fn serve(
 ) {
     let metrics = hub.metrics().clone();
     let outbound = Arc::new(socket.outbound(config.queue, metrics.clone()));
-    let (tx, rx) = mpsc::channel(65_536);
+    let (tx, rx) = notice::channel(EVENT_NOTICES);
     let registry = hub.clusters().clone();
     let cluster_id = query
         .cluster

@@ -31,7 +31,7 @@ use crate::hub::{
 use crate::server::ServerConfig;
 use crate::server::conn::{self, ConnContext, Dialect};
 use crate::server::limits::{TokenBucket, limit};
-use crate::server::outbound::{Frame, Outbound};
+use crate::server::outbound::{Frame, Outbound, Replay};
 use crate::upstream::event::WatchEvent;
 
 /// The subprotocol Headlamp's frontend offers.
@@ -621,14 +621,28 @@ struct HeadlampSink {
     notices: mpsc::UnboundedSender<Notice>,
 }
 
+fn data_frame(head: &Bytes, event: &WatchEvent) -> Frame {
+    Frame::from_parts([
+        head.clone(),
+        Bytes::from_static(b",\"data\":"),
+        event.json_string().clone(),
+        Bytes::from_static(b",\"type\":\"DATA\"}"),
+    ])
+}
+
 impl Subscriber for HeadlampSink {
     fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
-        self.outbound.push(Frame::from_parts([
-            self.head.clone(),
-            Bytes::from_static(b",\"data\":"),
-            event.json_string().clone(),
-            Bytes::from_static(b",\"type\":\"DATA\"}"),
-        ]))
+        self.outbound.push(data_frame(&self.head, event))
+    }
+
+    fn replay(&self, events: Vec<Arc<WatchEvent>>) -> Result<(), Overflow> {
+        let head = self.head.clone();
+        self.outbound.push_replay(Replay::new(
+            events
+                .into_iter()
+                .map(move |event| data_frame(&head, &event)),
+        ));
+        Ok(())
     }
 
     fn warning(&self, message: &str) {

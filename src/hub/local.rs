@@ -104,4 +104,83 @@ mod tests {
             assert_eq!(s.events.load(Ordering::Relaxed), 1);
         }
     }
+
+    /// Takes `room` live events, then overflows; records replays whole.
+    struct Bounded {
+        room: usize,
+        live: AtomicUsize,
+        replays: parking_lot::Mutex<Vec<usize>>,
+        ended: parking_lot::Mutex<Option<EndReason>>,
+    }
+
+    impl Subscriber for Bounded {
+        fn event(&self, _: &Arc<WatchEvent>) -> Result<(), Overflow> {
+            if self.live.fetch_add(1, Ordering::Relaxed) >= self.room {
+                return Err(Overflow);
+            }
+            Ok(())
+        }
+        fn replay(&self, events: Vec<Arc<WatchEvent>>) -> Result<(), Overflow> {
+            self.replays.lock().push(events.len());
+            Ok(())
+        }
+        fn warning(&self, _: &str) {}
+        fn end(&self, reason: EndReason) {
+            *self.ended.lock() = Some(reason);
+        }
+    }
+
+    fn pod(name: &str, rv: u64) -> Vec<u8> {
+        format!(
+            r#"{{"kind":"Pod","apiVersion":"v1","metadata":{{"name":"{name}","namespace":"d","resourceVersion":"{rv}"}}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_joiner_is_owed_its_snapshot_as_one_replay_and_only_live_events_are_bounded() {
+        let (key, _, _) = key::normalize("local", "/api/v1/pods", "").unwrap();
+        let local = LocalWatch::new(key, HubConfig::default(), Arc::new(Metrics::new()));
+        let _ = local.feed().listed(Listing {
+            item_kind: "Pod".into(),
+            api_version: "v1".into(),
+            resource_version: "1000".into(),
+            objects: (0..1000)
+                .map(|i| {
+                    WatchEvent::synthesize(EventType::Added, &pod(&format!("p{i}"), i + 1)).unwrap()
+                })
+                .collect(),
+        });
+        let sink = Arc::new(Bounded {
+            room: 10,
+            live: AtomicUsize::new(0),
+            replays: Default::default(),
+            ended: Default::default(),
+        });
+        let params = ClientParams {
+            send_initial_events: true,
+            ..ClientParams::default()
+        };
+        let _sub = local.subscribe(params, sink.clone()).unwrap();
+        assert_eq!(
+            *sink.replays.lock(),
+            vec![1001],
+            "1,000 objects and the initial-events-end bookmark, in one replay"
+        );
+        assert_eq!(sink.live.load(Ordering::Relaxed), 0);
+        assert!(
+            sink.ended.lock().is_none(),
+            "a snapshot 100x its room does not end it"
+        );
+        for rv in 1001..1012 {
+            local
+                .feed()
+                .event(WatchEvent::synthesize(EventType::Modified, &pod("p0", rv)).unwrap());
+        }
+        assert_eq!(
+            *sink.ended.lock(),
+            Some(EndReason::SlowConsumer),
+            "live events past its room end it"
+        );
+    }
 }

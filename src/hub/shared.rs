@@ -270,18 +270,16 @@ impl SharedWatch {
         .abort_handle()
     }
 
-    /// Gives a subscriber being started `events`; if it cannot take them
-    /// all it is ended as a slow consumer and `false` returned.
-    fn owed<'e>(&self, sub: &Sub, events: impl IntoIterator<Item = &'e Arc<WatchEvent>>) -> bool {
-        for ev in events {
-            if sub.sink.event(ev).is_err() {
-                self.metrics.subscribers.dec();
-                self.metrics.slow_consumers.inc();
-                sub.sink.end(EndReason::SlowConsumer);
-                return false;
-            }
+    /// Gives a subscriber being started `events` as one replay; if it
+    /// cannot take them it is ended as a slow consumer and `false` returned.
+    fn owed(&self, sub: &Sub, events: Vec<Arc<WatchEvent>>) -> bool {
+        if events.is_empty() || sub.sink.replay(events).is_ok() {
+            return true;
         }
-        true
+        self.metrics.subscribers.dec();
+        self.metrics.slow_consumers.inc();
+        sub.sink.end(EndReason::SlowConsumer);
+        false
     }
 
     fn resumed(&self, outcome_name: &'static str) {
@@ -345,15 +343,14 @@ impl SharedWatch {
             }
         };
         self.resumed(served);
-        if !self.owed(&sub, &events) {
-            return None;
-        }
+        let mut events = events;
         if sub.params.send_initial_events {
             let (kind, api_version) = st.cache.kind();
             let bookmark = WatchEvent::bookmark(kind, api_version, st.cache.latest(), true);
-            if !self.owed(&sub, [&Arc::new(bookmark)]) {
-                return None;
-            }
+            events.push(Arc::new(bookmark));
+        }
+        if !self.owed(&sub, events) {
+            return None;
         }
         sub.phase = Phase::Live;
         Some(sub)
@@ -388,15 +385,16 @@ impl SharedWatch {
             ),
         };
         let side = self.side_for(st, side_id, &sub)?;
-        let owed: Vec<&Arc<WatchEvent>> = side
+        let owed: Vec<Arc<WatchEvent>> = side
             .fetched
             .iter()
             .filter(|ev| ev.rv() > Some(from))
+            .cloned()
             .collect();
-        if !self.owed(&sub, owed.iter().copied()) {
+        let cursor = owed.last().and_then(|ev| ev.rv()).unwrap_or(from);
+        if !self.owed(&sub, owed) {
             return None;
         }
-        let cursor = owed.last().and_then(|ev| ev.rv()).unwrap_or(from);
         side.subs.push(id);
         sub.phase = Phase::Side {
             side: side_id,
@@ -435,7 +433,7 @@ impl SharedWatch {
             ),
         };
         let side = self.side_for(st, side_id, &sub)?;
-        if !self.owed(&sub, &side.fetched) {
+        if !self.owed(&sub, side.fetched.clone()) {
             return None;
         }
         side.subs.push(id);
@@ -609,7 +607,7 @@ impl SharedWatch {
                     st.subs.insert(*id, sub);
                     continue;
                 };
-                if !self.owed(&sub, &st.cache.replay_after(cursor)) {
+                if !self.owed(&sub, st.cache.replay_after(cursor)) {
                     continue;
                 }
                 sub.phase = Phase::Live;

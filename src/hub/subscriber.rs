@@ -32,6 +32,16 @@ pub enum EndReason {
 pub trait Subscriber: Send + Sync {
     /// Offers one event. `Err(Overflow)` ends the subscription as a slow consumer.
     fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow>;
+    /// Offers what a joining subscriber is owed at once (its initial state
+    /// or a replay of the history), in order. These events are already
+    /// held by the cache, so an implementation keeps the list and sends it
+    /// as its client reads, outside the bounds of its live queue: a
+    /// snapshot larger than the queue then reaches a client that reads,
+    /// and only live events behind it can overflow, which is what marks a
+    /// client that does not read. The default offers them one by one.
+    fn replay(&self, events: Vec<Arc<WatchEvent>>) -> Result<(), Overflow> {
+        events.iter().try_for_each(|event| self.event(event))
+    }
     /// A transient upstream problem; the subscription continues. Sent once per outage.
     fn warning(&self, message: &str);
     /// The subscription has ended.

@@ -386,6 +386,16 @@ async fn write_loop(
         for out in batch.drain(..) {
             let (msg, last) = match out {
                 Out::Text(frame) => (text_message(frame.into_string(), compress), false),
+                Out::Replay(replay) => {
+                    for frame in replay {
+                        let msg = text_message(frame.into_string(), compress);
+                        match tokio::time::timeout(write_timeout, sink.feed(msg)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) | Err(_) => break 'outer,
+                        }
+                    }
+                    continue;
+                }
                 Out::Ping => (Message::Ping(Default::default()), false),
                 Out::Close(code, reason) => (
                     Message::Close(Some(CloseFrame {

@@ -5,6 +5,7 @@ mod deflate;
 pub mod forwarded;
 pub mod limits;
 mod listener;
+pub mod notice;
 pub mod outbound;
 mod rest;
 mod status;

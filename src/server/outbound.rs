@@ -7,6 +7,13 @@
 //! share of the global budget ([`QueueLimits::per_client`]); the connection
 //! that is behind when its address goes over the share is closed, so one
 //! client cannot fill the budget that every other client's new sockets need.
+//!
+//! What a subscriber is owed when it joins (an initial state, a replay of
+//! the history) is queued as one [`Replay`]: a cursor over events the cache
+//! already holds, turned into frames only as the writer reaches them. It is
+//! outside the byte and frame bounds, so a snapshot of any size reaches a
+//! client that reads; live frames queue behind it within the bounds, so a
+//! client that stops reading still overflows and is cut.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -68,11 +75,49 @@ impl Frame {
     }
 }
 
+/// Frames produced one by one as the writer takes them: the cost of a
+/// queued replay is a pointer per event, whatever the events' size.
+pub struct Replay {
+    frames: Box<dyn Iterator<Item = Frame> + Send>,
+    /// `frames_out`, counted as frames are made rather than when queued.
+    sent: Option<prometheus_client::metrics::counter::Counter>,
+}
+
+impl Replay {
+    /// A replay of `frames`, made lazily.
+    pub fn new(frames: impl Iterator<Item = Frame> + Send + 'static) -> Self {
+        Replay {
+            frames: Box::new(frames),
+            sent: None,
+        }
+    }
+}
+
+impl Iterator for Replay {
+    type Item = Frame;
+
+    fn next(&mut self) -> Option<Frame> {
+        let frame = self.frames.next()?;
+        if let Some(sent) = &self.sent {
+            sent.inc();
+        }
+        Some(frame)
+    }
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replay")
+    }
+}
+
 /// Something for the writer to send.
 #[derive(Debug)]
 pub enum Out {
     /// A text frame.
     Text(Frame),
+    /// Text frames, made as they are written.
+    Replay(Replay),
     /// A WebSocket ping.
     Ping,
     /// A close frame with code and reason; the writer stops after it.
@@ -255,8 +300,7 @@ impl Outbound {
     /// the bytes are released at once, and the close frame is the next
     /// thing written after what the socket already holds.
     fn cut(&self, q: &mut Queue, reason: String) {
-        let dropped = q.items.iter().filter(|o| matches!(o, Out::Text(_))).count();
-        self.metrics.frames_dropped.inc_by(dropped as u64);
+        self.metrics.frames_dropped.inc_by(dropped(&q.items));
         self.account(-(q.bytes as isize));
         q.bytes = 0;
         q.items.clear();
@@ -269,6 +313,19 @@ impl Outbound {
     /// more will be sent, so nothing more the client sends is read.
     pub fn is_closed(&self) -> bool {
         self.queue.lock().closed
+    }
+
+    /// Queues what a joining subscriber is owed, outside the bounds (see
+    /// the module's documentation); frames pushed later follow it.
+    pub fn push_replay(&self, mut replay: Replay) {
+        replay.sent = Some(self.metrics.frames_out.clone());
+        let mut q = self.queue.lock();
+        if !q.closed {
+            q.items.push_back(Out::Replay(replay));
+            if q.items.len() == 1 {
+                self.ready.notify_one();
+            }
+        }
     }
 
     /// Queues a small control frame (an error, a completion) even when the
@@ -338,8 +395,7 @@ impl Outbound {
         let mut q = self.queue.lock();
         q.closed = true;
         self.account(-(q.bytes as isize));
-        let dropped = q.items.iter().filter(|o| matches!(o, Out::Text(_))).count();
-        self.metrics.frames_dropped.inc_by(dropped as u64);
+        self.metrics.frames_dropped.inc_by(dropped(&q.items));
         q.bytes = 0;
         q.items.clear();
         drop(q);
@@ -356,6 +412,14 @@ impl Outbound {
     pub fn queued_bytes(&self) -> usize {
         self.queue.lock().bytes
     }
+}
+
+/// Text frames among `items` (a replay counts as one).
+fn dropped(items: &VecDeque<Out>) -> u64 {
+    items
+        .iter()
+        .filter(|o| matches!(o, Out::Text(_) | Out::Replay(_)))
+        .count() as u64
 }
 
 #[cfg(test)]

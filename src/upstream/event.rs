@@ -81,11 +81,14 @@ pub struct WatchEvent {
     line: Bytes,
     object: Bytes,
     json_string: OnceLock<Bytes>,
-    derived: OnceLock<Derived>,
+    derived: parking_lot::Mutex<Vec<Derived>>,
 }
 
 /// A value a dialect derived from an event, shared by its subscribers.
 type Derived = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+/// Most derived values kept per event: one per dialect that derives one.
+const DERIVED_SLOTS: usize = 4;
 
 impl fmt::Debug for WatchEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -158,7 +161,7 @@ impl WatchEvent {
             line: line.clone(),
             object,
             json_string: OnceLock::new(),
-            derived: OnceLock::new(),
+            derived: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -238,7 +241,7 @@ impl WatchEvent {
             object: line.slice(start..end),
             line,
             json_string: OnceLock::new(),
-            derived: OnceLock::new(),
+            derived: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
@@ -282,22 +285,35 @@ impl WatchEvent {
     }
 
     /// A value derived from this event (a dialect's projection of the
-    /// object), computed by the first subscriber that asks and shared by
-    /// the others, so fanning an event out to N connections of one dialect
-    /// parses and projects it once. The slot holds one type; asking for
-    /// another computes it afresh every time.
+    /// object, the parsed object), computed by the first subscriber that
+    /// asks and shared by the others, so fanning an event out to N
+    /// connections parses and projects it once. One value per type is kept,
+    /// up to a few types; past them a value is computed afresh each time.
     pub fn derived<T: std::any::Any + Send + Sync>(
         &self,
         derive: impl FnOnce(&WatchEvent) -> T,
     ) -> std::sync::Arc<T> {
-        if let Some(existing) = self.derived.get() {
-            if let Ok(value) = existing.clone().downcast::<T>() {
-                return value;
-            }
-            return std::sync::Arc::new(derive(self));
+        let found = self
+            .derived
+            .lock()
+            .iter()
+            .find_map(|slot| slot.clone().downcast::<T>().ok());
+        if let Some(value) = found {
+            return value;
         }
+        // Computed outside the lock: two subscribers racing both compute,
+        // and the first to store wins.
         let value = std::sync::Arc::new(derive(self));
-        let _ = self.derived.set(value.clone());
+        let mut slots = self.derived.lock();
+        if let Some(existing) = slots
+            .iter()
+            .find_map(|slot| slot.clone().downcast::<T>().ok())
+        {
+            return existing;
+        }
+        if slots.len() < DERIVED_SLOTS {
+            slots.push(value.clone());
+        }
         value
     }
 
@@ -453,7 +469,7 @@ mod tests {
     }
 
     #[test]
-    fn a_derived_value_is_computed_once_per_type_in_the_slot() {
+    fn a_derived_value_is_computed_once_per_type() {
         let ev = WatchEvent::parse_line(Bytes::from_static(
             br#"{"type":"ADDED","object":{"metadata":{"name":"a","resourceVersion":"1"}}}"#,
         ))
@@ -471,7 +487,11 @@ mod tests {
             (1, 1)
         );
         assert_eq!(*ev.derived(|_| "other type"), "other type");
-        assert_eq!(*ev.derived(|_| "other type again"), "other type again");
+        assert_eq!(
+            *ev.derived(|_| "the same type again"),
+            "other type",
+            "a second type has its own slot"
+        );
         assert_eq!(*ev.derived(derive), 1);
         assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
