@@ -46,6 +46,16 @@ pub struct LimitLabel {
     pub limit: &'static str,
 }
 
+/// Label for REST requests on `/clusters/{cluster}/{path}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestLabel {
+    /// `list`, `watch` or `get` (anything else: an object, discovery).
+    pub request: &'static str,
+    /// `shared_watch` (a live shared watch answered, the cluster saw no
+    /// request) or `cluster` (forwarded).
+    pub served: &'static str,
+}
+
 /// Every metric kubemux exports.
 pub struct Metrics {
     registry: Registry,
@@ -89,6 +99,8 @@ pub struct Metrics {
     pub auth_decisions: Family<AuthLabel, Counter>,
     /// Connections, messages and frames refused by an abuse limit.
     pub limit_refusals: Family<LimitLabel, Counter>,
+    /// REST GETs by request and by who answered them.
+    pub rest_requests: Family<RestLabel, Counter>,
     /// Alive tokio tasks, read from the runtime at scrape time: a leaked
     /// connection or watch task shows up here before it shows up in memory.
     pub tasks: Gauge,
@@ -124,6 +136,7 @@ impl Metrics {
             queue_bytes: Gauge::default(),
             auth_decisions: Family::default(),
             limit_refusals: Family::default(),
+            rest_requests: Family::default(),
             tasks: Gauge::default(),
         };
         registry.register(
@@ -213,6 +226,11 @@ impl Metrics {
             m.limit_refusals.clone(),
         );
         registry.register(
+            "rest_requests",
+            "REST GETs on /clusters/{cluster}/{path} by request (list, watch, get) and by who answered (shared_watch, cluster)",
+            m.rest_requests.clone(),
+        );
+        registry.register(
             "tasks",
             "Alive tokio tasks of the runtime serving the scrape",
             m.tasks.clone(),
@@ -236,6 +254,13 @@ impl Metrics {
     pub fn refused(&self, limit: &'static str) {
         self.limit_refusals
             .get_or_create(&LimitLabel { limit })
+            .inc();
+    }
+
+    /// Counts one REST GET: `request` answered by `served`.
+    pub fn rest(&self, request: &'static str, served: &'static str) {
+        self.rest_requests
+            .get_or_create(&RestLabel { request, served })
             .inc();
     }
 

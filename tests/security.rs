@@ -270,6 +270,14 @@ async fn passthrough_revocation_ends_shared_watches_and_cached_lists() {
     let rest = format!("/clusters/{CLUSTER}{PODS}");
     let alice = [("authorization", "Bearer alice-token")];
     assert_eq!(get_with(addr, &rest, &alice).await.0, 200);
+    let rest_watch = format!("{rest}?watch=1&timeoutSeconds=1");
+    let (status, body) = get_with(addr, &rest_watch, &alice).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        s.sim.watch_requests_by("alice", "pods"),
+        1,
+        "a REST watch streamed from her live watch"
+    );
 
     s.sim.auth().revoke_user("alice");
     let direct = get_with(s.sim.addr(), PODS, &alice).await;
@@ -277,6 +285,9 @@ async fn passthrough_revocation_ends_shared_watches_and_cached_lists() {
     let lists_before = s.sim.list_requests_by("alice", "pods");
     let (status, body) = get_with(addr, &rest, &alice).await;
     assert_eq!(status, 403, "no LIST from the live watch's store: {body}");
+    assert!(body.contains("may not list pods"), "{body}");
+    let (status, body) = get_with(addr, &rest_watch, &alice).await;
+    assert_eq!(status, 403, "no watch from the live watch either: {body}");
     assert!(body.contains("may not list pods"), "{body}");
     for tab in [&mut tab1, &mut tab2] {
         let err = ended(tab).await;

@@ -161,12 +161,130 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// Splits a request into its watch key and the subscriber's own parameters.
+/// A LIST's own parameters, read by [`normalize_list`]: what decides
+/// whether a shared watch's store may answer it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListParams {
+    /// `resourceVersion` as sent, if any.
+    pub resource_version: Option<String>,
+    /// `resourceVersionMatch` as sent, if any.
+    pub resource_version_match: Option<String>,
+    /// `limit`, if given (0 means no limit, as the API server reads it).
+    pub limit: Option<u64>,
+    /// `continue`, if given: a token of the cluster's own.
+    pub continue_token: Option<String>,
+}
+
+/// Whether a query is read as a watch or as a LIST.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Watch,
+    List,
+}
+
+/// What [`read`] found besides the key and the watch parameters.
+#[derive(Default)]
+struct Extra {
+    /// `sendInitialEvents` present at all, `false` included: the API
+    /// server's `*bool`.
+    initial_events_given: bool,
+    list: ListParams,
+}
+
+/// Splits a request into its watch key and the subscriber's own parameters,
+/// with the API server's rules for a watch's options.
 pub fn normalize(
     cluster: &str,
     path: &str,
     query: &str,
 ) -> Result<(WatchKey, ResourcePath, ClientParams), KeyError> {
+    let (key, resource, params, extra) = read(cluster, path, query, Verb::Watch)?;
+    // The API server's own rules for a watch's options (it answers 422).
+    match (
+        extra.initial_events_given,
+        params.resource_version_match.as_deref(),
+    ) {
+        (false, Some(_)) => {
+            return Err(KeyError::BadValue {
+                name: "resourceVersionMatch",
+                why: "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"
+                    .into(),
+            });
+        }
+        (_, Some(other)) if other != "NotOlderThan" => {
+            return Err(KeyError::BadValue {
+                name: "resourceVersionMatch",
+                why: format!(
+                    "{other:?} is not supported for watch: supported values: \"NotOlderThan\""
+                ),
+            });
+        }
+        (true, None) => {
+            return Err(KeyError::BadValue {
+                name: "sendInitialEvents",
+                why: "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"
+                    .into(),
+            });
+        }
+        _ => {}
+    }
+    Ok((key, resource, params))
+}
+
+/// Splits a LIST request (no `watch`, or `watch=false`) into its watch key
+/// and its own parameters, with the API server's rules for a list's options
+/// (apimachinery's `ValidateListOptions`): a combination it answers with
+/// 422 is an error here, so that the cluster gives that answer itself.
+pub fn normalize_list(
+    cluster: &str,
+    path: &str,
+    query: &str,
+) -> Result<(WatchKey, ResourcePath, ListParams), KeyError> {
+    let (key, resource, params, extra) = read(cluster, path, query, Verb::List)?;
+    let invalid = |why: &str| {
+        Err(KeyError::BadValue {
+            name: "resourceVersionMatch",
+            why: why.into(),
+        })
+    };
+    if params.watch {
+        return Err(KeyError::BadValue {
+            name: "watch",
+            why: "a watch is not a LIST".into(),
+        });
+    }
+    if extra.initial_events_given {
+        return Err(KeyError::BadValue {
+            name: "sendInitialEvents",
+            why: "sendInitialEvents is forbidden for list".into(),
+        });
+    }
+    let list = extra.list;
+    if let Some(rv_match) = list.resource_version_match.as_deref() {
+        if list.resource_version.is_none() {
+            return invalid("resourceVersionMatch is forbidden unless resourceVersion is provided");
+        }
+        if list.continue_token.is_some() {
+            return invalid("resourceVersionMatch is forbidden when continue is provided");
+        }
+        if rv_match == "Exact" && list.resource_version.as_deref() == Some("0") {
+            return invalid(
+                "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+            );
+        }
+    }
+    Ok((key, resource, list))
+}
+
+/// Reads a query for `verb`: the key's selectors, the subscriber's
+/// parameters and the rest, refusing what neither the watch nor the list
+/// grammar knows.
+fn read(
+    cluster: &str,
+    path: &str,
+    query: &str,
+    verb: Verb,
+) -> Result<(WatchKey, ResourcePath, ClientParams, Extra), KeyError> {
     if cluster.is_empty() {
         return Err(KeyError::Missing("clusterId"));
     }
@@ -179,11 +297,10 @@ pub fn normalize(
         });
     }
     let mut params = ClientParams::default();
+    let mut extra = Extra::default();
     let mut label: Option<String> = None;
     let mut field: Option<String> = None;
     let mut seen: Vec<String> = Vec::new();
-    // Present at all, `false` included: the API server's `*bool`.
-    let mut initial_events_given = false;
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         if seen.iter().any(|s| *s == name) {
             return Err(KeyError::DuplicateParam(truncate(&name)));
@@ -194,7 +311,7 @@ pub fn normalize(
             "fieldSelector" => field = Some(selector::canonical_fields(&value)?),
             "watch" => {
                 params.watch = parse_bool("watch", &value)?;
-                if !params.watch && !value.is_empty() {
+                if verb == Verb::Watch && !params.watch && !value.is_empty() {
                     return Err(KeyError::BadValue {
                         name: "watch",
                         why: "only watches are served here".into(),
@@ -229,7 +346,7 @@ pub fn normalize(
             }
             "sendInitialEvents" => {
                 params.send_initial_events = parse_bool("sendInitialEvents", &value)?;
-                initial_events_given = true;
+                extra.initial_events_given = true;
             }
             "timeoutSeconds" => {
                 let secs = value.parse::<u64>().map_err(|_| KeyError::BadValue {
@@ -241,40 +358,25 @@ pub fn normalize(
                 })?;
                 params.timeout_seconds = Some(secs);
             }
+            "limit" if verb == Verb::List => {
+                let limit = value.parse::<u64>().map_err(|_| KeyError::BadValue {
+                    name: "limit",
+                    why: format!("expected a whole number, got {:?}", truncate(&value)),
+                })?;
+                extra.list.limit = Some(limit);
+            }
+            "continue" if verb == Verb::List => {
+                if !value.is_empty() {
+                    extra.list.continue_token = Some(value.into_owned());
+                }
+            }
             // List-only parameters that a watch ignores, as the API server does.
             "limit" | "pretty" => {}
             other => return Err(KeyError::UnknownParam(truncate(other))),
         }
     }
-    // The API server's own rules for a watch's options (it answers 422).
-    match (
-        initial_events_given,
-        params.resource_version_match.as_deref(),
-    ) {
-        (false, Some(_)) => {
-            return Err(KeyError::BadValue {
-                name: "resourceVersionMatch",
-                why: "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"
-                    .into(),
-            });
-        }
-        (_, Some(other)) if other != "NotOlderThan" => {
-            return Err(KeyError::BadValue {
-                name: "resourceVersionMatch",
-                why: format!(
-                    "{other:?} is not supported for watch: supported values: \"NotOlderThan\""
-                ),
-            });
-        }
-        (true, None) => {
-            return Err(KeyError::BadValue {
-                name: "sendInitialEvents",
-                why: "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"
-                    .into(),
-            });
-        }
-        _ => {}
-    }
+    extra.list.resource_version = params.resource_version.clone();
+    extra.list.resource_version_match = params.resource_version_match.clone();
     let mut selectors = form_urlencoded::Serializer::new(String::new());
     if let Some(f) = field.filter(|f| !f.is_empty()) {
         selectors.append_pair("fieldSelector", &f);
@@ -288,7 +390,7 @@ pub fn normalize(
         selectors: selectors.finish().into(),
         identity: None,
     };
-    Ok((key, resource, params))
+    Ok((key, resource, params, extra))
 }
 
 /// Canonical forms of label and field selectors, so that equivalent selectors
@@ -551,6 +653,46 @@ mod tests {
                 "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
             )
             .is_ok()
+        );
+    }
+
+    #[test]
+    fn list_options_follow_validate_list_options() {
+        let list = |query: &str| normalize_list("c", "/api/v1/pods", query);
+        for refused in [
+            "resourceVersionMatch=Exact",
+            "resourceVersionMatch=NotOlderThan",
+            "resourceVersion=0&resourceVersionMatch=Exact",
+            "resourceVersion=5&resourceVersionMatch=NotOlderThan&continue=t",
+            "resourceVersion=5&resourceVersionMatch=Bogus",
+            "sendInitialEvents=true",
+            "sendInitialEvents=false",
+            "watch=1",
+            "limit=-1",
+        ] {
+            assert!(
+                matches!(list(refused), Err(KeyError::BadValue { .. })),
+                "{refused}"
+            );
+        }
+        let (_, _, p) =
+            list("resourceVersion=5&resourceVersionMatch=Exact&limit=2&watch=false").unwrap();
+        assert_eq!(p.resource_version.as_deref(), Some("5"));
+        assert_eq!(p.resource_version_match.as_deref(), Some("Exact"));
+        assert_eq!(p.limit, Some(2));
+        assert!(list("resourceVersion=0&resourceVersionMatch=NotOlderThan").is_ok());
+        let (_, _, p) = list("continue=abc&limit=3").unwrap();
+        assert_eq!(p.continue_token.as_deref(), Some("abc"));
+        assert_eq!(
+            list("labelSelector=a=1").unwrap().0,
+            key("watch=1&labelSelector=a=1")
+        );
+        assert!(
+            matches!(
+                normalize("c", "/api/v1/pods", "watch=1&continue=abc"),
+                Err(KeyError::UnknownParam(_))
+            ),
+            "a watch's grammar is unchanged"
         );
     }
 

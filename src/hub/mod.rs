@@ -22,7 +22,7 @@ use crate::cluster::{ClusterChange, Registry};
 use crate::metrics::Metrics;
 use crate::upstream::{self, UpstreamConfig, WatchTarget};
 pub use cache::HistoryLimits;
-pub use key::{ClientParams, KeyError, ResourcePath, WatchKey};
+pub use key::{ClientParams, KeyError, ListParams, ResourcePath, WatchKey};
 pub use local::LocalWatch;
 use shared::{SharedWatch, SubscriberId, Upstream};
 pub use subscriber::{EndReason, Overflow, Subscriber};
@@ -394,9 +394,21 @@ impl Hub {
     }
 
     /// A LIST answer for a collection, served from a live shared watch's
-    /// store without asking the cluster; `None` when no watch for that key
-    /// has listed yet (or the query is not one a watch can answer, such as
-    /// paging with `limit`/`continue`).
+    /// store without asking the cluster, when it is the answer the API
+    /// server would give; `None` when no watch for that key has listed yet,
+    /// or when only the cluster can answer:
+    ///
+    /// - paging (`limit` above 0, `continue`): the continue token is the
+    ///   cluster's own, so the first page must be the cluster's too;
+    /// - `resourceVersion=R` (match unset or `NotOlderThan`) with a store
+    ///   older than `R`, and `resourceVersionMatch=Exact` with a store not
+    ///   exactly at `R` (the store keeps only its current state);
+    /// - a version that is not a number, and any combination the API
+    ///   server refuses (its 422 is the cluster's to write).
+    ///
+    /// Without `resourceVersion` the API server answers its most recent
+    /// state; the store's is that of a watch that is live, so it may trail
+    /// the cluster by the events in flight.
     pub fn cached_list(
         &self,
         cluster: &str,
@@ -404,28 +416,23 @@ impl Hub {
         query: &str,
         identity: &Identity,
     ) -> Option<CachedList> {
-        if query
-            .split('&')
-            .any(|p| p.starts_with("limit=") || p.starts_with("continue="))
-        {
-            return None;
-        }
-        let (key, _, params) = key::normalize(cluster, path, query).ok()?;
-        if params.watch {
-            // A watch stream, as the API server answers `?watch=1`.
+        let (key, _, params) = key::normalize_list(cluster, path, query).ok()?;
+        if params.limit.is_some_and(|limit| limit > 0) || params.continue_token.is_some() {
             return None;
         }
         let key = identity.scope(key);
         let watch = self.inner.watches.get(&key)?.clone();
         let (item_kind, api_version, resource_version, items) = watch.snapshot_list()?;
-        // `resourceVersion=R` asks for a list not older than R; a store
-        // behind it (or a version it cannot compare) is for the cluster.
         if let Some(asked) = params.resource_version.as_deref().filter(|rv| *rv != "0") {
-            let behind = match (asked.parse::<u64>(), resource_version.parse::<u64>()) {
-                (Ok(asked), Ok(have)) => have < asked,
-                _ => true,
+            let (Ok(asked), Ok(have)) = (asked.parse::<u64>(), resource_version.parse::<u64>())
+            else {
+                return None;
             };
-            if behind {
+            let answers = match params.resource_version_match.as_deref() {
+                Some("Exact") => have == asked,
+                _ => have >= asked,
+            };
+            if !answers {
                 return None;
             }
         }
@@ -435,6 +442,26 @@ impl Hub {
             resource_version,
             items,
         })
+    }
+
+    /// Whether a shared watch for this watch request's key is live (has
+    /// listed and not stopped), so that [`Hub::subscribe`] joins it rather
+    /// than starting an upstream watch. `false` for a request that does not
+    /// name a watch key.
+    pub fn has_live_watch(
+        &self,
+        cluster: &str,
+        path: &str,
+        query: &str,
+        identity: &Identity,
+    ) -> bool {
+        let Ok((key, _, _)) = key::normalize(cluster, path, query) else {
+            return false;
+        };
+        self.inner
+            .watches
+            .get(&identity.scope(key))
+            .is_some_and(|watch| watch.is_live())
     }
 
     /// Ends every subscription with [`EndReason::Shutdown`] and stops every

@@ -184,6 +184,13 @@ impl SharedWatch {
         self.state.lock().subs.len()
     }
 
+    /// Whether the watch has listed and not stopped: a subscriber joining
+    /// it is served from its cache at once.
+    pub(super) fn is_live(&self) -> bool {
+        let st = self.state.lock();
+        st.listed && !st.stopped
+    }
+
     /// The current objects as a LIST answer would hold them, if the watch
     /// has listed: `(item kind, apiVersion, resourceVersion, raw objects)`.
     pub(super) fn snapshot_list(&self) -> Option<(String, String, String, Vec<bytes::Bytes>)> {

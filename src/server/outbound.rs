@@ -53,6 +53,11 @@ impl Frame {
         }
     }
 
+    /// The parts, in the order they are written.
+    pub fn parts(&self) -> &[Bytes; 4] {
+        &self.parts
+    }
+
     /// Total length in bytes.
     pub fn len(&self) -> usize {
         self.parts.iter().map(Bytes::len).sum()

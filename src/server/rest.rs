@@ -2,22 +2,27 @@
 //! GETs (`/clusters/{cluster}/{path}`), answered from a live shared watch's
 //! store when one exists, otherwise forwarded to the cluster.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use serde_json::json;
 use tracing::debug;
 
 use super::AppState;
+use super::outbound::{Frame, Out, Outbound};
 use super::status::{ClusterStatus, is_operator};
 use crate::api_path::{self, ApiPath};
 use crate::auth::credentials::Credentials;
 use crate::auth::policy::{AuthMode, Denied};
 use crate::auth::review::ReviewError;
 use crate::cluster::Cluster;
-use crate::hub::Identity;
+use crate::hub::{EndReason, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
+use crate::upstream::event::WatchEvent;
 
 fn json_error(code: StatusCode, message: String) -> Response {
     (code, axum::Json(json!({ "error": message }))).into_response()
@@ -134,15 +139,44 @@ pub(super) async fn kubernetes(
     if reviewed && let Err(refusal) = review(&state, &target, &credentials, &full, &parsed).await {
         return refusal;
     }
-    if let Some(list) = state.hub.cached_list(&cluster, &full, &query, &identity) {
+    let metrics = state.hub.metrics().clone();
+    let request = match &parsed {
+        _ if asks_watch(&query) => "watch",
+        ApiPath::Resource {
+            name: None,
+            subresource: None,
+            ..
+        } => "list",
+        _ => "get",
+    };
+    if request == "watch"
+        && numeric_version(&query)
+        && state.hub.has_live_watch(&cluster, &full, &query, &identity)
+    {
+        if !reviewed
+            && let Err(refusal) = review(&state, &target, &credentials, &full, &parsed).await
+        {
+            return refusal;
+        }
+        if let Some(stream) = watch_stream(&state, &cluster, &full, &query, &identity) {
+            debug!(cluster = %cluster, path = %full, "watch served from a shared watch");
+            metrics.rest(request, "shared_watch");
+            return stream;
+        }
+    }
+    if request == "list"
+        && let Some(list) = state.hub.cached_list(&cluster, &full, &query, &identity)
+    {
         if !reviewed
             && let Err(refusal) = review(&state, &target, &credentials, &full, &parsed).await
         {
             return refusal;
         }
         debug!(cluster = %cluster, path = %full, "LIST served from a shared watch");
+        metrics.rest(request, "shared_watch");
         return ([(header::CONTENT_TYPE, "application/json")], list.to_json()).into_response();
     }
+    metrics.rest(request, "cluster");
     let uri = if query.is_empty() {
         full
     } else {
@@ -181,6 +215,168 @@ pub(super) async fn kubernetes(
             StatusCode::BAD_GATEWAY,
             format!("cluster {cluster:?} did not answer: {e}"),
         ),
+    }
+}
+
+/// Whether a GET asks for a watch stream: its `watch` parameter is true as
+/// the API server reads it (Go's `strconv.ParseBool`, first value).
+fn asks_watch(query: &str) -> bool {
+    first(query, "watch")
+        .is_some_and(|value| matches!(value.as_ref(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+}
+
+/// Whether a watch's `resourceVersion` is unset or a number: any other the
+/// API server refuses before it streams (an HTTP 500, not an in-band
+/// event), and a cluster with opaque versions is the one to place it, so
+/// either way it is the cluster's to answer.
+fn numeric_version(query: &str) -> bool {
+    first(query, "resourceVersion").is_none_or(|rv| rv.is_empty() || rv.parse::<u64>().is_ok())
+}
+
+/// The first value of a query parameter.
+fn first<'q>(query: &'q str, name: &str) -> Option<std::borrow::Cow<'q, str>> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(n, _)| n == name)
+        .map(|(_, value)| value)
+}
+
+/// A watch stream served by a hub subscription, in the API server's wire
+/// format: a chunked `application/json` body of one
+/// `{"type":…,"object":…}` line per event. The subscription has every
+/// semantic of a dialect's (resume from the history or a backfill, the
+/// cluster's 410 as an in-band `ERROR`, bookmarks, `timeoutSeconds`,
+/// `sendInitialEvents`); the events wait in an [`Outbound`] queue with the
+/// WebSocket connections' bounds, so a reader too slow for them is ended as
+/// a slow consumer, as the API server ends a watcher that cannot keep up: the
+/// response ends cleanly after what was queued, and the client watches
+/// again from the last version it read. `None` when the hub refuses the
+/// subscription (the cluster then answers).
+fn watch_stream(
+    state: &AppState,
+    cluster: &str,
+    path: &str,
+    query: &str,
+    identity: &Identity,
+) -> Option<Response> {
+    let outbound = Arc::new(Outbound::new(
+        state.config.queue,
+        state.hub.metrics().clone(),
+    ));
+    let sink = Arc::new(WatchSink {
+        outbound: outbound.clone(),
+    });
+    let request = SubscribeRequest {
+        cluster,
+        path,
+        query,
+        identity,
+    };
+    let subscription = match state.hub.subscribe(request, sink) {
+        Ok(subscription) => subscription,
+        Err(e) => {
+            debug!(cluster = %cluster, path = %path, error = %e, "watch not served from a shared watch");
+            outbound.shut();
+            return None;
+        }
+    };
+    let body = WatchBody {
+        outbound,
+        _subscription: subscription,
+        done: false,
+    };
+    let stream = futures::stream::unfold(body, |mut body| async move {
+        let chunk = body.next_chunk().await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(chunk), body))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Some(response)
+}
+
+/// The hub's side of a REST watch: each event's line, newline-terminated,
+/// into the response's queue.
+struct WatchSink {
+    outbound: Arc<Outbound>,
+}
+
+impl WatchSink {
+    fn line(event: &WatchEvent) -> Frame {
+        Frame::from_parts([
+            event.line().clone(),
+            Bytes::from_static(b"\n"),
+            Bytes::new(),
+            Bytes::new(),
+        ])
+    }
+}
+
+impl Subscriber for WatchSink {
+    fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
+        self.outbound.push(Self::line(event))
+    }
+
+    /// The API server says nothing in a watch stream about its own
+    /// trouble reaching etcd; neither does kubemux (the stream continues).
+    fn warning(&self, message: &str) {
+        debug!(%message, "upstream trouble during a REST watch");
+    }
+
+    /// Ends the response: cleanly (its timeout, the cluster's 410 already
+    /// sent, a slow reader, shutdown), or after an in-band `ERROR` Status
+    /// naming why the watch cannot go on.
+    fn end(&self, reason: EndReason) {
+        if let EndReason::Failed(message) = reason {
+            let status = WatchEvent::status(500, "InternalError", &message);
+            self.outbound.push_forced(Self::line(&status));
+        }
+        self.outbound.close_with(1000, "");
+    }
+}
+
+/// The response body of a REST watch; dropping it (the client went away,
+/// or the stream ended) unsubscribes and releases what is still queued.
+struct WatchBody {
+    outbound: Arc<Outbound>,
+    _subscription: Subscription,
+    done: bool,
+}
+
+impl WatchBody {
+    /// Everything queued, as one chunk; `None` once the subscription ended.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        let mut batch = Vec::new();
+        self.outbound.next_batch(&mut batch).await;
+        let mut chunk = BytesMut::new();
+        for out in batch {
+            match out {
+                Out::Text(frame) => {
+                    for part in frame.parts() {
+                        chunk.extend_from_slice(part);
+                    }
+                }
+                Out::Close(..) => {
+                    self.done = true;
+                    break;
+                }
+                Out::Ping => {}
+            }
+        }
+        if chunk.is_empty() && self.done {
+            return None;
+        }
+        Some(chunk.freeze())
+    }
+}
+
+impl Drop for WatchBody {
+    fn drop(&mut self) {
+        self.outbound.shut();
     }
 }
 
