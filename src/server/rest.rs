@@ -14,7 +14,7 @@ use serde_json::json;
 use tracing::debug;
 
 use super::AppState;
-use super::outbound::{Frame, Out, Outbound};
+use super::outbound::{Frame, Out, Outbound, Replay};
 use super::status::{ClusterStatus, is_operator};
 use crate::api_path::{self, ApiPath};
 use crate::auth::credentials::Credentials;
@@ -281,6 +281,7 @@ fn watch_stream(
     };
     let body = WatchBody {
         outbound,
+        pending: std::collections::VecDeque::new(),
         _subscription: subscription,
         done: false,
     };
@@ -295,6 +296,9 @@ fn watch_stream(
     );
     Some(response)
 }
+
+/// Bytes of a replay sent per chunk of a REST watch's body.
+const REPLAY_CHUNK: usize = 64 * 1024;
 
 /// The hub's side of a REST watch: each event's line, newline-terminated,
 /// into the response's queue.
@@ -316,6 +320,13 @@ impl WatchSink {
 impl Subscriber for WatchSink {
     fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
         self.outbound.push(Self::line(event))
+    }
+
+    fn replay(&self, events: Vec<Arc<WatchEvent>>) -> Result<(), Overflow> {
+        self.outbound.push_replay(Replay::new(
+            events.into_iter().map(|event| Self::line(&event)),
+        ));
+        Ok(())
     }
 
     /// The API server says nothing in a watch stream about its own
@@ -340,24 +351,44 @@ impl Subscriber for WatchSink {
 /// or the stream ended) unsubscribes and releases what is still queued.
 struct WatchBody {
     outbound: Arc<Outbound>,
+    /// Taken from the queue, not yet sent (the rest of a replay).
+    pending: std::collections::VecDeque<Out>,
     _subscription: Subscription,
     done: bool,
 }
 
 impl WatchBody {
-    /// Everything queued, as one chunk; `None` once the subscription ended.
+    /// What is queued, as one chunk (a replay in pieces of about
+    /// [`REPLAY_CHUNK`] bytes); `None` once the subscription ended.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.done {
             return None;
         }
-        let mut batch = Vec::new();
-        self.outbound.next_batch(&mut batch).await;
+        if self.pending.is_empty() {
+            let mut batch = Vec::new();
+            self.outbound.next_batch(&mut batch).await;
+            self.pending.extend(batch);
+        }
         let mut chunk = BytesMut::new();
-        for out in batch {
+        while let Some(out) = self.pending.pop_front() {
             match out {
                 Out::Text(frame) => {
                     for part in frame.parts() {
                         chunk.extend_from_slice(part);
+                    }
+                }
+                Out::Replay(mut replay) => {
+                    for frame in replay.by_ref() {
+                        for part in frame.parts() {
+                            chunk.extend_from_slice(part);
+                        }
+                        if chunk.len() >= REPLAY_CHUNK {
+                            break;
+                        }
+                    }
+                    if chunk.len() >= REPLAY_CHUNK {
+                        self.pending.push_front(Out::Replay(replay));
+                        break;
                     }
                 }
                 Out::Close(..) => {
