@@ -72,11 +72,14 @@ async fn contexts_and_reachability_become_notifications() {
     let mut main = Client::connect(&format!("ws://{}/ws/clusters", server.addr())).await;
     let mut own = Client::connect(&format!("ws://{}/ws", server.extra_addrs()[0])).await;
 
-    eventually("node counts are known", || {
-        registry.get("one").unwrap().health().nodes_total.is_some()
-    })
-    .await;
-    let (code, record) = cluster_record(server.addr(), "one").await;
+    let (code, record) = loop {
+        // Known once the feed's nodes watch has listed.
+        let (code, record) = cluster_record(server.addr(), "one").await;
+        if code != 200 || !record["nodesTotal"].is_null() {
+            break (code, record);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(code, 200);
     assert_eq!(record["name"], "one");
     assert_eq!(record["reachable"], true);
