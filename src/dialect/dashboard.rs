@@ -416,7 +416,11 @@ impl Dashboard {
     fn shows_pods_of(&self, ns: &str) -> bool {
         self.streams.values().any(|l| {
             matches!(l.target.stream, Stream::Pods(_))
-                && l.target.resource.namespace.as_deref().is_none_or(|n| n == ns)
+                && l.target
+                    .resource
+                    .namespace
+                    .as_deref()
+                    .is_none_or(|n| n == ns)
         })
     }
 
@@ -434,7 +438,10 @@ impl Dashboard {
     fn send_initial_state(&mut self) {
         let mut data = serde_json::Map::new();
         if self.shows_nodes() {
-            data.insert("nodes".into(), json!(self.nodes.values().collect::<Vec<_>>()));
+            data.insert(
+                "nodes".into(),
+                json!(self.nodes.values().collect::<Vec<_>>()),
+            );
         }
         if self.shows_pods() {
             data.insert("pods".into(), json!(self.pods.values().collect::<Vec<_>>()));
@@ -468,9 +475,7 @@ impl Dashboard {
         let nodes = self.shows_nodes();
         let pods = self.shows_pods();
         let ready = self.nodes.values().filter(|n| n.status == "Ready").count();
-        let phase = |p: &str| {
-            pods.then(|| self.pods.values().filter(|x| x.phase == p).count())
-        };
+        let phase = |p: &str| pods.then(|| self.pods.values().filter(|x| x.phase == p).count());
         let message = json!({
             "type": "metrics",
             "data": {
@@ -610,7 +615,10 @@ impl Dashboard {
             let token = credentials.token_for(cluster.id());
             let mut revoked = Vec::new();
             for target in targets {
-                let Err(e) = reviewer.check(&cluster, token, &target.resource, true).await else {
+                let Err(e) = reviewer
+                    .check(&cluster, token, &target.resource, true)
+                    .await
+                else {
                     continue;
                 };
                 match &e {
@@ -790,7 +798,10 @@ async fn admit(
         return Ok(Ok((target, identity)));
     };
     let token = credentials.token_for(cluster.id());
-    let Err(e) = reviewer.check(cluster, token, &target.resource, false).await else {
+    let Err(e) = reviewer
+        .check(cluster, token, &target.resource, false)
+        .await
+    else {
         return Ok(Ok((target, identity)));
     };
     match &e {
@@ -884,7 +895,15 @@ pub async fn serve(
                     health.last_error.as_deref().unwrap_or_default(),
                 ));
             }
-            subscribe_streams(&mut dashboard, &config.policy, &cluster, &credentials, wanted.as_ref(), &tx).await;
+            subscribe_streams(
+                &mut dashboard,
+                &config.policy,
+                &cluster,
+                &credentials,
+                wanted.as_ref(),
+                &tx,
+            )
+            .await;
         }
     }
     let ctx = ConnContext {
@@ -938,7 +957,11 @@ async fn subscribe_streams(
         }
     }
     if !denials.is_empty() {
-        debug!(cluster = cluster.id(), denied = denials.len(), "dashboard streams refused");
+        debug!(
+            cluster = cluster.id(),
+            denied = denials.len(),
+            "dashboard streams refused"
+        );
         outbound.push_forced(permission_denied(
             "Insufficient RBAC permissions to watch",
             &denials,
