@@ -1005,3 +1005,30 @@ async fn subscribe_streams(
         outbound.close_with(code, "nothing to show");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_target_per_stream_each_naming_its_scope() {
+        let wanted: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+        let some = targets(Some(&wanted)).unwrap();
+        let paths: Vec<&str> = some.iter().map(|t| t.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/api/v1/nodes",
+                "/api/v1/namespaces",
+                "/api/v1/namespaces/a/pods",
+                "/api/v1/namespaces/b/pods"
+            ]
+        );
+        assert_eq!(some[3].stream, Stream::Pods(1));
+        assert_eq!(some[0].scope(), "cluster-wide");
+        assert_eq!(some[2].scope(), "in namespace 'a'");
+        let all = targets(None).unwrap();
+        assert_eq!(all[2].path, "/api/v1/pods");
+        assert_eq!(all[2].scope(), "in all namespaces");
+    }
+}
