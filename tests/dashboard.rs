@@ -574,3 +574,358 @@ async fn a_client_that_never_answers_pings_is_closed_with_1008() {
     .await;
     assert_closed_for_no_pong(env.server.addr(), "/ws/dashboard").await;
 }
+
+/// Partial permissions (issue 15, item 11): the simulator's RBAC, in the
+/// `shared` and `passthrough` auth modes.
+mod permissions {
+    use super::*;
+    use futures::StreamExt;
+    use kubemux::auth::policy::Policy;
+    use kubemux::auth::review::Reviewer;
+    use kubemux::metrics::Metrics;
+    use kubemux::sim::{Rule, SimAuth, UserInfo};
+    use std::sync::Arc;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    #[derive(Clone, Copy)]
+    enum Mode {
+        Shared,
+        Passthrough,
+    }
+
+    fn pods_in(ns: &str) -> Rule {
+        Rule::allow(["list", "watch"], ["pods"])
+            .users(["u0"])
+            .api_groups([""])
+            .namespaces([ns])
+    }
+
+    fn nodes() -> Rule {
+        Rule::allow(["list", "watch"], ["nodes"])
+            .users(["u0"])
+            .api_groups([""])
+    }
+
+    async fn env(mode: Mode, rules: Vec<Rule>) -> Env {
+        let mut auth = SimAuth::new()
+            .with_admin_token("admin-token")
+            .with_token("token-u0", UserInfo::new("u0", "uid-0", ["team"]));
+        for rule in rules {
+            auth = auth.with_rule(rule);
+        }
+        let reviewer = Arc::new(Reviewer::new(
+            Duration::from_secs(30),
+            Arc::new(Metrics::new()),
+        ));
+        let recheck = Duration::from_millis(200);
+        let policy = match mode {
+            Mode::Shared => Policy::shared(reviewer, recheck),
+            Mode::Passthrough => Policy::passthrough(reviewer, recheck),
+        };
+        start(
+            SimConfig {
+                auth: Some(auth),
+                ..SimConfig::default()
+            },
+            quick_hub(),
+            ServerConfig {
+                policy,
+                dashboard_metrics_interval: Duration::from_millis(200),
+                ..ServerConfig::default()
+            },
+        )
+        .await
+    }
+
+    async fn open(env: &Env, query: &str) -> Client {
+        let mut req = format!("ws://{}/ws/dashboard{query}", env.server.addr())
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", "Bearer token-u0".parse().unwrap());
+        let mut c = Client {
+            ws: tokio_tungstenite::connect_async(req).await.unwrap().0,
+        };
+        assert_eq!(c.frame().await["type"], "connection");
+        c
+    }
+
+    /// `(resource, namespace)` of each stream a PERMISSION_DENIED names.
+    fn denied(frame: &Value) -> Vec<(String, Option<String>)> {
+        assert_eq!(frame["type"], "error", "{frame}");
+        assert_eq!(frame["error"]["code"], "PERMISSION_DENIED", "{frame}");
+        let mut out: Vec<_> = frame["error"]["denied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let resource = d["resource"].as_str().unwrap().to_string();
+                let ns = d["namespace"].as_str().map(str::to_string);
+                let words = match &ns {
+                    Some(ns) => format!("'{resource}' in namespace '{ns}'"),
+                    None => format!("'{resource}'"),
+                };
+                let details = frame["error"]["details"].as_str().unwrap();
+                assert!(details.contains(&words), "{words} in {details}");
+                (resource, ns)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn named(list: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+        let mut out: Vec<_> = list
+            .iter()
+            .map(|(r, ns)| (r.to_string(), ns.map(str::to_string)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Patches a pod of `ns` at the simulator; returns its name.
+    fn touch_pod(env: &Env, ns: &str, mark: &str) -> String {
+        let (pods, _) = env.sim.store().list("pods", Some(ns), None, None).unwrap();
+        let name = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+        env.sim
+            .store()
+            .merge_patch(
+                "pods",
+                Some(ns),
+                &name,
+                &json!({"metadata": {"labels": {"mark": mark}}}),
+            )
+            .unwrap();
+        name
+    }
+
+    /// Reads frames until a `pod_event` for `name` (checking every pod
+    /// event is in `ns`), returning the other error frames seen.
+    async fn until_pod_event(c: &mut Client, ns: &str, name: &str) -> Vec<Value> {
+        let mut errors = Vec::new();
+        loop {
+            let frame = c.frame().await;
+            let events: Vec<Value> = match frame["type"].as_str().unwrap() {
+                "pod_event" => vec![frame.clone()],
+                "batch" => frame["events"].as_array().unwrap().clone(),
+                "error" => {
+                    errors.push(frame);
+                    continue;
+                }
+                _ => continue,
+            };
+            for e in events {
+                assert_eq!(e["type"], "pod_event", "{e}");
+                assert_eq!(e["data"]["namespace"], ns, "{e}");
+                if e["data"]["name"] == name {
+                    return errors;
+                }
+            }
+        }
+    }
+
+    /// Reads until the socket closes; the close code.
+    async fn close_code(c: &mut Client) -> Option<u16> {
+        while let Ok(Some(msg)) = tokio::time::timeout(PATIENCE, c.ws.next()).await {
+            match msg {
+                Ok(Message::Close(frame)) => return frame.map(|f| f.code.into()),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        panic!("the socket was left open");
+    }
+
+    /// Who may watch pods in `default` only sees them, and is told exactly
+    /// what they may not watch.
+    async fn only_pods_of_one_namespace(mode: Mode) {
+        let env = env(mode, vec![pods_in("default")]).await;
+        // A stray comma names no namespace (it once made `/namespaces//pods`).
+        let mut c = open(&env, "?namespaces=default,,kube-system,").await;
+        let error = c.frame().await;
+        assert_eq!(
+            denied(&error),
+            named(&[
+                ("namespaces", None),
+                ("nodes", None),
+                ("pods", Some("kube-system")),
+            ]),
+            "{error}"
+        );
+        let initial = c.frame().await;
+        assert_eq!(initial["type"], "initial_state", "{initial}");
+        let keys: Vec<&String> = initial["data"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["pods"], "only the pods stream is shown: {initial}");
+        let shown: BTreeMap<String, String> = initial["data"]["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                assert_eq!(p["namespace"], "default", "{p}");
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p["phase"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let (pods, _) = env
+            .sim
+            .store()
+            .list("pods", Some("default"), None, None)
+            .unwrap();
+        assert_eq!(shown.len(), pods.len());
+        touch_pod(&env, "kube-system", "unseen");
+        let name = touch_pod(&env, "default", "seen");
+        let errors = until_pod_event(&mut c, "default", &name).await;
+        assert!(errors.is_empty(), "no further error: {errors:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shared_mode_shows_the_permitted_streams_and_names_the_rest() {
+        only_pods_of_one_namespace(Mode::Shared).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passthrough_mode_shows_the_permitted_streams_and_names_the_rest() {
+        only_pods_of_one_namespace(Mode::Passthrough).await;
+    }
+
+    /// A permission lost stops its stream alone; losing the last closes
+    /// the socket with 1008 after naming it.
+    async fn a_revocation_stops_only_its_stream(mode: Mode) {
+        let env = env(mode, vec![pods_in("default"), nodes()]).await;
+        let mut c = open(&env, "?namespaces=default").await;
+        assert_eq!(denied(&c.frame().await), named(&[("namespaces", None)]));
+        let initial = c.frame().await;
+        assert_eq!(initial["type"], "initial_state", "{initial}");
+        assert!(initial["data"]["nodes"].is_array(), "{initial}");
+        assert!(initial["data"]["namespaces"].is_null(), "{initial}");
+
+        env.sim.auth().set_rules(vec![pods_in("default")]).unwrap();
+        let revoked = loop {
+            let frame = c.frame().await;
+            if frame["type"] == "error" {
+                break frame;
+            }
+        };
+        assert_eq!(denied(&revoked), named(&[("nodes", None)]), "{revoked}");
+        let name = touch_pod(&env, "default", "after-nodes");
+        let errors = until_pod_event(&mut c, "default", &name).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        loop {
+            let frame = c.frame().await;
+            if frame["type"] == "metrics" {
+                assert!(frame["data"]["totalNodes"].is_null(), "{frame}");
+                assert!(frame["data"]["totalPods"].is_u64(), "{frame}");
+                break;
+            }
+        }
+
+        env.sim.auth().set_rules(Vec::new()).unwrap();
+        let last = loop {
+            let frame = c.frame().await;
+            if frame["type"] == "error" {
+                break frame;
+            }
+        };
+        assert_eq!(denied(&last), named(&[("pods", Some("default"))]), "{last}");
+        assert_eq!(close_code(&mut c).await, Some(1008));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shared_mode_revocation_stops_only_the_revoked_stream() {
+        a_revocation_stops_only_its_stream(Mode::Shared).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passthrough_mode_revocation_stops_only_the_revoked_stream() {
+        a_revocation_stops_only_its_stream(Mode::Passthrough).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_user_who_may_watch_nothing_is_told_and_closed() {
+        let env = env(Mode::Passthrough, Vec::new()).await;
+        let mut c = open(&env, "").await;
+        assert_eq!(
+            denied(&c.frame().await),
+            named(&[("namespaces", None), ("nodes", None), ("pods", None)])
+        );
+        assert_eq!(close_code(&mut c).await, Some(1008));
+    }
+}
+
+/// `/api/clusters/{name}`'s node counts while a nodes watch runs, and none
+/// (with the reason) once it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_counts_follow_the_nodes_and_are_absent_when_unknown() {
+    let env = start(SimConfig::default(), quick_hub(), dashboard_config()).await;
+    let record = || async {
+        let body = http_get_body(env.server.addr(), &format!("/api/clusters/{CLUSTER}")).await;
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let before = record().await;
+    assert!(before["nodesTotal"].is_null(), "{before}");
+    assert!(before["nodesReady"].is_null(), "{before}");
+    assert!(before["nodesUnknown"].is_string(), "{before}");
+
+    let truth = |env: &Env| {
+        let (nodes, _) = env.sim.store().list("nodes", None, None, None).unwrap();
+        let ready = nodes
+            .iter()
+            .filter(|n| {
+                n["status"]["conditions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+            .count();
+        (ready, nodes)
+    };
+    let follows = |want: (usize, usize)| async move {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let r = record().await;
+                if r["nodesReady"] == want.0 && r["nodesTotal"] == want.1 {
+                    assert!(r.get("nodesUnknown").is_none(), "{r}");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("counts never became {want:?}"));
+    };
+    let (dash, _) = connect(&env, "").await;
+    let (ready, nodes) = truth(&env);
+    follows((ready, nodes.len())).await;
+
+    let first = nodes[1]["metadata"]["name"].as_str().unwrap().to_string();
+    env.sim
+        .store()
+        .merge_patch(
+            "nodes",
+            None,
+            &first,
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+        )
+        .unwrap();
+    let second = nodes[2]["metadata"]["name"].as_str().unwrap().to_string();
+    env.sim.store().delete("nodes", None, &second).unwrap();
+    let (ready, nodes) = truth(&env);
+    follows((ready, nodes.len())).await;
+
+    drop(dash);
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let r = record().await;
+            if r["nodesTotal"].is_null() && r["nodesUnknown"].is_string() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("counts are left out once no nodes watch runs");
+}

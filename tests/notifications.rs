@@ -72,11 +72,18 @@ async fn contexts_and_reachability_become_notifications() {
     let mut main = Client::connect(&format!("ws://{}/ws/clusters", server.addr())).await;
     let mut own = Client::connect(&format!("ws://{}/ws", server.extra_addrs()[0])).await;
 
-    eventually("node counts are known", || {
-        registry.get("one").unwrap().health().nodes_total.is_some()
+    // Known once the feed's nodes watch has listed.
+    let (code, record) = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let (code, record) = cluster_record(server.addr(), "one").await;
+            if code != 200 || !record["nodesTotal"].is_null() {
+                return (code, record);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     })
-    .await;
-    let (code, record) = cluster_record(server.addr(), "one").await;
+    .await
+    .expect("node counts become known");
     assert_eq!(code, 200);
     assert_eq!(record["name"], "one");
     assert_eq!(record["reachable"], true);

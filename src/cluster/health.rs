@@ -21,12 +21,8 @@ pub struct Health {
     pub last_error: Option<String>,
     /// When the API server last answered (RFC 3339).
     pub last_seen: Option<String>,
-    /// When `reachable`, `version` or the node counts last changed (RFC 3339).
+    /// When `reachable` or `version` last changed (RFC 3339).
     pub last_change: Option<String>,
-    /// Nodes whose Ready condition is True, once a nodes watch has counted them.
-    pub nodes_ready: Option<u32>,
-    /// All nodes, once counted.
-    pub nodes_total: Option<u32>,
 }
 
 fn now_rfc3339() -> String {
@@ -34,18 +30,6 @@ fn now_rfc3339() -> String {
 }
 
 impl Cluster {
-    /// Records node counts (from a nodes watch); returns whether they changed.
-    pub fn set_node_counts(&self, ready: u32, total: u32) -> bool {
-        let mut health = self.health.write();
-        let changed = health.nodes_ready != Some(ready) || health.nodes_total != Some(total);
-        if changed {
-            health.nodes_ready = Some(ready);
-            health.nodes_total = Some(total);
-            health.last_change = Some(now_rfc3339());
-        }
-        changed
-    }
-
     /// Probes the API server once (`GET /version`) and records the result.
     pub async fn probe(&self, timeout: Duration) {
         let result = tokio::time::timeout(timeout, self.client.apiserver_version()).await;

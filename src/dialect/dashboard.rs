@@ -9,6 +9,15 @@
 //! soon as a token is available; nothing is dropped. A batch that would
 //! exceed the 10 MB message limit is replaced by a `RATE_LIMITED` error
 //! followed by a fresh `initial_state`, so the client's state stays exact.
+//!
+//! Permissions are per stream: each of nodes, namespaces and pods (per
+//! namespace asked for) is reviewed on its own, so a user who may watch
+//! only some of them gets those. The ones refused are named, resource and
+//! namespace, in one `PERMISSION_DENIED` error (sent before
+//! `initial_state`, whose `data` then carries only the streams shown). A
+//! re-check that finds one permission gone stops that stream alone with a
+//! `PERMISSION_DENIED` naming it; the socket closes (1008) only when no
+//! stream is left, so a refused client is never left on a silent socket.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -17,10 +26,13 @@ use std::time::{Duration, Instant};
 use crate::server::WebSocket;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::debug;
 
 use super::dashboard_view::{self, NamespaceView, NodeView, PodView};
 use crate::auth::credentials::Credentials;
+use crate::auth::policy::Policy;
 use crate::auth::review::{ReviewError, Reviewer};
+use crate::cluster::Cluster;
 use crate::hub::ResourcePath;
 use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
 use crate::server::ServerConfig;
@@ -46,6 +58,9 @@ const QUERY: &str = "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlde
 /// Most live events waiting for the connection's task; a stream's initial
 /// state is one of them, whatever its size.
 const EVENT_NOTICES: usize = 65_536;
+/// Close code when every stream ended for a reason other than permissions
+/// (RFC 6455's "unexpected condition"): reconnecting may help.
+const CLOSE_WATCHES_ENDED: u16 = 1011;
 
 fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -59,26 +74,130 @@ enum Stream {
     Pods(usize),
 }
 
+/// One collection a dashboard shows. Built once from the URL by
+/// [`targets`]; admission, subscription, re-checks and error messages all
+/// read the same list.
+#[derive(Clone, Debug)]
+struct Target {
+    stream: Stream,
+    path: String,
+    resource: ResourcePath,
+}
+
+impl Target {
+    /// Where the permission is missing, in seed 001's words.
+    fn scope(&self) -> String {
+        match (&self.resource.namespace, self.stream) {
+            (Some(ns), _) => format!("in namespace '{ns}'"),
+            (None, Stream::Pods(_)) => "in all namespaces".to_string(),
+            (None, _) => "cluster-wide".to_string(),
+        }
+    }
+}
+
+/// The streams for a dashboard showing `wanted` namespaces (all when
+/// `None`): nodes, namespaces, and pods of each namespace (or of all).
+fn targets(wanted: Option<&BTreeSet<String>>) -> Result<Vec<Target>, String> {
+    let mut paths = vec![
+        (Stream::Nodes, "/api/v1/nodes".to_string()),
+        (Stream::Namespaces, "/api/v1/namespaces".to_string()),
+    ];
+    match wanted {
+        None => paths.push((Stream::Pods(0), "/api/v1/pods".to_string())),
+        Some(ns) => paths.extend(
+            ns.iter()
+                .enumerate()
+                .map(|(i, n)| (Stream::Pods(i), format!("/api/v1/namespaces/{n}/pods"))),
+        ),
+    }
+    paths
+        .into_iter()
+        .map(|(stream, path)| {
+            let resource = crate::hub::key::parse_path(&path).map_err(|e| e.to_string())?;
+            Ok(Target {
+                stream,
+                path,
+                resource,
+            })
+        })
+        .collect()
+}
+
+/// A stream the caller may not watch: the verb the authorizer refused and
+/// its full answer.
+#[derive(Clone, Debug)]
+struct Denial {
+    target: Target,
+    verb: String,
+    reason: String,
+}
+
+/// Seed 001's `PERMISSION_DENIED` error naming every refused stream, with
+/// the same list machine-readable in `error.denied`.
+fn permission_denied(lead: &str, denials: &[Denial]) -> Frame {
+    let mut resources: Vec<&str> = denials
+        .iter()
+        .map(|d| d.target.resource.resource.as_str())
+        .collect();
+    resources.dedup();
+    let details = denials
+        .iter()
+        .map(|d| {
+            format!(
+                "Missing '{}' permission on '{}' {}",
+                d.verb,
+                d.target.resource.resource,
+                d.target.scope()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let denied: Vec<Value> = denials
+        .iter()
+        .map(|d| {
+            json!({
+                "resource": d.target.resource.resource,
+                "namespace": d.target.resource.namespace,
+                "verb": d.verb,
+                "reason": d.reason,
+            })
+        })
+        .collect();
+    Frame::text(
+        json!({
+            "type": "error",
+            "error": {
+                "code": "PERMISSION_DENIED",
+                "message": format!("{lead} {}", resources.join(", ")),
+                "details": details,
+                "denied": denied,
+            },
+            "timestamp": now(),
+        })
+        .to_string(),
+    )
+}
+
 /// Notices from the dashboard's subscriptions.
 enum Notice {
     Event(Stream, Arc<WatchEvent>),
     /// What a stream was owed when it joined (its initial state), in order.
     Replay(Stream, Vec<Arc<WatchEvent>>),
+    /// A transient upstream problem; the stream goes on.
     Problem(Stream, String),
-    /// A periodic re-check (shared auth mode) found access revoked.
-    Revoked(String),
+    /// The hub ended the stream's subscription.
+    Ended(Stream, String),
+    /// A periodic re-check found these streams' permissions gone.
+    Revoked(Vec<Denial>),
+    /// A periodic re-check found the caller no longer authenticated.
+    Refused(String),
 }
 
-/// What the `shared` auth mode re-checks every interval for a dashboard.
-pub struct Recheck {
-    /// The reviewer.
-    pub reviewer: Arc<Reviewer>,
-    /// Interval of re-checks.
-    pub every: Duration,
-    /// The caller's credentials.
-    pub credentials: Credentials,
-    /// Every resource the dashboard shows.
-    pub resources: Vec<ResourcePath>,
+/// What the `shared` and `passthrough` auth modes re-check every interval.
+struct Recheck {
+    reviewer: Arc<Reviewer>,
+    every: Duration,
+    credentials: Credentials,
 }
 
 struct Sink {
@@ -109,7 +228,7 @@ impl Subscriber for Sink {
             EndReason::SlowConsumer => "the client did not read fast enough".into(),
             other => format!("watch ended: {other:?}"),
         };
-        self.tx.control(Notice::Problem(self.stream, message));
+        self.tx.control(Notice::Ended(self.stream, message));
     }
 }
 
@@ -186,11 +305,18 @@ fn classify(message: &str) -> &'static str {
     }
 }
 
+/// A stream being shown: its target and the subscription feeding it.
+struct Live {
+    target: Target,
+    _subscription: Subscription,
+}
+
 /// The connection's own view, mirrored from the shared caches.
 struct Dashboard {
     cluster: String,
     outbound: Arc<Outbound>,
-    _subscriptions: Vec<Subscription>,
+    /// The streams shown; one ended or revoked is removed (with its objects).
+    streams: BTreeMap<Stream, Live>,
     waiting: BTreeSet<Stream>,
     nodes: BTreeMap<String, Arc<NodeView>>,
     pods: BTreeMap<String, Arc<PodView>>,
@@ -279,6 +405,31 @@ impl Dashboard {
         )));
     }
 
+    fn shows_nodes(&self) -> bool {
+        self.streams.contains_key(&Stream::Nodes)
+    }
+
+    fn shows_namespaces(&self) -> bool {
+        self.streams.contains_key(&Stream::Namespaces)
+    }
+
+    fn shows_pods(&self) -> bool {
+        self.streams.keys().any(|s| matches!(s, Stream::Pods(_)))
+    }
+
+    /// Whether the pods of namespace `ns` are watched, so its pod count
+    /// is known.
+    fn shows_pods_of(&self, ns: &str) -> bool {
+        self.streams.values().any(|l| {
+            matches!(l.target.stream, Stream::Pods(_))
+                && l.target
+                    .resource
+                    .namespace
+                    .as_deref()
+                    .is_none_or(|n| n == ns)
+        })
+    }
+
     fn pod_counts(&self) -> BTreeMap<&str, usize> {
         let mut counts = BTreeMap::new();
         for p in self.pods.values() {
@@ -287,42 +438,56 @@ impl Dashboard {
         counts
     }
 
+    /// `initial_state` of the streams shown: a stream the caller may not
+    /// watch has no key at all (an empty list would claim there is nothing),
+    /// and a namespace whose pods are not watched has `podCount: null`.
     fn send_initial_state(&mut self) {
-        let counts = self.pod_counts();
-        let namespaces: Vec<NamespaceView> = self
-            .namespaces
-            .values()
-            .filter(|n| {
-                self.wanted_namespaces
-                    .as_ref()
-                    .is_none_or(|w| w.contains(&n.name))
-            })
-            .map(|n| NamespaceView {
-                pod_count: counts.get(n.name.as_str()).copied().unwrap_or(0),
-                ..NamespaceView::clone(n)
-            })
-            .collect();
-        let state = json!({
-            "type": "initial_state",
-            "data": {
-                "nodes": self.nodes.values().collect::<Vec<_>>(),
-                "pods": self.pods.values().collect::<Vec<_>>(),
-                "namespaces": namespaces,
-            },
-            "timestamp": now(),
-        });
+        let mut data = serde_json::Map::new();
+        if self.shows_nodes() {
+            data.insert(
+                "nodes".into(),
+                json!(self.nodes.values().collect::<Vec<_>>()),
+            );
+        }
+        if self.shows_pods() {
+            data.insert("pods".into(), json!(self.pods.values().collect::<Vec<_>>()));
+        }
+        if self.shows_namespaces() {
+            let counts = self.pod_counts();
+            let namespaces: Vec<NamespaceView> = self
+                .namespaces
+                .values()
+                .filter(|n| {
+                    self.wanted_namespaces
+                        .as_ref()
+                        .is_none_or(|w| w.contains(&n.name))
+                })
+                .map(|n| NamespaceView {
+                    pod_count: self
+                        .shows_pods_of(&n.name)
+                        .then(|| counts.get(n.name.as_str()).copied().unwrap_or(0)),
+                    ..NamespaceView::clone(n)
+                })
+                .collect();
+            data.insert("namespaces".into(), json!(namespaces));
+        }
+        let state = json!({"type": "initial_state", "data": data, "timestamp": now()});
         self.send(Frame::text(state.to_string()));
     }
 
+    /// `metrics` of what is shown: node figures are `null` without a nodes
+    /// stream, pod figures `null` without any pods stream.
     fn send_metrics(&mut self) {
+        let nodes = self.shows_nodes();
+        let pods = self.shows_pods();
         let ready = self.nodes.values().filter(|n| n.status == "Ready").count();
-        let phase = |p: &str| self.pods.values().filter(|x| x.phase == p).count();
+        let phase = |p: &str| pods.then(|| self.pods.values().filter(|x| x.phase == p).count());
         let message = json!({
             "type": "metrics",
             "data": {
-                "totalNodes": self.nodes.len(),
-                "readyNodes": ready,
-                "totalPods": self.pods.len(),
+                "totalNodes": nodes.then_some(self.nodes.len()),
+                "readyNodes": nodes.then_some(ready),
+                "totalPods": pods.then_some(self.pods.len()),
                 "runningPods": phase("Running"),
                 "pendingPods": phase("Pending"),
                 "failedPods": phase("Failed"),
@@ -333,14 +498,15 @@ impl Dashboard {
     }
 
     fn apply(&mut self, stream: Stream, event: &WatchEvent) {
+        if !self.streams.contains_key(&stream) {
+            // Queued before the stream was stopped.
+            return;
+        }
         let live = self.waiting.is_empty();
         match event.kind() {
             EventType::Bookmark => {
                 if !live && is_initial_end(event) {
-                    self.waiting.remove(&stream);
-                    if self.waiting.is_empty() {
-                        self.send_initial_state();
-                    }
+                    self.stop_waiting(stream);
                 }
                 return;
             }
@@ -385,11 +551,55 @@ impl Dashboard {
             ));
         }
     }
+
+    /// A stream has its initial state (or will never send it); the first
+    /// time no stream is left waiting, `initial_state` goes out.
+    fn stop_waiting(&mut self, stream: Stream) {
+        if self.waiting.remove(&stream) && self.waiting.is_empty() && !self.streams.is_empty() {
+            self.send_initial_state();
+        }
+    }
+
+    /// Stops showing a stream: its subscription is dropped and its objects
+    /// forgotten, so later `initial_state` and `metrics` do not present
+    /// them as current.
+    fn stop(&mut self, stream: Stream) {
+        let Some(live) = self.streams.remove(&stream) else {
+            return;
+        };
+        match stream {
+            Stream::Nodes => self.nodes.clear(),
+            Stream::Namespaces => self.namespaces.clear(),
+            Stream::Pods(_) => match &live.target.resource.namespace {
+                None => self.pods.clear(),
+                Some(ns) => self.pods.retain(|_, p| p.namespace != *ns),
+            },
+        }
+        self.stop_waiting(stream);
+    }
+
+    /// Closes the socket once nothing is left to show.
+    fn close_if_empty(&self, code: u16, reason: &str) {
+        if self.streams.is_empty() {
+            self.outbound.close_with(code, reason);
+        }
+    }
+
+    /// Every shown stream refused at once (the token itself was rejected):
+    /// the total refusal.
+    fn refuse(&mut self, message: &str) {
+        self.outbound
+            .push_forced(error_frame("PERMISSION_DENIED", "access revoked", message));
+        self.streams.clear();
+        self.outbound
+            .close_with(conn::close::POLICY, "access revoked");
+    }
 }
 
 impl Dashboard {
-    /// In `shared` mode, re-authorises every shown resource once per
-    /// interval, bypassing the cache so a revocation is seen in time.
+    /// In `shared` and `passthrough` modes, re-authorises every shown
+    /// stream once per interval, bypassing the cache so a revocation is
+    /// seen in time; the streams refused come back in one notice.
     fn maybe_recheck(&mut self) {
         let Some((recheck, last)) = self.recheck.as_mut() else {
             return;
@@ -401,29 +611,38 @@ impl Dashboard {
         let Some(cluster) = self.hub.clusters().get(&self.cluster) else {
             return;
         };
-        let (reviewer, credentials, resources, notices) = (
+        let (reviewer, credentials, notices) = (
             recheck.reviewer.clone(),
             recheck.credentials.clone(),
-            recheck.resources.clone(),
             self.notices.clone(),
         );
+        let targets: Vec<Target> = self.streams.values().map(|l| l.target.clone()).collect();
         tokio::spawn(async move {
-            for resource in resources {
-                let verdict = reviewer
-                    .check(
-                        &cluster,
-                        credentials.token_for(cluster.id()),
-                        &resource,
-                        true,
-                    )
-                    .await;
-                if let Err(
-                    e @ (ReviewError::Forbidden { .. } | ReviewError::Unauthenticated { .. }),
-                ) = verdict
-                {
-                    notices.control(Notice::Revoked(e.to_string()));
-                    return;
+            let token = credentials.token_for(cluster.id());
+            let mut revoked = Vec::new();
+            for target in targets {
+                let Err(e) = reviewer
+                    .check(&cluster, token, &target.resource, true)
+                    .await
+                else {
+                    continue;
+                };
+                match &e {
+                    ReviewError::Forbidden { verb, .. } => revoked.push(Denial {
+                        verb: verb.to_string(),
+                        reason: e.to_string(),
+                        target,
+                    }),
+                    ReviewError::Unauthenticated { .. } | ReviewError::NoCredentials(_) => {
+                        notices.control(Notice::Refused(e.to_string()));
+                        return;
+                    }
+                    // A review that could not run says nothing about access.
+                    _ => {}
                 }
+            }
+            if !revoked.is_empty() {
+                notices.control(Notice::Revoked(revoked));
             }
         });
     }
@@ -465,27 +684,72 @@ impl Dialect for Dashboard {
                     self.apply(stream, event);
                 }
             }
-            Notice::Revoked(message) => {
-                self.outbound.push_forced(error_frame(
-                    "PERMISSION_DENIED",
-                    "access revoked",
-                    &message,
+            Notice::Revoked(denials) => {
+                let denials: Vec<Denial> = denials
+                    .into_iter()
+                    .filter(|d| self.streams.contains_key(&d.target.stream))
+                    .collect();
+                if denials.is_empty() {
+                    return;
+                }
+                self.outbound.push_forced(permission_denied(
+                    "RBAC permissions revoked to watch",
+                    &denials,
                 ));
-                self._subscriptions.clear();
-                self.outbound
-                    .close_with(conn::close::POLICY, "access revoked");
+                for d in &denials {
+                    self.stop(d.target.stream);
+                }
+                self.close_if_empty(conn::close::POLICY, "access revoked");
             }
+            Notice::Refused(message) => self.refuse(&message),
             Notice::Problem(stream, message) => {
-                let what = match stream {
-                    Stream::Nodes => "nodes",
-                    Stream::Namespaces => "namespaces",
-                    Stream::Pods(_) => "pods",
+                let Some(live) = self.streams.get(&stream) else {
+                    return;
                 };
                 self.outbound.push_forced(error_frame(
                     classify(&message),
-                    &format!("watching {what} on cluster {:?}", self.cluster),
+                    &format!(
+                        "watching {} on cluster {:?}",
+                        live.target.resource.resource, self.cluster
+                    ),
                     &message,
                 ));
+            }
+            Notice::Ended(stream, message) => {
+                let Some(live) = self.streams.get(&stream) else {
+                    return;
+                };
+                if classify(&message) == "PERMISSION_DENIED" {
+                    // The cluster itself refused the caller's own token
+                    // (passthrough): this stream stops, the others go on.
+                    let verb = if message.contains("cannot list") {
+                        "list"
+                    } else {
+                        "watch"
+                    };
+                    let denial = Denial {
+                        target: live.target.clone(),
+                        verb: verb.to_string(),
+                        reason: message,
+                    };
+                    self.outbound.push_forced(permission_denied(
+                        "Insufficient RBAC permissions to watch",
+                        &[denial],
+                    ));
+                    self.stop(stream);
+                    self.close_if_empty(conn::close::POLICY, "access denied");
+                } else {
+                    self.outbound.push_forced(error_frame(
+                        classify(&message),
+                        &format!(
+                            "watching {} on cluster {:?} stopped",
+                            live.target.resource.resource, self.cluster
+                        ),
+                        &message,
+                    ));
+                    self.stop(stream);
+                    self.close_if_empty(CLOSE_WATCHES_ENDED, "every watch ended");
+                }
             }
         }
     }
@@ -497,7 +761,10 @@ impl Dialect for Dashboard {
     fn on_tick(&mut self) {
         self.flush();
         self.maybe_recheck();
-        if self.waiting.is_empty() && self.last_metrics.elapsed() >= self.metrics_every {
+        if self.waiting.is_empty()
+            && !self.streams.is_empty()
+            && self.last_metrics.elapsed() >= self.metrics_every
+        {
             self.last_metrics = Instant::now();
             self.send_metrics();
         }
@@ -513,15 +780,65 @@ pub struct DashboardQuery {
     pub cluster: Option<String>,
 }
 
-/// Serves one upgraded connection.
+/// Why a caller gets no stream at all: the error's seed code and details.
+struct Refusal {
+    code: &'static str,
+    message: &'static str,
+    details: String,
+}
+
+/// The auth mode's decision for one stream: the identity its watch runs
+/// as, or the permission the caller lacks. A refusal of the caller as a
+/// whole (no credentials, a rejected token, a review that cannot run) is
+/// the `Err`.
+async fn admit(
+    policy: &Policy,
+    cluster: &Cluster,
+    credentials: &Credentials,
+    target: Target,
+) -> Result<Result<(Target, Identity), Denial>, Refusal> {
+    let refused = |code, message, details: String| Refusal {
+        code,
+        message,
+        details,
+    };
+    let identity = policy
+        .identity(credentials, cluster.id(), &target.resource)
+        .map_err(|e| refused("PERMISSION_DENIED", "access denied", e.to_string()))?;
+    let Some((reviewer, _)) = policy.review() else {
+        return Ok(Ok((target, identity)));
+    };
+    let token = credentials.token_for(cluster.id());
+    let Err(e) = reviewer
+        .check(cluster, token, &target.resource, false)
+        .await
+    else {
+        return Ok(Ok((target, identity)));
+    };
+    match &e {
+        ReviewError::Forbidden { verb, .. } => Ok(Err(Denial {
+            verb: verb.to_string(),
+            reason: e.to_string(),
+            target,
+        })),
+        ReviewError::Unavailable { .. } => Err(refused(
+            "CONNECTION_FAILED",
+            "cannot check access",
+            e.to_string(),
+        )),
+        _ => Err(refused("PERMISSION_DENIED", "access denied", e.to_string())),
+    }
+}
+
+/// Serves one upgraded connection: the connection ack, then each stream
+/// the caller may watch, and one `PERMISSION_DENIED` for those it may not.
 pub async fn serve(
     socket: WebSocket,
     hub: Hub,
     config: Arc<ServerConfig>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     query: DashboardQuery,
-    identity: Result<Identity, String>,
-    recheck: Option<Recheck>,
+    credentials: Credentials,
 ) {
     let metrics = hub.metrics().clone();
     let outbound = Arc::new(socket.outbound(config.queue, metrics.clone()));
@@ -540,10 +857,15 @@ pub async fn serve(
                 .collect::<BTreeSet<_>>()
         })
         .filter(|s| !s.is_empty());
+    let recheck = config.policy.review().map(|(reviewer, every)| Recheck {
+        reviewer: reviewer.clone(),
+        every,
+        credentials: credentials.clone(),
+    });
     let mut dashboard = Dashboard {
         cluster: cluster_id.clone().unwrap_or_default(),
         outbound: outbound.clone(),
-        _subscriptions: Vec::new(),
+        streams: BTreeMap::new(),
         waiting: BTreeSet::new(),
         nodes: BTreeMap::new(),
         pods: BTreeMap::new(),
@@ -584,48 +906,15 @@ pub async fn serve(
                     health.last_error.as_deref().unwrap_or_default(),
                 ));
             }
-            match identity {
-                Err(message) => outbound.push_forced(error_frame(
-                    "PERMISSION_DENIED",
-                    "access denied",
-                    &message,
-                )),
-                Ok(identity) => {
-                    let mut paths = vec![
-                        (Stream::Nodes, "/api/v1/nodes".to_string()),
-                        (Stream::Namespaces, "/api/v1/namespaces".to_string()),
-                    ];
-                    match &wanted {
-                        None => paths.push((Stream::Pods(0), "/api/v1/pods".to_string())),
-                        Some(ns) => paths.extend(ns.iter().enumerate().map(|(i, n)| {
-                            (Stream::Pods(i), format!("/api/v1/namespaces/{n}/pods"))
-                        })),
-                    }
-                    for (stream, path) in paths {
-                        let sink = Arc::new(Sink {
-                            stream,
-                            tx: tx.clone(),
-                        });
-                        let request = SubscribeRequest {
-                            cluster: cluster.id(),
-                            path: &path,
-                            query: QUERY,
-                            identity: &identity,
-                        };
-                        match hub.subscribe(request, sink) {
-                            Ok(sub) => {
-                                dashboard.waiting.insert(stream);
-                                dashboard._subscriptions.push(sub);
-                            }
-                            Err(e) => outbound.push_forced(error_frame(
-                                "WATCH_ERROR",
-                                &format!("cannot watch {path}"),
-                                &e.to_string(),
-                            )),
-                        }
-                    }
-                }
-            }
+            subscribe_streams(
+                &mut dashboard,
+                &config.policy,
+                &cluster,
+                &credentials,
+                wanted.as_ref(),
+                &tx,
+            )
+            .await;
         }
     }
     let ctx = ConnContext {
@@ -636,4 +925,121 @@ pub async fn serve(
         shutdown,
     };
     conn::run(socket, ctx, rx, dashboard).await
+}
+
+/// Admits every stream (the reviews run concurrently), reports the refused
+/// ones in one `PERMISSION_DENIED`, and subscribes the rest. With nothing
+/// to show the socket is closed after the error, never left open and
+/// silent.
+async fn subscribe_streams(
+    dashboard: &mut Dashboard,
+    policy: &Policy,
+    cluster: &Cluster,
+    credentials: &Credentials,
+    wanted: Option<&BTreeSet<String>>,
+    tx: &NoticeSender<Notice>,
+) {
+    let outbound = dashboard.outbound.clone();
+    let targets = match targets(wanted) {
+        Ok(targets) => targets,
+        Err(e) => {
+            outbound.push_forced(error_frame("WATCH_ERROR", "invalid namespaces", &e));
+            outbound.close_with(conn::close::POLICY, "invalid namespaces");
+            return;
+        }
+    };
+    let verdicts = futures::future::join_all(
+        targets
+            .into_iter()
+            .map(|t| admit(policy, cluster, credentials, t)),
+    )
+    .await;
+    let mut admitted = Vec::new();
+    let mut denials = Vec::new();
+    for verdict in verdicts {
+        match verdict {
+            Ok(Ok(allowed)) => admitted.push(allowed),
+            Ok(Err(denial)) => denials.push(denial),
+            Err(refusal) => {
+                outbound.push_forced(error_frame(refusal.code, refusal.message, &refusal.details));
+                outbound.close_with(conn::close::POLICY, refusal.message);
+                return;
+            }
+        }
+    }
+    if !denials.is_empty() {
+        debug!(
+            cluster = cluster.id(),
+            denied = denials.len(),
+            "dashboard streams refused"
+        );
+        outbound.push_forced(permission_denied(
+            "Insufficient RBAC permissions to watch",
+            &denials,
+        ));
+    }
+    for (target, identity) in admitted {
+        let sink = Arc::new(Sink {
+            stream: target.stream,
+            tx: tx.clone(),
+        });
+        let request = SubscribeRequest {
+            cluster: cluster.id(),
+            path: &target.path,
+            query: QUERY,
+            identity: &identity,
+        };
+        match dashboard.hub.subscribe(request, sink) {
+            Ok(subscription) => {
+                dashboard.waiting.insert(target.stream);
+                dashboard.streams.insert(
+                    target.stream,
+                    Live {
+                        target,
+                        _subscription: subscription,
+                    },
+                );
+            }
+            Err(e) => outbound.push_forced(error_frame(
+                "WATCH_ERROR",
+                &format!("cannot watch {}", target.path),
+                &e.to_string(),
+            )),
+        }
+    }
+    if dashboard.streams.is_empty() {
+        let code = if denials.is_empty() {
+            CLOSE_WATCHES_ENDED
+        } else {
+            conn::close::POLICY
+        };
+        outbound.close_with(code, "nothing to show");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_target_per_stream_each_naming_its_scope() {
+        let wanted: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+        let some = targets(Some(&wanted)).unwrap();
+        let paths: Vec<&str> = some.iter().map(|t| t.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/api/v1/nodes",
+                "/api/v1/namespaces",
+                "/api/v1/namespaces/a/pods",
+                "/api/v1/namespaces/b/pods"
+            ]
+        );
+        assert_eq!(some[3].stream, Stream::Pods(1));
+        assert_eq!(some[0].scope(), "cluster-wide");
+        assert_eq!(some[2].scope(), "in namespace 'a'");
+        let all = targets(None).unwrap();
+        assert_eq!(all[2].path, "/api/v1/pods");
+        assert_eq!(all[2].scope(), "in all namespaces");
+    }
 }

@@ -99,7 +99,9 @@ pub struct NamespaceView {
     pub name: String,
     pub uid: String,
     pub status: String,
-    pub pod_count: usize,
+    /// Pods of the namespace; `None` (`null`) when its pods are not
+    /// watched (the caller may not), so no count is claimed.
+    pub pod_count: Option<usize>,
 }
 
 fn text(v: &Value) -> String {
@@ -237,7 +239,7 @@ pub fn namespace(raw: &[u8]) -> Option<NamespaceView> {
         name: o.metadata.name,
         uid: o.metadata.uid,
         status: o.status["phase"].as_str().unwrap_or("Active").to_string(),
-        pod_count: 0,
+        pod_count: None,
     })
 }
 

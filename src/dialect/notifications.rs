@@ -8,13 +8,12 @@
 //! while at least one notification client is connected, so it costs the
 //! clusters nothing otherwise.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::server::WebSocket;
 use parking_lot::Mutex;
-use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
@@ -23,7 +22,7 @@ use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscribe
 use crate::server::ServerConfig;
 use crate::server::conn::{self, ConnContext, Dialect, Liveness};
 use crate::server::outbound::Frame;
-use crate::upstream::event::{EventType, WatchEvent};
+use crate::upstream::event::WatchEvent;
 
 /// Seed 002's connection parameters: ping every 54 s, pong wait 60 s,
 /// 10 s write deadline; incoming messages over 512 bytes close with 1009.
@@ -96,53 +95,13 @@ impl Feed {
     }
 }
 
-/// Counts ready and total nodes from a shared nodes watch.
-struct NodeCounter {
-    cluster: Weak<crate::cluster::Cluster>,
-    nodes: Mutex<HashMap<String, bool>>,
-}
+/// Holds a shared nodes watch open while the feed runs, so the hub knows
+/// each cluster's node counts ([`Hub::node_counts`]) and the feed sees them
+/// change; the events themselves are read from the watch's store.
+struct NodesWatched;
 
-#[derive(Deserialize, Default)]
-struct NodeHead {
-    #[serde(default)]
-    status: NodeStatus,
-}
-
-#[derive(Deserialize, Default)]
-struct NodeStatus {
-    #[serde(default)]
-    conditions: Vec<Condition>,
-}
-
-#[derive(Deserialize)]
-struct Condition {
-    #[serde(rename = "type")]
-    kind: String,
-    status: String,
-}
-
-impl Subscriber for NodeCounter {
-    fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
-        let mut nodes = self.nodes.lock();
-        match event.kind() {
-            EventType::Added | EventType::Modified => {
-                let head: NodeHead = serde_json::from_slice(event.object()).unwrap_or_default();
-                let ready = head
-                    .status
-                    .conditions
-                    .iter()
-                    .any(|c| c.kind == "Ready" && c.status == "True");
-                nodes.insert(event.key().to_string(), ready);
-            }
-            EventType::Deleted => {
-                nodes.remove(event.key());
-            }
-            EventType::Bookmark | EventType::Error => return Ok(()),
-        }
-        if let Some(cluster) = self.cluster.upgrade() {
-            let ready = nodes.values().filter(|r| **r).count() as u32;
-            cluster.set_node_counts(ready, nodes.len() as u32);
-        }
+impl Subscriber for NodesWatched {
+    fn event(&self, _event: &Arc<WatchEvent>) -> Result<(), Overflow> {
         Ok(())
     }
 
@@ -189,13 +148,15 @@ async fn run(feed: Weak<Feed>) {
                 let Some(feed) = feed.upgrade() else { return };
                 for cluster in registry.all() {
                     let h = cluster.health();
-                    let now: Seen = (h.reachable, h.version.clone(), h.nodes_ready, h.nodes_total);
+                    let counts = hub.node_counts(cluster.id()).ok();
+                    let now: Seen = (
+                        h.reachable,
+                        h.version.clone(),
+                        counts.map(|c| c.ready),
+                        counts.map(|c| c.total),
+                    );
                     match seen.get_mut(cluster.id()) {
                         None => {
-                            let counter = Arc::new(NodeCounter {
-                                cluster: Arc::downgrade(&cluster),
-                                nodes: Mutex::default(),
-                            });
                             let sub = hub
                                 .subscribe(
                                     SubscribeRequest {
@@ -204,7 +165,7 @@ async fn run(feed: Weak<Feed>) {
                                         query: "",
                                         identity: &Identity::Proxy,
                                     },
-                                    counter,
+                                    Arc::new(NodesWatched),
                                 )
                                 .ok();
                             seen.insert(cluster.id().to_string(), (now, sub));

@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod key;
 pub mod local;
+pub mod nodes;
 mod shared;
 pub mod subscriber;
 
@@ -24,6 +25,7 @@ use crate::upstream::{self, UpstreamConfig, WatchTarget};
 pub use cache::HistoryLimits;
 pub use key::{ClientParams, KeyError, ListParams, ResourcePath, WatchKey};
 pub use local::LocalWatch;
+pub use nodes::{NodeCounts, NodesUnknown};
 use shared::{SharedWatch, SubscriberId, Upstream};
 pub use subscriber::{EndReason, Overflow, Subscriber};
 
@@ -225,6 +227,8 @@ pub(crate) struct HubInner {
     clusters: Arc<Registry>,
     metrics: Arc<Metrics>,
     closing: std::sync::atomic::AtomicBool,
+    /// See [`Hub::node_counts`].
+    node_counts: nodes::CountMemo,
 }
 
 /// The shared-watch hub. Cheap to clone.
@@ -270,6 +274,7 @@ impl Hub {
                 clusters,
                 metrics,
                 closing: std::sync::atomic::AtomicBool::new(false),
+                node_counts: nodes::CountMemo::default(),
             }),
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -583,10 +588,13 @@ async fn follow_cluster_changes(
         let Some(inner) = hub.upgrade() else { return };
         let hub = Hub { inner };
         match change {
-            ClusterChange::Removed(id) => hub.end_cluster(
-                &id,
-                EndReason::Failed(format!("cluster {id:?} was removed from the configuration")),
-            ),
+            ClusterChange::Removed(id) => {
+                hub.forget_node_counts(&id);
+                hub.end_cluster(
+                    &id,
+                    EndReason::Failed(format!("cluster {id:?} was removed from the configuration")),
+                );
+            }
             ClusterChange::Updated(id) => hub.end_cluster(
                 &id,
                 EndReason::Failed(format!(

@@ -207,6 +207,12 @@ impl SharedWatch {
         ))
     }
 
+    /// Whether the upstream is in an outage (retrying after a failure), so
+    /// the store may be behind the cluster.
+    pub(super) fn in_outage(&self) -> bool {
+        self.state.lock().outage_reported
+    }
+
     /// Upstream events received so far.
     pub fn events_received(&self) -> u64 {
         self.events.load(Ordering::Relaxed)

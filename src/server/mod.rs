@@ -411,25 +411,6 @@ async fn dashboard_ws(
         return refusal;
     }
     let credentials = Credentials::from_headers(&headers);
-    let registry = state.hub.clusters().clone();
-    let cluster = query
-        .cluster
-        .clone()
-        .filter(|c| !c.is_empty())
-        .or_else(|| registry.default_id())
-        .unwrap_or_default();
-    let resources = dashboard_resources(query.namespaces.as_deref());
-    let identity = dashboard_identity(&state, &credentials, &cluster, &resources).await;
-    let recheck = state
-        .config
-        .policy
-        .review()
-        .map(|(reviewer, every)| dashboard::Recheck {
-            reviewer: reviewer.clone(),
-            every,
-            credentials: credentials.clone(),
-            resources: resources.clone().unwrap_or_default(),
-        });
     let ws = ws.lean(dashboard::MAX_MESSAGE).compression();
     let connections = state.connections.clone();
     tracked(&connections, ws, move |socket| async move {
@@ -439,8 +420,7 @@ async fn dashboard_ws(
             state.config.clone(),
             state.shutdown.clone(),
             query,
-            identity,
-            recheck,
+            credentials,
         )
         .await;
     })
@@ -474,55 +454,6 @@ async fn console_ws(
         )
         .await;
     })
-}
-
-/// Every resource a dashboard shows: nodes, namespaces and pods (of the
-/// chosen namespaces).
-fn dashboard_resources(namespaces: Option<&str>) -> Result<Vec<crate::hub::ResourcePath>, String> {
-    let mut paths = vec![
-        "/api/v1/nodes".to_string(),
-        "/api/v1/namespaces".to_string(),
-    ];
-    match namespaces.filter(|n| !n.trim().is_empty()) {
-        None => paths.push("/api/v1/pods".into()),
-        Some(ns) => paths.extend(
-            ns.split(',')
-                .map(|n| format!("/api/v1/namespaces/{}/pods", n.trim())),
-        ),
-    }
-    paths
-        .iter()
-        .map(|p| crate::hub::key::parse_path(p).map_err(|e| e.to_string()))
-        .collect()
-}
-
-/// The identity the dashboard's watches run as, after the auth mode's
-/// checks on every resource it shows.
-async fn dashboard_identity(
-    state: &AppState,
-    credentials: &Credentials,
-    cluster: &str,
-    resources: &Result<Vec<crate::hub::ResourcePath>, String>,
-) -> Result<crate::hub::Identity, String> {
-    let resources = resources.as_ref().map_err(Clone::clone)?;
-    let mut identity = crate::hub::Identity::Proxy;
-    for resource in resources {
-        identity = state
-            .config
-            .policy
-            .identity(credentials, cluster, resource)
-            .map_err(|e| e.to_string())?;
-        if let (Some((reviewer, _)), Some(target)) = (
-            state.config.policy.review(),
-            state.hub.clusters().get(cluster),
-        ) {
-            reviewer
-                .check(&target, credentials.token_for(cluster), resource, false)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(identity)
 }
 
 /// The router with every endpoint.

@@ -68,7 +68,7 @@ pub(super) async fn cluster(
 ) -> Response {
     let operator = is_operator(&state, &headers);
     match state.hub.clusters().get(&name) {
-        Some(c) => axum::Json(ClusterStatus::of(&c, operator)).into_response(),
+        Some(c) => axum::Json(ClusterStatus::of(&state.hub, &c, operator)).into_response(),
         None => json_error(StatusCode::NOT_FOUND, format!("unknown cluster {name:?}")),
     }
 }

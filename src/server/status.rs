@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use crate::auth::policy::AuthMode;
 use crate::cluster::{Cluster, Health};
+use crate::hub::Hub;
 
 /// Whether the caller may see every user's watches and the API servers'
 /// addresses. In `--auth none` everyone may: the listener is local and
@@ -98,6 +99,11 @@ pub(super) async fn readyz(State(state): State<AppState>, Query(q): Query<ReadyQ
 /// who is not an operator, the API server's address is left out, and so is
 /// the last probe error (it names the address); the rest, seed 002's
 /// record, stays.
+///
+/// `nodesReady`/`nodesTotal` are read when asked from a live nodes watch's
+/// store ([`Hub::node_counts`]), so they are exact at that moment; without
+/// one they are `null` and `nodesUnknown` says why, rather than showing a
+/// number from a watch that has stopped.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ClusterStatus {
@@ -106,6 +112,13 @@ pub(super) struct ClusterStatus {
     server: Option<String>,
     #[serde(flatten)]
     health: Health,
+    /// Nodes whose Ready condition is True.
+    nodes_ready: Option<u32>,
+    /// All nodes.
+    nodes_total: Option<u32>,
+    /// Why the node counts are `null`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes_unknown: Option<String>,
 }
 
 impl ClusterStatus {
@@ -116,19 +129,23 @@ impl ClusterStatus {
             .clusters()
             .all()
             .iter()
-            .map(|c| ClusterStatus::of(c, operator))
+            .map(|c| ClusterStatus::of(&state.hub, c, operator))
             .collect()
     }
 
-    pub(super) fn of(c: &Cluster, operator: bool) -> Self {
+    pub(super) fn of(hub: &Hub, c: &Cluster, operator: bool) -> Self {
         let mut health = c.health();
         if !operator {
             health.last_error = None;
         }
+        let counts = hub.node_counts(c.id());
         ClusterStatus {
             name: c.id().to_string(),
             server: operator.then(|| c.server().to_string()),
             health,
+            nodes_ready: counts.as_ref().ok().map(|n| n.ready),
+            nodes_total: counts.as_ref().ok().map(|n| n.total),
+            nodes_unknown: counts.err().map(|why| why.to_string()),
         }
     }
 }
