@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 
 use super::dashboard_view::{self, NamespaceView, NodeView, PodView};
 use crate::auth::credentials::Credentials;
-use crate::auth::review::{ReviewError, Reviewer};
+use crate::auth::recheck::{Access, Principal, RecheckHandle, Rechecks, send_notice};
+use crate::cluster::Cluster;
 use crate::hub::ResourcePath;
 use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
 use crate::server::ServerConfig;
@@ -64,16 +65,34 @@ enum Notice {
     Revoked(String),
 }
 
-/// What the `shared` auth mode re-checks every interval for a dashboard.
+/// What the `shared` and `passthrough` auth modes re-check for a
+/// dashboard, every interval, through the server's re-check service.
 pub struct Recheck {
-    /// The reviewer.
-    pub reviewer: Arc<Reviewer>,
-    /// Interval of re-checks.
-    pub every: Duration,
+    /// The server's re-check service.
+    pub rechecks: Rechecks,
     /// The caller's credentials.
     pub credentials: Credentials,
     /// Every resource the dashboard shows.
     pub resources: Vec<ResourcePath>,
+}
+
+impl Recheck {
+    /// Registers the dashboard: `list` and `watch` on everything it shows,
+    /// for its caller's token; a revocation becomes a [`Notice::Revoked`].
+    fn register(&self, cluster: Arc<Cluster>, notices: mpsc::Sender<Notice>) -> Option<RecheckHandle> {
+        let token = self.credentials.token_for(cluster.id())?;
+        let accesses = self
+            .resources
+            .iter()
+            .flat_map(Access::list_and_watch)
+            .collect();
+        Some(self.rechecks.register(
+            cluster,
+            Principal::Token(token.into()),
+            accesses,
+            move |e| send_notice(&notices, Notice::Revoked(e.to_string())),
+        ))
+    }
 }
 
 struct Sink {
@@ -197,8 +216,8 @@ struct Dashboard {
     batch_bytes: usize,
     metrics_every: Duration,
     last_metrics: Instant,
-    recheck: Option<(Recheck, Instant)>,
-    notices: mpsc::Sender<Notice>,
+    /// The registration with the re-check service, while access lasts.
+    recheck: Option<RecheckHandle>,
     hub: Hub,
 }
 
@@ -381,48 +400,6 @@ impl Dashboard {
     }
 }
 
-impl Dashboard {
-    /// In `shared` mode, re-authorises every shown resource once per
-    /// interval, bypassing the cache so a revocation is seen in time.
-    fn maybe_recheck(&mut self) {
-        let Some((recheck, last)) = self.recheck.as_mut() else {
-            return;
-        };
-        if last.elapsed() < recheck.every {
-            return;
-        }
-        *last = Instant::now();
-        let Some(cluster) = self.hub.clusters().get(&self.cluster) else {
-            return;
-        };
-        let (reviewer, credentials, resources, notices) = (
-            recheck.reviewer.clone(),
-            recheck.credentials.clone(),
-            recheck.resources.clone(),
-            self.notices.clone(),
-        );
-        tokio::spawn(async move {
-            for resource in resources {
-                let verdict = reviewer
-                    .check(
-                        &cluster,
-                        credentials.token_for(cluster.id()),
-                        &resource,
-                        true,
-                    )
-                    .await;
-                if let Err(
-                    e @ (ReviewError::Forbidden { .. } | ReviewError::Unauthenticated { .. }),
-                ) = verdict
-                {
-                    let _ = notices.send(Notice::Revoked(e.to_string())).await;
-                    return;
-                }
-            }
-        });
-    }
-}
-
 fn is_initial_end(event: &WatchEvent) -> bool {
     serde_json::from_slice::<Value>(event.object())
         .map(|v| v["metadata"]["annotations"]["k8s.io/initial-events-end"] == "true")
@@ -461,6 +438,7 @@ impl Dialect for Dashboard {
                     &message,
                 ));
                 self._subscriptions.clear();
+                self.recheck = None;
                 self.outbound
                     .close_with(conn::close::POLICY, "access revoked");
             }
@@ -485,7 +463,6 @@ impl Dialect for Dashboard {
 
     fn on_tick(&mut self) {
         self.flush();
-        self.maybe_recheck();
         if self.waiting.is_empty() && self.last_metrics.elapsed() >= self.metrics_every {
             self.last_metrics = Instant::now();
             self.send_metrics();
@@ -543,8 +520,7 @@ pub async fn serve(
         batch_bytes: 0,
         metrics_every: config.dashboard_metrics_interval,
         last_metrics: Instant::now(),
-        recheck: recheck.map(|r| (r, Instant::now())),
-        notices: tx.clone(),
+        recheck: None,
         hub: hub.clone(),
     };
     match cluster_id.as_deref().and_then(|id| registry.get(id)) {
@@ -580,6 +556,9 @@ pub async fn serve(
                     &message,
                 )),
                 Ok(identity) => {
+                    dashboard.recheck = recheck
+                        .as_ref()
+                        .and_then(|r| r.register(cluster.clone(), tx.clone()));
                     let mut paths = vec![
                         (Stream::Nodes, "/api/v1/nodes".to_string()),
                         (Stream::Namespaces, "/api/v1/namespaces".to_string()),

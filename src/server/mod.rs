@@ -355,10 +355,9 @@ async fn dashboard_ws(
     let recheck = state
         .config
         .policy
-        .review()
-        .map(|(reviewer, every)| dashboard::Recheck {
-            reviewer: reviewer.clone(),
-            every,
+        .rechecks()
+        .map(|rechecks| dashboard::Recheck {
+            rechecks: rechecks.clone(),
             credentials: credentials.clone(),
             resources: resources.clone().unwrap_or_default(),
         });
