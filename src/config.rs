@@ -1334,6 +1334,10 @@ mod tests {
         let s = Settings::from_toml(&ProxyArgs::default(), &toml, "t").unwrap();
         let again = Settings::from_toml(&ProxyArgs::default(), &s.to_toml(), "printed").unwrap();
         assert_eq!(s, again);
-        assert!(s.console_auth(&Arc::new(Metrics::new()), None).unwrap().is_some());
+        assert!(
+            s.console_auth(&Arc::new(Metrics::new()), None)
+                .unwrap()
+                .is_some()
+        );
     }
 }

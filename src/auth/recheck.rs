@@ -285,8 +285,9 @@ impl Rechecks {
         let mut ticker = self.inner.ticker.lock();
         if ticker.is_none() {
             let every = self.inner.every;
+            let first = Instant::now() + every;
             let task = tokio::spawn(
-                run(Arc::downgrade(&self.inner), every).instrument(info_span!("rechecks")),
+                run(Arc::downgrade(&self.inner), first, every).instrument(info_span!("rechecks")),
             );
             *ticker = Some(AbortOnDropHandle::new(task));
         }
@@ -323,10 +324,11 @@ pub fn send_notice<N: Send + 'static>(notices: &tokio::sync::mpsc::Sender<N>, no
     }
 }
 
-/// The ticker: one tick per interval while the service lives. A tick that
-/// takes longer than the interval delays the next rather than overlapping.
-async fn run(inner: Weak<Inner>, every: Duration) {
-    let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+/// The ticker: one tick per interval from `first` (one interval after the
+/// first registration) while the service lives. A tick that takes longer
+/// than the interval delays the next rather than overlapping.
+async fn run(inner: Weak<Inner>, first: Instant, every: Duration) {
+    let mut ticks = tokio::time::interval_at(first, every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
@@ -404,15 +406,11 @@ impl Inner {
         for (id, cluster, principal, accesses) in live {
             let user = match principal {
                 Principal::User(user) => Ok(user),
-                Principal::Token(token) => users
-                    .get(&(cluster.id().to_string(), token))
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        Err(ReviewError::Unavailable {
-                            cluster: cluster.id().to_string(),
-                            message: "the token was not reviewed".into(),
-                        })
-                    }),
+                // Every registration's token was reviewed above.
+                Principal::Token(token) => match users.get(&(cluster.id().to_string(), token)) {
+                    Some(answer) => answer.clone(),
+                    None => continue,
+                },
             };
             if let Ok(user) = &user {
                 for access in &accesses {
@@ -444,7 +442,9 @@ impl Inner {
             };
             match refusal {
                 Some(e) if revokes(&e) => denied.push((id, e)),
-                Some(e) => debug!(error = %e, "re-check could not be made; keeping the subscription"),
+                Some(e) => {
+                    debug!(error = %e, "re-check could not be made; keeping the subscription")
+                }
                 None => {}
             }
         }
@@ -566,7 +566,10 @@ mod tests {
     }
 
     /// Counts the notifications it was given.
-    fn counter() -> (Arc<AtomicUsize>, impl Fn(&ReviewError) + Send + Sync + 'static) {
+    fn counter() -> (
+        Arc<AtomicUsize>,
+        impl Fn(&ReviewError) + Send + Sync + 'static,
+    ) {
         let count = Arc::new(AtomicUsize::new(0));
         let c = count.clone();
         (count, move |_: &ReviewError| {
@@ -636,7 +639,11 @@ mod tests {
         tokio::time::advance(every).await;
         settle().await;
         assert_eq!(revoked.load(Ordering::SeqCst), 1001, "notified once");
-        assert_eq!(fake.access.load(Ordering::SeqCst), 6, "revoked: not asked again");
+        assert_eq!(
+            fake.access.load(Ordering::SeqCst),
+            6,
+            "revoked: not asked again"
+        );
         drop(handles);
         assert_eq!(rechecks.registered(), 0);
     }
@@ -668,7 +675,11 @@ mod tests {
         settle().await;
         assert_eq!(fake.tokens.load(Ordering::SeqCst), 1, "only carol's token");
         assert_eq!(fake.access.load(Ordering::SeqCst), 2);
-        assert_eq!(carol_revoked.load(Ordering::SeqCst), 0, "an outage keeps her");
+        assert_eq!(
+            carol_revoked.load(Ordering::SeqCst),
+            0,
+            "an outage keeps her"
+        );
         assert_eq!(bob_revoked.load(Ordering::SeqCst), 0, "bob is gone");
         // A rejected token revokes without any access review.
         fake.down.store(false, Ordering::SeqCst);
@@ -702,6 +713,10 @@ mod tests {
         let ticks = metrics.auth_recheck_ticks.get();
         tokio::time::advance(every * 3).await;
         settle().await;
-        assert_eq!(metrics.auth_recheck_ticks.get(), ticks, "the ticker stopped");
+        assert_eq!(
+            metrics.auth_recheck_ticks.get(),
+            ticks,
+            "the ticker stopped"
+        );
     }
 }

@@ -705,12 +705,13 @@ impl Console {
             })
             .collect();
         let notices = self.notices.clone();
-        Some(self.auth.rechecks.register(
-            cluster,
-            Principal::User(user),
-            accesses,
-            move |e| send_notice(&notices, Notice::Revoked(target.clone(), e.to_string())),
-        ))
+        Some(
+            self.auth
+                .rechecks
+                .register(cluster, Principal::User(user), accesses, move |e| {
+                    send_notice(&notices, Notice::Revoked(target.clone(), e.to_string()))
+                }),
+        )
     }
 }
 

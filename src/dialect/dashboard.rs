@@ -79,7 +79,11 @@ pub struct Recheck {
 impl Recheck {
     /// Registers the dashboard: `list` and `watch` on everything it shows,
     /// for its caller's token; a revocation becomes a [`Notice::Revoked`].
-    fn register(&self, cluster: Arc<Cluster>, notices: mpsc::Sender<Notice>) -> Option<RecheckHandle> {
+    fn register(
+        &self,
+        cluster: Arc<Cluster>,
+        notices: mpsc::Sender<Notice>,
+    ) -> Option<RecheckHandle> {
         let token = self.credentials.token_for(cluster.id())?;
         let accesses = self
             .resources
