@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::auth::jwt::{JwtSettings, JwtVerifier};
 use crate::auth::origin::OriginPolicy;
 use crate::auth::policy::{AuthMode, Policy};
+use crate::auth::recheck::Rechecks;
 use crate::auth::review::Reviewer;
 use crate::auth::secret::{Secret, SecretFileError};
 use crate::dialect::console::ConsoleAuth;
@@ -1058,31 +1059,38 @@ impl Settings {
         out
     }
 
-    /// The subscription API's verifier and reviewer, when a JWT key is
-    /// configured. The reviewer asks SubjectAccessReviews with kubemux's
-    /// own credentials, cached for auth_cache_ttl and re-checked every
-    /// auth_recheck_interval, whatever the auth mode of the other dialects.
+    /// The subscription API's verifier and re-checks, when a JWT key is
+    /// configured. SubjectAccessReviews are asked with kubemux's own
+    /// credentials, cached for auth_cache_ttl and re-checked every
+    /// auth_recheck_interval, whatever the auth mode of the other dialects:
+    /// through `shared`, the other dialects' re-check service (so one
+    /// question is asked once per tick whoever asks it), or a service of
+    /// its own in `--auth none`.
     pub fn console_auth(
         &self,
         metrics: &Arc<Metrics>,
+        shared: Option<&Rechecks>,
     ) -> Result<Option<Arc<ConsoleAuth>>, ConfigError> {
         let verifier =
             JwtVerifier::from_settings(&self.jwt).map_err(|e| ConfigError::Jwt(e.to_string()))?;
-        Ok(verifier.map(|verifier| self.console_auth_with(verifier, metrics)))
+        Ok(verifier.map(|verifier| self.console_auth_with(verifier, metrics, shared)))
     }
 
-    /// The subscription API's verifier and reviewer around `verifier`
+    /// The subscription API's verifier and re-checks around `verifier`
     /// (the demo's generated secret, which no setting names).
     pub fn console_auth_with(
         &self,
         verifier: JwtVerifier,
         metrics: &Arc<Metrics>,
+        shared: Option<&Rechecks>,
     ) -> Arc<ConsoleAuth> {
-        Arc::new(ConsoleAuth {
-            verifier,
-            reviewer: Arc::new(Reviewer::new(self.auth_cache_ttl, metrics.clone())),
-            recheck: self.auth_recheck_interval,
-        })
+        let rechecks = shared.cloned().unwrap_or_else(|| {
+            Rechecks::new(
+                Arc::new(Reviewer::new(self.auth_cache_ttl, metrics.clone())),
+                self.auth_recheck_interval,
+            )
+        });
+        Arc::new(ConsoleAuth { verifier, rechecks })
     }
 
     /// Headlamp's backend token, when a file for it is configured.
@@ -1410,6 +1418,10 @@ mod tests {
         let s = Settings::from_toml(&ProxyArgs::default(), &toml, "t").unwrap();
         let again = Settings::from_toml(&ProxyArgs::default(), &s.to_toml(), "printed").unwrap();
         assert_eq!(s, again);
-        assert!(s.console_auth(&Arc::new(Metrics::new())).unwrap().is_some());
+        assert!(
+            s.console_auth(&Arc::new(Metrics::new()), None)
+                .unwrap()
+                .is_some()
+        );
     }
 }

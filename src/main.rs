@@ -289,11 +289,14 @@ async fn run_proxy(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let mut server_config = settings.server_config(&metrics);
+    let rechecks = server_config.policy.rechecks().cloned();
     server_config.console = match &demo_secret {
-        Some(demo) if demo.generated => Some(
-            settings.console_auth_with(JwtVerifier::hs256(&demo.secret, &settings.jwt), &metrics),
-        ),
-        _ => settings.console_auth(&metrics)?,
+        Some(demo) if demo.generated => Some(settings.console_auth_with(
+            JwtVerifier::hs256(&demo.secret, &settings.jwt),
+            &metrics,
+            rechecks.as_ref(),
+        )),
+        _ => settings.console_auth(&metrics, rechecks.as_ref())?,
     };
     server_config.headlamp_backend_token = settings.headlamp_backend_token()?;
     server_config.admin_token = settings.admin_token()?;

@@ -39,6 +39,13 @@ pub struct AuthLabel {
     pub outcome: &'static str,
 }
 
+/// Label for re-check reviews.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `token` (TokenReview) or `access` (SubjectAccessReview).
+    pub kind: &'static str,
+}
+
 /// Label for refusals by an abuse limit.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabel {
@@ -97,6 +104,16 @@ pub struct Metrics {
     pub queue_bytes: Gauge,
     /// Auth decisions (shared mode) by kind and outcome, cache hits included.
     pub auth_decisions: Family<AuthLabel, Counter>,
+    /// Live subscriptions registered for periodic re-checks
+    /// (`auth::recheck`); zero once their connections are gone.
+    pub auth_rechecks: Gauge,
+    /// Re-check ticks run.
+    pub auth_recheck_ticks: Counter,
+    /// Reviews made by re-check ticks, by kind: one per distinct question
+    /// per tick, however many subscriptions share it.
+    pub auth_recheck_reviews: Family<KindLabel, Counter>,
+    /// Reviews (both kinds) the last re-check tick made.
+    pub auth_recheck_last_reviews: Gauge,
     /// Connections, messages and frames refused by an abuse limit.
     pub limit_refusals: Family<LimitLabel, Counter>,
     /// REST GETs by request and by who answered them.
@@ -135,6 +152,10 @@ impl Metrics {
             frames_dropped: Counter::default(),
             queue_bytes: Gauge::default(),
             auth_decisions: Family::default(),
+            auth_rechecks: Gauge::default(),
+            auth_recheck_ticks: Counter::default(),
+            auth_recheck_reviews: Family::default(),
+            auth_recheck_last_reviews: Gauge::default(),
             limit_refusals: Family::default(),
             rest_requests: Family::default(),
             tasks: Gauge::default(),
@@ -219,6 +240,26 @@ impl Metrics {
             "auth_decisions",
             "TokenReview and SubjectAccessReview outcomes, and answers served from the cache",
             m.auth_decisions.clone(),
+        );
+        registry.register(
+            "auth_rechecks",
+            "Live subscriptions registered for periodic re-checks",
+            m.auth_rechecks.clone(),
+        );
+        registry.register(
+            "auth_recheck_ticks",
+            "Re-check ticks run",
+            m.auth_recheck_ticks.clone(),
+        );
+        registry.register(
+            "auth_recheck_reviews",
+            "TokenReviews and SubjectAccessReviews made by re-check ticks, one per distinct question per tick",
+            m.auth_recheck_reviews.clone(),
+        );
+        registry.register(
+            "auth_recheck_last_reviews",
+            "Reviews the last re-check tick made",
+            m.auth_recheck_last_reviews.clone(),
         );
         registry.register(
             "limit_refusals",

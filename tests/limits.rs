@@ -558,11 +558,13 @@ async fn a_flood_of_bad_messages_without_reading_is_closed_with_1008() {
             console: Some(std::sync::Arc::new(
                 kubemux::dialect::console::ConsoleAuth {
                     verifier,
-                    reviewer: std::sync::Arc::new(kubemux::auth::review::Reviewer::new(
+                    rechecks: kubemux::auth::recheck::Rechecks::new(
+                        std::sync::Arc::new(kubemux::auth::review::Reviewer::new(
+                            Duration::from_secs(30),
+                            metrics,
+                        )),
                         Duration::from_secs(30),
-                        metrics,
-                    )),
-                    recheck: Duration::from_secs(30),
+                    ),
                 },
             )),
             subscriptions_listen: Some("127.0.0.1:0".parse().unwrap()),

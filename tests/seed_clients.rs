@@ -354,11 +354,13 @@ async fn seed_003_client_class_subscribes_receives_and_is_denied() {
     .unwrap();
     let auth = Arc::new(ConsoleAuth {
         verifier,
-        reviewer: Arc::new(Reviewer::new(
+        rechecks: kubemux::auth::recheck::Rechecks::new(
+            Arc::new(Reviewer::new(
+                Duration::from_secs(30),
+                Arc::new(Metrics::new()),
+            )),
             Duration::from_secs(30),
-            Arc::new(Metrics::new()),
-        )),
-        recheck: Duration::from_secs(30),
+        ),
     });
     // console-admins may read what a workspace subscription watches; bob nothing.
     let rbac = SimAuth::new().with_admin_token("admin-token").with_rule(

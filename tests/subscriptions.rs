@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kubemux::auth::jwt::{JwtSettings, JwtVerifier};
+use kubemux::auth::recheck::Rechecks;
 use kubemux::auth::review::Reviewer;
 use kubemux::dialect::console::ConsoleAuth;
 use kubemux::metrics::Metrics;
@@ -53,11 +54,13 @@ fn hs256(claims: &Value, secret: &str) -> String {
 fn console_auth(settings: JwtSettings, recheck: Duration) -> Arc<ConsoleAuth> {
     Arc::new(ConsoleAuth {
         verifier: JwtVerifier::from_settings(&settings).unwrap().unwrap(),
-        reviewer: Arc::new(Reviewer::new(
-            Duration::from_secs(30),
-            Arc::new(Metrics::new()),
-        )),
-        recheck,
+        rechecks: Rechecks::new(
+            Arc::new(Reviewer::new(
+                Duration::from_secs(30),
+                Arc::new(Metrics::new()),
+            )),
+            recheck,
+        ),
     })
 }
 
@@ -464,6 +467,104 @@ async fn a_revoked_user_loses_subscriptions_and_log_streams() {
     );
     eventually("the revoked log stream's upstream request closes", || {
         env.sim.logs().open_streams() == 0
+    })
+    .await;
+}
+
+/// The console's re-checks go through the one re-check service: 20
+/// consoles of one user with 5 project subscriptions each are two
+/// SubjectAccessReviews (list and watch on the project's quotas) per tick,
+/// counted at the simulator; a closed console's registrations are gone;
+/// a revocation ends every subscription with PERMISSION_DENIED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_rechecks_ask_once_per_tick_across_consoles_and_revoke_them_all() {
+    const CONSOLES: usize = 20;
+    const SUBSCRIPTIONS: usize = 5;
+    let metrics = Arc::new(Metrics::new());
+    let secret = temp_file(&format!("secret-{}", rand_suffix()), &format!("{SECRET}\n"));
+    let auth = Arc::new(ConsoleAuth {
+        verifier: JwtVerifier::from_settings(&JwtSettings {
+            hs256_secret_file: Some(secret),
+            ..jwt_settings()
+        })
+        .unwrap()
+        .unwrap(),
+        rechecks: Rechecks::new(
+            Arc::new(Reviewer::new(Duration::from_secs(30), metrics.clone())),
+            Duration::from_millis(500),
+        ),
+    });
+    let env = start(
+        SimConfig {
+            auth: Some(rbac()),
+            ..SimConfig::default()
+        },
+        quick_hub(),
+        ServerConfig {
+            console: Some(auth),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let registered = || metric(&metrics.encode(), "kubemux_auth_rechecks").unwrap_or(0.0);
+    let open = || async {
+        let mut c = authed(&env, "alice", &["console-admins"]).await;
+        for i in 0..SUBSCRIPTIONS {
+            let ok = subscribe(
+                &mut c,
+                &format!("s{i}"),
+                json!({"resource": "project", "project_id": "default"}),
+            )
+            .await;
+            assert_eq!(ok["success"], true, "{ok}");
+        }
+        c
+    };
+    let mut consoles = Vec::new();
+    for _ in 0..CONSOLES {
+        consoles.push(open().await);
+    }
+    let mut extra = open().await;
+    assert_eq!(registered(), ((CONSOLES + 1) * SUBSCRIPTIONS) as f64);
+    extra.ws.close(None).await.unwrap();
+    while extra.next().await.is_some() {}
+    let live = (CONSOLES * SUBSCRIPTIONS) as f64;
+    eventually("the closed console's registrations are gone", || {
+        registered() == live
+    })
+    .await;
+
+    let ticks = || metric(&metrics.encode(), "kubemux_auth_recheck_ticks_total").unwrap_or(0.0);
+    let sars = || {
+        env.sim
+            .requests_by_verb("kubemux-sim", "create", "subjectaccessreviews")
+    };
+    let (t0, sar0) = (ticks(), sars());
+    eventually("three more ticks", || ticks() >= t0 + 3.0).await;
+    let (t1, sar1) = (ticks(), sars());
+    // A tick under way at either end may add its reviews: one tick more.
+    assert!(
+        sar1 - sar0 <= 2 * (t1 - t0 + 1.0) as u64 && sar1 - sar0 >= 2,
+        "{} SubjectAccessReviews in {} ticks for {live} subscriptions",
+        sar1 - sar0,
+        t1 - t0
+    );
+
+    env.sim.auth().set_rules(Vec::new()).unwrap();
+    for c in &mut consoles {
+        for _ in 0..SUBSCRIPTIONS {
+            let frame = next_of_error(c).await;
+            assert_error(&frame, "PERMISSION_DENIED");
+            assert!(
+                frame["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("access revoked") && m.contains("alice")),
+                "{frame}"
+            );
+        }
+    }
+    eventually("revoked subscriptions are unregistered", || {
+        registered() == 0.0
     })
     .await;
 }

@@ -5,5 +5,6 @@ pub mod credentials;
 pub mod jwt;
 pub mod origin;
 pub mod policy;
+pub mod recheck;
 pub mod review;
 pub mod secret;

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::credentials::Credentials;
+use super::recheck::Rechecks;
 use super::review::Reviewer;
 use crate::api_path::ApiPath;
 use crate::hub::{Identity, ResourcePath};
@@ -65,7 +66,8 @@ pub enum Denied {
 pub struct Policy {
     mode: AuthMode,
     allow_secrets: bool,
-    review: Option<(Arc<Reviewer>, Duration)>,
+    /// The reviewer and the re-check service built around it.
+    review: Option<Rechecks>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -120,7 +122,7 @@ impl Policy {
         Policy {
             mode: AuthMode::Shared,
             allow_secrets: false,
-            review: Some((reviewer, recheck)),
+            review: Some(Rechecks::new(reviewer, recheck)),
         }
     }
 
@@ -135,13 +137,19 @@ impl Policy {
         Policy {
             mode: AuthMode::Passthrough,
             allow_secrets: false,
-            review: Some((reviewer, recheck)),
+            review: Some(Rechecks::new(reviewer, recheck)),
         }
     }
 
     /// The reviewer and re-check interval, in `shared` and `passthrough` modes.
     pub fn review(&self) -> Option<(&Arc<Reviewer>, Duration)> {
-        self.review.as_ref().map(|(r, d)| (r, *d))
+        self.review.as_ref().map(|r| (r.reviewer(), r.every()))
+    }
+
+    /// The re-check service of live subscriptions, in `shared` and
+    /// `passthrough` modes (one per server, shared by every dialect).
+    pub fn rechecks(&self) -> Option<&Rechecks> {
+        self.review.as_ref()
     }
 
     /// The mode.

@@ -211,6 +211,11 @@ impl Reviewer {
         Ok(user)
     }
 
+    /// The metrics its decisions are counted in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     fn record(&self, kind: &'static str, outcome: &'static str) {
         self.metrics
             .auth_decisions
@@ -218,7 +223,8 @@ impl Reviewer {
             .inc();
     }
 
-    async fn authenticate(
+    /// Who `token` belongs to (TokenReview); `fresh` skips the cache.
+    pub(crate) async fn authenticate(
         &self,
         cluster: &Cluster,
         token: &str,

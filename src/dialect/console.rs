@@ -21,7 +21,8 @@ use tracing::debug;
 use super::console_sub::{Family, Stream, Sub};
 use super::console_work::{self as work, Check, LogRequest, QUERY, Refusal, envelope, error_frame};
 use crate::auth::jwt::JwtVerifier;
-use crate::auth::review::{Reviewer, User};
+use crate::auth::recheck::{Access, Principal, RecheckHandle, Rechecks};
+use crate::auth::review::User;
 use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber};
 use crate::server::ServerConfig;
 use crate::server::conn::{self, ConnContext, Dialect, Liveness};
@@ -64,22 +65,14 @@ pub const LIVENESS: Liveness = Liveness {
 };
 
 /// How consoles are authenticated and authorised.
+#[derive(Debug)]
 pub struct ConsoleAuth {
     /// Verifies the `auth` message's JWT.
     pub verifier: JwtVerifier,
-    /// SubjectAccessReviews for the JWT's user, cached.
-    pub reviewer: Arc<Reviewer>,
-    /// Interval of re-checks of live subscriptions.
-    pub recheck: Duration,
-}
-
-impl std::fmt::Debug for ConsoleAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsoleAuth")
-            .field("verifier", &self.verifier)
-            .field("recheck", &self.recheck)
-            .finish_non_exhaustive()
-    }
+    /// SubjectAccessReviews for the JWT's user (cached, through its
+    /// reviewer) and re-checks of live subscriptions and log streams: the
+    /// server's one re-check service when the other dialects have one.
+    pub rechecks: Rechecks,
 }
 
 /// A subscribe request that passed validation, waiting for its review.
@@ -113,6 +106,7 @@ struct Unannounced {
 }
 
 /// What a periodic re-check found revoked.
+#[derive(Clone)]
 enum Target {
     Sub(u64),
     Log(String),
@@ -122,8 +116,7 @@ enum Target {
 struct LogStream {
     handle: AbortHandle,
     id: Value,
-    cluster: String,
-    check: Check,
+    _recheck: Option<RecheckHandle>,
 }
 
 struct Sink {
@@ -180,7 +173,6 @@ struct Console {
     /// The per-connection message rate.
     bucket: TokenBucket,
     last_ping: Instant,
-    last_recheck: Instant,
 }
 
 fn text_of<'a>(data: &'a Value, field: &str) -> Option<&'a str> {
@@ -383,16 +375,7 @@ impl Console {
                 }),
             });
         }
-        let mut checks = Vec::new();
-        for stream in Stream::of(family) {
-            let path = match stream {
-                Stream::Namespace => continue,
-                s => s.path(project.as_deref()).0,
-            };
-            for verb in ["list", "watch"] {
-                checks.push(Check::new(verb, &path).map_err(invalid)?);
-            }
-        }
+        let mut checks = stream_checks(family, project.as_deref()).map_err(invalid)?;
         if events.contains("monitoring.metrics_update") {
             checks.push(Check::new("list", "/apis/metrics.k8s.io/v1beta1/nodes").map_err(invalid)?);
         }
@@ -406,7 +389,7 @@ impl Console {
             explicit_metrics,
         });
         let (reviewer, user, notices) = (
-            self.auth.reviewer.clone(),
+            self.auth.rechecks.reviewer().clone(),
             self.user(),
             self.notices.clone(),
         );
@@ -514,6 +497,9 @@ impl Console {
                     .then_some(cluster),
             },
         );
+        if let Ok(checks) = stream_checks(pending.family, pending.project.as_deref()) {
+            sub.recheck = self.register_recheck(&pending.cluster, &checks, Target::Sub(key));
+        }
         debug!(subscription = %subscription_id, family = pending.family.name(), cluster = %pending.cluster, "console subscribed");
         self.by_id.insert(subscription_id, key);
         self.subs.insert(key, sub);
@@ -573,7 +559,7 @@ impl Console {
         ];
         let (hub, reviewer, user, outbound, id) = (
             self.hub.clone(),
-            self.auth.reviewer.clone(),
+            self.auth.rechecks.reviewer().clone(),
             self.user(),
             self.outbound.clone(),
             id.clone(),
@@ -632,7 +618,11 @@ impl Console {
         let mut check = Check::new("get", &format!("/api/v1/namespaces/{namespace}/pods"))
             .map_err(|_| invalid("data.namespace is not a namespace name"))?;
         check.subresource = Some("log");
-        let stream = (cluster.id().to_string(), check.clone());
+        let recheck = self.register_recheck(
+            cluster.id(),
+            std::slice::from_ref(&check),
+            Target::Log(stream_id.clone()),
+        );
         let request = LogRequest {
             stream_id: id.clone(),
             namespace: namespace.to_string(),
@@ -642,7 +632,7 @@ impl Console {
             tail_lines,
         };
         let (reviewer, user, outbound, notices, sid) = (
-            self.auth.reviewer.clone(),
+            self.auth.rechecks.reviewer().clone(),
             self.user(),
             self.outbound.clone(),
             self.notices.clone(),
@@ -669,8 +659,7 @@ impl Console {
             LogStream {
                 handle,
                 id: id.clone(),
-                cluster: stream.0,
-                check: stream.1,
+                _recheck: recheck,
             },
         );
         Ok(())
@@ -726,53 +715,33 @@ impl Console {
         }
     }
 
-    /// Re-authorises every live subscription, skipping the cache, so a
-    /// revoked user loses them within one interval.
-    fn recheck(&mut self) {
-        let Some(user) = self.user.clone() else {
-            return;
-        };
-        let subs = self.subs.iter().map(|(key, sub)| {
-            let checks = Stream::of(sub.family)
-                .iter()
-                .filter(|s| **s != Stream::Namespace)
-                .flat_map(|s| {
-                    let path = s.path(sub.project.as_deref()).0;
-                    ["list", "watch"].map(|verb| Check::new(verb, &path))
-                })
-                .filter_map(Result::ok)
-                .collect();
-            (Target::Sub(*key), sub.cluster.clone(), checks)
-        });
-        let logs = self.logs.iter().map(|(sid, stream)| {
-            (
-                Target::Log(sid.clone()),
-                stream.cluster.clone(),
-                vec![stream.check.clone()],
-            )
-        });
-        let plans: Vec<(Target, String, Vec<Check>)> = subs.chain(logs).collect();
-        if plans.is_empty() {
-            return;
-        }
-        let (hub, reviewer, notices) = (
-            self.hub.clone(),
-            self.auth.reviewer.clone(),
-            self.notices.clone(),
-        );
-        self.tasks.spawn(async move {
-            for (target, cluster, checks) in plans {
-                let Some(cluster) = hub.clusters().get(&cluster) else {
-                    continue;
-                };
-                if let Err(refusal) =
-                    work::authorise(&reviewer, &cluster, &user, &checks, true).await
-                    && refusal.code == "PERMISSION_DENIED"
-                {
-                    notices.control(Notice::Revoked(target, refusal.message));
-                }
-            }
-        });
+    /// Registers `checks` of the connection's user with the re-check
+    /// service, so a revoked user loses `target` within one interval; the
+    /// same question from any number of consoles is one review per tick.
+    fn register_recheck(
+        &self,
+        cluster: &str,
+        checks: &[Check],
+        target: Target,
+    ) -> Option<RecheckHandle> {
+        let user = self.user.clone()?;
+        let cluster = self.hub.clusters().get(cluster)?;
+        let accesses = checks
+            .iter()
+            .map(|c| Access {
+                verb: c.verb,
+                resource: c.resource.clone(),
+                subresource: c.subresource,
+            })
+            .collect();
+        let notices = self.notices.clone();
+        Some(
+            self.auth
+                .rechecks
+                .register(cluster, Principal::User(user), accesses, move |e| {
+                    notices.control(Notice::Revoked(target.clone(), e.to_string()))
+                }),
+        )
     }
 }
 
@@ -957,10 +926,6 @@ impl Dialect for Console {
                 json!({"type": "ping", "timestamp": work::now()}).to_string(),
             ));
         }
-        if self.last_recheck.elapsed() >= self.auth.recheck {
-            self.last_recheck = Instant::now();
-            self.recheck();
-        }
         let keys: Vec<u64> = self.subs.keys().copied().collect();
         for key in keys {
             let Some(sub) = self.subs.get_mut(&key) else {
@@ -978,6 +943,23 @@ impl Dialect for Console {
             }
         }
     }
+}
+
+/// What a family's hub watches need: `list` and `watch` on each, the
+/// project's own namespace object aside (its watch selects that one
+/// namespace; the project is authorised by its quotas).
+fn stream_checks(family: Family, project: Option<&str>) -> Result<Vec<Check>, String> {
+    let mut checks = Vec::new();
+    for stream in Stream::of(family) {
+        let path = match stream {
+            Stream::Namespace => continue,
+            s => s.path(project).0,
+        };
+        for verb in ["list", "watch"] {
+            checks.push(Check::new(verb, &path)?);
+        }
+    }
+    Ok(checks)
 }
 
 /// Serves one upgraded connection.
@@ -1009,7 +991,6 @@ pub async fn serve(
         tasks: JoinSet::new(),
         bucket: TokenBucket::new(RATE_PER_SECOND, RATE_BURST),
         last_ping: now,
-        last_recheck: now,
     };
     let ctx = ConnContext {
         dialect: "console",

@@ -114,6 +114,8 @@ pub struct Sub {
     pub hubs: Vec<Subscription>,
     /// A background task (metrics polling) ended with this subscription.
     pub task: Option<tokio_util::task::AbortOnDropHandle<()>>,
+    /// Its registration with the re-check service; dropped with this.
+    pub recheck: Option<crate::auth::recheck::RecheckHandle>,
     waiting: BTreeSet<Stream>,
     pods: HashMap<String, (f64, f64)>,
     nodes: HashMap<String, (String, bool, (f64, f64))>,
@@ -146,6 +148,7 @@ impl Sub {
             events,
             hubs: Vec::new(),
             task: None,
+            recheck: None,
             waiting: Stream::of(family).iter().copied().collect(),
             pods: HashMap::new(),
             nodes: HashMap::new(),

@@ -31,7 +31,8 @@ use tracing::debug;
 use super::dashboard_view::{self, NamespaceView, NodeView, PodView};
 use crate::auth::credentials::Credentials;
 use crate::auth::policy::Policy;
-use crate::auth::review::{ReviewError, Reviewer};
+use crate::auth::recheck::{Access, Principal, RecheckHandle, Rechecks};
+use crate::auth::review::ReviewError;
 use crate::cluster::Cluster;
 use crate::hub::ResourcePath;
 use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
@@ -193,11 +194,42 @@ enum Notice {
     Refused(String),
 }
 
-/// What the `shared` and `passthrough` auth modes re-check every interval.
+/// What the `shared` and `passthrough` auth modes re-check for a
+/// dashboard, through the server's re-check service (one review per
+/// distinct question per interval across all connections).
 struct Recheck {
-    reviewer: Arc<Reviewer>,
-    every: Duration,
+    rechecks: Rechecks,
     credentials: Credentials,
+}
+
+impl Recheck {
+    /// Registers `list` and `watch` on one shown stream for the caller's
+    /// token; a refusal becomes a notice naming that stream only, a
+    /// rejected token one refusing the caller.
+    fn register(
+        &self,
+        cluster: &Arc<Cluster>,
+        target: &Target,
+        notices: &NoticeSender<Notice>,
+    ) -> Option<RecheckHandle> {
+        let token = self.credentials.token_for(cluster.id())?;
+        let (notices, revoked) = (notices.clone(), target.clone());
+        Some(self.rechecks.register(
+            cluster.clone(),
+            Principal::Token(token.into()),
+            Access::list_and_watch(&target.resource),
+            move |e| match e {
+                ReviewError::Forbidden { verb, .. } => {
+                    notices.control(Notice::Revoked(vec![Denial {
+                        verb: verb.to_string(),
+                        reason: e.to_string(),
+                        target: revoked.clone(),
+                    }]))
+                }
+                _ => notices.control(Notice::Refused(e.to_string())),
+            },
+        ))
+    }
 }
 
 struct Sink {
@@ -309,6 +341,8 @@ fn classify(message: &str) -> &'static str {
 struct Live {
     target: Target,
     _subscription: Subscription,
+    /// Its registration with the re-check service, while access lasts.
+    _recheck: Option<RecheckHandle>,
 }
 
 /// The connection's own view, mirrored from the shared caches.
@@ -329,8 +363,7 @@ struct Dashboard {
     batch_bytes: usize,
     metrics_every: Duration,
     last_metrics: Instant,
-    recheck: Option<(Recheck, Instant)>,
-    notices: NoticeSender<Notice>,
+    recheck: Option<Recheck>,
     hub: Hub,
 }
 
@@ -596,58 +629,6 @@ impl Dashboard {
     }
 }
 
-impl Dashboard {
-    /// In `shared` and `passthrough` modes, re-authorises every shown
-    /// stream once per interval, bypassing the cache so a revocation is
-    /// seen in time; the streams refused come back in one notice.
-    fn maybe_recheck(&mut self) {
-        let Some((recheck, last)) = self.recheck.as_mut() else {
-            return;
-        };
-        if last.elapsed() < recheck.every {
-            return;
-        }
-        *last = Instant::now();
-        let Some(cluster) = self.hub.clusters().get(&self.cluster) else {
-            return;
-        };
-        let (reviewer, credentials, notices) = (
-            recheck.reviewer.clone(),
-            recheck.credentials.clone(),
-            self.notices.clone(),
-        );
-        let targets: Vec<Target> = self.streams.values().map(|l| l.target.clone()).collect();
-        tokio::spawn(async move {
-            let token = credentials.token_for(cluster.id());
-            let mut revoked = Vec::new();
-            for target in targets {
-                let Err(e) = reviewer
-                    .check(&cluster, token, &target.resource, true)
-                    .await
-                else {
-                    continue;
-                };
-                match &e {
-                    ReviewError::Forbidden { verb, .. } => revoked.push(Denial {
-                        verb: verb.to_string(),
-                        reason: e.to_string(),
-                        target,
-                    }),
-                    ReviewError::Unauthenticated { .. } | ReviewError::NoCredentials(_) => {
-                        notices.control(Notice::Refused(e.to_string()));
-                        return;
-                    }
-                    // A review that could not run says nothing about access.
-                    _ => {}
-                }
-            }
-            if !revoked.is_empty() {
-                notices.control(Notice::Revoked(revoked));
-            }
-        });
-    }
-}
-
 fn is_initial_end(event: &WatchEvent) -> bool {
     serde_json::from_slice::<Value>(event.object())
         .map(|v| v["metadata"]["annotations"]["k8s.io/initial-events-end"] == "true")
@@ -760,7 +741,6 @@ impl Dialect for Dashboard {
 
     fn on_tick(&mut self) {
         self.flush();
-        self.maybe_recheck();
         if self.waiting.is_empty()
             && !self.streams.is_empty()
             && self.last_metrics.elapsed() >= self.metrics_every
@@ -857,9 +837,8 @@ pub async fn serve(
                 .collect::<BTreeSet<_>>()
         })
         .filter(|s| !s.is_empty());
-    let recheck = config.policy.review().map(|(reviewer, every)| Recheck {
-        reviewer: reviewer.clone(),
-        every,
+    let recheck = config.policy.rechecks().map(|rechecks| Recheck {
+        rechecks: rechecks.clone(),
         credentials: credentials.clone(),
     });
     let mut dashboard = Dashboard {
@@ -876,8 +855,7 @@ pub async fn serve(
         batch_bytes: 0,
         metrics_every: config.dashboard_metrics_interval,
         last_metrics: Instant::now(),
-        recheck: recheck.map(|r| (r, Instant::now())),
-        notices: tx.clone(),
+        recheck,
         hub: hub.clone(),
     };
     match cluster_id.as_deref().and_then(|id| registry.get(id)) {
@@ -992,11 +970,16 @@ async fn subscribe_streams(
         match dashboard.hub.subscribe(request, sink) {
             Ok(subscription) => {
                 dashboard.waiting.insert(target.stream);
+                let recheck = dashboard.recheck.as_ref().and_then(|r| {
+                    let cluster = dashboard.hub.clusters().get(cluster.id())?;
+                    r.register(&cluster, &target, tx)
+                });
                 dashboard.streams.insert(
                     target.stream,
                     Live {
                         target,
                         _subscription: subscription,
+                        _recheck: recheck,
                     },
                 );
             }

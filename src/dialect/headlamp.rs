@@ -13,7 +13,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::server::WebSocket;
 use bytes::Bytes;
@@ -23,7 +22,7 @@ use tracing::debug;
 
 use crate::auth::credentials::Credentials;
 use crate::auth::policy::Policy;
-use crate::auth::review::ReviewError;
+use crate::auth::recheck::{Access, Principal, RecheckHandle};
 use crate::hub::{
     EndReason, Hub, Identity, Overflow, ResourcePath, SubscribeRequest, Subscriber, Subscription,
     key,
@@ -98,11 +97,12 @@ enum Slot {
         resource: ResourcePath,
         identity: Identity,
     },
-    /// Subscribed.
+    /// Subscribed; re-checked (`shared` and `passthrough` modes) for as
+    /// long as it lives.
     Active {
         token: u64,
-        resource: ResourcePath,
         _subscription: Subscription,
+        _recheck: Option<RecheckHandle>,
     },
 }
 
@@ -256,67 +256,9 @@ impl Dialect for Headlamp {
         }
     }
 
-    fn tick_interval(&self) -> Option<Duration> {
-        self.policy.review().map(|(_, every)| every)
-    }
-
     /// Messages still waiting for the rate limit are work owed, not idleness.
     fn is_idle(&self) -> bool {
         self.subs.is_empty() && self.delayed.is_empty()
-    }
-
-    /// Re-authorises every live subscription (`shared` and `passthrough`
-    /// modes), bypassing the cache so a revocation is seen within one
-    /// interval even while the upstream watch (another connection's, in
-    /// `passthrough`) goes on.
-    fn on_tick(&mut self) {
-        let Some((reviewer, _)) = self.policy.review() else {
-            return;
-        };
-        let live = review_groups(self.subs.iter().filter_map(|(key, slot)| match slot {
-            Slot::Active {
-                token, resource, ..
-            } => Some((key.clone(), *token, resource.clone())),
-            Slot::Pending { .. } => None,
-        }));
-        if live.is_empty() {
-            return;
-        }
-        let (reviewer, hub, credentials, notices) = (
-            reviewer.clone(),
-            self.hub.clone(),
-            self.credentials.clone(),
-            self.notices.clone(),
-        );
-        tokio::spawn(async move {
-            for ((cluster_id, resource), members) in live {
-                let Some(cluster) = hub.clusters().get(&cluster_id) else {
-                    continue;
-                };
-                let verdict = reviewer
-                    .check(
-                        &cluster,
-                        credentials.token_for(&cluster_id),
-                        &resource,
-                        true,
-                    )
-                    .await;
-                match verdict {
-                    Err(
-                        e @ (ReviewError::Forbidden { .. } | ReviewError::Unauthenticated { .. }),
-                    ) => {
-                        let message = e.to_string();
-                        for (key, token) in members {
-                            let _ = notices.send(Notice::Revoked(key, token, message.clone()));
-                        }
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "re-check could not be made; keeping the subscription")
-                    }
-                    Ok(_) => {}
-                }
-            }
-        });
     }
 }
 
@@ -511,17 +453,44 @@ impl Headlamp {
         };
         match self.hub.subscribe(request, sink) {
             Ok(subscription) => {
+                let recheck = self.register_recheck(&key, token, &resource);
                 self.subs.insert(
                     key,
                     Slot::Active {
                         token,
-                        resource,
                         _subscription: subscription,
+                        _recheck: recheck,
                     },
                 );
             }
             Err(e) => self.refuse(cluster, path, query, &e.to_string()),
         }
+    }
+
+    /// Registers a live subscription with the server's re-check service
+    /// (`shared` and `passthrough` modes), so that a revocation seen at a
+    /// tick ends it with ERROR + COMPLETE even while its upstream watch
+    /// (shared, or another connection's in `passthrough`) goes on. Every
+    /// subscription of every connection with the same token on the same
+    /// collection is one question per tick.
+    fn register_recheck(
+        &self,
+        key: &SubKey,
+        token: u64,
+        resource: &ResourcePath,
+    ) -> Option<RecheckHandle> {
+        let rechecks = self.policy.rechecks()?;
+        let cluster = self.hub.clusters().get(&key.0)?;
+        let principal = Principal::Token(self.credentials.token_for(&key.0)?.into());
+        let (notices, key) = (self.notices.clone(), key.clone());
+        Some(rechecks.register(
+            cluster,
+            principal,
+            Access::list_and_watch(resource),
+            move |e| {
+                let _ = notices.send(Notice::Revoked(key.clone(), token, e.to_string()));
+            },
+        ))
     }
 
     /// ERROR then COMPLETE: the subscription ended for `message`.
@@ -553,35 +522,6 @@ impl Headlamp {
             self.outbound.answer(complete_frame(&head));
         }
     }
-}
-
-/// What one re-check asks about (cluster id, a representative resource) and
-/// the subscriptions (key, slot token) its verdict applies to.
-type ReviewGroup = ((String, ResourcePath), Vec<(SubKey, u64)>);
-
-/// Live subscriptions grouped by what their re-check asks: the cluster and
-/// the resource's group, name and namespace (RBAC ignores the version, and
-/// so does the review cache), so that many subscriptions of one connection
-/// on one collection (different queries: selectors, versions) cost one
-/// review per re-check interval, not one each.
-fn review_groups(live: impl Iterator<Item = (SubKey, u64, ResourcePath)>) -> Vec<ReviewGroup> {
-    let mut by_attributes: HashMap<(String, String, String, Option<String>), usize> =
-        HashMap::new();
-    let mut groups: Vec<ReviewGroup> = Vec::new();
-    for (key, token, resource) in live {
-        let attributes = (
-            key.0.clone(),
-            resource.group.clone(),
-            resource.resource.clone(),
-            resource.namespace.clone(),
-        );
-        let at = *by_attributes.entry(attributes).or_insert_with(|| {
-            groups.push(((key.0.clone(), resource), Vec::new()));
-            groups.len() - 1
-        });
-        groups[at].1.push((key, token));
-    }
-    groups
 }
 
 /// `{"clusterId":…,"path":…,"query":…` — the part every frame of one
