@@ -21,7 +21,7 @@
 //! same kind of path, each with a fresh random token, `--concurrency` in
 //! flight — with a checkpoint after `--checkpoint` tokens; take the "after"
 //! figures; stop the writer and check that the subscription received every
-//! pod it created.
+//! pod it created; with `--settle`, a last reading after that long idle.
 //!
 //! `--quick` is a smoke for CI: a few hundred tokens; it fails if a report
 //! field is missing, a junk token was not refused as the API server would
@@ -103,6 +103,11 @@ struct Args {
     /// Seconds the legitimate client runs alone before the junk, its baseline.
     #[arg(long, default_value_t = 5.0)]
     baseline: f64,
+    /// Seconds to wait idle after the junk before a last reading (0: none),
+    /// to see what kubemux gives back (the upstream pool closes idle
+    /// connections after 90 s).
+    #[arg(long, default_value_t = 0.0)]
+    settle: f64,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -524,6 +529,10 @@ const FIELDS: &[(&str, &str)] = &[
     ("after_sim_fds", "after: simulator fds"),
     ("cpu_ms_per_token", "kubemux CPU per junk token, ms"),
     ("sim_cpu_ms_per_token", "simulator CPU per junk token, ms"),
+    ("settled_rss_growth_mib", "settled: RSS growth, MiB"),
+    ("settled_fds_growth", "settled: fds growth"),
+    ("settled_tasks", "settled: kubemux tokio tasks"),
+    ("settled_sim_fds", "settled: simulator fds"),
     ("sim_reviews_per_token", "simulator reviews per junk token"),
     (
         "sim_requests_per_token",
@@ -797,6 +806,17 @@ async fn run(args: &Args, mode: AuthMode) -> Result<Report> {
     report.set("legit_events_expected", expected.len());
     report.set("legit_events_missed", missed);
     report.set("legit_ws_errors", legit.ws_errors.load(Ordering::Relaxed));
+    if args.settle > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+        let settled = snapshot(kubemux, sim_at).await?;
+        report.growth(
+            ["settled_rss_growth_mib", "settled_fds_growth"],
+            &settled,
+            &before,
+        );
+        report.set("settled_tasks", settled.tasks);
+        report.set("settled_sim_fds", settled.sim_fds);
+    }
     drop(procs);
     let _ = std::fs::remove_file(&kubeconfig);
     let _ = std::fs::remove_file(&auth_file);
@@ -808,6 +828,7 @@ async fn run(args: &Args, mode: AuthMode) -> Result<Report> {
 fn problems(report: &Report, tokens: usize) -> Vec<String> {
     let mut out: Vec<String> = FIELDS
         .iter()
+        .filter(|(k, _)| !k.starts_with("settled_"))
         .filter(|(k, _)| report.fields.get(k).is_none_or(Value::is_null))
         .map(|(k, _)| format!("missing {k}"))
         .collect();
@@ -845,6 +866,9 @@ fn print_table(reports: &[Report]) {
         .max()
         .unwrap_or(0);
     for (k, label) in FIELDS {
+        if reports.iter().all(|r| !r.fields.contains_key(k)) {
+            continue;
+        }
         let mut line = format!("{label:<width$}");
         for r in reports {
             let v = match r.fields.get(k) {
