@@ -1,5 +1,5 @@
 //! Helpers shared by the examples that drive kubemux as separate processes
-//! (`loadgen`, `soak`): child processes, `/proc` readings, plain HTTP and
+//! (`loadgen`, `soak`, `junkload`): child processes, `/proc` readings, plain HTTP and
 //! Prometheus scrapes, WebSocket connects and byte-level frame peeking.
 
 use std::collections::BTreeMap;
@@ -117,9 +117,26 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
 
 /// One HTTP/1.1 request with `Connection: close`; returns status and body.
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
+    http_as(addr, method, path, "loadgen", "").await
+}
+
+/// [`http`] with a bearer token of the caller's and a JSON body (none if empty).
+pub async fn http_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer loadgen\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
