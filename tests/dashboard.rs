@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use kubemux::server::ServerConfig;
-use kubemux::sim::SimConfig;
+use kubemux_sim::SimConfig;
 use serde_json::{Value, json};
 
 /// The dashboard's view: pods by namespace/name with their resourceVersions

@@ -11,13 +11,13 @@ use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::sim::auth::UserInfo;
-use crate::sim::error::ApiError;
-use crate::sim::http::AppState;
-use crate::sim::path::ApiPath;
-use crate::sim::query::ListQuery;
-use crate::sim::rbac::Attributes;
-use crate::sim::resources::ResourceDef;
+use crate::auth::UserInfo;
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::path::ApiPath;
+use crate::query::ListQuery;
+use crate::rbac::Attributes;
+use crate::resources::ResourceDef;
 
 /// The authenticated user of a request, inserted by [`authenticate`].
 #[derive(Debug, Clone)]
@@ -178,7 +178,7 @@ pub fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::path::parse;
+    use crate::path::parse;
 
     fn attrs(path: &str, method: Method, query: Option<&str>) -> Option<Attributes> {
         let path = parse(true, path).expect("path");

@@ -12,10 +12,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::sim::error::ApiError;
-use crate::sim::faults::WatchFailure;
-use crate::sim::http::AppState;
-use crate::sim::rbac::Rule;
+use crate::error::ApiError;
+use crate::faults::WatchFailure;
+use crate::http::AppState;
+use crate::rbac::Rule;
 
 /// Delay before a connection-refusal fault takes effect, so the caller still
 /// receives its 200 answer over the connection that is about to be reset.

@@ -10,20 +10,20 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::sim::access;
-use crate::sim::auth::UserInfo;
-use crate::sim::discovery;
-use crate::sim::error::ApiError;
-use crate::sim::http::AppState;
-use crate::sim::object::{WithoutTypeMeta, meta_str};
-use crate::sim::pagination::ContinueToken;
-use crate::sim::path::{self, ApiPath};
-use crate::sim::query::{ListQuery, MATCH_EXACT};
-use crate::sim::resources::ResourceDef;
-use crate::sim::review;
-use crate::sim::selector::Filter;
-use crate::sim::store::{FRESHNESS_WAIT, ListAt, WatchFrom};
-use crate::sim::watch::{self, WatchSpec, WatchStart};
+use crate::access;
+use crate::auth::UserInfo;
+use crate::discovery;
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::object::{WithoutTypeMeta, meta_str};
+use crate::pagination::ContinueToken;
+use crate::path::{self, ApiPath};
+use crate::query::{ListQuery, MATCH_EXACT};
+use crate::resources::ResourceDef;
+use crate::review;
+use crate::selector::Filter;
+use crate::store::{FRESHNESS_WAIT, ListAt, WatchFrom};
+use crate::watch::{self, WatchSpec, WatchStart};
 
 /// A request under `/api/...` or `/apis/...`, already split up by axum.
 #[derive(Debug)]
@@ -40,7 +40,7 @@ pub struct ApiRequest {
     pub headers: HeaderMap,
     /// Request body.
     pub body: Bytes,
-    /// Who is asking (from the bearer token, see [`crate::sim::access`]).
+    /// Who is asking (from the bearer token, see [`crate::access`]).
     pub user: Arc<UserInfo>,
 }
 
@@ -192,7 +192,7 @@ fn named_body(body: &[u8], name: &str) -> Result<Value, ApiError> {
         ))),
         Some(_) => Ok(object),
         None => {
-            if let Some(meta) = crate::sim::object::metadata_mut(&mut object) {
+            if let Some(meta) = crate::object::metadata_mut(&mut object) {
                 meta.insert("name".into(), name.into());
             }
             Ok(object)

@@ -4,7 +4,7 @@
 //! are, and the [`Rule`]s that say what they may do. It comes from code or
 //! from a small YAML/JSON file ([`SimAuth::from_file`]). [`Auth`] is the live
 //! copy a running server consults on every request; tests change it while
-//! the server runs (through [`crate::sim::SimServer::auth`] or
+//! the server runs (through [`crate::SimServer::auth`] or
 //! `POST /_sim/auth/rules`) to revoke access mid-test.
 //!
 //! Example file:
@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::sim::rbac::{self, AUTHENTICATED_GROUP, Attributes, Decision, Rule, SUPERUSER_GROUP};
+use crate::rbac::{self, AUTHENTICATED_GROUP, Attributes, Decision, Rule, SUPERUSER_GROUP};
 
 /// The token the kubeconfig carries unless configured otherwise (the same
 /// dummy token the simulator always wrote, so existing kubeconfigs work).
@@ -114,7 +114,7 @@ impl UserInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SimAuth {
-    /// The token written into [`crate::sim::SimServer::kubeconfig`]; it maps
+    /// The token written into [`crate::SimServer::kubeconfig`]; it maps
     /// to [`UserInfo::admin`], which every rule set allows.
     #[serde(default = "default_admin_token")]
     pub admin_token: String,

@@ -14,11 +14,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::sim::error::ApiError;
-use crate::sim::object::meta_str;
-use crate::sim::population::random_suffix;
-use crate::sim::store::Store;
-use crate::sim::templates::{self, APPS, NAMESPACES};
+use crate::error::ApiError;
+use crate::object::meta_str;
+use crate::population::random_suffix;
+use crate::store::Store;
+use crate::templates::{self, APPS, NAMESPACES};
 
 /// Token-bucket tick: small enough for smooth low rates, large enough that
 /// thousands of events per second are a handful per tick.

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use serde_json::{Value, json};
 
-use crate::sim::error::ApiError;
-use crate::sim::resources::{ResourceDef, groups, in_group_version};
+use crate::error::ApiError;
+use crate::resources::{ResourceDef, groups, in_group_version};
 
 /// The verbs every served resource supports.
 const VERBS: &[&str] = &[

@@ -5,8 +5,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use crate::sim::rbac::Attributes;
-use crate::sim::resources::ResourceDef;
+use crate::rbac::Attributes;
+use crate::resources::ResourceDef;
 
 /// A Kubernetes API failure, rendered as a `Status` object with the matching
 /// HTTP code so that clients (notably `kube`) decode it exactly as they would
@@ -496,5 +496,5 @@ pub enum SimError {
     Populate(#[from] ApiError),
     /// `SimConfig::auth` has an invalid token entry or rule.
     #[error("authentication settings: {0}")]
-    Auth(#[from] crate::sim::auth::AuthError),
+    Auth(#[from] crate::auth::AuthError),
 }

@@ -10,10 +10,10 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::sim::error::ApiError;
-use crate::sim::object::set_resource_version;
-use crate::sim::resources::ResourceDef;
-use crate::sim::selector::Filter;
+use crate::error::ApiError;
+use crate::object::set_resource_version;
+use crate::resources::ResourceDef;
+use crate::selector::Filter;
 
 /// What happened to the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +168,7 @@ struct TypedMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::resources::by_plural;
+    use crate::resources::by_plural;
     use serde_json::json;
 
     #[test]

@@ -10,9 +10,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::sim::error::ApiError;
-use crate::sim::metrics::Metrics;
-use crate::sim::store::Store;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::store::Store;
 
 /// How an injected watch failure answers (a plain HTTP error response, not an
 /// in-band watch event).
@@ -42,7 +42,7 @@ impl WatchFailure {
     }
 }
 
-/// The simulator's fault switches. Reached via [`crate::sim::SimServer::faults`].
+/// The simulator's fault switches. Reached via [`crate::SimServer::faults`].
 #[derive(Debug)]
 pub struct Faults {
     shutdown: CancellationToken,

@@ -2,8 +2,8 @@
 //! and churn controls.
 //!
 //! Every route except `/metrics` and `/_sim/` passes the authentication
-//! middleware ([`crate::sim::access::authenticate`]), which stores the
-//! caller's [`Identity`] as a request extension for [`crate::sim::api`].
+//! middleware ([`crate::access::authenticate`]), which stores the
+//! caller's [`Identity`] as a request extension for [`crate::api`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,21 +15,21 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
-use crate::sim::access::{self, Identity};
-use crate::sim::api::{self, ApiRequest};
-use crate::sim::auth::Auth;
-use crate::sim::churn::ChurnControl;
-use crate::sim::discovery;
-use crate::sim::error::ApiError;
-use crate::sim::faults::Faults;
-use crate::sim::metrics::Metrics;
-use crate::sim::resource_metrics;
-use crate::sim::store::Store;
+use crate::access::{self, Identity};
+use crate::api::{self, ApiRequest};
+use crate::auth::Auth;
+use crate::churn::ChurnControl;
+use crate::discovery;
+use crate::error::ApiError;
+use crate::faults::Faults;
+use crate::metrics::Metrics;
+use crate::resource_metrics;
+use crate::store::Store;
 
 /// Largest request body accepted (objects are small).
 const MAX_BODY: usize = 8 * 1024 * 1024;
 
-/// Server-wide watch settings taken from [`crate::sim::SimConfig`].
+/// Server-wide watch settings taken from [`crate::SimConfig`].
 #[derive(Debug, Clone, Copy)]
 pub struct WatchSettings {
     /// Maximum lifetime of any watch.
@@ -56,9 +56,9 @@ pub struct AppState {
     /// Tokens and rules (authentication may be disabled).
     pub auth: Arc<Auth>,
     /// Pod logs.
-    pub logs: Arc<crate::sim::logs::Logs>,
+    pub logs: Arc<crate::logs::Logs>,
     /// Whether `metrics.k8s.io` is served.
-    pub resource_metrics: Arc<crate::sim::resource_metrics::ResourceMetrics>,
+    pub resource_metrics: Arc<crate::resource_metrics::ResourceMetrics>,
 }
 
 /// Builds the complete router.
@@ -88,12 +88,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/log",
-            get(crate::sim::logs::handler),
+            get(crate::logs::handler),
         )
         .route("/api/{*rest}", any(core_api))
         .route("/apis/{*rest}", any(group_api))
         .route("/metrics", get(metrics))
-        .nest("/_sim", crate::sim::admin::router())
+        .nest("/_sim", crate::admin::router())
         .fallback(|| async { ApiError::unknown_resource() })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

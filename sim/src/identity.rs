@@ -2,13 +2,13 @@
 //! a proxy's use of per-user credentials (and its caching of reviews) can be
 //! asserted from the server side.
 
-use crate::sim::SimServer;
+use crate::SimServer;
 
 impl SimServer {
     /// Authenticated resource requests (any verb, allowed or denied) made
     /// with `user`'s token. Discovery, `/version`, `/metrics` and `/_sim/`
     /// are not counted. With authentication disabled every request is
-    /// counted under [`crate::sim::auth::ADMIN_USER`].
+    /// counted under [`crate::auth::ADMIN_USER`].
     pub fn requests_by(&self, user: &str) -> u64 {
         self.metrics().requests_by(user)
     }

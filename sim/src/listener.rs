@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::sim::faults::Faults;
+use crate::faults::Faults;
 
 /// How long to wait before retrying a failed accept or re-bind.
 const RETRY_DELAY: Duration = Duration::from_millis(20);

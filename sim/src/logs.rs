@@ -20,11 +20,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::sim::access::Identity;
-use crate::sim::error::ApiError;
-use crate::sim::http::AppState;
-use crate::sim::rbac::Attributes;
-use crate::sim::resources;
+use crate::access::Identity;
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::rbac::Attributes;
+use crate::resources;
 
 /// Lines every container has before anything is appended.
 const INITIAL_LINES: usize = 10;

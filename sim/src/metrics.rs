@@ -126,7 +126,7 @@ impl Metrics {
         }
     }
 
-    /// The gauge of open pod log streams (shared with [`crate::sim::logs`]).
+    /// The gauge of open pod log streams (shared with [`crate::logs`]).
     pub fn log_streams(&self) -> Gauge {
         self.log_streams.clone()
     }
@@ -224,7 +224,7 @@ impl Metrics {
 
     /// Open watch streams over all resources.
     pub fn total_active_watches(&self) -> i64 {
-        crate::sim::resources::RESOURCES
+        crate::resources::RESOURCES
             .iter()
             .map(|def| self.active_watches(def.plural))
             .sum()

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sim::error::ApiError;
+use crate::error::ApiError;
 
 /// Where the next page of a LIST starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,8 +3,8 @@
 
 use percent_encoding::percent_decode_str;
 
-use crate::sim::error::ApiError;
-use crate::sim::resources::{ResourceDef, by_path};
+use crate::error::ApiError;
+use crate::resources::{ResourceDef, by_path};
 
 /// What an API path addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]

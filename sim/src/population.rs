@@ -4,9 +4,9 @@
 use rand::Rng;
 use rand::rngs::StdRng;
 
-use crate::sim::error::ApiError;
-use crate::sim::store::Store;
-use crate::sim::templates::{self, APPS, NAMESPACES};
+use crate::error::ApiError;
+use crate::store::Store;
+use crate::templates::{self, APPS, NAMESPACES};
 
 /// Characters Kubernetes uses in generated name suffixes.
 const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";

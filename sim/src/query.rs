@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::sim::error::{ApiError, FieldError};
+use crate::error::{ApiError, FieldError};
 
 /// `resourceVersionMatch=Exact`.
 pub const MATCH_EXACT: &str = "Exact";

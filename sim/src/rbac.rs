@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sim::auth::AuthError;
+use crate::auth::AuthError;
 
 /// Members of this group bypass the rules (the real server's superuser group).
 pub const SUPERUSER_GROUP: &str = "system:masters";

@@ -11,12 +11,12 @@ use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::sim::access::Identity;
-use crate::sim::error::ApiError;
-use crate::sim::http::AppState;
-use crate::sim::rbac::Attributes;
-use crate::sim::resources::ResourceDef;
-use crate::sim::time::now_rfc3339;
+use crate::access::Identity;
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::rbac::Attributes;
+use crate::resources::ResourceDef;
+use crate::time::now_rfc3339;
 
 /// The API group.
 pub const GROUP: &str = "metrics.k8s.io";
@@ -77,9 +77,7 @@ pub fn group_entry() -> Value {
 }
 
 fn quantity(v: &Value) -> f64 {
-    v.as_str()
-        .and_then(crate::dialect::console_events::quantity)
-        .unwrap_or(0.0)
+    v.as_str().and_then(kubemux_vocab::quantity).unwrap_or(0.0)
 }
 
 /// A container's usage: cores and bytes.

@@ -8,10 +8,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use crate::sim::error::ApiError;
-use crate::sim::http::AppState;
-use crate::sim::rbac::{AUTHENTICATED_GROUP, Attributes, Decision, SUPERUSER_GROUP};
-use crate::sim::resources::ResourceDef;
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::rbac::{AUTHENTICATED_GROUP, Attributes, Decision, SUPERUSER_GROUP};
+use crate::resources::ResourceDef;
 
 /// Answers a POST of a review type (`def.create_only`) with `201 Created`.
 pub fn create(app: &AppState, def: &ResourceDef, body: &[u8]) -> Result<Response, ApiError> {

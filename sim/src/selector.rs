@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::sim::resources::ResourceDef;
+use crate::resources::ResourceDef;
 
 /// Why a selector string was rejected (rendered as a 400 BadRequest).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -297,7 +297,7 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::resources::by_plural;
+    use crate::resources::by_plural;
     use serde_json::json;
 
     fn pod(labels: Value, node: &str, phase: &str) -> Value {

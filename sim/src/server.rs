@@ -13,17 +13,17 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::sim::auth::{Auth, SimAuth};
-use crate::sim::churn::{self, ChurnControl, ChurnTargets};
-use crate::sim::error::SimError;
-use crate::sim::faults::Faults;
-use crate::sim::http::{AppState, WatchSettings, router};
-use crate::sim::listener::SimListener;
-use crate::sim::logs::Logs;
-use crate::sim::metrics::Metrics;
-use crate::sim::population;
-use crate::sim::resource_metrics::ResourceMetrics;
-use crate::sim::store::Store;
+use crate::auth::{Auth, SimAuth};
+use crate::churn::{self, ChurnControl, ChurnTargets};
+use crate::error::SimError;
+use crate::faults::Faults;
+use crate::http::{AppState, WatchSettings, router};
+use crate::listener::SimListener;
+use crate::logs::Logs;
+use crate::metrics::Metrics;
+use crate::population;
+use crate::resource_metrics::ResourceMetrics;
+use crate::store::Store;
 
 /// How long shutdown waits for connections to drain before resetting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -59,7 +59,7 @@ pub struct SimConfig {
     /// generator: an annotation pads them up to it (0 = no padding).
     pub object_size: usize,
     /// Stamp every committed change with the annotation
-    /// [`SENT_AT_ANNOTATION`](crate::sim::store::SENT_AT_ANNOTATION) (Unix
+    /// [`SENT_AT_ANNOTATION`](crate::store::SENT_AT_ANNOTATION) (Unix
     /// microseconds), so load generators can measure end-to-end latency.
     pub stamp_sent_at: bool,
 }
@@ -244,7 +244,7 @@ impl SimServer {
     }
 
     /// Request and watch metrics, for assertions beyond the helpers here and
-    /// in [`crate::sim::identity`].
+    /// in [`crate::identity`].
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }

@@ -16,13 +16,13 @@ use rand::Rng;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
-use crate::sim::error::ApiError;
-use crate::sim::event::{Event, EventType};
-use crate::sim::object::{merge_patch, meta_str, metadata_mut, set_resource_version};
-use crate::sim::pagination::ContinueToken;
-use crate::sim::resources::{RESOURCES, ResourceDef, by_plural};
-use crate::sim::selector::Filter;
-use crate::sim::time::now_rfc3339;
+use crate::error::ApiError;
+use crate::event::{Event, EventType};
+use crate::object::{merge_patch, meta_str, metadata_mut, set_resource_version};
+use crate::pagination::ContinueToken;
+use crate::resources::{RESOURCES, ResourceDef, by_plural};
+use crate::selector::Filter;
+use crate::time::now_rfc3339;
 
 /// How many events a live watcher may fall behind before it is ended, as the
 /// real server ends watchers whose buffer overflows.

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::sim::time::now_rfc3339;
+use crate::time::now_rfc3339;
 
 /// Namespaces every simulated cluster starts with; churn spreads pods here.
 pub const NAMESPACES: &[&str] = &["default", "kube-system", "team-a", "team-b"];

@@ -16,12 +16,12 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::sim::error::ApiError;
-use crate::sim::event::{Event, bookmark_line, error_line, line};
-use crate::sim::metrics::ActiveWatchGuard;
-use crate::sim::resources::ResourceDef;
-use crate::sim::selector::Filter;
-use crate::sim::store::{Initial, Store, WatchFrom};
+use crate::error::ApiError;
+use crate::event::{Event, bookmark_line, error_line, line};
+use crate::metrics::ActiveWatchGuard;
+use crate::resources::ResourceDef;
+use crate::selector::Filter;
+use crate::store::{Initial, Store, WatchFrom};
 
 /// How a watch starts, decided from its query parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sim_common::{client, raw_http, rv_of, start, test_config};
 
 /// `(status, parsed body)` of a GET.
-async fn get(server: &kubemux::sim::SimServer, path: &str) -> (u16, Value) {
+async fn get(server: &kubemux_sim::SimServer, path: &str) -> (u16, Value) {
     let (code, _, body) = raw_http(server, "GET", path, "").await;
     let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
     (code, value)

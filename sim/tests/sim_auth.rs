@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, ResourceExt};
-use kubemux::sim::{Rule, SimAuth, SimConfig, SimServer, UserInfo};
+use kubemux_sim::{Rule, SimAuth, SimConfig, SimServer, UserInfo};
 use serde_json::{Value, json};
 use sim_common::{GUARD, eventually, raw_http, start, test_config, try_watch, watch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -613,7 +613,7 @@ async fn rules_load_from_a_file_and_discovery_lists_the_reviews() {
         ..test_config()
     })
     .await;
-    assert!(matches!(refused, Err(kubemux::sim::SimError::Auth(_))));
+    assert!(matches!(refused, Err(kubemux_sim::SimError::Auth(_))));
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ mod sim_common;
 
 use std::collections::BTreeMap;
 
-use kubemux::sim::SimConfig;
+use kubemux_sim::SimConfig;
 use serde_json::Value;
 use sim_common::{client, eventually, raw_http, rv_of, start, test_config, watch};
 

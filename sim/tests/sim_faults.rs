@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use kubemux::sim::WatchFailure;
+use kubemux_sim::WatchFailure;
 use serde_json::json;
 use sim_common::{
     client, client_with_retry, eventually, raw_http, start, summary, test_config, try_watch, watch,
@@ -160,7 +160,7 @@ async fn stalled_watches_send_nothing_until_resumed() {
     server.shutdown().await;
 }
 
-async fn refused(server: &kubemux::sim::SimServer) -> bool {
+async fn refused(server: &kubemux_sim::SimServer) -> bool {
     tokio::net::TcpStream::connect(server.addr()).await.is_err()
 }
 

@@ -4,7 +4,7 @@ mod sim_common;
 
 use std::time::Duration;
 
-use kubemux::sim::SimConfig;
+use kubemux_sim::SimConfig;
 use serde_json::{Value, json};
 use sim_common::{
     client, eventually, raw_http, rv_of, start, summary, test_config, try_watch, watch,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::{AsyncBufReadExt, StreamExt};
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kubemux::sim::{SimConfig, SimServer};
+use kubemux_sim::{SimConfig, SimServer};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
