@@ -12,5 +12,4 @@ pub mod dialect;
 pub mod hub;
 pub mod metrics;
 pub mod server;
-pub mod sim;
 pub mod upstream;

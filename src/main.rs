@@ -1,19 +1,25 @@
-//! The `kubemux` command: `serve`, `sim` and `demo`.
+//! The `kubemux` command: `serve`, `config`, and with the default `sim`
+//! feature `sim` and `demo` (the simulated API server, crate `kubemux-sim`);
+//! `--no-default-features` builds the proxy alone, without those two commands.
 
+#[cfg(feature = "sim")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kubemux::auth::jwt::{JwtSettings, JwtVerifier};
+#[cfg(feature = "sim")]
+use kubemux::auth::jwt::JwtSettings;
+use kubemux::auth::jwt::JwtVerifier;
 use kubemux::auth::policy::AuthMode;
 use kubemux::cluster::{Cluster, Registry};
 use kubemux::config::{LogFormat, ProxyArgs, Settings};
 use kubemux::hub::Hub;
 use kubemux::metrics::Metrics;
 use kubemux::server::Server;
-use kubemux::sim::{SimConfig, SimServer};
+#[cfg(feature = "sim")]
+use kubemux_sim::{SimConfig, SimServer};
 
 /// A Kubernetes watch multiplexer: many WebSocket subscribers, one upstream watch per key.
 #[derive(Parser)]
@@ -37,6 +43,7 @@ enum Command {
         proxy: ProxyArgs,
     },
     /// Run the simulated Kubernetes API server alone.
+    #[cfg(feature = "sim")]
     Sim {
         /// Address the simulated API server listens on.
         #[arg(long, default_value = "127.0.0.1:6443")]
@@ -69,6 +76,7 @@ enum Command {
         proxy: ProxyArgs,
     },
     /// The proxy plus an embedded simulated cluster (clusterId `demo`) with churn.
+    #[cfg(feature = "sim")]
     Demo {
         /// Address of the embedded simulated API server (its /metrics too).
         #[arg(long, default_value = "127.0.0.1:4467")]
@@ -88,6 +96,7 @@ enum Command {
 }
 
 /// The HS256 secret `kubemux demo --print-demo-token` signs its token with.
+#[cfg(feature = "sim")]
 struct DemoSecret {
     secret: Vec<u8>,
     /// Generated for this run (no key was configured), so the subscription
@@ -96,8 +105,10 @@ struct DemoSecret {
 }
 
 /// How long the demo token is valid: a day of trying things out.
+#[cfg(feature = "sim")]
 const DEMO_TOKEN_SECS: u64 = 86_400;
 
+#[cfg(feature = "sim")]
 impl DemoSecret {
     /// The configured HS256 secret (read as the verifier reads it), or a
     /// random one when no JWT key is configured.
@@ -135,13 +146,10 @@ impl DemoSecret {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs();
         let mut claims = serde_json::Map::new();
-        claims.insert(
-            jwt.user_claim.clone(),
-            kubemux::sim::auth::ADMIN_USER.into(),
-        );
+        claims.insert(jwt.user_claim.clone(), kubemux_sim::auth::ADMIN_USER.into());
         claims.insert(
             jwt.groups_claim.clone(),
-            serde_json::json!([kubemux::sim::rbac::SUPERUSER_GROUP]),
+            serde_json::json!([kubemux_sim::rbac::SUPERUSER_GROUP]),
         );
         claims.insert("iat".into(), now.into());
         claims.insert("exp".into(), (now + DEMO_TOKEN_SECS).into());
@@ -201,7 +209,7 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .context("loading clusters from the kubeconfig")?;
             }
-            run_proxy(registry, &settings, None, None).await
+            run_proxy(registry, &settings, RunExtras::default()).await
         }
         Command::Config { proxy } => {
             print!(
@@ -210,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        #[cfg(feature = "sim")]
         Command::Sim {
             listen,
             kubeconfig_out,
@@ -223,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
             init_logs(LogFormat::Human);
             let auth = auth_file
                 .map(|path| {
-                    kubemux::sim::SimAuth::from_file(&path)
+                    kubemux_sim::SimAuth::from_file(&path)
                         .with_context(|| format!("loading --auth-file {}", path.display()))
                 })
                 .transpose()?;
@@ -247,6 +256,7 @@ async fn main() -> anyhow::Result<()> {
             sim.shutdown().await;
             Ok(())
         }
+        #[cfg(feature = "sim")]
         Command::Demo {
             sim_listen,
             churn,
@@ -276,27 +286,48 @@ async fn main() -> anyhow::Result<()> {
                 sim.url(),
                 sim.url()
             );
-            run_proxy(registry, &settings, Some(sim), demo_secret).await
+            // With a demo secret the subscription API is always on: the
+            // secret is either the configured one or enabled here.
+            let mut extras = RunExtras::default();
+            if let Some(demo) = &demo_secret {
+                if demo.generated {
+                    extras.console_verifier = Some(JwtVerifier::hs256(&demo.secret, &settings.jwt));
+                }
+                extras.notes.push(format!(
+                    "demo token for the subscription API (valid 24 h): {}",
+                    demo.token(&settings.jwt)?
+                ));
+            }
+            run_proxy(registry, &settings, extras).await?;
+            sim.shutdown().await;
+            Ok(())
         }
     }
 }
 
+/// What a command adds to the proxy it runs (`demo`: its token), so that
+/// `run_proxy` needs nothing of the simulator.
+#[derive(Default)]
+struct RunExtras {
+    /// Verifies the subscription API's tokens instead of the configured
+    /// JWT settings (`demo`'s generated secret).
+    console_verifier: Option<JwtVerifier>,
+    /// Printed after the listening lines.
+    notes: Vec<String>,
+}
+
+/// Serves until SIGINT/SIGTERM, then drains and shuts down.
 async fn run_proxy(
     registry: Arc<Registry>,
     settings: &Settings,
-    sim: Option<SimServer>,
-    demo_secret: Option<DemoSecret>,
+    extras: RunExtras,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let mut server_config = settings.server_config(&metrics);
     let rechecks = server_config.policy.rechecks().cloned();
-    server_config.console = match &demo_secret {
-        Some(demo) if demo.generated => Some(settings.console_auth_with(
-            JwtVerifier::hs256(&demo.secret, &settings.jwt),
-            &metrics,
-            rechecks.as_ref(),
-        )),
-        _ => settings.console_auth(&metrics, rechecks.as_ref())?,
+    server_config.console = match extras.console_verifier {
+        Some(verifier) => Some(settings.console_auth_with(verifier, &metrics, rechecks.as_ref())),
+        None => settings.console_auth(&metrics, rechecks.as_ref())?,
     };
     server_config.headlamp_backend_token = settings.headlamp_backend_token()?;
     server_config.admin_token = settings.admin_token()?;
@@ -337,13 +368,8 @@ async fn run_proxy(
     for ((_, line), bound) in configured.zip(server.extra_addrs()) {
         println!("{}", line.replace("{}", &bound.to_string()));
     }
-    // With a demo secret the subscription API is always on: the secret is
-    // either the configured one or enabled above.
-    if let Some(demo) = &demo_secret {
-        println!(
-            "demo token for the subscription API (valid 24 h): {}",
-            demo.token(&settings.jwt)?
-        );
+    for note in &extras.notes {
+        println!("{note}");
     }
     if let Some(cluster) = registry.ids().first() {
         println!(
@@ -359,9 +385,6 @@ async fn run_proxy(
     tracing::info!(delay = ?settings.shutdown_delay, grace = ?settings.shutdown_grace, "shutting down");
     tokio::time::sleep(settings.shutdown_delay).await;
     server.shutdown(settings.shutdown_grace).await;
-    if let Some(sim) = sim {
-        sim.shutdown().await;
-    }
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use kubemux::server::conn::Liveness;
 use kubemux::server::forwarded::TrustedProxies;
 use kubemux::server::limits::Limits;
 use kubemux::server::outbound::QueueLimits;
-use kubemux::sim::SimConfig;
+use kubemux_sim::SimConfig;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -154,7 +154,7 @@ async fn haproxy_rewriting_host(backend: SocketAddr) -> (tokio::process::Child, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_proxy_that_rewrites_host_a_trusted_forwarded_host_passes_the_origin_check() {
-    let sim = kubemux::sim::SimServer::start(SimConfig::default())
+    let sim = kubemux_sim::SimServer::start(SimConfig::default())
         .await
         .unwrap();
     let (trusting, _hub) = start_proxy(

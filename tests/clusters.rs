@@ -12,7 +12,7 @@ use kubemux::cluster::Registry;
 use kubemux::hub::Hub;
 use kubemux::metrics::Metrics;
 use kubemux::server::{Server, ServerConfig};
-use kubemux::sim::{SimConfig, SimServer};
+use kubemux_sim::{SimConfig, SimServer};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

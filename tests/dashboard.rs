@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use kubemux::server::ServerConfig;
-use kubemux::sim::SimConfig;
+use kubemux_sim::SimConfig;
 use serde_json::{Value, json};
 
 /// The dashboard's view: pods by namespace/name with their resourceVersions
@@ -583,7 +583,7 @@ mod permissions {
     use kubemux::auth::policy::Policy;
     use kubemux::auth::review::Reviewer;
     use kubemux::metrics::Metrics;
-    use kubemux::sim::{Rule, SimAuth, UserInfo};
+    use kubemux_sim::{Rule, SimAuth, UserInfo};
     use std::sync::Arc;
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;

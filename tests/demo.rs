@@ -40,11 +40,7 @@ async fn print_demo_token_enables_the_subscription_api_and_its_token_authenticat
         assert_ne!(frame["type"], "error", "{frame}");
     };
     assert_eq!(result["success"], true, "{result}");
-    assert_eq!(
-        result["user_id"],
-        kubemux::sim::auth::ADMIN_USER,
-        "{result}"
-    );
+    assert_eq!(result["user_id"], kubemux_sim::auth::ADMIN_USER, "{result}");
     // The simulator's RBAC allows the token's user: a subscription starts.
     c.send(serde_json::json!({"type": "subscribe", "id": "w", "data": {"resource": "workspace", "workspace_id": "demo"}}))
         .await;

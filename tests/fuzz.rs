@@ -137,7 +137,7 @@ proptest! {
             let _ = console_events::node_allocatable(&object);
         }
         let _ = console_events::log_level(&text);
-        let _ = console_events::quantity(&text);
+        let _ = kubemux_vocab::quantity(&text);
         prop_assert!(verifier().verify(&token).is_err());
     }
 }

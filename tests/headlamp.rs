@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use kubemux::server::ServerConfig;
-use kubemux::sim::SimConfig;
+use kubemux_sim::SimConfig;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 

@@ -28,7 +28,7 @@ use kubemux::cluster::Registry;
 use kubemux::hub::Hub;
 use kubemux::metrics::Metrics;
 use kubemux::server::{Server, ServerConfig};
-use kubemux::sim::{Rule, SimAuth, SimConfig, SimServer, UserInfo};
+use kubemux_sim::{Rule, SimAuth, SimConfig, SimServer, UserInfo};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 

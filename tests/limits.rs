@@ -11,7 +11,7 @@ use kubemux::server::ServerConfig;
 use kubemux::server::conn::Liveness;
 use kubemux::server::limits::Limits;
 use kubemux::server::outbound::QueueLimits;
-use kubemux::sim::SimConfig;
+use kubemux_sim::SimConfig;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -411,7 +411,7 @@ async fn new_keys_beyond_the_upstream_watch_limit_are_refused_by_name() {
 async fn one_passthrough_identity_cannot_take_every_upstream_watch() {
     use kubemux::auth::policy::Policy;
     use kubemux::auth::review::Reviewer;
-    use kubemux::sim::{Rule, SimAuth, UserInfo};
+    use kubemux_sim::{Rule, SimAuth, UserInfo};
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let auth = SimAuth::new()
         .with_admin_token("admin-token")

@@ -546,7 +546,7 @@ async fn sigterm_fails_readiness_first_and_keeps_serving_for_the_shutdown_delay(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_above_the_connection_budget() {
     let env = start(
-        kubemux::sim::SimConfig::default(),
+        kubemux_sim::SimConfig::default(),
         quick_hub(),
         kubemux::server::ServerConfig {
             ready_budget: kubemux::server::ReadyBudget {

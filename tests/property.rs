@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::*;
 use kubemux::hub::HubConfig;
 use kubemux::server::ServerConfig;
-use kubemux::sim::{SimConfig, SimServer, WatchFailure};
 use kubemux::upstream::UpstreamConfig;
+use kubemux_sim::{SimConfig, SimServer, WatchFailure};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::*;
 use futures::{SinkExt, StreamExt};
-use kubemux::sim::{SimConfig, SimServer};
+use kubemux_sim::{SimConfig, SimServer};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;

@@ -9,8 +9,8 @@ use common::*;
 use kubemux::hub::HubConfig;
 use kubemux::server::ServerConfig;
 use kubemux::server::outbound::QueueLimits;
-use kubemux::sim::{SimConfig, WatchFailure};
 use kubemux::upstream::UpstreamConfig;
+use kubemux_sim::{SimConfig, WatchFailure};
 use serde_json::{Value, json};
 
 fn fast_retries() -> HubConfig {

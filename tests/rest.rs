@@ -12,8 +12,8 @@ use common::*;
 use kubemux::hub::{EndReason, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
 use kubemux::server::ServerConfig;
 use kubemux::server::outbound::QueueLimits;
-use kubemux::sim::SimConfig;
 use kubemux::upstream::event::WatchEvent;
+use kubemux_sim::SimConfig;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use kubemux::hub::{HistoryLimits, HubConfig};
 use kubemux::server::ServerConfig;
-use kubemux::sim::SimConfig;
+use kubemux_sim::SimConfig;
 use serde_json::{Value, json};
 
 fn pod(name: &str) -> Value {
@@ -658,7 +658,7 @@ async fn headlamps_first_viewer_is_served_from_the_lists_version() {
 /// its last version on a kubemux with an empty cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_across_a_kubemux_restart_is_exact() {
-    let sim = kubemux::sim::SimServer::start(SimConfig::default())
+    let sim = kubemux_sim::SimServer::start(SimConfig::default())
         .await
         .unwrap();
     let (server, _hub) = start_proxy(&sim, quick_hub(), ServerConfig::default()).await;

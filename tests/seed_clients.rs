@@ -24,7 +24,7 @@ use kubemux::dialect::console::ConsoleAuth;
 use kubemux::hub::Hub;
 use kubemux::metrics::Metrics;
 use kubemux::server::{Server, ServerConfig};
-use kubemux::sim::{Rule, SimAuth, SimConfig, SimServer};
+use kubemux_sim::{Rule, SimAuth, SimConfig, SimServer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout};
@@ -155,7 +155,7 @@ async fn restart(
 /// until dropped, so a connected client always has something to receive.
 fn keep_changing(
     sim: &SimServer,
-    change: impl Fn(&kubemux::sim::Store, u64) + Send + 'static,
+    change: impl Fn(&kubemux_sim::Store, u64) + Send + 'static,
 ) -> tokio_util::task::AbortOnDropHandle<()> {
     let store = sim.store().clone();
     tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
@@ -166,7 +166,7 @@ fn keep_changing(
     }))
 }
 
-fn set_node_ready(store: &kubemux::sim::Store, name: &str, ready: bool) {
+fn set_node_ready(store: &kubemux_sim::Store, name: &str, ready: bool) {
     let status = if ready { "True" } else { "False" };
     store
         .merge_patch(

@@ -15,7 +15,7 @@ use kubemux::auth::review::Reviewer;
 use kubemux::dialect::console::ConsoleAuth;
 use kubemux::metrics::Metrics;
 use kubemux::server::ServerConfig;
-use kubemux::sim::{Rule, SimAuth, SimConfig};
+use kubemux_sim::{Rule, SimAuth, SimConfig};
 use serde_json::{Value, json};
 
 const SECRET: &str = "console-test-secret";
@@ -318,7 +318,7 @@ async fn es256_tokens_on_the_own_listener_and_families_without_a_source() {
     }
     let (nodes, _) = env.sim.store().list("nodes", None, None, None).unwrap();
     let mut node = nodes[0].clone();
-    kubemux::sim::templates::toggle_node_ready(&mut node);
+    kubemux_sim::templates::toggle_node_ready(&mut node);
     env.sim.store().update("nodes", None, node.clone()).unwrap();
     let health = next_of(&mut c, "monitoring.health_changed").await;
     assert_eq!(

@@ -172,7 +172,7 @@ impl tower_service::Service<Request<Body>> for AsCaller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{SimAuth, SimConfig, SimServer, UserInfo};
+    use kubemux_sim::{SimAuth, SimConfig, SimServer, UserInfo};
 
     async fn clients() -> (SimServer, TokenClients) {
         let sim = SimServer::start(SimConfig {

@@ -3,6 +3,7 @@
 //! their limit, and the level of a log line. Pure functions over the raw
 //! JSON, so every rule is testable without a cluster.
 
+use kubemux_vocab::quantity;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -178,39 +179,6 @@ pub fn node_alerts(node: &Value) -> Vec<Alert> {
     }]
 }
 
-/// A Kubernetes quantity (`100m`, `1.5`, `128Mi`, `1G`, `1e3`) as a number:
-/// cores for CPU, bytes for memory.
-pub fn quantity(q: &str) -> Option<f64> {
-    let q = q.trim();
-    const SUFFIXES: [(&str, f64); 15] = [
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("Ei", 1152921504606846976.0),
-        ("n", 1e-9),
-        ("u", 1e-6),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-    ];
-    for (suffix, factor) in SUFFIXES {
-        if let Some(number) = q.strip_suffix(suffix) {
-            return number
-                .parse::<f64>()
-                .ok()
-                .map(|n| n * factor)
-                .filter(|n| n.is_finite());
-        }
-    }
-    q.parse::<f64>().ok().filter(|n| n.is_finite())
-}
-
 /// CPU (cores) and memory (bytes) a pod requests, summed over its
 /// containers; zero for pods that have finished.
 pub fn pod_requests(pod: &Value) -> (f64, f64) {
@@ -369,18 +337,6 @@ fn klog_level(word: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantities() {
-        assert_eq!(quantity("100m"), Some(0.1));
-        assert_eq!(quantity("2"), Some(2.0));
-        assert_eq!(quantity("128Mi"), Some(128.0 * 1048576.0));
-        assert_eq!(quantity("1G"), Some(1e9));
-        assert_eq!(quantity("1e3"), Some(1000.0));
-        assert_eq!(quantity("lots"), None);
-        assert_eq!(quantity("NaNm"), None);
-        assert_eq!(quantity("infKi"), None);
-    }
 
     #[test]
     fn pod_alerts_name_the_pod_and_container() {

@@ -383,7 +383,9 @@ pub async fn poll_metrics(cluster: Arc<Cluster>, subscription: String, outbound:
                 let sum = |field: &str| {
                     items
                         .iter()
-                        .filter_map(|n| n["usage"][field].as_str().and_then(derive::quantity))
+                        .filter_map(|n| {
+                            n["usage"][field].as_str().and_then(kubemux_vocab::quantity)
+                        })
                         .sum::<f64>()
                 };
                 let instant = (sum("cpu"), sum("memory") / 1048576.0);
