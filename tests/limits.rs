@@ -633,7 +633,10 @@ async fn a_client_that_reads_receives_a_snapshot_a_hundred_times_its_queue() {
         "every pod in the dashboard's initial state"
     );
     assert_eq!(
-        metric(&env.hub.metrics().encode(), "kubemux_slow_consumers_total"),
+        metric(
+            &env.hub.metrics().encode(),
+            "kubemux_slow_consumer_terminations_total"
+        ),
         Some(0.0)
     );
 }
@@ -660,7 +663,12 @@ async fn a_client_that_stops_reading_after_a_big_snapshot_is_still_cut() {
         )
         .await;
     env.eventually("the client that does not read is cut", || {
-        metric(&env.hub.metrics().encode(), "kubemux_slow_consumers_total").unwrap_or(0.0) >= 1.0
+        metric(
+            &env.hub.metrics().encode(),
+            "kubemux_slow_consumer_terminations_total",
+        )
+        .unwrap_or(0.0)
+            >= 1.0
     })
     .await;
 }

@@ -505,7 +505,10 @@ impl Dashboard {
             data.insert("namespaces".into(), json!(namespaces));
         }
         let state = json!({"type": "initial_state", "data": data, "timestamp": now()});
-        self.send(Frame::text(state.to_string()));
+        // The whole state in one frame, whatever its size: it replaces
+        // what the client knew, and a client that then does not read is cut
+        // on the live messages queued behind it.
+        self.outbound.push_forced(Frame::text(state.to_string()));
     }
 
     /// `metrics` of what is shown: node figures are `null` without a nodes
