@@ -312,18 +312,6 @@ impl Drop for RecheckHandle {
     }
 }
 
-/// Hands a revocation to a connection's bounded notice channel from an
-/// `on_revoked` callback without blocking the ticker: the channel also
-/// carries events, and a full one must not lose the revocation, so that
-/// notice waits for room on a task of its own (which ends when the
-/// connection's receiver is gone).
-pub fn send_notice<N: Send + 'static>(notices: &tokio::sync::mpsc::Sender<N>, notice: N) {
-    if let Err(tokio::sync::mpsc::error::TrySendError::Full(notice)) = notices.try_send(notice) {
-        let notices = notices.clone();
-        tokio::spawn(async move { notices.send(notice).await });
-    }
-}
-
 /// The ticker: one tick per interval from `first` (one interval after the
 /// first registration) while the service lives. A tick that takes longer
 /// than the interval delays the next rather than overlapping.

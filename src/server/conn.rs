@@ -374,6 +374,19 @@ fn text_message(text: String, compress: bool) -> Message {
     }
 }
 
+/// Feeds one message to the socket within the write timeout; `false` when
+/// the socket failed or did not take it in time.
+async fn feed(
+    sink: &mut futures::stream::SplitSink<Stream, Message>,
+    msg: Message,
+    write_timeout: Duration,
+) -> bool {
+    matches!(
+        tokio::time::timeout(write_timeout, sink.feed(msg)).await,
+        Ok(Ok(()))
+    )
+}
+
 async fn write_loop(
     mut sink: futures::stream::SplitSink<Stream, Message>,
     outbound: Arc<Outbound>,
@@ -389,9 +402,8 @@ async fn write_loop(
                 Out::Replay(replay) => {
                     for frame in replay {
                         let msg = text_message(frame.into_string(), compress);
-                        match tokio::time::timeout(write_timeout, sink.feed(msg)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) | Err(_) => break 'outer,
+                        if !feed(&mut sink, msg, write_timeout).await {
+                            break 'outer;
                         }
                     }
                     continue;
@@ -405,13 +417,12 @@ async fn write_loop(
                     true,
                 ),
             };
-            match tokio::time::timeout(write_timeout, sink.feed(msg)).await {
-                Ok(Ok(())) if !last => {}
-                Ok(Ok(())) => {
-                    let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
-                    break 'outer;
-                }
-                Ok(Err(_)) | Err(_) => break 'outer,
+            if !feed(&mut sink, msg, write_timeout).await {
+                break 'outer;
+            }
+            if last {
+                let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
+                break 'outer;
             }
         }
         batch.shrink_to(super::outbound::KEEP_CAPACITY);
