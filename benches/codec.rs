@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use kubemux::dialect::dashboard_view;
+use kubemux::dialect::dashboard::view as dashboard_view;
 use kubemux::hub::key;
-use kubemux::server::outbound::Frame;
 use kubemux::upstream::event::{EventType, WatchEvent};
+use kubemux::ws::outbound::Frame;
 use serde::Serialize;
 
 /// A pod of about `size` bytes of JSON.

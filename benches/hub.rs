@@ -17,9 +17,9 @@ use kubemux::hub::{
     ClientParams, EndReason, HubConfig, LocalWatch, Overflow, Subscriber, Subscription, key,
 };
 use kubemux::metrics::Metrics;
-use kubemux::server::outbound::{Frame, Outbound, QueueLimits};
 use kubemux::upstream::Listing;
 use kubemux::upstream::event::{EventType, WatchEvent};
+use kubemux::ws::outbound::{Frame, Outbound, QueueLimits};
 
 /// Subscriptions per connection queue.
 const PER_CONNECTION: usize = 10;

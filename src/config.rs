@@ -21,14 +21,15 @@ use crate::auth::recheck::Rechecks;
 use crate::auth::review::Reviewer;
 use crate::auth::secret::{Secret, SecretFileError};
 use crate::dialect::console::ConsoleAuth;
+use crate::dialect::{dashboard, headlamp, notifications};
 use crate::hub::{HistoryLimits, HubConfig};
 use crate::metrics::Metrics;
-use crate::server::conn::Liveness;
-use crate::server::forwarded::TrustedProxies;
-use crate::server::limits::Limits;
-use crate::server::outbound::QueueLimits;
 use crate::server::{ReadyBudget, ServerConfig};
 use crate::upstream::UpstreamConfig;
+use crate::ws::conn::Liveness;
+use crate::ws::forwarded::TrustedProxies;
+use crate::ws::limits::Limits;
+use crate::ws::outbound::QueueLimits;
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -1135,8 +1136,6 @@ impl Settings {
     /// The server's settings.
     pub fn server_config(&self, metrics: &Arc<Metrics>) -> ServerConfig {
         ServerConfig {
-            max_message_size: self.max_message_size as usize,
-            max_subscriptions: self.max_subscriptions as usize,
             queue: QueueLimits {
                 max_bytes: self.queue_max_bytes as usize,
                 max_frames: self.queue_max_frames as usize,
@@ -1146,17 +1145,30 @@ impl Settings {
                     share => share,
                 } as usize,
             },
-            liveness: Liveness {
-                ping_interval: self.ping_interval,
-                pong_timeout: self.pong_timeout,
-                idle_timeout: Some(self.idle_timeout).filter(|t| !t.is_zero()),
-                ..Liveness::default()
+            headlamp: headlamp::Settings {
+                max_message_size: self.max_message_size as usize,
+                max_subscriptions: self.max_subscriptions as usize,
+                message_rate: self.message_rate as f64,
+                message_burst: self.message_burst as f64,
+                liveness: Liveness {
+                    ping_interval: self.ping_interval,
+                    pong_timeout: self.pong_timeout,
+                    idle_timeout: Some(self.idle_timeout).filter(|t| !t.is_zero()),
+                    ..Liveness::default()
+                },
+                ..headlamp::Settings::default()
+            },
+            dashboard: dashboard::Settings {
+                metrics_interval: self.dashboard_metrics_interval,
+                ..dashboard::Settings::default()
+            },
+            notifications: notifications::Settings {
+                debounce: self.notifications_debounce,
+                ..notifications::Settings::default()
             },
             limits: Limits {
                 connections_per_address: self.max_connections_per_address as usize,
                 handshake_timeout: self.handshake_timeout,
-                message_rate: self.message_rate as f64,
-                message_burst: self.message_burst as f64,
                 queue_budget: self.queue_memory_budget as usize,
                 rest_rate: self.rest_rate as f64,
                 rest_burst: self.rest_burst as f64,
@@ -1166,9 +1178,7 @@ impl Settings {
             trusted_proxies: TrustedProxies::parse(&self.trusted_proxies).unwrap_or_default(),
             policy: self.policy(metrics),
             notifications_listen: self.notifications_listen,
-            notifications_debounce: self.notifications_debounce,
             dashboard_listen: self.dashboard_listen,
-            dashboard_metrics_interval: self.dashboard_metrics_interval,
             subscriptions_listen: self.subscriptions_listen,
             ready_budget: ReadyBudget {
                 max_connections: self.ready_max_connections as usize,

@@ -13,3 +13,4 @@ pub mod hub;
 pub mod metrics;
 pub mod server;
 pub mod upstream;
+pub mod ws;

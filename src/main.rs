@@ -325,13 +325,13 @@ async fn run_proxy(
     let metrics = Arc::new(Metrics::new());
     let mut server_config = settings.server_config(&metrics);
     let rechecks = server_config.policy.rechecks().cloned();
-    server_config.console = match extras.console_verifier {
+    server_config.console_auth = match extras.console_verifier {
         Some(verifier) => Some(settings.console_auth_with(verifier, &metrics, rechecks.as_ref())),
         None => settings.console_auth(&metrics, rechecks.as_ref())?,
     };
     server_config.headlamp_backend_token = settings.headlamp_backend_token()?;
     server_config.admin_token = settings.admin_token()?;
-    let console = server_config.console.is_some();
+    let console = server_config.console_auth.is_some();
     let hub = Hub::new(settings.hub_config(), registry.clone(), metrics);
     let server = Server::start(settings.listen, hub, server_config)
         .await

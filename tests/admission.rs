@@ -12,10 +12,10 @@ use std::time::Duration;
 use common::*;
 use futures::StreamExt;
 use kubemux::server::ServerConfig;
-use kubemux::server::conn::Liveness;
-use kubemux::server::forwarded::TrustedProxies;
-use kubemux::server::limits::Limits;
-use kubemux::server::outbound::QueueLimits;
+use kubemux::ws::conn::Liveness;
+use kubemux::ws::forwarded::TrustedProxies;
+use kubemux::ws::limits::Limits;
+use kubemux::ws::outbound::QueueLimits;
 use kubemux_sim::SimConfig;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -404,9 +404,12 @@ async fn one_address_that_never_reads_is_held_to_its_share_and_others_still_conn
             },
             // The stuck clients' sockets stay open for as long as the test
             // looks at them.
-            liveness: Liveness {
-                write_timeout: Duration::from_secs(600),
-                ..Liveness::default()
+            headlamp: kubemux::dialect::headlamp::Settings {
+                liveness: Liveness {
+                    write_timeout: Duration::from_secs(600),
+                    ..Liveness::default()
+                },
+                ..Default::default()
             },
             ..ServerConfig::default()
         },

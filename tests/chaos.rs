@@ -34,8 +34,8 @@ use kubemux::auth::review::Reviewer;
 use kubemux::hub::HubConfig;
 use kubemux::metrics::Metrics;
 use kubemux::server::ServerConfig;
-use kubemux::server::outbound::QueueLimits;
 use kubemux::upstream::UpstreamConfig;
+use kubemux::ws::outbound::QueueLimits;
 use kubemux_sim::{Rule, SimAuth, SimConfig, UserInfo, WatchFailure};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -151,7 +151,10 @@ async fn run(mode: AuthMode) {
             ..quick_hub()
         },
         ServerConfig {
-            max_message_size: MAX_MESSAGE,
+            headlamp: kubemux::dialect::headlamp::Settings {
+                max_message_size: MAX_MESSAGE,
+                ..Default::default()
+            },
             queue: QueueLimits {
                 max_bytes: 1 << 20,
                 max_frames: 8192,

@@ -143,7 +143,10 @@ async fn connect(env: &Env, query: &str) -> (Client, Value) {
 
 fn dashboard_config() -> ServerConfig {
     ServerConfig {
-        dashboard_metrics_interval: Duration::from_secs(1),
+        dashboard: kubemux::dialect::dashboard::Settings {
+            metrics_interval: Duration::from_secs(1),
+            ..Default::default()
+        },
         ..ServerConfig::default()
     }
 }
@@ -272,7 +275,10 @@ async fn a_burst_is_batched_within_the_rate_limit_and_nothing_is_lost() {
         SimConfig::default(),
         quick_hub(),
         ServerConfig {
-            dashboard_metrics_interval: Duration::from_secs(600),
+            dashboard: kubemux::dialect::dashboard::Settings {
+                metrics_interval: Duration::from_secs(600),
+                ..Default::default()
+            },
             ..ServerConfig::default()
         },
     )
@@ -563,10 +569,13 @@ async fn a_client_that_never_answers_pings_is_closed_with_1008() {
         SimConfig::default(),
         quick_hub(),
         ServerConfig {
-            dashboard_liveness: kubemux::server::conn::Liveness {
-                ping_interval: Duration::from_millis(300),
-                pong_timeout: Duration::from_millis(300),
-                ..kubemux::dialect::dashboard::LIVENESS
+            dashboard: kubemux::dialect::dashboard::Settings {
+                liveness: kubemux::ws::conn::Liveness {
+                    ping_interval: Duration::from_millis(300),
+                    pong_timeout: Duration::from_millis(300),
+                    ..kubemux::dialect::dashboard::Settings::default().liveness
+                },
+                ..Default::default()
             },
             ..ServerConfig::default()
         },
@@ -631,7 +640,10 @@ mod permissions {
             quick_hub(),
             ServerConfig {
                 policy,
-                dashboard_metrics_interval: Duration::from_millis(200),
+                dashboard: kubemux::dialect::dashboard::Settings {
+                    metrics_interval: Duration::from_millis(200),
+                    ..Default::default()
+                },
                 ..ServerConfig::default()
             },
         )

@@ -239,7 +239,10 @@ async fn bad_input_gets_specific_errors_and_the_connection_keeps_working() {
         SimConfig::default(),
         quick_hub(),
         ServerConfig {
-            max_subscriptions: 2,
+            headlamp: kubemux::dialect::headlamp::Settings {
+                max_subscriptions: 2,
+                ..Default::default()
+            },
             ..ServerConfig::default()
         },
     )

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use common::*;
 use kubemux::server::ServerConfig;
-use kubemux::server::conn::Liveness;
-use kubemux::server::limits::Limits;
-use kubemux::server::outbound::QueueLimits;
+use kubemux::ws::conn::Liveness;
+use kubemux::ws::limits::Limits;
+use kubemux::ws::outbound::QueueLimits;
 use kubemux_sim::SimConfig;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -114,10 +114,13 @@ async fn an_idle_connection_is_closed_and_a_subscribed_one_is_not() {
         SimConfig::default(),
         quick_hub(),
         ServerConfig {
-            liveness: Liveness {
-                ping_interval: Duration::from_millis(100),
-                idle_timeout: Some(Duration::from_millis(500)),
-                ..Liveness::default()
+            headlamp: kubemux::dialect::headlamp::Settings {
+                liveness: Liveness {
+                    ping_interval: Duration::from_millis(100),
+                    idle_timeout: Some(Duration::from_millis(500)),
+                    ..Liveness::default()
+                },
+                ..Default::default()
             },
             ..ServerConfig::default()
         },
@@ -160,11 +163,14 @@ async fn messages_beyond_the_rate_are_delayed_and_all_processed_in_order() {
     let env = start(
         SimConfig::default(),
         quick_hub(),
-        with_limits(Limits {
-            message_rate: 20.0,
-            message_burst: 3.0,
-            ..Limits::default()
-        }),
+        ServerConfig {
+            headlamp: kubemux::dialect::headlamp::Settings {
+                message_rate: 20.0,
+                message_burst: 3.0,
+                ..Default::default()
+            },
+            ..ServerConfig::default()
+        },
     )
     .await;
     let mut c = env.client().await;
@@ -206,11 +212,14 @@ async fn close_overtakes_delayed_messages_and_a_flood_past_the_backlog_closes_wi
     let env = start(
         SimConfig::default(),
         quick_hub(),
-        with_limits(Limits {
-            message_rate: 0.0001,
-            message_burst: 1.0,
-            ..Limits::default()
-        }),
+        ServerConfig {
+            headlamp: kubemux::dialect::headlamp::Settings {
+                message_rate: 0.0001,
+                message_burst: 1.0,
+                ..Default::default()
+            },
+            ..ServerConfig::default()
+        },
     )
     .await;
     let subscribers = || metric(&env.hub.metrics().encode(), "kubemux_subscribers");
@@ -555,7 +564,7 @@ async fn a_flood_of_bad_messages_without_reading_is_closed_with_1008() {
         SimConfig::default(),
         quick_hub(),
         tiny_queue(ServerConfig {
-            console: Some(std::sync::Arc::new(
+            console_auth: Some(std::sync::Arc::new(
                 kubemux::dialect::console::ConsoleAuth {
                     verifier,
                     rechecks: kubemux::auth::recheck::Rechecks::new(

@@ -62,7 +62,10 @@ async fn contexts_and_reachability_become_notifications() {
         hub,
         ServerConfig {
             health_interval: Duration::from_millis(100),
-            notifications_debounce: Duration::from_millis(200),
+            notifications: kubemux::dialect::notifications::Settings {
+                debounce: Duration::from_millis(200),
+                ..Default::default()
+            },
             notifications_listen: Some("127.0.0.1:0".parse().unwrap()),
             ..ServerConfig::default()
         },
@@ -159,10 +162,13 @@ async fn a_client_that_never_answers_pings_is_closed_with_1008() {
         SimConfig::default(),
         quick_hub(),
         ServerConfig {
-            notifications_liveness: kubemux::server::conn::Liveness {
-                ping_interval: Duration::from_millis(300),
-                pong_timeout: Duration::from_millis(300),
-                ..kubemux::dialect::notifications::LIVENESS
+            notifications: kubemux::dialect::notifications::Settings {
+                liveness: kubemux::ws::conn::Liveness {
+                    ping_interval: Duration::from_millis(300),
+                    pong_timeout: Duration::from_millis(300),
+                    ..kubemux::dialect::notifications::Settings::default().liveness
+                },
+                ..Default::default()
             },
             ..ServerConfig::default()
         },

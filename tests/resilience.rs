@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::*;
 use kubemux::hub::HubConfig;
 use kubemux::server::ServerConfig;
-use kubemux::server::outbound::QueueLimits;
 use kubemux::upstream::UpstreamConfig;
+use kubemux::ws::outbound::QueueLimits;
 use kubemux_sim::{SimConfig, WatchFailure};
 use serde_json::{Value, json};
 

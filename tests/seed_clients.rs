@@ -274,7 +274,10 @@ async fn seed_001_dashboard_snippet_reconnects_by_the_seeds_strategy() {
 async fn seed_002_notification_snippets_reconnect_and_fetch_the_cluster() {
     let config = |at: SocketAddr| ServerConfig {
         health_interval: Duration::from_millis(100),
-        notifications_debounce: Duration::from_millis(100),
+        notifications: kubemux::dialect::notifications::Settings {
+            debounce: Duration::from_millis(100),
+            ..Default::default()
+        },
         notifications_listen: Some(at),
         ..ServerConfig::default()
     };
@@ -374,7 +377,7 @@ async fn seed_003_client_class_subscribes_receives_and_is_denied() {
         },
         quick_hub(),
         ServerConfig {
-            console: Some(auth),
+            console_auth: Some(auth),
             subscriptions_listen: Some("127.0.0.1:0".parse().unwrap()),
             ..ServerConfig::default()
         },

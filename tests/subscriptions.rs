@@ -102,7 +102,7 @@ async fn env_with(server: ServerConfig, recheck: Duration) -> Env {
         },
         quick_hub(),
         ServerConfig {
-            console: Some(auth),
+            console_auth: Some(auth),
             ..server
         },
     )
@@ -254,7 +254,7 @@ async fn es256_tokens_on_the_own_listener_and_families_without_a_source() {
         },
         quick_hub(),
         ServerConfig {
-            console: Some(console_auth(
+            console_auth: Some(console_auth(
                 JwtSettings {
                     public_key_file: Some(public),
                     ..jwt_settings()
@@ -501,7 +501,7 @@ async fn console_rechecks_ask_once_per_tick_across_consoles_and_revoke_them_all(
         },
         quick_hub(),
         ServerConfig {
-            console: Some(auth),
+            console_auth: Some(auth),
             ..ServerConfig::default()
         },
     )
@@ -904,11 +904,14 @@ async fn without_a_jwt_key_the_endpoint_is_refused_with_a_reason() {
 
 fn fast_liveness(idle: Option<Duration>) -> ServerConfig {
     ServerConfig {
-        console_liveness: kubemux::server::conn::Liveness {
-            ping_interval: Duration::from_millis(300),
-            pong_timeout: Duration::from_millis(300),
-            idle_timeout: idle,
-            ..kubemux::dialect::console::LIVENESS
+        console: kubemux::dialect::console::Settings {
+            liveness: kubemux::ws::conn::Liveness {
+                ping_interval: Duration::from_millis(300),
+                pong_timeout: Duration::from_millis(300),
+                idle_timeout: idle,
+                ..kubemux::dialect::console::Settings::default().liveness
+            },
+            ..Default::default()
         },
         ..ServerConfig::default()
     }
@@ -917,7 +920,11 @@ fn fast_liveness(idle: Option<Duration>) -> ServerConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_answers_pings_is_closed_with_1008() {
     let env = env_with(
-        fast_liveness(kubemux::dialect::console::LIVENESS.idle_timeout),
+        fast_liveness(
+            kubemux::dialect::console::Settings::default()
+                .liveness
+                .idle_timeout,
+        ),
         Duration::from_secs(30),
     )
     .await;
@@ -959,9 +966,9 @@ async fn a_client_that_only_answers_websocket_pings_is_closed_when_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_whose_initial_state_is_a_hundred_times_the_queue_is_served() {
-    let queue = kubemux::server::outbound::QueueLimits {
+    let queue = kubemux::ws::outbound::QueueLimits {
         max_bytes: 4096,
-        ..kubemux::server::outbound::QueueLimits::default()
+        ..kubemux::ws::outbound::QueueLimits::default()
     };
     let env = env_with(
         ServerConfig {

@@ -21,7 +21,8 @@ use kubemux::auth::credentials::Credentials;
 use kubemux::auth::origin::OriginPolicy;
 use kubemux::auth::secret::Secret;
 use kubemux::config::{ProxyArgs, Settings};
-use kubemux::dialect::{dashboard, dashboard_view, headlamp};
+use kubemux::dialect::dashboard::{self, view as dashboard_view};
+use kubemux::dialect::headlamp;
 use kubemux::hub::key::{normalize, parse_path};
 use kubemux::upstream::event::{WatchEvent, parse_list};
 
@@ -324,7 +325,7 @@ pub const TARGETS: &[Target] = &[
     },
     Target {
         name: "projections",
-        about: "dialect::dashboard_view node/pod/namespace projections of upstream objects",
+        about: "dialect::dashboard::view node/pod/namespace projections of upstream objects",
         corpus: &[
             r#"{"metadata":{"name":"n1","labels":{"a":"b"}},"status":{"conditions":[{"type":"Ready","status":"True"}],"capacity":{"cpu":"2","memory":"4Gi"}}}"#,
             r#"{"metadata":{"name":"p","namespace":"d"},"spec":{"nodeName":"n1","containers":[{"name":"c","image":"i"}]},"status":{"phase":"Running","containerStatuses":[{"restartCount":3,"ready":true}]}}"#,

@@ -1,15 +1,7 @@
 //! The HTTP server: WebSocket endpoints for each dialect, health and metrics.
 
-pub mod conn;
-mod deflate;
-pub mod forwarded;
-pub mod limits;
-mod listener;
-pub mod notice;
-pub mod outbound;
 mod rest;
 mod status;
-mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,23 +20,16 @@ use crate::auth::secret::Secret;
 use crate::dialect::notifications::{self, Feed};
 use crate::dialect::{console, dashboard, headlamp};
 use crate::hub::Hub;
-use conn::Liveness;
-use forwarded::{ClientInfo, TrustedProxies};
-use outbound::QueueLimits;
+use crate::ws::forwarded::{ClientInfo, TrustedProxies};
+use crate::ws::outbound::QueueLimits;
+use crate::ws::{WebSocket, WebSocketUpgrade, limits, listener};
 pub use status::ReadyBudget;
-pub use upgrade::{WebSocket, WebSocketUpgrade};
 
 /// Limits and timings of client connections.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Largest accepted client message, in bytes; larger closes with 1009.
-    pub max_message_size: usize,
-    /// Most subscriptions one connection may hold.
-    pub max_subscriptions: usize,
     /// Bounds of each connection's outbound queue.
     pub queue: QueueLimits,
-    /// Ping, pong and write deadlines.
-    pub liveness: Liveness,
     /// Interval of the clusters' health probes.
     pub health_interval: std::time::Duration,
     /// Which browser origins may connect.
@@ -54,27 +39,24 @@ pub struct ServerConfig {
     pub trusted_proxies: TrustedProxies,
     /// Whose identity upstream requests run as.
     pub policy: Policy,
-    /// Cluster notifications: updates closer together than this are merged.
-    pub notifications_debounce: std::time::Duration,
     /// Also serve cluster notifications at `/ws` (and `/api/clusters`) on
     /// this address, for frontends that expect the seed's own path.
     pub notifications_listen: Option<SocketAddr>,
     /// Also serve the dashboard stream at `/ws` on this address.
     pub dashboard_listen: Option<SocketAddr>,
-    /// Interval of the dashboard stream's `metrics` messages.
-    pub dashboard_metrics_interval: std::time::Duration,
-    /// The dashboard stream's heartbeat (seed 001's by default).
-    pub dashboard_liveness: Liveness,
-    /// Cluster notifications' heartbeat (seed 002's by default).
-    pub notifications_liveness: Liveness,
-    /// The subscription API's heartbeat and idle timeout (seed 003's by
-    /// default).
-    pub console_liveness: Liveness,
-    /// Abuse limits.
+    /// Abuse limits of connections and REST requests.
     pub limits: limits::Limits,
-    /// The console dialect's JWT verifier and reviewer; without it `/ws/v1`
+    /// Headlamp's `/wsMultiplexer`.
+    pub headlamp: headlamp::Settings,
+    /// The dashboard stream (seed 001).
+    pub dashboard: dashboard::Settings,
+    /// Cluster notifications (seed 002).
+    pub notifications: notifications::Settings,
+    /// The subscription API (seed 003).
+    pub console: console::Settings,
+    /// The subscription API's JWT verifier and reviewer; without it `/ws/v1`
     /// is refused.
-    pub console: Option<Arc<console::ConsoleAuth>>,
+    pub console_auth: Option<Arc<console::ConsoleAuth>>,
     /// Also serve the console dialect at `/ws` on this address.
     pub subscriptions_listen: Option<SocketAddr>,
     /// Headlamp's backend token: when set, `/wsMultiplexer` and
@@ -93,23 +75,19 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            max_message_size: 64 * 1024,
-            max_subscriptions: 1000,
             queue: QueueLimits::default(),
-            liveness: Liveness::default(),
             health_interval: std::time::Duration::from_secs(30),
             origins: OriginPolicy::default(),
             trusted_proxies: TrustedProxies::default(),
             policy: Policy::default(),
-            notifications_debounce: std::time::Duration::from_secs(1),
             notifications_listen: None,
             dashboard_listen: None,
-            dashboard_metrics_interval: std::time::Duration::from_secs(10),
-            dashboard_liveness: dashboard::LIVENESS,
-            notifications_liveness: notifications::LIVENESS,
-            console_liveness: console::LIVENESS,
             limits: limits::Limits::default(),
-            console: None,
+            headlamp: headlamp::Settings::default(),
+            dashboard: dashboard::Settings::default(),
+            notifications: notifications::Settings::default(),
+            console: console::Settings::default(),
+            console_auth: None,
             subscriptions_listen: None,
             headlamp_backend_token: None,
             admin_token: None,
@@ -132,6 +110,9 @@ pub struct AppState {
     connections: tokio_util::task::TaskTracker,
     feed: Arc<Feed>,
     rest_rate: Arc<limits::RestRate>,
+    headlamp: Arc<headlamp::Settings>,
+    dashboard: Arc<dashboard::Settings>,
+    console: Arc<console::Settings>,
 }
 
 /// A running server.
@@ -170,7 +151,7 @@ impl Server {
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let connections = tokio_util::task::TaskTracker::new();
         let probes = hub.clusters().spawn_health_probes(config.health_interval);
-        let feed = Feed::new(hub.clone(), config.notifications_debounce);
+        let feed = Feed::new(hub.clone(), config.notifications.debounce);
         let accept = listener::Accept {
             admission: limits::Admission::new(
                 config.limits.connections_per_address,
@@ -191,12 +172,15 @@ impl Server {
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = AppState {
             hub: hub.clone(),
-            config: Arc::new(config),
             shutdown: rx.clone(),
             draining: draining.clone(),
             connections: connections.clone(),
             feed,
             rest_rate,
+            headlamp: Arc::new(config.headlamp.clone()),
+            dashboard: Arc::new(config.dashboard.clone()),
+            console: Arc::new(config.console.clone()),
+            config: Arc::new(config),
         };
         let mut tasks = vec![spawn_serve(listener, router(state.clone()))];
         let mut extra_addrs = Vec::new();
@@ -283,27 +267,6 @@ where
     })
 }
 
-/// A 429 as the API server's own limits send one: `Retry-After` in whole
-/// seconds and a `Status` with reason `TooManyRequests`.
-pub(crate) fn too_many_requests(message: &str, retry_after: u64) -> Response {
-    let body = serde_json::json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": "TooManyRequests",
-        "details": { "retryAfterSeconds": retry_after },
-        "code": 429,
-    });
-    (
-        StatusCode::TOO_MANY_REQUESTS,
-        [(header::RETRY_AFTER, retry_after.to_string())],
-        axum::Json(body),
-    )
-        .into_response()
-}
-
 /// The REST rate limit, per client address and per credential, in front of
 /// `/clusters/…` (where each request may cost the cluster a review or a
 /// forwarded request).
@@ -325,7 +288,7 @@ async fn rest_rate_limit(
         .check(client.addr, credentials.token_for(cluster))
     {
         Ok(()) => next.run(request).await,
-        Err(limited) => too_many_requests(&limited.to_string(), limited.retry_after),
+        Err(limited) => limits::too_many_requests(&limited.to_string(), limited.retry_after),
     }
 }
 
@@ -387,13 +350,15 @@ async fn notifications_ws(
     if let Some(refusal) = refuse_upgrade(&state, &headers, &client) {
         return refusal;
     }
-    let ws = ws.lean(notifications::MAX_MESSAGE);
+    let ws = ws
+        .lean(state.config.notifications.max_message_size)
+        .queue(state.config.queue);
     let connections = state.connections.clone();
     tracked(&connections, ws, move |socket| async move {
         notifications::serve(
             socket,
             state.feed.clone(),
-            state.config.clone(),
+            &state.config.notifications,
             state.shutdown.clone(),
         )
         .await;
@@ -411,13 +376,17 @@ async fn dashboard_ws(
         return refusal;
     }
     let credentials = Credentials::from_headers(&headers);
-    let ws = ws.lean(dashboard::MAX_MESSAGE).compression();
+    let ws = ws
+        .lean(state.dashboard.max_message_size)
+        .queue(state.config.queue)
+        .compression();
     let connections = state.connections.clone();
     tracked(&connections, ws, move |socket| async move {
         dashboard::serve(
             socket,
             state.hub.clone(),
-            state.config.clone(),
+            state.dashboard.clone(),
+            state.config.policy.clone(),
             state.shutdown.clone(),
             query,
             credentials,
@@ -435,20 +404,22 @@ async fn console_ws(
     if let Some(refusal) = refuse_upgrade(&state, &headers, &client) {
         return refusal;
     }
-    let Some(auth) = state.config.console.clone() else {
+    let Some(auth) = state.config.console_auth.clone() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "the subscription API needs a JWT key: set --jwt-hs256-secret-file or --jwt-public-key-file\n",
         )
             .into_response();
     };
-    let ws = ws.lean(console::SOCKET_LIMIT);
+    let ws = ws
+        .lean(state.console.socket_limit())
+        .queue(state.config.queue);
     let connections = state.connections.clone();
     tracked(&connections, ws, move |socket| async move {
         console::serve(
             socket,
             state.hub.clone(),
-            state.config.clone(),
+            state.console.clone(),
             auth,
             state.shutdown.clone(),
         )
@@ -536,14 +507,16 @@ async fn headlamp_ws(
     let credentials = Credentials::from_headers(&headers);
     // Headlamp's subprotocol is echoed only when the client offered it.
     let ws = ws
-        .lean(state.config.max_message_size)
+        .lean(state.headlamp.max_message_size)
+        .queue(state.config.queue)
         .protocols([headlamp::PROTOCOL]);
     let connections = state.connections.clone();
     tracked(&connections, ws, move |socket| async move {
         headlamp::serve(
             socket,
             state.hub.clone(),
-            state.config.clone(),
+            state.headlamp.clone(),
+            state.config.policy.clone(),
             state.shutdown.clone(),
             credentials,
         )

@@ -14,7 +14,6 @@ use serde_json::json;
 use tracing::debug;
 
 use super::AppState;
-use super::outbound::{Frame, Out, Outbound, Replay};
 use super::status::{ClusterStatus, is_operator};
 use crate::api_path::{self, ApiPath};
 use crate::auth::credentials::Credentials;
@@ -23,6 +22,7 @@ use crate::auth::review::ReviewError;
 use crate::cluster::Cluster;
 use crate::hub::{EndReason, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
 use crate::upstream::event::WatchEvent;
+use crate::ws::outbound::{Frame, Out, Outbound, Replay};
 
 fn json_error(code: StatusCode, message: String) -> Response {
     (code, axum::Json(json!({ "error": message }))).into_response()

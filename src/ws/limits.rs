@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
@@ -32,14 +34,6 @@ pub struct Limits {
     /// connection is closed after it: a slow-loris client holds a socket
     /// for at most this.
     pub handshake_timeout: Duration,
-    /// Client messages per second per connection, refilled continuously…
-    /// Headlamp sends a REQUEST (and a CLOSE) for every change of a list it
-    /// shows, so the default is far above what a person causes; messages
-    /// beyond it are delayed, not refused, and only a flood past the
-    /// backlog closes the connection.
-    pub message_rate: f64,
-    /// …with bursts of up to this many.
-    pub message_burst: f64,
     /// Bytes all outbound queues may hold together. Beyond it, frames for
     /// connections with a backlog are refused (their subscriptions end as
     /// slow consumers) and new WebSockets get 503.
@@ -58,8 +52,6 @@ impl Default for Limits {
         Limits {
             connections_per_address: 1024,
             handshake_timeout: Duration::from_secs(10),
-            message_rate: 1000.0,
-            message_burst: 2000.0,
             queue_budget: 2 << 30,
             rest_rate: 100.0,
             rest_burst: 1000.0,
@@ -372,6 +364,27 @@ impl TokenBucket {
             .unwrap_or(Duration::from_secs(86_400));
         self.refilled + wait
     }
+}
+
+/// A 429 as the API server's own limits send one: `Retry-After` in whole
+/// seconds and a `Status` with reason `TooManyRequests`.
+pub fn too_many_requests(message: &str, retry_after: u64) -> Response {
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": "TooManyRequests",
+        "details": { "retryAfterSeconds": retry_after },
+        "code": 429,
+    });
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, retry_after.to_string())],
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

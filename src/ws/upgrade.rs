@@ -27,13 +27,15 @@ pub struct WebSocket {
     pub(super) compress: bool,
     /// The client address's share of the outbound budget.
     share: Option<QueueShare>,
+    /// Bounds of the socket's outbound queue, set by the router.
+    queue: QueueLimits,
 }
 
 impl WebSocket {
-    /// The socket's outbound queue, counted against its client address's
-    /// share of the budget.
-    pub fn outbound(&self, limits: QueueLimits, metrics: std::sync::Arc<Metrics>) -> Outbound {
-        Outbound::with_share(limits, metrics, self.share.clone())
+    /// The socket's outbound queue, bounded as the router set at upgrade and
+    /// counted against its client address's share of the budget.
+    pub fn outbound(&self, metrics: std::sync::Arc<Metrics>) -> Outbound {
+        Outbound::with_share(self.queue, metrics, self.share.clone())
     }
 }
 
@@ -80,6 +82,7 @@ pub struct WebSocketUpgrade {
     deflate_offered: bool,
     deflate: bool,
     config: WebSocketConfig,
+    queue: QueueLimits,
     /// The client address's connection slot, held while the socket lives.
     admitted: Option<std::sync::Arc<Admitted>>,
 }
@@ -131,6 +134,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
             ),
             deflate: false,
             config: WebSocketConfig::default(),
+            queue: QueueLimits::default(),
             admitted: parts.extensions.remove(),
         })
     }
@@ -178,6 +182,12 @@ impl WebSocketUpgrade {
         self
     }
 
+    /// Bounds the socket's outbound queue (see [`WebSocket::outbound`]).
+    pub fn queue(mut self, limits: QueueLimits) -> Self {
+        self.queue = limits;
+        self
+    }
+
     /// Answers 101 and runs `serve` with the socket once the connection
     /// has switched protocols.
     pub fn on_upgrade<F, Fut>(self, serve: F) -> Response
@@ -191,6 +201,7 @@ impl WebSocketUpgrade {
             protocol,
             deflate,
             config,
+            queue,
             admitted,
             ..
         } = self;
@@ -209,6 +220,7 @@ impl WebSocketUpgrade {
                 stream,
                 compress: deflate,
                 share: admitted.as_deref().map(QueueShare::of),
+                queue,
             })
             .await;
             drop(admitted);

@@ -19,16 +19,17 @@
 //! `PERMISSION_DENIED` naming it; the socket closes (1008) only when no
 //! stream is left, so a refused client is never left on a silent socket.
 
+pub mod view;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::server::WebSocket;
+use crate::ws::WebSocket;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::debug;
 
-use super::dashboard_view::{self, NamespaceView, NodeView, PodView};
 use crate::auth::credentials::Credentials;
 use crate::auth::policy::Policy;
 use crate::auth::recheck::{Access, Principal, RecheckHandle, Rechecks};
@@ -36,25 +37,47 @@ use crate::auth::review::ReviewError;
 use crate::cluster::Cluster;
 use crate::hub::ResourcePath;
 use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
-use crate::server::ServerConfig;
-use crate::server::conn::{self, ConnContext, Dialect, Liveness};
-use crate::server::limits::TokenBucket;
-use crate::server::notice::{self, NoticeSender};
-use crate::server::outbound::{Frame, Outbound};
 use crate::upstream::event::{EventType, WatchEvent};
+use crate::ws::conn::{self, ConnContext, Dialect, Liveness};
+use crate::ws::limits::TokenBucket;
+use crate::ws::notice::{self, NoticeSender};
+use crate::ws::outbound::{Frame, Outbound};
+use view::{NamespaceView, NodeView, PodView};
 
-/// Seed 001's heartbeat: a ping every 30 s, 10 s to answer (the default
-/// of [`crate::server::ServerConfig::dashboard_liveness`]).
-pub const LIVENESS: Liveness = Liveness {
-    idle_timeout: None,
-    ping_interval: Duration::from_secs(30),
-    pong_timeout: Duration::from_secs(10),
-    write_timeout: Duration::from_secs(10),
-};
-/// Largest message in either direction.
-pub const MAX_MESSAGE: usize = 10 * 1024 * 1024;
-const BURST: f64 = 50.0;
-const PER_SECOND: f64 = 1000.0 / 60.0;
+/// Limits and timings of dashboard-stream connections; the defaults are
+/// seed 001's.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Largest message in either direction; a batch that would exceed it
+    /// is replaced by `RATE_LIMITED` and a fresh `initial_state`.
+    pub max_message_size: usize,
+    /// Event messages per second, sustained…
+    pub message_rate: f64,
+    /// …and in a burst; beyond it events wait in a batch.
+    pub message_burst: f64,
+    /// Interval of the `metrics` messages.
+    pub metrics_interval: Duration,
+    /// Heartbeat: a ping every 30 s, 10 s to answer.
+    pub liveness: Liveness,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_message_size: 10 * 1024 * 1024,
+            message_rate: 1000.0 / 60.0,
+            message_burst: 50.0,
+            metrics_interval: Duration::from_secs(10),
+            liveness: Liveness {
+                idle_timeout: None,
+                ping_interval: Duration::from_secs(30),
+                pong_timeout: Duration::from_secs(10),
+                write_timeout: Duration::from_secs(10),
+            },
+        }
+    }
+}
+
 const QUERY: &str = "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan";
 /// Most live events waiting for the connection's task; a stream's initial
 /// state is one of them, whatever its size.
@@ -286,7 +309,7 @@ impl Projected {
         let deleted = event.kind() == EventType::Deleted;
         let raw = event.object();
         let (view, data) = match stream {
-            Stream::Nodes => match dashboard_view::node(raw) {
+            Stream::Nodes => match view::node(raw) {
                 Some(v) if deleted => {
                     let data = json!({"uid": v.uid, "name": v.name}).to_string();
                     (View::Node(Arc::new(v)), data)
@@ -297,7 +320,7 @@ impl Projected {
                 }
                 None => (View::Unreadable, String::new()),
             },
-            Stream::Pods(_) => match dashboard_view::pod(raw) {
+            Stream::Pods(_) => match view::pod(raw) {
                 Some(v) if deleted => {
                     let data =
                         json!({"uid": v.uid, "name": v.name, "namespace": v.namespace}).to_string();
@@ -309,7 +332,7 @@ impl Projected {
                 }
                 None => (View::Unreadable, String::new()),
             },
-            Stream::Namespaces => match dashboard_view::namespace(raw) {
+            Stream::Namespaces => match view::namespace(raw) {
                 Some(v) => (View::Namespace(Arc::new(v)), String::new()),
                 None => (View::Unreadable, String::new()),
             },
@@ -362,6 +385,8 @@ struct Dashboard {
     batch: Vec<String>,
     batch_bytes: usize,
     metrics_every: Duration,
+    /// The largest message the client accepts (a batch stays below it).
+    max_message_size: usize,
     last_metrics: Instant,
     recheck: Option<Recheck>,
     hub: Hub,
@@ -409,7 +434,7 @@ impl Dashboard {
             return;
         }
         let size = message.len() + 1;
-        if self.batch_bytes + size > MAX_MESSAGE - 1024 {
+        if self.batch_bytes + size > self.max_message_size.saturating_sub(1024) {
             self.batch.clear();
             self.batch_bytes = 0;
             self.outbound.push_forced(error_frame(
@@ -818,13 +843,14 @@ async fn admit(
 pub async fn serve(
     socket: WebSocket,
     hub: Hub,
-    config: Arc<ServerConfig>,
+    settings: Arc<Settings>,
+    policy: Policy,
     shutdown: tokio::sync::watch::Receiver<bool>,
     query: DashboardQuery,
     credentials: Credentials,
 ) {
     let metrics = hub.metrics().clone();
-    let outbound = Arc::new(socket.outbound(config.queue, metrics.clone()));
+    let outbound = Arc::new(socket.outbound(metrics.clone()));
     let (tx, rx) = notice::channel(EVENT_NOTICES);
     let registry = hub.clusters().clone();
     let cluster_id = query
@@ -840,7 +866,7 @@ pub async fn serve(
                 .collect::<BTreeSet<_>>()
         })
         .filter(|s| !s.is_empty());
-    let recheck = config.policy.rechecks().map(|rechecks| Recheck {
+    let recheck = policy.rechecks().map(|rechecks| Recheck {
         rechecks: rechecks.clone(),
         credentials: credentials.clone(),
     });
@@ -853,10 +879,11 @@ pub async fn serve(
         pods: BTreeMap::new(),
         namespaces: BTreeMap::new(),
         wanted_namespaces: wanted.clone(),
-        bucket: TokenBucket::new(PER_SECOND, BURST),
+        bucket: TokenBucket::new(settings.message_rate, settings.message_burst),
         batch: Vec::new(),
         batch_bytes: 0,
-        metrics_every: config.dashboard_metrics_interval,
+        metrics_every: settings.metrics_interval,
+        max_message_size: settings.max_message_size,
         last_metrics: Instant::now(),
         recheck,
         hub: hub.clone(),
@@ -889,7 +916,7 @@ pub async fn serve(
             }
             subscribe_streams(
                 &mut dashboard,
-                &config.policy,
+                &policy,
                 &cluster,
                 &credentials,
                 wanted.as_ref(),
@@ -901,7 +928,7 @@ pub async fn serve(
     let ctx = ConnContext {
         dialect: "dashboard",
         outbound,
-        liveness: config.dashboard_liveness,
+        liveness: settings.liveness,
         metrics,
         shutdown,
     };

@@ -13,12 +13,12 @@ use kube::api::{Api, LogParams};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::console_events as derive;
+use super::events as derive;
 use crate::auth::review::{ReviewError, Reviewer, User};
 use crate::cluster::Cluster;
 use crate::hub::{EndReason, Hub, Identity, Overflow, ResourcePath, SubscribeRequest, Subscriber};
-use crate::server::outbound::{Frame, Outbound};
 use crate::upstream::event::{EventType, WatchEvent};
+use crate::ws::outbound::{Frame, Outbound};
 
 /// The query of every hub watch the console uses: the store's contents, a
 /// bookmark marking their end, then live events.
@@ -173,7 +173,7 @@ pub async fn snapshot(hub: &Hub, cluster: &str, path: &str) -> Result<Vec<Value>
             .flatten()
             .ok_or_else(unavailable)?;
         match event.kind() {
-            EventType::Bookmark if super::console_sub::is_initial_end(&event) => break,
+            EventType::Bookmark if super::sub::is_initial_end(&event) => break,
             EventType::Added | EventType::Modified => {
                 if let Ok(object) = serde_json::from_slice(event.object()) {
                     objects.insert(event.key().to_string(), object);

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::server::WebSocket;
+use crate::ws::WebSocket;
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -27,49 +27,92 @@ use crate::hub::{
     EndReason, Hub, Identity, Overflow, ResourcePath, SubscribeRequest, Subscriber, Subscription,
     key,
 };
-use crate::server::ServerConfig;
-use crate::server::conn::{self, ConnContext, Dialect};
-use crate::server::limits::{TokenBucket, limit};
-use crate::server::outbound::{Frame, Outbound, Replay};
 use crate::upstream::event::WatchEvent;
+use crate::ws::conn::{self, ConnContext, Dialect, Liveness};
+use crate::ws::limits::{TokenBucket, limit};
+use crate::ws::outbound::{Frame, Outbound, Replay};
 
 /// The subprotocol Headlamp's frontend offers.
 pub const PROTOCOL: &str = "headlamp.multiplexer.k8s.io";
+
+/// Limits and timings of `/wsMultiplexer` connections.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Largest client message, in bytes; larger closes with 1009.
+    pub max_message_size: usize,
+    /// Most subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Client messages per second per connection, refilled continuously…
+    /// Headlamp sends a REQUEST (and a CLOSE) for every change of a list it
+    /// shows, so the default is far above what a person causes; messages
+    /// beyond it are delayed, not refused, and only a flood past the
+    /// backlog closes the connection.
+    pub message_rate: f64,
+    /// …with bursts of up to this many.
+    pub message_burst: f64,
+    /// Most messages a connection may have waiting for the rate limit; one
+    /// that floods beyond it is closed (1008), so a flood costs bounded
+    /// memory. A few thousand is far more than a person's tabs cause in a
+    /// burst.
+    pub backlog_messages: usize,
+    /// Most bytes of text waiting for the rate limit, for the same reason:
+    /// the message count alone would allow thousands of maximum-size
+    /// messages.
+    pub backlog_bytes: usize,
+    /// Ping, pong, write and idle deadlines.
+    pub liveness: Liveness,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_message_size: 64 * 1024,
+            max_subscriptions: 1000,
+            message_rate: 1000.0,
+            message_burst: 2000.0,
+            backlog_messages: 4096,
+            backlog_bytes: 4 << 20,
+            liveness: Liveness::default(),
+        }
+    }
+}
+
 /// Serves one upgraded connection.
 pub async fn serve(
     socket: WebSocket,
     hub: Hub,
-    config: Arc<ServerConfig>,
+    settings: Arc<Settings>,
+    policy: Policy,
     shutdown: tokio::sync::watch::Receiver<bool>,
     credentials: Credentials,
 ) {
-    let outbound = Arc::new(socket.outbound(config.queue, hub.metrics().clone()));
+    let outbound = Arc::new(socket.outbound(hub.metrics().clone()));
+    let liveness = settings.liveness;
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
     debug!(
         ?credentials,
-        mode = config.policy.mode().as_str(),
+        mode = policy.mode().as_str(),
         "headlamp connection"
     );
     let dialect = Headlamp {
         credentials,
-        policy: config.policy.clone(),
+        policy,
         hub: hub.clone(),
         outbound: outbound.clone(),
         notices: notices_tx,
         subs: HashMap::new(),
         next_token: 1,
-        max_subscriptions: config.max_subscriptions,
-        messages: TokenBucket::new(config.limits.message_rate, config.limits.message_burst),
-        rate: (config.limits.message_rate, config.limits.message_burst),
+        messages: TokenBucket::new(settings.message_rate, settings.message_burst),
         delayed: VecDeque::new(),
         delayed_bytes: 0,
         wake: None,
         flooded: false,
+        settings,
     };
     let ctx = ConnContext {
         dialect: "headlamp",
         outbound,
-        liveness: config.liveness,
+        liveness,
         metrics: hub.metrics().clone(),
         shutdown,
     };
@@ -122,32 +165,22 @@ struct Headlamp {
     notices: mpsc::UnboundedSender<Notice>,
     subs: HashMap<SubKey, Slot>,
     next_token: u64,
-    max_subscriptions: usize,
     /// Client messages other than CLOSE spend a token; CLOSE only ever
     /// lowers the load, so it is always honoured at once.
     messages: TokenBucket,
-    /// The bucket's rate and burst, for the close reason.
-    rate: (f64, f64),
     /// Messages that found the bucket empty, processed in order as it
     /// refills. Delayed rather than refused, because Headlamp never
     /// resends a REQUEST: a refused one would freeze that list.
     delayed: VecDeque<(Delayed, usize)>,
-    /// Bytes of the delayed messages' text, bounded by [`BACKLOG_BYTES`].
+    /// Bytes of the delayed messages' text, bounded by [`Settings::backlog_bytes`].
     delayed_bytes: usize,
     /// When the next delayed message can be processed.
     wake: Option<tokio::time::Instant>,
     /// The backlog overflowed and the connection is closing: whatever the
     /// client still sends is ignored.
     flooded: bool,
+    settings: Arc<Settings>,
 }
-
-/// Most messages a connection may have waiting for the rate limit; one
-/// that floods beyond it is closed (1008), so a flood costs bounded memory.
-/// A few thousand is far more than a person's tabs cause in a burst.
-const BACKLOG_MESSAGES: usize = 4096;
-/// Most bytes of text waiting for the rate limit, for the same reason:
-/// the message count alone would allow thousands of maximum-size messages.
-const BACKLOG_BYTES: usize = 4 << 20;
 
 /// A client message waiting for a token.
 enum Delayed {
@@ -272,9 +305,11 @@ impl Headlamp {
         if self.delayed.is_empty() && self.messages.try_take() {
             return self.process(message);
         }
-        if self.delayed.len() >= BACKLOG_MESSAGES || self.delayed_bytes + bytes > BACKLOG_BYTES {
+        if self.delayed.len() >= self.settings.backlog_messages
+            || self.delayed_bytes + bytes > self.settings.backlog_bytes
+        {
             self.hub.metrics().refused(limit::MESSAGE_RATE);
-            let (rate, burst) = self.rate;
+            let (rate, burst) = (self.settings.message_rate, self.settings.message_burst);
             self.delayed.clear();
             self.delayed_bytes = 0;
             self.wake = None;
@@ -373,14 +408,14 @@ impl Headlamp {
                 "invalid message: missing or empty field clusterId",
             );
         }
-        if self.subs.len() >= self.max_subscriptions {
+        if self.subs.len() >= self.settings.max_subscriptions {
             return self.refuse(
                 cluster,
                 path,
                 query,
                 &format!(
                     "too many subscriptions on this connection (limit {})",
-                    self.max_subscriptions
+                    self.settings.max_subscriptions
                 ),
             );
         }

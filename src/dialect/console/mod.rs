@@ -9,60 +9,89 @@
 //! JWT's user and groups with SubjectAccessReviews (cached), and live
 //! subscriptions are re-checked every recheck interval.
 
+pub mod events;
+mod sub;
+mod work;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::server::WebSocket;
+use crate::ws::WebSocket;
 use serde_json::{Value, json};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::debug;
 
-use super::console_sub::{Family, Stream, Sub};
-use super::console_work::{self as work, Check, LogRequest, QUERY, Refusal, envelope, error_frame};
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::recheck::{Access, Principal, RecheckHandle, Rechecks};
 use crate::auth::review::User;
 use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber};
-use crate::server::ServerConfig;
-use crate::server::conn::{self, ConnContext, Dialect, Liveness};
-use crate::server::limits::TokenBucket;
-use crate::server::notice::{self, NoticeSender};
-use crate::server::outbound::{Frame, Outbound};
 use crate::upstream::event::WatchEvent;
+use crate::ws::conn::{self, ConnContext, Dialect, Liveness};
+use crate::ws::limits::TokenBucket;
+use crate::ws::notice::{self, NoticeSender};
+use crate::ws::outbound::{Frame, Outbound};
+use sub::{Family, Stream, Sub};
+use work::{Check, LogRequest, QUERY, Refusal, envelope, error_frame};
 
-/// Largest client message the seed allows; larger gets `MESSAGE_TOO_LARGE`
-/// and the socket closes.
-pub const MAX_MESSAGE: usize = 1024 * 1024;
-/// The socket's own limit: messages between [`MAX_MESSAGE`] and this are
-/// read so the client can be told why it is closed; beyond it the socket
-/// closes with 1009 without reading them.
-pub const SOCKET_LIMIT: usize = 4 * MAX_MESSAGE;
-/// Subscriptions per connection.
-pub const MAX_SUBSCRIPTIONS: usize = 100;
-/// Concurrent log streams per connection.
-pub const MAX_LOG_STREAMS: usize = 5;
 /// Most live events waiting for the connection's task; a subscription's
 /// initial state is one of them, whatever its size.
 const EVENT_NOTICES: usize = 65_536;
-/// Client messages per second, sustained.
-pub const RATE_PER_SECOND: f64 = 100.0;
-/// Client messages in a burst.
-pub const RATE_BURST: f64 = 200.0;
-/// Interval of the seed's `{"type":"ping"}` messages.
-pub const PING_EVERY: Duration = Duration::from_secs(30);
-/// A connection without any client message for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// A connection that has not authenticated after this long is closed.
-pub const AUTH_DEADLINE: Duration = Duration::from_secs(30);
-/// WebSocket-level liveness (as the other dialects) and the seed's idle
-/// timeout (the default of [`crate::server::ServerConfig::console_liveness`]).
-pub const LIVENESS: Liveness = Liveness {
-    ping_interval: Duration::from_secs(30),
-    pong_timeout: Duration::from_secs(30),
-    write_timeout: Duration::from_secs(10),
-    idle_timeout: Some(IDLE_TIMEOUT),
-};
+
+/// Limits and timings of subscription-API connections; the defaults are
+/// seed 003's.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Largest client message; larger gets `MESSAGE_TOO_LARGE` and the
+    /// socket closes.
+    pub max_message_size: usize,
+    /// Subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Concurrent log streams per connection.
+    pub max_log_streams: usize,
+    /// Client messages per second, sustained…
+    pub message_rate: f64,
+    /// …and in a burst.
+    pub message_burst: f64,
+    /// Interval of the seed's `{"type":"ping"}` messages.
+    pub ping_interval: Duration,
+    /// A connection that has not authenticated after this long is closed.
+    pub auth_deadline: Duration,
+    /// WebSocket-level liveness (as the other dialects) and the seed's idle
+    /// timeout: a connection without any client message for this long is
+    /// closed.
+    pub liveness: Liveness,
+}
+
+impl Settings {
+    /// The socket's own limit: messages between
+    /// [`Settings::max_message_size`] and this are read so the client can
+    /// be told why it is closed; beyond it the socket closes with 1009
+    /// without reading them.
+    pub fn socket_limit(&self) -> usize {
+        self.max_message_size.saturating_mul(4)
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_message_size: 1024 * 1024,
+            max_subscriptions: 100,
+            max_log_streams: 5,
+            message_rate: 100.0,
+            message_burst: 200.0,
+            ping_interval: Duration::from_secs(30),
+            auth_deadline: Duration::from_secs(30),
+            liveness: Liveness {
+                ping_interval: Duration::from_secs(30),
+                pong_timeout: Duration::from_secs(30),
+                write_timeout: Duration::from_secs(10),
+                idle_timeout: Some(Duration::from_secs(300)),
+            },
+        }
+    }
+}
 
 /// How consoles are authenticated and authorised.
 #[derive(Debug)]
@@ -173,6 +202,7 @@ struct Console {
     /// The per-connection message rate.
     bucket: TokenBucket,
     last_ping: Instant,
+    settings: Arc<Settings>,
 }
 
 fn text_of<'a>(data: &'a Value, field: &str) -> Option<&'a str> {
@@ -365,10 +395,11 @@ impl Console {
             _ => return Err(invalid("data.events must be a list of event names")),
         };
         let current = self.subs.len() + self.pending;
-        if current >= MAX_SUBSCRIPTIONS {
+        let max = self.settings.max_subscriptions;
+        if current >= max {
             return Err(Refusal {
                 code: "SUBSCRIPTION_LIMIT_EXCEEDED",
-                message: format!("Maximum number of subscriptions ({MAX_SUBSCRIPTIONS}) exceeded"),
+                message: format!("Maximum number of subscriptions ({max}) exceeded"),
                 details: json!({
                     "current_subscriptions": current,
                     "requested_subscription": format!("{resource}:{}", project.as_deref().unwrap_or(cluster.id())),
@@ -606,12 +637,11 @@ impl Console {
                 "a log stream with id {stream_id:?} is already running"
             )));
         }
-        if self.logs.len() >= MAX_LOG_STREAMS {
+        let max = self.settings.max_log_streams;
+        if self.logs.len() >= max {
             return Err(Refusal {
                 code: "SUBSCRIPTION_LIMIT_EXCEEDED",
-                message: format!(
-                    "Maximum number of concurrent log streams ({MAX_LOG_STREAMS}) exceeded"
-                ),
+                message: format!("Maximum number of concurrent log streams ({max}) exceeded"),
                 details: json!({"current_streams": self.logs.len(), "requested_stream": stream_id}),
             });
         }
@@ -754,13 +784,14 @@ impl Dialect for Console {
             .as_ref()
             .map(|m| m["id"].clone())
             .unwrap_or(Value::Null);
-        if text.len() > MAX_MESSAGE {
+        let limit = self.settings.max_message_size;
+        if text.len() > limit {
             self.send_error(
                 &id,
                 &Refusal {
                     code: "MESSAGE_TOO_LARGE",
-                    message: format!("Message exceeds the size limit ({MAX_MESSAGE} bytes)"),
-                    details: json!({"size": text.len(), "limit": MAX_MESSAGE}),
+                    message: format!("Message exceeds the size limit ({limit} bytes)"),
+                    details: json!({"size": text.len(), "limit": limit}),
                 },
             );
             self.outbound
@@ -783,7 +814,7 @@ impl Dialect for Console {
                 &Refusal {
                     code: "RATE_LIMIT_EXCEEDED",
                     message: "Too many messages sent".into(),
-                    details: json!({"per_second": RATE_PER_SECOND, "burst": RATE_BURST}),
+                    details: json!({"per_second": self.settings.message_rate, "burst": self.settings.message_burst}),
                 },
             );
             return;
@@ -899,7 +930,7 @@ impl Dialect for Console {
 
     fn on_tick(&mut self) {
         while self.tasks.try_join_next().is_some() {}
-        if self.user.is_none() && self.opened.elapsed() >= AUTH_DEADLINE {
+        if self.user.is_none() && self.opened.elapsed() >= self.settings.auth_deadline {
             self.send_error(
                 &Value::Null,
                 &Refusal::new("AUTH_REQUIRED", "no auth message within the deadline"),
@@ -920,7 +951,7 @@ impl Dialect for Console {
                 .close_with(conn::close::POLICY, "token expired");
             return;
         }
-        if self.last_ping.elapsed() >= PING_EVERY {
+        if self.last_ping.elapsed() >= self.settings.ping_interval {
             self.last_ping = Instant::now();
             self.outbound.push_forced(Frame::text(
                 json!({"type": "ping", "timestamp": work::now()}).to_string(),
@@ -966,12 +997,12 @@ fn stream_checks(family: Family, project: Option<&str>) -> Result<Vec<Check>, St
 pub async fn serve(
     socket: WebSocket,
     hub: Hub,
-    config: Arc<ServerConfig>,
+    settings: Arc<Settings>,
     auth: Arc<ConsoleAuth>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let metrics = hub.metrics().clone();
-    let outbound = Arc::new(socket.outbound(config.queue, metrics.clone()));
+    let outbound = Arc::new(socket.outbound(metrics.clone()));
     let (tx, rx) = notice::channel(EVENT_NOTICES);
     let now = Instant::now();
     let console = Console {
@@ -989,13 +1020,14 @@ pub async fn serve(
         pending: 0,
         logs: HashMap::new(),
         tasks: JoinSet::new(),
-        bucket: TokenBucket::new(RATE_PER_SECOND, RATE_BURST),
+        bucket: TokenBucket::new(settings.message_rate, settings.message_burst),
         last_ping: now,
+        settings: settings.clone(),
     };
     let ctx = ConnContext {
         dialect: "console",
         outbound,
-        liveness: config.console_liveness,
+        liveness: settings.liveness,
         metrics,
         shutdown,
     };

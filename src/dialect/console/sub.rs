@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::console_events::{self as derive, Alert};
+use super::events::{self as derive, Alert};
 use crate::cluster::Health;
 use crate::hub::Subscription;
 use crate::upstream::event::{EventType, WatchEvent};

@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 
 /// What the accept loop needs besides the listener and the router.
 #[derive(Clone)]
-pub(super) struct Accept {
+pub struct Accept {
     /// Connections per client address.
     pub admission: Arc<Admission>,
     /// Deadline for a request head (and for an idle keep-alive connection).
@@ -45,7 +45,7 @@ pub(super) struct Accept {
 
 /// Serves `app` on `listener` until `stop` turns true, then lets the open
 /// HTTP exchanges finish (upgraded WebSockets are the dialects' business).
-pub(super) async fn serve(
+pub async fn serve(
     listener: TcpListener,
     app: Router,
     accept: Accept,
@@ -186,7 +186,7 @@ fn too_many_connections(client: std::net::IpAddr, max: usize, close: bool) -> Re
     let message = format!(
         "too many connections from {client}: at most {max} per client address (--max-connections-per-address)"
     );
-    let mut response = super::too_many_requests(&message, 5);
+    let mut response = super::limits::too_many_requests(&message, 5);
     if close {
         response
             .headers_mut()

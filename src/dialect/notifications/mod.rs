@@ -12,32 +12,49 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::server::WebSocket;
+use crate::ws::WebSocket;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use crate::cluster::ClusterChange;
 use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
-use crate::server::ServerConfig;
-use crate::server::conn::{self, ConnContext, Dialect, Liveness};
-use crate::server::outbound::Frame;
 use crate::upstream::event::WatchEvent;
+use crate::ws::conn::{self, ConnContext, Dialect, Liveness};
+use crate::ws::outbound::Frame;
 
-/// Seed 002's connection parameters: ping every 54 s, pong wait 60 s,
-/// 10 s write deadline; incoming messages over 512 bytes close with 1009.
-/// The seed's pong wait runs from the last pong (gorilla's read deadline);
-/// with pings every 54 s that is 6 s after each ping, which is how the
-/// connection loop counts it: a client silent from the start is closed at
-/// 60 s exactly.
-pub const LIVENESS: Liveness = Liveness {
-    idle_timeout: None,
-    ping_interval: Duration::from_secs(54),
-    pong_timeout: Duration::from_secs(6),
-    write_timeout: Duration::from_secs(10),
-};
-/// Largest incoming message.
-pub const MAX_MESSAGE: usize = 512;
+/// Limits and timings of cluster-notification connections; the defaults
+/// are seed 002's.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Largest incoming message; larger closes with 1009.
+    pub max_message_size: usize,
+    /// Updates to one cluster closer together than this are merged.
+    pub debounce: Duration,
+    /// Ping, pong and write deadlines.
+    pub liveness: Liveness,
+}
+
+impl Default for Settings {
+    /// Seed 002's: ping every 54 s, pong wait 60 s, 10 s write deadline,
+    /// incoming messages over 512 bytes close with 1009. The seed's pong
+    /// wait runs from the last pong (gorilla's read deadline); with pings
+    /// every 54 s that is 6 s after each ping, which is how the connection
+    /// loop counts it: a client silent from the start is closed at 60 s
+    /// exactly.
+    fn default() -> Self {
+        Settings {
+            max_message_size: 512,
+            debounce: Duration::from_secs(1),
+            liveness: Liveness {
+                idle_timeout: None,
+                ping_interval: Duration::from_secs(54),
+                pong_timeout: Duration::from_secs(6),
+                write_timeout: Duration::from_secs(10),
+            },
+        }
+    }
+}
 
 /// Produces cluster notifications while clients listen.
 pub struct Feed {
@@ -213,11 +230,11 @@ impl Dialect for Notifications {
 pub async fn serve(
     socket: WebSocket,
     feed: Arc<Feed>,
-    config: Arc<ServerConfig>,
+    settings: &Settings,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let metrics = feed.hub.metrics().clone();
-    let outbound = Arc::new(socket.outbound(config.queue, metrics.clone()));
+    let outbound = Arc::new(socket.outbound(metrics.clone()));
     let (listening, mut rx) = feed.listen();
     let forward_to = outbound.clone();
     let forward = tokio::spawn(async move {
@@ -244,7 +261,7 @@ pub async fn serve(
     let ctx = ConnContext {
         dialect: "notifications",
         outbound,
-        liveness: config.notifications_liveness,
+        liveness: settings.liveness,
         metrics,
         shutdown,
     };

@@ -1,0 +1,18 @@
+//! The connection machinery every dialect runs on: the listener (per-address
+//! admission, handshake deadline, trusted-proxy client info), the WebSocket
+//! upgrade and permessage-deflate, the connection loop with its [`conn::Dialect`]
+//! trait, the outbound queue, the control-notice channel and the abuse limits.
+//!
+//! It imports no dialect and no router: a dialect plugs in by implementing
+//! [`conn::Dialect`] and being handed a [`WebSocket`].
+
+pub mod conn;
+mod deflate;
+pub mod forwarded;
+pub mod limits;
+pub mod listener;
+pub mod notice;
+pub mod outbound;
+mod upgrade;
+
+pub use upgrade::{WebSocket, WebSocketUpgrade};
