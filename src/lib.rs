@@ -4,7 +4,6 @@
 //! shared upstream watch per distinct key and fans its events out. See
 //! `docs/architecture.md` for the design.
 
-pub mod api_path;
 pub mod auth;
 pub mod cluster;
 pub mod config;

@@ -16,7 +16,6 @@ use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
-use kubemux::api_path::ApiPath;
 use kubemux::auth::credentials::Credentials;
 use kubemux::auth::origin::OriginPolicy;
 use kubemux::auth::secret::Secret;
@@ -25,6 +24,7 @@ use kubemux::dialect::dashboard::{self, view as dashboard_view};
 use kubemux::dialect::headlamp;
 use kubemux::hub::key::{normalize, parse_path};
 use kubemux::upstream::event::{WatchEvent, parse_list};
+use kubemux_vocab::path::ApiPath;
 
 /// What a target says about one input: accepted (the parser returned a
 /// value), rejected (an error, which is fine), or a broken property.
@@ -82,7 +82,7 @@ fn key(input: &[u8]) -> Verdict {
 
 fn path(input: &[u8]) -> Verdict {
     let t = text(input);
-    if let Ok(ApiPath::Resource { collection, .. }) = kubemux::api_path::parse(&t)
+    if let Ok(ApiPath::Resource { collection, .. }) = kubemux_vocab::path::parse(&t)
         && matches!(collection.resource.as_str(), "watch" | "proxy")
     {
         return Broken(format!("a legacy path was read as a resource: {t:?}"));

@@ -7,6 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use kubemux_vocab::object::INITIAL_EVENTS_END;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -141,7 +142,7 @@ pub fn bookmark_line(def: &ResourceDef, rv: u64, initial_events_end: bool) -> By
     metadata.insert("resourceVersion".into(), Value::String(rv.to_string()));
     if initial_events_end {
         let mut annotations = Map::new();
-        annotations.insert("k8s.io/initial-events-end".into(), "true".into());
+        annotations.insert(INITIAL_EVENTS_END.into(), "true".into());
         metadata.insert("annotations".into(), Value::Object(annotations));
     }
     let object = TypedMeta {

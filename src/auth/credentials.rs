@@ -10,7 +10,7 @@
 //! reach a cluster.
 //!
 //! Tokens never reach logs or metrics: `Debug` is redacted, and only a hash
-//! ([`Credentials::identity_hash`]) may be used as a label or key.
+//! (`kubemux_vocab::identity::identity_hash`) may be used as a label or key.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -105,27 +105,6 @@ pub fn cookie_cluster_name(cluster: &str) -> String {
         .collect()
 }
 
-/// A stable, non-reversible name for a token, usable in keys and logs.
-///
-/// It separates users: watches and review answers are shared only between
-/// callers whose tokens give the same name. So it is an HMAC-SHA-256 under
-/// a key drawn at start (truncated to 128 bits), not a fast hash: nobody
-/// can make a token that collides with another user's, even knowing the
-/// name from a log, and names mean nothing outside this process.
-pub fn identity_hash(token: &str) -> String {
-    use hmac::digest::KeyInit;
-    use hmac::{Hmac, Mac};
-    // One SHA-256 block: HMAC's natural key size.
-    static KEY: std::sync::OnceLock<[u8; 64]> = std::sync::OnceLock::new();
-    let key = KEY.get_or_init(rand::random);
-    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new(key.into());
-    mac.update(token.as_bytes());
-    mac.finalize().into_bytes()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// A header map from name/value pairs, for the auth modules' unit tests.
 #[cfg(test)]
 pub(crate) fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -207,9 +186,5 @@ mod tests {
         ]));
         let shown = format!("{c:?}");
         assert!(!shown.contains("secret"), "{shown}");
-        assert_ne!(identity_hash("a"), identity_hash("b"));
-        assert_eq!(identity_hash("a"), identity_hash("a"));
-        assert_eq!(identity_hash("a").len(), 32);
-        assert!(!identity_hash("secret-token").contains("secret"));
     }
 }

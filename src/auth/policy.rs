@@ -21,8 +21,9 @@ use std::time::Duration;
 use super::credentials::Credentials;
 use super::recheck::Rechecks;
 use super::review::Reviewer;
-use crate::api_path::ApiPath;
-use crate::hub::{Identity, ResourcePath};
+use kubemux_vocab::identity::Identity;
+use kubemux_vocab::path::ApiPath;
+use kubemux_vocab::path::ResourcePath;
 
 /// How clients are identified to the clusters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -228,7 +229,7 @@ mod tests {
         assert_eq!(p.identity(&creds, "c", &secrets), Err(Denied::Secrets));
         let pods = parse_path("/api/v1/pods").unwrap();
         assert_eq!(p.identity(&creds, "c", &pods), Ok(Identity::Proxy));
-        let rest = |path| crate::api_path::parse(path).unwrap();
+        let rest = |path| kubemux_vocab::path::parse(path).unwrap();
         for path in [
             "/api/v1/namespaces/a/secrets/s",
             "/api/v1/namespaces/a/secrets/s/status",

@@ -29,8 +29,8 @@ use tracing::{Instrument, debug, info_span};
 
 use super::review::{ReviewError, Reviewer, User};
 use crate::cluster::Cluster;
-use crate::hub::ResourcePath;
 use crate::metrics::Metrics;
+use kubemux_vocab::path::ResourcePath;
 
 /// Reviews in flight at once during a tick: enough that thousands of
 /// distinct questions finish well within an interval, few enough not to

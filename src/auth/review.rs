@@ -13,10 +13,10 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::{Api, PostParams};
 use parking_lot::Mutex;
 
-use super::credentials::identity_hash;
 use crate::cluster::Cluster;
-use crate::hub::ResourcePath;
 use crate::metrics::Metrics;
+use kubemux_vocab::identity::identity_hash;
+use kubemux_vocab::path::ResourcePath;
 
 /// A user as the cluster's authenticator names them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

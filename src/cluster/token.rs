@@ -25,7 +25,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use kube::client::Body;
 use parking_lot::Mutex;
 
-use crate::auth::credentials::identity_hash;
+use kubemux_vocab::identity::identity_hash;
 
 /// Per-token clients are kept this long after their last use.
 pub const IDLE: Duration = Duration::from_secs(600);

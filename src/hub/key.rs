@@ -9,6 +9,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use kubemux_vocab::path::ResourcePath;
+use kubemux_vocab::path::{self, PathError};
+
 /// What a shared upstream watch is for.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct WatchKey {
@@ -78,19 +81,6 @@ pub struct ClientParams {
     pub watch: bool,
 }
 
-/// A parsed collection path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResourcePath {
-    /// API group, empty for the core group.
-    pub group: String,
-    /// API version.
-    pub version: String,
-    /// Namespace, for a namespaced collection.
-    pub namespace: Option<String>,
-    /// Plural resource name.
-    pub resource: String,
-}
-
 /// Why a request cannot be turned into a watch key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
@@ -121,29 +111,21 @@ pub enum KeyError {
     },
 }
 
+impl From<PathError> for KeyError {
+    fn from(err: PathError) -> Self {
+        match err {
+            PathError::Missing => KeyError::Missing("path"),
+            PathError::BadPath { path, why } => KeyError::BadPath { path, why },
+        }
+    }
+}
+
 const MAX_QUERY: usize = 4096;
 
-/// Parses and validates a collection path: [`crate::api_path::parse`], the
-/// grammar REST GETs go through too, narrowed to collections.
+/// Parses and validates a collection path ([`path::parse_collection`],
+/// the grammar REST GETs go through too, narrowed to collections).
 pub fn parse_path(path: &str) -> Result<ResourcePath, KeyError> {
-    use crate::api_path::ApiPath;
-    let bad = |why| KeyError::BadPath {
-        path: path.chars().take(100).collect(),
-        why,
-    };
-    match crate::api_path::parse(path)? {
-        ApiPath::Resource {
-            collection,
-            name: None,
-            subresource: None,
-        } => Ok(collection),
-        ApiPath::Discovery => Err(bad("names an API version or group, not a collection")),
-        ApiPath::Resource {
-            subresource: Some(_),
-            ..
-        } => Err(bad("names a subresource, not a collection")),
-        ApiPath::Resource { .. } => Err(bad("names a single object, not a collection")),
-    }
+    Ok(path::parse_collection(path)?)
 }
 
 fn parse_bool(name: &'static str, value: &str) -> Result<bool, KeyError> {

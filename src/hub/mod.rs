@@ -23,7 +23,9 @@ use crate::cluster::{ClusterChange, Registry};
 use crate::metrics::Metrics;
 use crate::upstream::{self, UpstreamConfig, WatchTarget};
 pub use cache::HistoryLimits;
-pub use key::{ClientParams, KeyError, ListParams, ResourcePath, WatchKey};
+pub use key::{ClientParams, KeyError, ListParams, WatchKey};
+pub use kubemux_vocab::identity::Identity;
+pub use kubemux_vocab::path::ResourcePath;
 pub use local::LocalWatch;
 pub use nodes::{NodeCounts, NodesUnknown};
 use shared::{SharedWatch, SubscriberId, Upstream};
@@ -140,37 +142,12 @@ fn without_type_meta(object: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Whose identity an upstream watch runs as.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Identity {
-    /// kubemux's own (the cluster's configured credentials).
-    Proxy,
-    /// The caller's bearer token; watches are shared only among callers
-    /// with the same token.
-    Bearer(String),
-}
-
-impl Identity {
-    /// Restricts a key to this identity: watches made with a caller's token
-    /// are shared only with callers holding the same token.
-    fn scope(&self, key: WatchKey) -> WatchKey {
-        match self {
-            Identity::Proxy => key,
-            Identity::Bearer(token) => {
-                key.with_identity(Some(crate::auth::credentials::identity_hash(token).into()))
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Identity::Proxy => f.write_str("Proxy"),
-            Identity::Bearer(t) => {
-                write!(f, "Bearer({})", crate::auth::credentials::identity_hash(t))
-            }
-        }
+/// Restricts a key to `identity`: watches made with a caller's token are
+/// shared only with callers holding the same token.
+fn scope(identity: &Identity, key: WatchKey) -> WatchKey {
+    match identity.hash() {
+        None => key,
+        Some(hash) => key.with_identity(Some(hash.into())),
     }
 }
 
@@ -323,7 +300,7 @@ impl Hub {
                 let client = cluster.client_for_token(token).map_err(|e| {
                     SubscribeError::Identity(request.cluster.to_string(), e.to_string())
                 })?;
-                (request.identity.scope(key), client)
+                (scope(request.identity, key), client)
             }
         };
         // The first subscriber's version is where a new watch lists, so
@@ -425,7 +402,7 @@ impl Hub {
         if params.limit.is_some_and(|limit| limit > 0) || params.continue_token.is_some() {
             return None;
         }
-        let key = identity.scope(key);
+        let key = scope(identity, key);
         let watch = self.inner.watches.get(&key)?.clone();
         let (item_kind, api_version, resource_version, items) = watch.snapshot_list()?;
         if let Some(asked) = params.resource_version.as_deref().filter(|rv| *rv != "0") {
@@ -465,7 +442,7 @@ impl Hub {
         };
         self.inner
             .watches
-            .get(&identity.scope(key))
+            .get(&scope(identity, key))
             .is_some_and(|watch| watch.is_live())
     }
 

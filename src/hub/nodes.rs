@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 
+use kubemux_vocab::object::node_is_ready;
 use parking_lot::Mutex;
-use serde::Deserialize;
 
 use super::{Hub, WatchKey};
 
@@ -46,35 +46,10 @@ pub enum NodesUnknown {
 #[derive(Default)]
 pub(crate) struct CountMemo(Mutex<HashMap<String, (WatchKey, String, NodeCounts)>>);
 
-#[derive(Deserialize, Default)]
-struct Node {
-    #[serde(default)]
-    status: Status,
-}
-
-#[derive(Deserialize, Default)]
-struct Status {
-    #[serde(default)]
-    conditions: Vec<Condition>,
-}
-
-#[derive(Deserialize)]
-struct Condition {
-    #[serde(rename = "type", default)]
-    kind: String,
-    #[serde(default)]
-    status: String,
-}
-
 /// Whether a Node object's Ready condition is True (an unreadable object
 /// counts as not ready).
 fn is_ready(raw: &[u8]) -> bool {
-    serde_json::from_slice::<Node>(raw)
-        .unwrap_or_default()
-        .status
-        .conditions
-        .iter()
-        .any(|c| c.kind == "Ready" && c.status == "True")
+    serde_json::from_slice(raw).is_ok_and(|node| node_is_ready(&node))
 }
 
 impl Hub {

@@ -15,7 +15,6 @@ use tracing::debug;
 
 use super::AppState;
 use super::status::{ClusterStatus, is_operator};
-use crate::api_path::{self, ApiPath};
 use crate::auth::credentials::Credentials;
 use crate::auth::policy::{AuthMode, Denied};
 use crate::auth::review::ReviewError;
@@ -23,6 +22,7 @@ use crate::cluster::Cluster;
 use crate::hub::{EndReason, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
 use crate::upstream::event::WatchEvent;
 use crate::ws::outbound::{Frame, Out, Outbound, Replay};
+use kubemux_vocab::path::{self, ApiPath};
 
 fn json_error(code: StatusCode, message: String) -> Response {
     (code, axum::Json(json!({ "error": message }))).into_response()
@@ -109,7 +109,7 @@ pub(super) async fn kubernetes(
     let full = format!("/{path}");
     // The rules below apply to what this parser read, and what it read is
     // what is forwarded: no second reading of the path exists.
-    let parsed = match api_path::parse(&full) {
+    let parsed = match path::parse(&full) {
         Ok(parsed) => parsed,
         Err(e) => {
             return status_error(

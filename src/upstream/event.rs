@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use kubemux_vocab::object::{INITIAL_EVENTS_END, is_initial_events_end};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -183,7 +184,7 @@ impl WatchEvent {
     ) -> WatchEvent {
         let mut metadata = serde_json::json!({ "resourceVersion": resource_version });
         if initial_events_end {
-            metadata["annotations"] = serde_json::json!({"k8s.io/initial-events-end": "true"});
+            metadata["annotations"] = serde_json::json!({ INITIAL_EVENTS_END: "true" });
         }
         let object =
             serde_json::json!({"kind": kind, "apiVersion": api_version, "metadata": metadata});
@@ -263,6 +264,14 @@ impl WatchEvent {
     /// The resourceVersion as an integer, when it is one (etcd-backed clusters).
     pub fn rv(&self) -> Option<u64> {
         self.rv
+    }
+
+    /// Whether this is the bookmark that ends the initial events of a
+    /// `sendInitialEvents=true` watch.
+    pub fn is_initial_events_end(&self) -> bool {
+        self.kind() == EventType::Bookmark
+            && serde_json::from_slice::<serde_json::Value>(self.object())
+                .is_ok_and(|object| is_initial_events_end(&object))
     }
 
     /// The raw JSON of the object.

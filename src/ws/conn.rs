@@ -13,6 +13,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
+pub use super::close;
 use super::deflate;
 use super::outbound::{Out, Outbound};
 use super::upgrade::{Stream, WebSocket};
@@ -94,19 +95,6 @@ impl Default for Liveness {
             idle_timeout: Some(Duration::from_secs(600)),
         }
     }
-}
-
-/// WebSocket close codes used by kubemux.
-pub mod close {
-    /// Normal closure.
-    pub const NORMAL: u16 = 1000;
-    /// The server is restarting (shutdown, scale-down, rolling update): the
-    /// client should reconnect, to any replica, and resume from its version.
-    pub const SERVICE_RESTART: u16 = 1012;
-    /// Policy violation (e.g. a client that never answers pings).
-    pub const POLICY: u16 = 1008;
-    /// A message was too big to process.
-    pub const TOO_BIG: u16 = 1009;
 }
 
 /// What [`Heartbeat::due`] found has to happen now.

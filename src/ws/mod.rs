@@ -6,6 +6,7 @@
 //! It imports no dialect and no router: a dialect plugs in by implementing
 //! [`conn::Dialect`] and being handed a [`WebSocket`].
 
+pub mod close;
 pub mod conn;
 mod deflate;
 pub mod forwarded;

@@ -309,8 +309,7 @@ impl Outbound {
         self.account(-(q.bytes as isize));
         q.bytes = 0;
         q.items.clear();
-        q.items
-            .push_back(Out::Close(super::conn::close::POLICY, reason));
+        q.items.push_back(Out::Close(super::close::POLICY, reason));
         q.closed = true;
     }
 

@@ -2,6 +2,10 @@
 //! API server (`kubemux-sim`) speak. It is a leaf: it imports no crate of
 //! ours, so either side can use it without depending on the other.
 
+pub mod identity;
+pub mod object;
+pub mod path;
+
 /// A Kubernetes quantity (`100m`, `1.5`, `128Mi`, `1G`, `1e3`) as a number:
 /// cores for CPU, bytes for memory.
 pub fn quantity(q: &str) -> Option<f64> {

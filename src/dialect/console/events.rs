@@ -3,6 +3,7 @@
 //! their limit, and the level of a log line. Pure functions over the raw
 //! JSON, so every rule is testable without a cluster.
 
+use kubemux_vocab::object::node_is_ready;
 use kubemux_vocab::quantity;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -150,17 +151,9 @@ pub fn pod_alerts(pod: &Value) -> Vec<Alert> {
     out
 }
 
-/// Whether a node's Ready condition is True.
-pub fn node_ready(node: &Value) -> bool {
-    node["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
-}
-
 /// The alert of a node whose Ready condition is not True.
 pub fn node_alerts(node: &Value) -> Vec<Alert> {
-    if node_ready(node) {
+    if node_is_ready(node) {
         return Vec::new();
     }
     let object = ObjectRef::of("Node", node);

@@ -171,7 +171,7 @@ impl Sub {
     pub fn apply(&mut self, stream: Stream, event: &WatchEvent, out: &mut Vec<Event>) {
         match event.kind() {
             EventType::Bookmark => {
-                if !self.synced() && is_initial_end(event) {
+                if !self.synced() && event.is_initial_events_end() {
                     self.waiting.remove(&stream);
                     if self.synced() {
                         self.resources_dirty = true;
@@ -257,7 +257,7 @@ impl Sub {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let ready = derive::node_ready(node);
+        let ready = kubemux_vocab::object::node_is_ready(node);
         let before = if deleted {
             self.nodes.remove(key).map(|n| n.1)
         } else {
@@ -414,13 +414,6 @@ impl Sub {
             Family::Project => {}
         }
     }
-}
-
-/// Whether a bookmark marks the end of the initial events.
-pub fn is_initial_end(event: &WatchEvent) -> bool {
-    serde_json::from_slice::<Value>(event.object())
-        .map(|v| v["metadata"]["annotations"]["k8s.io/initial-events-end"] == "true")
-        .unwrap_or(false)
 }
 
 /// An event's object as JSON, shared by the console subscriptions it reaches.

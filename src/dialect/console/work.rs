@@ -173,7 +173,7 @@ pub async fn snapshot(hub: &Hub, cluster: &str, path: &str) -> Result<Vec<Value>
             .flatten()
             .ok_or_else(unavailable)?;
         match event.kind() {
-            EventType::Bookmark if super::sub::is_initial_end(&event) => break,
+            EventType::Bookmark if event.is_initial_events_end() => break,
             EventType::Added | EventType::Modified => {
                 if let Ok(object) = serde_json::from_slice(event.object()) {
                     objects.insert(event.key().to_string(), object);
@@ -192,7 +192,10 @@ pub async fn snapshot(hub: &Hub, cluster: &str, path: &str) -> Result<Vec<Value>
 pub async fn workspace_status(hub: &Hub, cluster: &Cluster) -> Result<Value, Refusal> {
     let nodes = snapshot(hub, cluster.id(), "/api/v1/nodes").await?;
     let pods = snapshot(hub, cluster.id(), "/api/v1/pods").await?;
-    let ready = nodes.iter().filter(|n| derive::node_ready(n)).count();
+    let ready = nodes
+        .iter()
+        .filter(|n| kubemux_vocab::object::node_is_ready(n))
+        .count();
     let phase = |p: &str| {
         pods.iter()
             .filter(|x| x["status"]["phase"].as_str().unwrap_or("Pending") == p)

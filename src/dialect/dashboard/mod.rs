@@ -566,7 +566,7 @@ impl Dashboard {
         let live = self.waiting.is_empty();
         match event.kind() {
             EventType::Bookmark => {
-                if !live && is_initial_end(event) {
+                if !live && event.is_initial_events_end() {
                     self.stop_waiting(stream);
                 }
                 return;
@@ -655,12 +655,6 @@ impl Dashboard {
         self.outbound
             .close_with(conn::close::POLICY, "access revoked");
     }
-}
-
-fn is_initial_end(event: &WatchEvent) -> bool {
-    serde_json::from_slice::<Value>(event.object())
-        .map(|v| v["metadata"]["annotations"]["k8s.io/initial-events-end"] == "true")
-        .unwrap_or(false)
 }
 
 impl Dialect for Dashboard {

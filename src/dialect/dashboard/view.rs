@@ -124,11 +124,10 @@ pub fn node(raw: &[u8]) -> Option<NodeView> {
                 .collect()
         })
         .unwrap_or_default();
-    let status = match conditions
+    let pairs = conditions
         .iter()
-        .find(|c| c.kind == "Ready")
-        .map(|c| c.status.as_str())
-    {
+        .map(|c| (c.kind.as_str(), c.status.as_str()));
+    let status = match kubemux_vocab::object::node_ready_status(pairs) {
         Some("True") => "Ready",
         Some("False") => "NotReady",
         _ => "Unknown",

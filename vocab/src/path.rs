@@ -24,7 +24,34 @@
 //!   cased spelling could only mean something to a server kubemux cannot
 //!   reason about).
 
-use crate::hub::{KeyError, ResourcePath};
+/// A parsed collection path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourcePath {
+    /// API group, empty for the core group.
+    pub group: String,
+    /// API version.
+    pub version: String,
+    /// Namespace, for a namespaced collection.
+    pub namespace: Option<String>,
+    /// Plural resource name.
+    pub resource: String,
+}
+
+/// Why a path is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path is empty.
+    #[error("missing or empty field: path")]
+    Missing,
+    /// The path is not one kubemux serves.
+    #[error("path {path:?} is not a watchable collection: {why}")]
+    BadPath {
+        /// The offending path (truncated).
+        path: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
 
 /// Longest accepted path.
 const MAX_PATH: usize = 512;
@@ -62,14 +89,36 @@ impl ApiPath {
     }
 }
 
+/// Parses a collection path: [`parse`], narrowed to collections (what a
+/// watch subscription may name).
+pub fn parse_collection(path: &str) -> Result<ResourcePath, PathError> {
+    let bad = |why| PathError::BadPath {
+        path: path.chars().take(100).collect(),
+        why,
+    };
+    match parse(path)? {
+        ApiPath::Resource {
+            collection,
+            name: None,
+            subresource: None,
+        } => Ok(collection),
+        ApiPath::Discovery => Err(bad("names an API version or group, not a collection")),
+        ApiPath::Resource {
+            subresource: Some(_),
+            ..
+        } => Err(bad("names a subresource, not a collection")),
+        ApiPath::Resource { .. } => Err(bad("names a single object, not a collection")),
+    }
+}
+
 /// Parses `path` (starting with `/`) as kubemux understands it.
-pub fn parse(path: &str) -> Result<ApiPath, KeyError> {
-    let bad = |why| KeyError::BadPath {
+pub fn parse(path: &str) -> Result<ApiPath, PathError> {
+    let bad = |why| PathError::BadPath {
         path: path.chars().take(100).collect(),
         why,
     };
     if path.is_empty() {
-        return Err(KeyError::Missing("path"));
+        return Err(PathError::Missing);
     }
     if path.len() > MAX_PATH {
         return Err(bad("too long"));
@@ -264,7 +313,7 @@ mod tests {
             "api/v1/pods",
         ] {
             assert!(
-                matches!(parse(path), Err(KeyError::BadPath { .. })),
+                matches!(parse(path), Err(PathError::BadPath { .. })),
                 "{path}: {:?}",
                 parse(path)
             );
