@@ -1,5 +1,6 @@
 //! The HTTP server: WebSocket endpoints for each dialect, health and metrics.
 
+mod admission;
 mod rest;
 mod status;
 
@@ -22,7 +23,8 @@ use crate::dialect::{console, dashboard, headlamp};
 use crate::hub::Hub;
 use crate::ws::forwarded::{ClientInfo, TrustedProxies};
 use crate::ws::outbound::QueueLimits;
-use crate::ws::{WebSocket, WebSocketUpgrade, limits, listener};
+use crate::ws::{limits, listener};
+use admission::Admitted;
 pub use status::ReadyBudget;
 
 /// Limits and timings of client connections.
@@ -250,23 +252,6 @@ impl Server {
     }
 }
 
-/// Upgrades with `serve`, counting the connection so shutdown can wait for it.
-fn tracked<F, Fut>(
-    connections: &tokio_util::task::TaskTracker,
-    ws: WebSocketUpgrade,
-    serve: F,
-) -> Response
-where
-    F: FnOnce(WebSocket) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let token = connections.token();
-    ws.on_upgrade(move |socket| async move {
-        serve(socket).await;
-        drop(token);
-    })
-}
-
 /// The REST rate limit, per client address and per credential, in front of
 /// `/clusters/…` (where each request may cost the cluster a review or a
 /// forwarded request).
@@ -292,46 +277,6 @@ async fn rest_rate_limit(
     }
 }
 
-/// Refuses an upgrade while shutting down, while the outbound queues are
-/// over their memory budget, or from a foreign origin (the site being the
-/// one a trusted proxy forwarded, if any).
-fn refuse_upgrade(state: &AppState, headers: &HeaderMap, client: &ClientInfo) -> Option<Response> {
-    if *state.shutdown.borrow() {
-        return Some(
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "kubemux is shutting down\n",
-            )
-                .into_response(),
-        );
-    }
-    let queued = state.hub.metrics().queue_bytes.get().max(0) as usize;
-    let budget = state.config.limits.queue_budget;
-    if queued + state.config.queue.behind() > budget {
-        state.hub.metrics().refused(limits::limit::QUEUE_BUDGET);
-        return Some(
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "5")],
-                format!(
-                    "kubemux is over its outbound memory budget ({queued} of {budget} bytes queued for slow clients, --queue-memory-budget); try again shortly\n"
-                ),
-            )
-                .into_response(),
-        );
-    }
-    state
-        .config
-        .origins
-        .check_site(
-            headers,
-            client.site(headers),
-            client.forwarded_proto.as_deref(),
-        )
-        .err()
-        .map(|refused| (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response())
-}
-
 /// Seed 002's own paths: `/ws` and the cluster REST API.
 fn notifications_router(state: AppState) -> Router {
     Router::new()
@@ -341,69 +286,49 @@ fn notifications_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn notifications_ws(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(client): Extension<ClientInfo>,
-    ws: WebSocketUpgrade,
-) -> Response {
-    if let Some(refusal) = refuse_upgrade(&state, &headers, &client) {
-        return refusal;
-    }
-    let ws = ws
-        .lean(state.config.notifications.max_message_size)
-        .queue(state.config.queue);
-    let connections = state.connections.clone();
-    tracked(&connections, ws, move |socket| async move {
-        notifications::serve(
-            socket,
-            state.feed.clone(),
-            &state.config.notifications,
-            state.shutdown.clone(),
-        )
-        .await;
-    })
+async fn notifications_ws(State(state): State<AppState>, admitted: Admitted) -> Response {
+    let max = state.config.notifications.max_message_size;
+    admitted.serve(
+        state,
+        |ws| ws.lean(max),
+        move |socket, state| async move {
+            notifications::serve(
+                socket,
+                state.feed.clone(),
+                &state.config.notifications,
+                state.shutdown.clone(),
+            )
+            .await;
+        },
+    )
 }
 
 async fn dashboard_ws(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(client): Extension<ClientInfo>,
     axum::extract::Query(query): axum::extract::Query<dashboard::DashboardQuery>,
-    ws: WebSocketUpgrade,
+    admitted: Admitted,
 ) -> Response {
-    if let Some(refusal) = refuse_upgrade(&state, &headers, &client) {
-        return refusal;
-    }
-    let credentials = Credentials::from_headers(&headers);
-    let ws = ws
-        .lean(state.dashboard.max_message_size)
-        .queue(state.config.queue)
-        .compression();
-    let connections = state.connections.clone();
-    tracked(&connections, ws, move |socket| async move {
-        dashboard::serve(
-            socket,
-            state.hub.clone(),
-            state.dashboard.clone(),
-            state.config.policy.clone(),
-            state.shutdown.clone(),
-            query,
-            credentials,
-        )
-        .await;
-    })
+    let credentials = Credentials::from_headers(&admitted.headers);
+    let max = state.dashboard.max_message_size;
+    admitted.serve(
+        state,
+        |ws| ws.lean(max).compression(),
+        move |socket, state| async move {
+            dashboard::serve(
+                socket,
+                state.hub.clone(),
+                state.dashboard.clone(),
+                state.config.policy.clone(),
+                state.shutdown.clone(),
+                query,
+                credentials,
+            )
+            .await;
+        },
+    )
 }
 
-async fn console_ws(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(client): Extension<ClientInfo>,
-    ws: WebSocketUpgrade,
-) -> Response {
-    if let Some(refusal) = refuse_upgrade(&state, &headers, &client) {
-        return refusal;
-    }
+async fn console_ws(State(state): State<AppState>, admitted: Admitted) -> Response {
     let Some(auth) = state.config.console_auth.clone() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -411,20 +336,21 @@ async fn console_ws(
         )
             .into_response();
     };
-    let ws = ws
-        .lean(state.console.socket_limit())
-        .queue(state.config.queue);
-    let connections = state.connections.clone();
-    tracked(&connections, ws, move |socket| async move {
-        console::serve(
-            socket,
-            state.hub.clone(),
-            state.console.clone(),
-            auth,
-            state.shutdown.clone(),
-        )
-        .await;
-    })
+    let max = state.console.socket_limit();
+    admitted.serve(
+        state,
+        |ws| ws.lean(max),
+        move |socket, state| async move {
+            console::serve(
+                socket,
+                state.hub.clone(),
+                state.console.clone(),
+                auth,
+                state.shutdown.clone(),
+            )
+            .await;
+        },
+    )
 }
 
 /// The router with every endpoint.
@@ -487,39 +413,26 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     }
 }
 
-async fn headlamp_ws(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Extension(client): Extension<ClientInfo>,
-    ws: WebSocketUpgrade,
-) -> Response {
-    if let Some(refusal) = refuse_upgrade(&state, &headers, &client) {
-        return refusal;
-    }
-    if let Some(Err(refused)) = state
-        .config
-        .headlamp_backend_token
-        .as_ref()
-        .map(|token| token.check_backend_token(&headers))
-    {
+async fn headlamp_ws(State(state): State<AppState>, admitted: Admitted) -> Response {
+    if let Err(refused) = state.check_backend_token(&admitted.headers) {
         return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();
     }
-    let credentials = Credentials::from_headers(&headers);
+    let credentials = Credentials::from_headers(&admitted.headers);
+    let max = state.headlamp.max_message_size;
     // Headlamp's subprotocol is echoed only when the client offered it.
-    let ws = ws
-        .lean(state.headlamp.max_message_size)
-        .queue(state.config.queue)
-        .protocols([headlamp::PROTOCOL]);
-    let connections = state.connections.clone();
-    tracked(&connections, ws, move |socket| async move {
-        headlamp::serve(
-            socket,
-            state.hub.clone(),
-            state.headlamp.clone(),
-            state.config.policy.clone(),
-            state.shutdown.clone(),
-            credentials,
-        )
-        .await;
-    })
+    admitted.serve(
+        state,
+        |ws| ws.lean(max).protocols([headlamp::PROTOCOL]),
+        move |socket, state| async move {
+            headlamp::serve(
+                socket,
+                state.hub.clone(),
+                state.headlamp.clone(),
+                state.config.policy.clone(),
+                state.shutdown.clone(),
+                credentials,
+            )
+            .await;
+        },
+    )
 }

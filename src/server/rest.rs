@@ -92,12 +92,7 @@ pub(super) async fn kubernetes(
             .insert(header::ALLOW, HeaderValue::from_static("GET"));
         return resp;
     }
-    if let Some(Err(refused)) = state
-        .config
-        .headlamp_backend_token
-        .as_ref()
-        .map(|token| token.check_backend_token(&headers))
-    {
+    if let Err(refused) = state.check_backend_token(&headers) {
         return status_error(StatusCode::FORBIDDEN, refused.to_string());
     }
     let Some(target) = state.hub.clusters().get(&cluster) else {
