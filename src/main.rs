@@ -60,7 +60,7 @@ enum Command {
         /// Pad churned pods to about this many bytes of JSON (0 = no padding).
         #[arg(long, default_value_t = 0)]
         object_size: usize,
-        /// Shape of the simulated pods: `small` (~1 KiB) or `realistic` (4–8 KiB, kubelet-managed, with managedFields and full status).
+        /// Shape of the simulated pods: `small` (~1.7 KiB) or `realistic` (5.5–8 KiB, kubelet-managed, with managedFields and full status).
         #[arg(long, default_value = "small")]
         object_profile: kubemux_sim::ObjectProfile,
         /// Stamp every change with the annotation `kubemux.io/sent-at` (Unix µs).

@@ -14,13 +14,14 @@ use crate::templates::{self, App};
 /// The shape of generated pods.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ObjectProfile {
-    /// Compact pods (~0.9 KiB of JSON): one container, a minimal status.
+    /// Compact pods (~1.7 KiB of JSON): one container, a short status.
     #[default]
     Small,
     /// Pods shaped like kubelet-managed pods of a Deployment on a real
-    /// cluster (4–8 KiB): `managedFields`, owner references, probes,
-    /// volumes, the five conditions and full container statuses. Churn
-    /// changes them the way kubelet does, through status updates.
+    /// cluster (5.5–8 KiB; a container's first restart adds ~0.25 KiB of
+    /// `lastState`): `managedFields`, owner references, probes, volumes,
+    /// the five conditions and full container statuses. Churn changes them the way
+    /// kubelet does, through status updates.
     Realistic,
 }
 
