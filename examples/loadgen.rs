@@ -22,6 +22,11 @@
 //! when it commits it, to the moment the client has the frame; events that
 //! were committed before their subscription was (re)requested (initial state,
 //! replays) are not counted.
+//!
+//! `--object-profile realistic` has the simulated server generate pods
+//! shaped like a real cluster's (kubelet-managed, with `managedFields` and
+//! full status, 5.5–8 KiB) and churn them with kubelet's status updates;
+//! the report gives the mean pod and delivered-frame sizes either way.
 
 mod shared;
 
@@ -103,9 +108,15 @@ struct Args {
     /// Churn: object changes per second in the simulated cluster (R).
     #[arg(long, short = 'r', default_value_t = 10.0)]
     rate: f64,
-    /// Size of churned objects in bytes (S).
+    /// Size of churned objects in bytes (S): small pods are padded up to it;
+    /// realistic ones are larger already, so it adds nothing to them.
     #[arg(long, short = 's', default_value_t = 1024)]
     object_size: usize,
+    /// Shape of the simulated pods (`kubemux sim --object-profile`): `small`
+    /// (~1.7 KiB) or `realistic` (kubelet-managed, 5.5–8 KiB, with
+    /// managedFields and full status, changed by status updates).
+    #[arg(long, default_value = "small")]
+    object_profile: kubemux_sim::ObjectProfile,
     /// Seconds of churn before the measured window.
     #[arg(long, default_value_t = 3.0)]
     warmup: f64,
@@ -150,6 +161,29 @@ async fn sim_rv(sim: SocketAddr) -> Result<u64> {
 }
 
 // ---------------------------------------------------------------- frames
+
+/// The mean serialised size of the simulated server's pods (as LIST items)
+/// and the mean share of it that is `metadata.managedFields`.
+async fn pod_sizes(sim: SocketAddr) -> Result<(f64, f64)> {
+    let (_, body) = http(sim, "GET", "/api/v1/pods").await?;
+    let list: Value = serde_json::from_str(&body)?;
+    let items = list["items"]
+        .as_array()
+        .filter(|items| !items.is_empty())
+        .ok_or_else(|| anyhow!("no pods in a list from the simulated server"))?;
+    let len = |v: &Value| serde_json::to_vec(v).map_or(0, |b| b.len()) as f64;
+    let (mut bytes, mut share) = (0.0, 0.0);
+    for item in items {
+        let total = len(item);
+        bytes += total;
+        if let Some(managed) = item.pointer("/metadata/managedFields") {
+            // `"managedFields":` and its comma are part of its cost.
+            share += (len(managed) + 17.0) / total;
+        }
+    }
+    let n = items.len() as f64;
+    Ok((bytes / n, share / n))
+}
 
 /// What one received frame (kubemux) or watch line (direct) is.
 #[derive(Debug, PartialEq, Eq)]
@@ -209,6 +243,8 @@ struct Shared {
     subs_with_data: AtomicU64,
     frames_total: AtomicU64,
     frames_window: AtomicU64,
+    /// Bytes of the frames (kubemux) or watch lines (direct) in the window.
+    bytes_window: AtomicU64,
     resumed: AtomicU64,
     resumes_expired: AtomicU64,
     slow_cuts: AtomicU64,
@@ -271,6 +307,9 @@ impl SubState {
             return None;
         }
         shared.frames_window.fetch_add(1, Ordering::Relaxed);
+        shared
+            .bytes_window
+            .fetch_add(event.len() as u64, Ordering::Relaxed);
         let sent = number_after(event, SENT_AT)?;
         if sent < self.requested_at {
             return None;
@@ -633,6 +672,10 @@ const FIELDS: &[(&str, &str)] = &[
     ("churn_rate", "churn requested, events/s (R)"),
     ("churn_measured", "churn measured, events/s"),
     ("object_size", "object size, bytes (S)"),
+    ("object_profile", "object profile"),
+    ("object_bytes_mean", "pod size before churn, mean bytes"),
+    ("object_managed_fields_pct", "… of which managedFields, %"),
+    ("frame_bytes_mean", "delivered frame, mean bytes"),
     ("replicas", "kubemux replicas"),
     ("upstream_watches", "upstream watches (sim, pods)"),
     ("window_secs", "measured window, s"),
@@ -735,6 +778,8 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
                 tmp.to_str().unwrap_or("/tmp/loadgen-kubeconfig"),
                 "--object-size",
                 &args.object_size.to_string(),
+                "--object-profile",
+                args.object_profile.as_str(),
                 "--stamp-sent-at",
             ]
             .iter()
@@ -797,6 +842,7 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     report.set("keys", args.keys);
     report.set("churn_rate", args.rate);
     report.set("object_size", args.object_size);
+    report.set("object_profile", args.object_profile.as_str());
     report.set("storms", args.storms);
 
     let shared = Arc::new(Shared::default());
@@ -871,6 +917,14 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
         }
         report.set("server_rss_per_idle_subscription_kib", round(per_sub, 2));
     }
+    // Sizes of the pods as seeded, read while the server is quiet (during
+    // the window a direct-mode server is too busy to answer a LIST in time).
+    let (object_bytes, managed_fields_share) = pod_sizes(sim).await?;
+    report.set("object_bytes_mean", round(object_bytes, 0));
+    report.set(
+        "object_managed_fields_pct",
+        round(managed_fields_share * 100.0, 1),
+    );
     let sim_watches = scrape(sim).await?;
     report.set(
         "upstream_watches",
@@ -898,12 +952,27 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     let sim_cpu1 = sim_pid.and_then(cpu_seconds);
     let balancer_cpu1 = balancer_pid.and_then(cpu_seconds);
     let own_cpu1 = cpu_seconds(std::process::id());
-    let rv1 = sim_rv(sim).await?;
+    // A direct-mode server that cannot keep up with its watches (realistic
+    // objects) may not answer within the request deadline: what such reads
+    // feed is then left out of the report instead of failing the run.
+    let rv1 = sim_rv(sim)
+        .await
+        .inspect_err(|e| eprintln!("the simulated server did not answer: {e}"))
+        .ok();
     let frames = shared.frames_window.load(Ordering::Relaxed);
+    let frame_bytes = shared.bytes_window.load(Ordering::Relaxed);
+    if frames > 0 {
+        report.set(
+            "frame_bytes_mean",
+            round(frame_bytes as f64 / frames as f64, 0),
+        );
+    }
     report.set("window_secs", round(window, 2));
     report.set(
         "churn_measured",
-        round(rv1.saturating_sub(rv0) as f64 / window, 1),
+        rv1.map_or(Value::Null, |rv1| {
+            round(rv1.saturating_sub(rv0) as f64 / window, 1)
+        }),
     );
     report.set("delivered_frames", frames);
     report.set("delivered_frames_per_sec", round(frames as f64 / window, 0));
@@ -939,12 +1008,20 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
             })
             .map_or(Value::Null, |l| json!(l)),
     );
-    let sim_after_window = scrape(sim).await?;
-    let watch_requests_before = metric_with(
-        &sim_after_window,
-        "sim_watch_requests_total",
-        "resource=\"pods\"",
-    );
+    let watch_requests = || async {
+        match scrape(sim).await {
+            Ok(m) => Some(metric_with(
+                &m,
+                "sim_watch_requests_total",
+                "resource=\"pods\"",
+            )),
+            Err(e) => {
+                eprintln!("the simulated server did not answer: {e}");
+                None
+            }
+        }
+    };
+    let watch_requests_before = watch_requests().await;
 
     // Reconnect storms.
     let resumed_before = shared.resumed.load(Ordering::Relaxed);
@@ -975,11 +1052,13 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     report.set("reconnects", resumed);
     report.set("reconnects_expired", expired);
     report.set("storm_recovery_secs", round(recovery, 2));
-    let sim_after = scrape(sim).await?;
+    let watch_requests_after = watch_requests().await;
     report.set(
         "storm_upstream_watch_requests",
-        metric_with(&sim_after, "sim_watch_requests_total", "resource=\"pods\"")
-            - watch_requests_before,
+        match (watch_requests_before, watch_requests_after) {
+            (Some(before), Some(after)) => json!(after - before),
+            _ => Value::Null,
+        },
     );
     let history_pct = match (proxy, proxy_resumes_before) {
         (Some(_), Some((hist0, _))) => {

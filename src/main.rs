@@ -60,6 +60,9 @@ enum Command {
         /// Pad churned pods to about this many bytes of JSON (0 = no padding).
         #[arg(long, default_value_t = 0)]
         object_size: usize,
+        /// Shape of the simulated pods: `small` (~1.7 KiB) or `realistic` (5.5–8 KiB, kubelet-managed, with managedFields and full status).
+        #[arg(long, default_value = "small")]
+        object_profile: kubemux_sim::ObjectProfile,
         /// Stamp every change with the annotation `kubemux.io/sent-at` (Unix µs).
         #[arg(long)]
         stamp_sent_at: bool,
@@ -226,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
             churn,
             auth_file,
             object_size,
+            object_profile,
             stamp_sent_at,
             compaction_interval,
         } => {
@@ -241,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
                 churn_rate: churn,
                 auth,
                 object_size,
+                object_profile,
                 stamp_sent_at,
                 compaction_interval,
                 ..SimConfig::default()

@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ApiError;
 use crate::object::meta_str;
 use crate::population::random_suffix;
+use crate::profile::ObjectProfile;
+use crate::realistic;
 use crate::store::Store;
 use crate::templates::{self, APPS, NAMESPACES};
 
@@ -61,6 +63,10 @@ pub struct ChurnTargets {
     pub nodes: usize,
     /// Pad written pods to about this many bytes of JSON (0 = no padding).
     pub object_size: usize,
+    /// The shape of created pods, and so how they are changed: small pods
+    /// get label flips, phase changes and readiness toggles, realistic ones
+    /// kubelet's status updates.
+    pub profile: ObjectProfile,
 }
 
 /// Starts the generator task; it runs until `shutdown` is cancelled.
@@ -164,6 +170,14 @@ impl Churner {
             return self.store.delete("pods", ns.as_deref(), &name).map(drop);
         }
         let mut pod = (*pod).clone();
+        if self.targets.profile == ObjectProfile::Realistic {
+            if !realistic::kubelet_update(&mut self.rng, &mut pod) {
+                return Ok(());
+            }
+            self.pad(&mut pod);
+            strip_resource_version(&mut pod);
+            return self.store.update("pods", ns.as_deref(), pod).map(drop);
+        }
         match self.rng.random_range(0..3) {
             0 => {
                 let flipped = if pod.pointer(&format!(
@@ -212,7 +226,14 @@ impl Churner {
             self.next_id,
             random_suffix(&mut self.rng, 5)
         );
-        let mut pod = templates::pod(&name, ns, app, node.as_deref(), self.next_id as usize);
+        let mut pod = self.targets.profile.pod(
+            &mut self.rng,
+            &name,
+            ns,
+            app,
+            node.as_deref(),
+            self.next_id as usize,
+        );
         self.pad(&mut pod);
         self.store.create("pods", Some(ns), pod).map(drop)
     }

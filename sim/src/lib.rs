@@ -13,7 +13,9 @@
 //! Layout: [`resources`] is the served-type table; [`store`] holds objects,
 //! the global resourceVersion and the event history; [`watch`] streams
 //! events; [`http`], [`api`], [`discovery`] and [`admin`] are the routes;
-//! [`faults`], [`listener`] and [`churn`] implement the test knobs.
+//! [`faults`], [`listener`] and [`churn`] implement the test knobs;
+//! [`templates`] and [`realistic`] are the objects' bodies, [`profile`]
+//! picks which pods look like.
 //! Identities: [`auth`] (static tokens, live tables), [`rbac`] (rules),
 //! [`access`] (401/403 and per-user counting), [`review`] (TokenReview and
 //! SubjectAccessReview) and [`identity`] (per-user assertions).
@@ -40,8 +42,10 @@ pub mod object;
 pub mod pagination;
 pub mod path;
 pub mod population;
+pub mod profile;
 pub mod query;
 pub mod rbac;
+pub mod realistic;
 pub mod resource_metrics;
 pub mod resources;
 pub mod review;
@@ -55,6 +59,7 @@ pub mod watch;
 pub use auth::{Auth, AuthError, SimAuth, UserInfo};
 pub use error::{ApiError, SimError};
 pub use faults::{Faults, WatchFailure};
+pub use profile::ObjectProfile;
 pub use rbac::Rule;
 pub use server::{SimConfig, SimServer};
 pub use store::Store;

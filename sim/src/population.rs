@@ -5,11 +5,12 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use crate::error::ApiError;
+use crate::profile::ObjectProfile;
 use crate::store::Store;
 use crate::templates::{self, APPS, NAMESPACES};
 
 /// Characters Kubernetes uses in generated name suffixes.
-const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+pub(crate) const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 /// `len` random characters from the generated-name alphabet.
 pub fn random_suffix(rng: &mut StdRng, len: usize) -> String {
@@ -23,8 +24,15 @@ pub fn node_name(index: usize) -> String {
     format!("sim-node-{index}")
 }
 
-/// Fills an empty store with the initial population.
-pub fn seed(store: &Store, rng: &mut StdRng, nodes: usize, pods: usize) -> Result<(), ApiError> {
+/// Fills an empty store with the initial population, pods in `profile`'s
+/// shape.
+pub fn seed(
+    store: &Store,
+    rng: &mut StdRng,
+    nodes: usize,
+    pods: usize,
+    profile: ObjectProfile,
+) -> Result<(), ApiError> {
     for ns in NAMESPACES {
         store.create("namespaces", None, templates::namespace(ns))?;
         store.create(
@@ -50,11 +58,8 @@ pub fn seed(store: &Store, rng: &mut StdRng, nodes: usize, pods: usize) -> Resul
             random_suffix(rng, 10),
             random_suffix(rng, 5)
         );
-        store.create(
-            "pods",
-            Some(ns),
-            templates::pod(&name, ns, app, node.as_deref(), i),
-        )?;
+        let pod = profile.pod(rng, &name, ns, app, node.as_deref(), i);
+        store.create("pods", Some(ns), pod)?;
     }
     for (i, ns) in NAMESPACES.iter().enumerate() {
         let app = if *ns == "kube-system" {

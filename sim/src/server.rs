@@ -22,6 +22,7 @@ use crate::listener::SimListener;
 use crate::logs::Logs;
 use crate::metrics::Metrics;
 use crate::population;
+use crate::profile::ObjectProfile;
 use crate::resource_metrics::ResourceMetrics;
 use crate::store::Store;
 
@@ -58,6 +59,9 @@ pub struct SimConfig {
     /// Approximate serialised size of objects written by the churn
     /// generator: an annotation pads them up to it (0 = no padding).
     pub object_size: usize,
+    /// The shape of the initial and churned pods; `Small` keeps the compact
+    /// ones every test was written against.
+    pub object_profile: ObjectProfile,
     /// Stamp every committed change with the annotation
     /// [`SENT_AT_ANNOTATION`](crate::store::SENT_AT_ANNOTATION) (Unix
     /// microseconds), so load generators can measure end-to-end latency.
@@ -78,6 +82,7 @@ impl Default for SimConfig {
             initial_pods: 20,
             auth: None,
             object_size: 0,
+            object_profile: ObjectProfile::Small,
             stamp_sent_at: false,
         }
     }
@@ -122,7 +127,13 @@ impl SimServer {
         let store = Arc::new(Store::new(config.history_limit));
         store.set_stamp_sent_at(config.stamp_sent_at);
         let mut rng = StdRng::seed_from_u64(config.seed);
-        population::seed(&store, &mut rng, config.initial_nodes, config.initial_pods)?;
+        population::seed(
+            &store,
+            &mut rng,
+            config.initial_nodes,
+            config.initial_pods,
+            config.object_profile,
+        )?;
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
         let faults = Arc::new(Faults::new(
@@ -137,6 +148,7 @@ impl SimServer {
                 pods: config.initial_pods,
                 nodes: config.initial_nodes,
                 object_size: config.object_size,
+                profile: config.object_profile,
             },
             config.churn_rate,
             shutdown.clone(),

@@ -5,7 +5,7 @@ mod sim_common;
 
 use std::collections::BTreeMap;
 
-use kubemux_sim::SimConfig;
+use kubemux_sim::{ObjectProfile, SimConfig};
 use serde_json::Value;
 use sim_common::{client, eventually, raw_http, rv_of, start, test_config, watch};
 
@@ -110,10 +110,15 @@ async fn churn_state_seen_through_watches_matches_the_store() {
 }
 
 /// `(rv, type, name)` of the first `n` churn events after seeding.
-async fn churn_sequence(seed: u64, n: u64) -> Vec<(u64, String, String)> {
+async fn churn_sequence(
+    seed: u64,
+    n: u64,
+    object_profile: ObjectProfile,
+) -> Vec<(u64, String, String)> {
     let server = start(SimConfig {
         seed,
         churn_rate: 3000.0,
+        object_profile,
         ..test_config()
     })
     .await;
@@ -157,12 +162,14 @@ async fn churn_sequence(seed: u64, n: u64) -> Vec<(u64, String, String)> {
 
 #[tokio::test]
 async fn churn_is_deterministic_for_a_seed() {
-    let a = churn_sequence(7, 200).await;
-    let b = churn_sequence(7, 200).await;
-    assert_eq!(a.len(), 200);
-    assert_eq!(a, b);
-    let c = churn_sequence(8, 200).await;
-    assert_ne!(a, c);
+    for profile in [ObjectProfile::Small, ObjectProfile::Realistic] {
+        let a = churn_sequence(7, 200, profile).await;
+        let b = churn_sequence(7, 200, profile).await;
+        assert_eq!(a.len(), 200);
+        assert_eq!(a, b, "{profile}");
+        let c = churn_sequence(8, 200, profile).await;
+        assert_ne!(a, c, "{profile}");
+    }
 }
 
 #[tokio::test]
@@ -207,6 +214,91 @@ async fn churn_pads_objects_and_stamps_the_commit_time() {
             );
         }
         checked += 1;
+    }
+    server.shutdown().await;
+}
+
+/// The realistic profile over HTTP: the initial pods and every pod churn
+/// writes are kubelet-managed pods of 4–9 KiB (fresh ones stay under 8 KiB;
+/// a restart keeps the previous run as `lastState`), and a MODIFIED event
+/// is a kubelet status write: spec untouched, status and kubelet's
+/// `managedFields` entry rewritten, resourceVersion bumped.
+#[tokio::test]
+async fn realistic_churn_writes_kubelet_managed_pods() {
+    use k8s_openapi::api::core::v1::Pod;
+    let server = start(SimConfig {
+        churn_rate: 500.0,
+        object_profile: ObjectProfile::Realistic,
+        stamp_sent_at: true,
+        ..test_config()
+    })
+    .await;
+    let client = client(&server).await;
+    let (initial, _) = server.store().list("pods", None, None, None).expect("pods");
+    assert_eq!(initial.len(), 20);
+    for pod in &initial {
+        let len = serde_json::to_vec(pod).unwrap().len();
+        assert!((4096..8192).contains(&len), "initial pod of {len} bytes");
+    }
+    let mut last: BTreeMap<String, Value> = initial
+        .into_iter()
+        .map(|p| (p["metadata"]["name"].as_str().unwrap().to_string(), p))
+        .collect();
+    let mut stream = watch(&client, "/api/v1/pods?watch=1").await;
+    let mut modified = 0;
+    while modified < 40 {
+        let event = stream.next_event().await.expect("event");
+        let object = event["object"].clone();
+        let name = object["metadata"]["name"].as_str().unwrap().to_string();
+        let len = serde_json::to_vec(&object).unwrap().len();
+        assert!(
+            (4096..9216).contains(&len),
+            "{} pod of {len} bytes",
+            event["type"]
+        );
+        let typed: Pod = serde_json::from_value(object.clone()).expect("a k8s Pod");
+        let managers: Vec<_> = typed
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| m.manager)
+            .collect();
+        assert_eq!(managers, ["kube-controller-manager", "kubelet"]);
+        match event["type"].as_str() {
+            Some("MODIFIED") => {
+                // Events of pods created before the watch started may have
+                // been missed; compare with the version last seen.
+                if let Some(before) = last.get(&name) {
+                    assert_ne!(object["status"], before["status"]);
+                    assert_eq!(object["spec"], before["spec"]);
+                    assert!(rv_of(&object) > rv_of(before));
+                    // kubelet's entry follows its write (its time has
+                    // the API's second precision, so it may not move).
+                    let kubelet = &object["metadata"]["managedFields"][1];
+                    let mut owned = object["status"].clone();
+                    owned.as_object_mut().unwrap().remove("qosClass");
+                    assert_eq!(
+                        kubelet["fieldsV1"],
+                        kubemux_sim::realistic::fields_v1(&serde_json::json!({ "status": owned }))
+                    );
+                    let time = |entry: &Value| entry["time"].as_str().unwrap().to_string();
+                    assert!(time(kubelet) >= time(&before["metadata"]["managedFields"][1]));
+                    assert_eq!(
+                        object["metadata"]["managedFields"][0],
+                        before["metadata"]["managedFields"][0]
+                    );
+                    modified += 1;
+                }
+                last.insert(name, object);
+            }
+            Some("ADDED") => {
+                last.insert(name, object);
+            }
+            _ => {
+                last.remove(&name);
+            }
+        }
     }
     server.shutdown().await;
 }
