@@ -1,13 +1,11 @@
 //! Seed 003: the authenticated subscription API at `/ws/v1`, over real
 //! sockets against the simulated API server with RBAC rules.
 
-mod common;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kubemux::auth::jwt::{JwtSettings, JwtVerifier};
 use kubemux::auth::recheck::Rechecks;
@@ -245,7 +243,7 @@ async fn the_auth_flow() {
 async fn es256_tokens_on_the_own_listener_and_families_without_a_source() {
     let public = temp_file(
         "es256-public.pem",
-        include_str!("data/console-es256-public.pem"),
+        include_str!("../data/console-es256-public.pem"),
     );
     let env = start(
         SimConfig {
@@ -266,7 +264,8 @@ async fn es256_tokens_on_the_own_listener_and_families_without_a_source() {
         },
     )
     .await;
-    let key = EncodingKey::from_ec_pem(include_bytes!("data/console-es256-private.pem")).unwrap();
+    let key =
+        EncodingKey::from_ec_pem(include_bytes!("../data/console-es256-private.pem")).unwrap();
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::ES256),
         &claims("carol", &["console-admins"]),

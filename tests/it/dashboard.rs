@@ -1,11 +1,9 @@
 //! Seed 001: the cluster-dashboard stream, built from the shared caches.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::server::ServerConfig;
 use kubemux_sim::SimConfig;
 use serde_json::{Value, json};

@@ -1,11 +1,9 @@
 //! Running kubemux in production: configuration precedence, metrics that
 //! match what happened, readiness, the status API and graceful shutdown.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::process::Command;

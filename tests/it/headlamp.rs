@@ -1,12 +1,10 @@
 //! Acceptance tests of the Headlamp `/wsMultiplexer` dialect against the
 //! simulated API server and the real proxy, over loopback sockets.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::server::ServerConfig;
 use kubemux_sim::SimConfig;
 use rand::{Rng, SeedableRng};

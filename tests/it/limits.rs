@@ -2,11 +2,9 @@
 //! deadline, the idle deadline, the message rate and the outbound memory
 //! budget. Each refusal must be explained to the client and counted.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::server::ServerConfig;
 use kubemux::server::conn::Liveness;
 use kubemux::server::limits::Limits;

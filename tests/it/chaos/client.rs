@@ -23,7 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::common::{CLUSTER, PATIENCE};
+use crate::support::{CLUSTER, PATIENCE};
 
 /// A user of the simulated cluster and the namespaces it may list and watch pods in.
 pub struct User {

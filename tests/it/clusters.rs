@@ -1,13 +1,11 @@
 //! Many clusters: kubeconfig contexts as clusterIds, edits picked up while
 //! running, the registry REST API, read-only REST from the cache, origins.
 
-mod common;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::cluster::Registry;
 use kubemux::hub::Hub;
 use kubemux::metrics::Metrics;

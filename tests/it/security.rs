@@ -3,14 +3,12 @@
 //! revoked passthrough token served from a shared watch, Headlamp's backend
 //! token, and what the status endpoints tell strangers.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::auth::policy::Policy;
 use kubemux::auth::review::Reviewer;
 use kubemux::auth::secret::Secret;

@@ -1,13 +1,11 @@
 //! The resume table (DESIGN §3): how a REQUEST starts, by its resourceVersion,
 //! and that the history serves resumes without upstream requests.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::hub::{HistoryLimits, HubConfig};
 use kubemux::server::ServerConfig;
 use kubemux_sim::SimConfig;

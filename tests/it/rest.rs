@@ -3,12 +3,10 @@
 //! the answers compared. A live shared watch answers LISTs and watch streams
 //! only when its answer is the API server's; everything else is forwarded.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::*;
+use crate::support::*;
 use kubemux::hub::{EndReason, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
 use kubemux::server::ServerConfig;
 use kubemux::server::outbound::QueueLimits;

@@ -1,11 +1,9 @@
 //! Upstream failures stay invisible (or are reported once) and slow clients
 //! are cut off without hurting anyone else.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::hub::HubConfig;
 use kubemux::server::ServerConfig;
 use kubemux::server::outbound::QueueLimits;

@@ -1,12 +1,10 @@
 //! Seed 002: cluster notifications over `/ws/clusters` (and `/ws` on a
 //! listener of its own), and `/api/clusters/{name}` after each event.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use futures::StreamExt;
 use kubemux::cluster::Registry;
 use kubemux::hub::Hub;

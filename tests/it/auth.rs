@@ -2,12 +2,10 @@
 //! many users while reviewing each; `passthrough` watches as each user;
 //! tokens arrive by header or split cookies.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::auth::policy::Policy;
 use kubemux::auth::review::Reviewer;
 use kubemux::cluster::Registry;

@@ -4,12 +4,10 @@
 //! the outbound queue budget. Over real sockets, from several loopback
 //! source addresses (127.0.0.1 is the trusted proxy, 127.0.0.3 is not).
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use futures::StreamExt;
 use kubemux::server::ServerConfig;
 use kubemux::server::conn::Liveness;

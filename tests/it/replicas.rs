@@ -8,14 +8,12 @@
 //! with every event once and no 410. Seed-001-style dashboard clients
 //! reconnect the same way and end showing the simulator's pods.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use futures::{SinkExt, StreamExt};
 use kubemux_sim::{SimConfig, SimServer};
 use parking_lot::Mutex;
