@@ -225,12 +225,6 @@ async fn random_concurrent_churn_leaves_exactly_the_live_keys() {
     .await;
 }
 
-fn error_of(frame: &serde_json::Value) -> String {
-    assert_eq!(frame["type"], "ERROR", "expected ERROR, got {frame}");
-    let data: serde_json::Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
-    data["error"].as_str().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_specific_errors_and_the_connection_keeps_working() {
     let env = start(

@@ -657,16 +657,7 @@ async fn workspace_status_equals_the_servers_counts() {
     let (pods, _) = env.sim.store().list("pods", None, None, None).unwrap();
     let (nodes, _) = env.sim.store().list("nodes", None, None, None).unwrap();
     let phase = |p: &str| pods.iter().filter(|x| x["status"]["phase"] == p).count();
-    let ready = nodes
-        .iter()
-        .filter(|n| {
-            n["status"]["conditions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-        .count();
+    let ready = ready_nodes(&nodes);
     let d = &status["data"];
     assert_eq!(d["workspace_id"], CLUSTER);
     assert_eq!(d["status"], "active");
@@ -887,7 +878,8 @@ async fn fifty_consoles_share_one_watch_per_resource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_jwt_key_the_endpoint_is_refused_with_a_reason() {
     let env = start_default().await;
-    let err = tokio_tungstenite::connect_async(format!("ws://{}/ws/v1", env.server.addr()))
+    let err = WsConnect::new(&format!("ws://{}/ws/v1", env.server.addr()))
+        .open()
         .await
         .expect_err("no upgrade without a JWT key");
     match err {
@@ -920,7 +912,7 @@ async fn a_client_that_never_answers_pings_is_closed_with_1008() {
         Duration::from_secs(30),
     )
     .await;
-    let mut silent = SilentClient::connect(env.server.addr(), "/ws/v1").await;
+    let mut silent = RawWs::connect(env.server.addr(), "/ws/v1", &[]).await;
     let token = hs256(&claims("alice", &["console-admins"]), SECRET);
     silent
         .send_text(&json!({"type": "auth", "token": token}).to_string())
