@@ -195,12 +195,7 @@ async fn rest_lists_come_from_the_cache_when_a_watch_is_live() {
         .await;
     c.event().await;
     assert_eq!(env.sim.list_requests("pods"), 1);
-    let (code, body) = http(
-        addr,
-        "GET",
-        "/clusters/sim/api/v1/namespaces/default/pods",
-    )
-    .await;
+    let (code, body) = http(addr, "GET", "/clusters/sim/api/v1/namespaces/default/pods").await;
     assert_eq!(code, 200, "{body}");
     let list: k8s_openapi::List<k8s_openapi::api::core::v1::Pod> =
         serde_json::from_str(&body).expect("a valid PodList");
@@ -266,12 +261,7 @@ async fn rest_lists_come_from_the_cache_when_a_watch_is_live() {
     .await;
     assert_eq!(code, 404, "the cluster's own answer is relayed");
     for method in ["POST", "PUT", "PATCH", "DELETE"] {
-        let (code, body) = http(
-            addr,
-            method,
-            "/clusters/sim/api/v1/namespaces/default/pods",
-        )
-        .await;
+        let (code, body) = http(addr, method, "/clusters/sim/api/v1/namespaces/default/pods").await;
         assert_eq!(code, 405, "{method}: {body}");
         assert!(body.contains("read-only"));
     }

@@ -335,7 +335,7 @@ async fn a_watch_whose_subscribers_were_all_cut_stops_after_its_linger() {
     let store = env.sim.store();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     for i in 0.. {
-        churn_configmap(&store, i, &payload);
+        churn_configmap(store, i, &payload);
         if i % 100 == 0 {
             let text = env.metrics_text().await;
             if metric(&text, "kubemux_slow_consumer_terminations_total") == Some(1.0) {
