@@ -1,5 +1,5 @@
 //! Fuzz targets and a small mutation engine shared by `examples/fuzz.rs`
-//! (long runs, millions of inputs per target) and `tests/fuzz.rs` (a short
+//! (long runs, millions of inputs per target) and `tests/it/fuzz.rs` (a short
 //! run of every target in CI).
 //!
 //! Not coverage-guided: inputs are random bytes, dictionary tokens, and

@@ -8,7 +8,7 @@
 // `WebSocket` that is the `ws` package, `window`, `setTimeout`, `console`,
 // `fetch` relative to the page) and the observations a test needs.
 //
-// stdout carries one JSON object per line, for tests/seed_clients.rs:
+// stdout carries one JSON object per line, for tests/it/seed_clients.rs:
 //   {"step": "..."}        progress, for the test's failure messages
 //   {"await": "restart"}   the test restarts kubemux on the same port now
 //   {"ok": true|false, ...} the result, last

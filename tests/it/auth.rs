@@ -2,21 +2,16 @@
 //! many users while reviewing each; `passthrough` watches as each user;
 //! tokens arrive by header or split cookies.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::auth::policy::Policy;
 use kubemux::auth::review::Reviewer;
-use kubemux::cluster::Registry;
-use kubemux::hub::Hub;
 use kubemux::metrics::Metrics;
-use kubemux::server::{Server, ServerConfig};
+use kubemux::server::ServerConfig;
 use kubemux_sim::{Rule, SimAuth, SimConfig, SimServer, UserInfo};
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use serde_json::json;
 
 const ADMIN: &str = "kubemux-sim";
 const PATH: &str = "/api/v1/namespaces/default/pods";
@@ -46,38 +41,20 @@ fn pods_rule(users: Vec<String>) -> Rule {
         .namespaces(["default"])
 }
 
-struct Setup {
-    sim: SimServer,
-    server: Server,
-    metrics: Arc<Metrics>,
-}
-
-async fn setup(auth: SimAuth, policy: impl FnOnce(Arc<Metrics>) -> Policy) -> Setup {
-    let sim = SimServer::start(SimConfig {
-        auth: Some(auth),
-        ..SimConfig::default()
-    })
+/// The simulator with `auth`, and kubemux in front of it with `policy`.
+async fn setup(auth: SimAuth, policy: impl FnOnce(Arc<Metrics>) -> Policy) -> Env {
+    start_with(
+        SimConfig {
+            auth: Some(auth),
+            ..SimConfig::default()
+        },
+        quick_hub(),
+        |metrics| ServerConfig {
+            policy: policy(metrics),
+            ..ServerConfig::default()
+        },
+    )
     .await
-    .unwrap();
-    let registry = Arc::new(Registry::new());
-    registry
-        .load_kubeconfig_text(&sim.kubeconfig(CLUSTER), "test")
-        .await
-        .unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let hub = Hub::new(quick_hub(), registry, metrics.clone());
-    let config = ServerConfig {
-        policy: policy(metrics.clone()),
-        ..ServerConfig::default()
-    };
-    let server = Server::start("127.0.0.1:0".parse().unwrap(), hub, config)
-        .await
-        .unwrap();
-    Setup {
-        sim,
-        server,
-        metrics,
-    }
 }
 
 fn passthrough(recheck: Duration) -> impl FnOnce(Arc<Metrics>) -> Policy {
@@ -98,26 +75,16 @@ fn shared(recheck: Duration) -> impl FnOnce(Arc<Metrics>) -> Policy {
     }
 }
 
-async fn client_with(s: &Setup, header: (&'static str, String)) -> Client {
-    let mut req = format!("ws://{}/wsMultiplexer", s.server.addr())
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert(header.0, header.1.parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(req)
+async fn client_with(s: &Env, header: (&'static str, String)) -> Client {
+    WsConnect::new(&s.ws_url())
+        .header(header.0, header.1)
+        .client()
         .await
-        .expect("ws connects");
-    Client { ws }
+        .expect("ws connects")
 }
 
-async fn bearer(s: &Setup, token: &str) -> Client {
+async fn bearer(s: &Env, token: &str) -> Client {
     client_with(s, ("authorization", format!("Bearer {token}"))).await
-}
-
-fn error_text(frame: &Value) -> String {
-    assert_eq!(frame["type"], "ERROR", "expected ERROR, got {frame}");
-    let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
-    data["error"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +125,7 @@ async fn shared_mode_serves_many_users_from_one_watch_and_enforces_rbac() {
 
     let mut alice = bearer(&s, "alice-token").await;
     alice.request(PATH, "watch=1").await;
-    let err = error_text(&alice.frame().await);
+    let err = error_of(&alice.frame().await);
     assert!(err.contains("alice") && err.contains("default"), "{err}");
     assert_eq!(alice.frame().await["type"], "COMPLETE");
     alice
@@ -172,7 +139,7 @@ async fn shared_mode_serves_many_users_from_one_watch_and_enforces_rbac() {
 
     let mut bad = bearer(&s, "no-such-token").await;
     bad.request(PATH, "watch=1").await;
-    assert!(error_text(&bad.frame().await).contains("token was rejected"));
+    assert!(error_of(&bad.frame().await).contains("token was rejected"));
 
     s.sim
         .auth()
@@ -181,7 +148,7 @@ async fn shared_mode_serves_many_users_from_one_watch_and_enforces_rbac() {
     loop {
         let frame = clients[0].frame().await;
         match frame["type"].as_str().unwrap() {
-            "ERROR" => assert!(error_text(&frame).contains("u0"), "{frame}"),
+            "ERROR" => assert!(error_of(&frame).contains("u0"), "{frame}"),
             "COMPLETE" => break,
             _ => {}
         }
@@ -201,7 +168,7 @@ async fn shared_mode_serves_many_users_from_one_watch_and_enforces_rbac() {
             .is_none(),
         "the revoked user gets nothing more"
     );
-    let text = s.metrics.encode();
+    let text = s.hub.metrics().encode();
     assert!(
         metric(
             &text,
@@ -257,7 +224,7 @@ async fn passthrough_watches_as_each_user_and_shares_only_within_one() {
 
     let mut alice = bearer(&s, "alice-token").await;
     alice.request(PATH, "watch=1").await;
-    let err = error_text(&alice.frame().await);
+    let err = error_of(&alice.frame().await);
     assert!(
         err.contains("\"alice\" may not list pods"),
         "refused by the review at join: {err}"
@@ -265,14 +232,14 @@ async fn passthrough_watches_as_each_user_and_shares_only_within_one() {
     assert_eq!(alice.frame().await["type"], "COMPLETE");
     let mut nobody = Client::connect(&format!("ws://{}/wsMultiplexer", s.server.addr())).await;
     nobody.request(PATH, "watch=1").await;
-    assert!(error_text(&nobody.frame().await).contains("no credentials"));
+    assert!(error_of(&nobody.frame().await).contains("no credentials"));
     let mut wrong = bearer(&s, "wrong-token").await;
     wrong.request(PATH, "watch=1").await;
-    assert!(error_text(&wrong.frame().await).contains("rejected by cluster"));
+    assert!(error_of(&wrong.frame().await).contains("rejected by cluster"));
     tab1.request("/api/v1/nodes", "watch=1").await;
     let frame = tab1.frame().await;
     assert_eq!(frame["path"], "/api/v1/nodes");
-    assert!(error_text(&frame).contains("may not list nodes"));
+    assert!(error_of(&frame).contains("may not list nodes"));
     assert_eq!(tab1.frame().await["type"], "COMPLETE");
     let created = s
         .sim
@@ -341,13 +308,11 @@ async fn tokens_never_reach_the_logs() {
     .await;
     let addr = serve.addr.clone();
     for token in ["token-u0", "bogus-secret-token"] {
-        let mut req = format!("ws://{addr}/wsMultiplexer")
-            .into_client_request()
+        let mut c = WsConnect::new(&format!("ws://{addr}/wsMultiplexer"))
+            .bearer(token)
+            .client()
+            .await
             .unwrap();
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-        let mut c = Client { ws };
         c.request(PATH, "watch=1").await;
         c.frame().await;
     }
@@ -378,14 +343,11 @@ async fn a_dashboard_in_shared_mode_is_cut_off_when_access_is_revoked() {
     let open = |token: &'static str| {
         let addr = s.server.addr();
         async move {
-            let mut req = format!("ws://{addr}/ws/dashboard")
-                .into_client_request()
-                .unwrap();
-            req.headers_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
-            Client {
-                ws: tokio_tungstenite::connect_async(req).await.unwrap().0,
-            }
+            WsConnect::new(&format!("ws://{addr}/ws/dashboard"))
+                .bearer(token)
+                .client()
+                .await
+                .unwrap()
         }
     };
     let mut denied = open("token-u1").await;
@@ -428,32 +390,22 @@ async fn headlamps_cookie_for_a_dotted_cluster_name_is_its_sanitised_name() {
     })
     .await
     .unwrap();
-    let registry = Arc::new(Registry::new());
-    registry
-        .load_kubeconfig_text(&sim.kubeconfig("my.cluster"), "test")
-        .await
-        .unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let hub = Hub::new(quick_hub(), registry, metrics.clone());
-    let config = ServerConfig {
-        policy: passthrough(Duration::from_secs(30))(metrics),
-        ..ServerConfig::default()
-    };
-    let server = Server::start("127.0.0.1:0".parse().unwrap(), hub, config)
-        .await
-        .unwrap();
+    let (server, _hub) = start_proxy_with(&sim.kubeconfig("my.cluster"), quick_hub(), |metrics| {
+        ServerConfig {
+            policy: passthrough(Duration::from_secs(30))(metrics),
+            ..ServerConfig::default()
+        }
+    })
+    .await;
     // What Headlamp's backend sets for "my.cluster": headlamp-auth-mycluster.<n>.
-    let mut req = format!("ws://{}/wsMultiplexer", server.addr())
-        .into_client_request()
+    let mut c = WsConnect::new(&format!("ws://{}/wsMultiplexer", server.addr()))
+        .header(
+            "cookie",
+            "headlamp-auth-mycluster.0=token-; headlamp-auth-mycluster.1=u0",
+        )
+        .client()
+        .await
         .unwrap();
-    req.headers_mut().insert(
-        "cookie",
-        "headlamp-auth-mycluster.0=token-; headlamp-auth-mycluster.1=u0"
-            .parse()
-            .unwrap(),
-    );
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let mut c = Client { ws };
     c.send(json!({"clusterId": "my.cluster", "path": PATH, "query": "watch=1", "userId": "", "type": "REQUEST"}))
         .await;
     let (frame, _) = c.event().await;
@@ -502,7 +454,7 @@ async fn an_auth_proxy_injected_authorization_header_is_the_sockets_identity() {
     // The same socket straight to kubemux has no identity at all.
     let mut direct = Client::connect(&format!("ws://{}/wsMultiplexer", s.server.addr())).await;
     direct.request(PATH, "watch=1").await;
-    assert!(error_text(&direct.frame().await).contains("no credentials"));
+    assert!(error_of(&direct.frame().await).contains("no credentials"));
 }
 
 /// Re-checks are one service for the server: 50 connections of one user,
@@ -515,7 +467,7 @@ async fn rechecks_ask_once_per_tick_across_all_connections() {
     const CONNECTIONS: usize = 50;
     const SUBSCRIPTIONS: usize = 20;
     let s = setup(users(1), shared(Duration::from_millis(500))).await;
-    let registered = || metric(&s.metrics.encode(), "kubemux_auth_rechecks").unwrap_or(0.0);
+    let registered = || metric(&s.hub.metrics().encode(), "kubemux_auth_rechecks").unwrap_or(0.0);
     let open = || async {
         let mut c = bearer(&s, "token-u0").await;
         for i in 0..SUBSCRIPTIONS {
@@ -540,7 +492,13 @@ async fn rechecks_ask_once_per_tick_across_all_connections() {
     })
     .await;
 
-    let ticks = || metric(&s.metrics.encode(), "kubemux_auth_recheck_ticks_total").unwrap_or(0.0);
+    let ticks = || {
+        metric(
+            &s.hub.metrics().encode(),
+            "kubemux_auth_recheck_ticks_total",
+        )
+        .unwrap_or(0.0)
+    };
     let sars = || {
         s.sim
             .requests_by_verb(ADMIN, "create", "subjectaccessreviews")
@@ -564,7 +522,10 @@ async fn rechecks_ask_once_per_tick_across_all_connections() {
         t1 - t0
     );
     assert_eq!(
-        metric(&s.metrics.encode(), "kubemux_auth_recheck_last_reviews"),
+        metric(
+            &s.hub.metrics().encode(),
+            "kubemux_auth_recheck_last_reviews"
+        ),
         Some(3.0),
         "a tick asks one TokenReview and two SubjectAccessReviews"
     );
@@ -575,7 +536,7 @@ async fn rechecks_ask_once_per_tick_across_all_connections() {
         while completed < SUBSCRIPTIONS {
             let frame = c.frame().await;
             match frame["type"].as_str() {
-                Some("ERROR") => assert!(error_text(&frame).contains("u0"), "{frame}"),
+                Some("ERROR") => assert!(error_of(&frame).contains("u0"), "{frame}"),
                 Some("COMPLETE") => completed += 1,
                 _ => {}
             }

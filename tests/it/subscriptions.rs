@@ -1,13 +1,11 @@
 //! Seed 003: the authenticated subscription API at `/ws/v1`, over real
 //! sockets against the simulated API server with RBAC rules.
 
-mod common;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kubemux::auth::jwt::{JwtSettings, JwtVerifier};
 use kubemux::auth::recheck::Rechecks;
@@ -245,7 +243,7 @@ async fn the_auth_flow() {
 async fn es256_tokens_on_the_own_listener_and_families_without_a_source() {
     let public = temp_file(
         "es256-public.pem",
-        include_str!("data/console-es256-public.pem"),
+        include_str!("../data/console-es256-public.pem"),
     );
     let env = start(
         SimConfig {
@@ -266,7 +264,8 @@ async fn es256_tokens_on_the_own_listener_and_families_without_a_source() {
         },
     )
     .await;
-    let key = EncodingKey::from_ec_pem(include_bytes!("data/console-es256-private.pem")).unwrap();
+    let key =
+        EncodingKey::from_ec_pem(include_bytes!("../data/console-es256-private.pem")).unwrap();
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::ES256),
         &claims("carol", &["console-admins"]),
@@ -658,16 +657,7 @@ async fn workspace_status_equals_the_servers_counts() {
     let (pods, _) = env.sim.store().list("pods", None, None, None).unwrap();
     let (nodes, _) = env.sim.store().list("nodes", None, None, None).unwrap();
     let phase = |p: &str| pods.iter().filter(|x| x["status"]["phase"] == p).count();
-    let ready = nodes
-        .iter()
-        .filter(|n| {
-            n["status"]["conditions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-        .count();
+    let ready = ready_nodes(&nodes);
     let d = &status["data"];
     assert_eq!(d["workspace_id"], CLUSTER);
     assert_eq!(d["status"], "active");
@@ -888,7 +878,8 @@ async fn fifty_consoles_share_one_watch_per_resource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_jwt_key_the_endpoint_is_refused_with_a_reason() {
     let env = start_default().await;
-    let err = tokio_tungstenite::connect_async(format!("ws://{}/ws/v1", env.server.addr()))
+    let err = WsConnect::new(&format!("ws://{}/ws/v1", env.server.addr()))
+        .open()
         .await
         .expect_err("no upgrade without a JWT key");
     match err {
@@ -928,7 +919,7 @@ async fn a_client_that_never_answers_pings_is_closed_with_1008() {
         Duration::from_secs(30),
     )
     .await;
-    let mut silent = SilentClient::connect(env.server.addr(), "/ws/v1").await;
+    let mut silent = RawWs::connect(env.server.addr(), "/ws/v1", &[]).await;
     let token = hs256(&claims("alice", &["console-admins"]), SECRET);
     silent
         .send_text(&json!({"type": "auth", "token": token}).to_string())

@@ -1,12 +1,10 @@
 //! Acceptance tests of the Headlamp `/wsMultiplexer` dialect against the
 //! simulated API server and the real proxy, over loopback sockets.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::server::ServerConfig;
 use kubemux_sim::SimConfig;
 use rand::{Rng, SeedableRng};
@@ -225,12 +223,6 @@ async fn random_concurrent_churn_leaves_exactly_the_live_keys() {
             .all(|r| env.sim.active_watches(r) == 0)
     })
     .await;
-}
-
-fn error_of(frame: &serde_json::Value) -> String {
-    assert_eq!(frame["type"], "ERROR", "expected ERROR, got {frame}");
-    let data: serde_json::Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
-    data["error"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,20 +1,16 @@
 //! Many clusters: kubeconfig contexts as clusterIds, edits picked up while
 //! running, the registry REST API, read-only REST from the cache, origins.
 
-mod common;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::cluster::Registry;
 use kubemux::hub::Hub;
-use kubemux::metrics::Metrics;
 use kubemux::server::{Server, ServerConfig};
 use kubemux_sim::{SimConfig, SimServer};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 struct Multi {
     sims: Vec<SimServer>,
@@ -39,15 +35,8 @@ async fn multi(contexts: &[&str], config: ServerConfig) -> Multi {
     let file = dir.join("config");
     let named: Vec<(&str, &SimServer)> = contexts.iter().zip(&sims).map(|(n, s)| (*n, s)).collect();
     write_kubeconfig(&file, &named);
-    let registry = Arc::new(Registry::new());
-    registry
-        .load_and_follow(vec![file.clone()], Duration::from_millis(50))
-        .await
-        .unwrap();
-    let hub = Hub::new(quick_hub(), registry.clone(), Arc::new(Metrics::new()));
-    let server = Server::start("127.0.0.1:0".parse().unwrap(), hub.clone(), config)
-        .await
-        .unwrap();
+    let (server, hub) = start_proxy_following(&file, quick_hub(), config).await;
+    let registry = hub.clusters().clone();
     Multi {
         sims,
         files: vec![file],
@@ -188,36 +177,13 @@ async fn kubeconfig_edits_add_and_remove_clusters_while_running() {
     );
 }
 
-async fn http(addr: std::net::SocketAddr, method: &str, path: &str, extra: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}Content-Length: 0\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let code = text[9..12].parse().unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            rest = &tail[n + 2..];
-        }
-        out
-    } else {
-        body.to_string()
-    };
-    (code, body)
+/// `method` with an empty body: the status code and the (de-chunked) body.
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let answer = Request::new(method, path)
+        .header("Content-Length", "0")
+        .send(addr)
+        .await;
+    (answer.code, answer.body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,13 +195,7 @@ async fn rest_lists_come_from_the_cache_when_a_watch_is_live() {
         .await;
     c.event().await;
     assert_eq!(env.sim.list_requests("pods"), 1);
-    let (code, body) = http(
-        addr,
-        "GET",
-        "/clusters/sim/api/v1/namespaces/default/pods",
-        "",
-    )
-    .await;
+    let (code, body) = http(addr, "GET", "/clusters/sim/api/v1/namespaces/default/pods").await;
     assert_eq!(code, 200, "{body}");
     let list: k8s_openapi::List<k8s_openapi::api::core::v1::Pod> =
         serde_json::from_str(&body).expect("a valid PodList");
@@ -275,7 +235,6 @@ async fn rest_lists_come_from_the_cache_when_a_watch_is_live() {
         addr,
         "GET",
         "/clusters/sim/api/v1/namespaces/default/pods?watch=1&timeoutSeconds=1",
-        "",
     )
     .await;
     assert_eq!(code, 200, "{body}");
@@ -283,7 +242,7 @@ async fn rest_lists_come_from_the_cache_when_a_watch_is_live() {
         serde_json::from_str(body.lines().next().expect("watch events")).unwrap();
     assert_eq!(first["type"], "ADDED", "{first}");
 
-    let (code, body) = http(addr, "GET", "/clusters/sim/api/v1/nodes?limit=2", "").await;
+    let (code, body) = http(addr, "GET", "/clusters/sim/api/v1/nodes?limit=2").await;
     assert_eq!(code, 200, "{body}");
     let nodes: k8s_openapi::List<k8s_openapi::api::core::v1::Node> =
         serde_json::from_str(&body).unwrap();
@@ -298,24 +257,17 @@ async fn rest_lists_come_from_the_cache_when_a_watch_is_live() {
         addr,
         "GET",
         "/clusters/sim/api/v1/namespaces/default/pods/nope",
-        "",
     )
     .await;
     assert_eq!(code, 404, "the cluster's own answer is relayed");
     for method in ["POST", "PUT", "PATCH", "DELETE"] {
-        let (code, body) = http(
-            addr,
-            method,
-            "/clusters/sim/api/v1/namespaces/default/pods",
-            "",
-        )
-        .await;
+        let (code, body) = http(addr, method, "/clusters/sim/api/v1/namespaces/default/pods").await;
         assert_eq!(code, 405, "{method}: {body}");
         assert!(body.contains("read-only"));
     }
-    let (code, _) = http(addr, "GET", "/clusters/nope/api/v1/pods", "").await;
+    let (code, _) = http(addr, "GET", "/clusters/nope/api/v1/pods").await;
     assert_eq!(code, 404);
-    let (code, _) = http(addr, "GET", "/clusters/sim/metrics", "").await;
+    let (code, _) = http(addr, "GET", "/clusters/sim/metrics").await;
     assert_eq!(code, 400);
 }
 
@@ -341,7 +293,7 @@ async fn rest_refusals_are_kubernetes_status_objects() {
             "read-only",
         ),
     ] {
-        let (got, body) = http(addr, method, path, "").await;
+        let (got, body) = http(addr, method, path).await;
         assert_eq!(got, code, "{method} {path}: {body}");
         let status: Value = serde_json::from_str(&body).expect("a JSON body");
         assert_eq!(status["kind"], "Status", "{body}");
@@ -368,12 +320,8 @@ async fn foreign_origins_are_refused_unless_allowed() {
     )
     .await;
     let url = env.ws_url();
-    let with_origin = |origin: &str| {
-        let mut req = url.as_str().into_client_request().unwrap();
-        req.headers_mut().insert("origin", origin.parse().unwrap());
-        req
-    };
-    let refused = tokio_tungstenite::connect_async(with_origin("https://evil.example")).await;
+    let with_origin = |origin: &str| WsConnect::new(&url).header("origin", origin).open();
+    let refused = with_origin("https://evil.example").await;
     match refused {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status(), 403);
@@ -383,20 +331,11 @@ async fn foreign_origins_are_refused_unless_allowed() {
         }
         other => panic!("expected a 403, got {other:?}"),
     }
-    assert!(
-        tokio_tungstenite::connect_async(with_origin("https://dash.example.com"))
-            .await
-            .is_ok()
-    );
+    assert!(with_origin("https://dash.example.com").await.is_ok());
     let same = format!("http://{}", env.server.addr());
+    assert!(with_origin(&same).await.is_ok(), "same origin");
     assert!(
-        tokio_tungstenite::connect_async(with_origin(&same))
-            .await
-            .is_ok(),
-        "same origin"
-    );
-    assert!(
-        tokio_tungstenite::connect_async(url.as_str()).await.is_ok(),
+        WsConnect::new(&url).open().await.is_ok(),
         "no Origin: not a browser"
     );
 }

@@ -1,13 +1,11 @@
 //! The resume table (DESIGN §3): how a REQUEST starts, by its resourceVersion,
 //! and that the history serves resumes without upstream requests.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::hub::{HistoryLimits, HubConfig};
 use kubemux::server::ServerConfig;
 use kubemux_sim::SimConfig;
@@ -807,23 +805,8 @@ async fn versions_a_cluster_without_integer_versions_uses_share_one_forwarded_wa
         "current-context": "opaque"
     })
     .to_string();
-    let registry = Arc::new(kubemux::cluster::Registry::new());
-    registry
-        .load_kubeconfig_text(&kubeconfig, "test")
-        .await
-        .unwrap();
-    let hub = kubemux::hub::Hub::new(
-        quick_hub(),
-        registry,
-        Arc::new(kubemux::metrics::Metrics::new()),
-    );
-    let server = kubemux::server::Server::start(
-        "127.0.0.1:0".parse().unwrap(),
-        hub,
-        ServerConfig::default(),
-    )
-    .await
-    .unwrap();
+    let (server, _hub) =
+        start_proxy_with(&kubeconfig, quick_hub(), |_| ServerConfig::default()).await;
     let url = format!("ws://{}/wsMultiplexer", server.addr());
     let mut first = Client::connect(&url).await;
     first

@@ -9,14 +9,12 @@
 //! it); the seeds are `../shared/seeds` beside the repository, or
 //! `KUBEMUX_SEEDS`. A missing piece fails the test with what to do.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kubemux::auth::jwt::{JwtSettings, JwtVerifier};
 use kubemux::auth::review::Reviewer;

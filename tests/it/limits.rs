@@ -2,11 +2,9 @@
 //! deadline, the idle deadline, the message rate and the outbound memory
 //! budget. Each refusal must be explained to the client and counted.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::server::ServerConfig;
 use kubemux::ws::conn::Liveness;
 use kubemux::ws::limits::Limits;
@@ -15,14 +13,6 @@ use kubemux_sim::SimConfig;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn refusals(env: &Env, limit: &str) -> f64 {
-    metric(
-        &env.hub.metrics().encode(),
-        &format!("kubemux_limit_refusals_total{{limit=\"{limit}\"}}"),
-    )
-    .unwrap_or(0.0)
-}
 
 fn with_limits(limits: Limits) -> ServerConfig {
     ServerConfig {
@@ -53,9 +43,7 @@ async fn connections_beyond_the_per_address_cap_get_429_until_one_closes() {
         "{refused}"
     );
     assert!(
-        tokio_tungstenite::connect_async(env.ws_url())
-            .await
-            .is_err(),
+        WsConnect::new(&env.ws_url()).open().await.is_err(),
         "a fourth WebSocket is refused too"
     );
     assert_eq!(refusals(&env, "connections_per_address"), 2.0);
@@ -64,15 +52,15 @@ async fn connections_beyond_the_per_address_cap_get_429_until_one_closes() {
     let mut first = open.remove(0);
     first.ws.close(None).await.unwrap();
     while first.next().await.is_some() {}
-    let mut ok = String::new();
-    for _ in 0..200 {
-        ok = http_get(env.server.addr(), "/healthz").await;
+    eventually_ok("the freed slot serves /healthz", async || {
+        let ok = http_get(env.server.addr(), "/healthz").await;
         if ok.starts_with("HTTP/1.1 200") {
-            break;
+            Ok(())
+        } else {
+            Err(ok)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,18 +286,7 @@ async fn over_the_memory_budget_new_sockets_get_503_and_the_backlogged_client_is
     let payload = "x".repeat(4096);
     let mut i = 0;
     while refusals(&env, "queue_budget") == 0.0 {
-        let cm = json!({"metadata": {"name": format!("cm-{}", i % 50), "namespace": "default"}, "data": {"blob": payload, "i": i.to_string()}});
-        if i < 50 {
-            env.sim
-                .store()
-                .create("configmaps", Some("default"), cm)
-                .unwrap();
-        } else {
-            env.sim
-                .store()
-                .update("configmaps", Some("default"), cm)
-                .unwrap();
-        }
+        churn_configmap(env.sim.store(), i, &payload);
         i += 1;
         assert!(i < 200_000, "the budget was never reached");
         if i % 20 == 0 {
@@ -340,22 +317,10 @@ async fn over_the_memory_budget_new_sockets_get_503_and_the_backlogged_client_is
 
 /// A WebSocket handshake by hand, returning the whole response.
 async fn http_get_upgrade(env: &Env) -> String {
-    let mut s = TcpStream::connect(env.server.addr()).await.unwrap();
-    s.write_all(
-        b"GET /wsMultiplexer HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = s.read(&mut buf).await.unwrap();
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
-fn error_of(frame: &Value) -> String {
-    assert_eq!(frame["type"], "ERROR", "{frame}");
-    let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
-    data["error"].as_str().unwrap().to_string()
+    Request::websocket("/wsMultiplexer")
+        .upgrade(env.server.addr())
+        .await
+        .text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,7 +386,6 @@ async fn one_passthrough_identity_cannot_take_every_upstream_watch() {
     use kubemux::auth::policy::Policy;
     use kubemux::auth::review::Reviewer;
     use kubemux_sim::{Rule, SimAuth, UserInfo};
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let auth = SimAuth::new()
         .with_admin_token("admin-token")
         .with_token("token-a", UserInfo::new("a", "uid-a", ["team"]))
@@ -454,13 +418,7 @@ async fn one_passthrough_identity_cannot_take_every_upstream_watch() {
     .await;
     let connect = |token: &'static str| {
         let url = env.ws_url();
-        async move {
-            let mut req = url.into_client_request().unwrap();
-            req.headers_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
-            let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-            Client { ws }
-        }
+        async move { WsConnect::new(&url).bearer(token).client().await.unwrap() }
     };
     let mut a = connect("token-a").await;
     for ns in ["default", "team-a"] {
@@ -491,12 +449,9 @@ async fn one_passthrough_identity_cannot_take_every_upstream_watch() {
 async fn flood_without_reading(env: &Env, addr: std::net::SocketAddr, path: &str, bad: &str) {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(addr).await.unwrap();
-    let request = format!("ws://{addr}{path}").into_client_request().unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(request, stream)
+    let ws = WsConnect::new(&format!("ws://{addr}{path}"))
+        .recv_buffer(4096)
+        .open()
         .await
         .unwrap();
     let (mut sink, mut stream) = ws.split();
@@ -663,7 +618,7 @@ async fn a_client_that_stops_reading_after_a_big_snapshot_is_still_cut() {
         tiny_queue(ServerConfig::default()),
     )
     .await;
-    let mut silent = SilentClient::connect(env.server.addr(), "/wsMultiplexer").await;
+    let mut silent = RawWs::connect(env.server.addr(), "/wsMultiplexer", &[]).await;
     silent
         .send_text(
             &json!({"clusterId": CLUSTER, "path": "/api/v1/pods", "query": "watch=1",

@@ -1,11 +1,9 @@
 //! Seed 001: the cluster-dashboard stream, built from the shared caches.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::server::ServerConfig;
 use kubemux_sim::SimConfig;
 use serde_json::{Value, json};
@@ -110,11 +108,7 @@ impl View {
         }
         let (nodes, _) = env.sim.store().list("nodes", None, None, None).unwrap();
         for n in nodes {
-            let ready = n["status"]["conditions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let ready = node_ready(&n);
             v.nodes.insert(
                 n["metadata"]["name"].as_str().unwrap().to_string(),
                 if ready { "Ready" } else { "NotReady" }.to_string(),
@@ -381,72 +375,26 @@ async fn an_unknown_cluster_is_invalid_kubeconfig() {
     assert!(frame["error"]["details"].as_str().unwrap().contains("nope"));
 }
 
-/// A WebSocket client that speaks the wire format itself, because the
-/// tungstenite client cannot negotiate permessage-deflate.
-struct RawClient {
-    stream: tokio::net::TcpStream,
-    buf: Vec<u8>,
-}
+/// A [`RawWs`] offering permessage-deflate, because the tungstenite
+/// client cannot negotiate it.
+struct RawClient(RawWs);
 
 impl RawClient {
     /// Connects to `path` offering permessage-deflate; returns the client
-    /// and the response head.
+    /// and the response head, lower-cased.
     async fn connect(addr: std::net::SocketAddr, path: &str) -> (RawClient, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 1024];
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed during the handshake");
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        buf.drain(..end);
-        (RawClient { stream, buf }, head)
+        let offer = [(
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; client_max_window_bits",
+        )];
+        let (ws, head) = RawWs::connect_head(addr, path, &offer).await;
+        (RawClient(ws), head.to_ascii_lowercase())
     }
 
     /// The next frame: (RSV1 set, opcode, payload).
     async fn frame(&mut self) -> (bool, u8, Vec<u8>) {
-        use tokio::io::AsyncReadExt;
-        loop {
-            if self.buf.len() >= 2 {
-                let (rsv1, opcode) = (self.buf[0] & 0x40 != 0, self.buf[0] & 0x0f);
-                assert_eq!(self.buf[1] & 0x80, 0, "server frames are never masked");
-                let (len, start) = match self.buf[1] & 0x7f {
-                    126 if self.buf.len() >= 4 => {
-                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
-                    }
-                    127 if self.buf.len() >= 10 => (
-                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
-                        10,
-                    ),
-                    n if n < 126 => (n as usize, 2),
-                    _ => (usize::MAX, 0),
-                };
-                if len != usize::MAX && self.buf.len() >= start + len {
-                    let payload = self.buf[start..start + len].to_vec();
-                    self.buf.drain(..start + len);
-                    return (rsv1, opcode, payload);
-                }
-            }
-            let mut chunk = [0u8; 65536];
-            let n = tokio::time::timeout(Duration::from_secs(20), self.stream.read(&mut chunk))
-                .await
-                .expect("a frame within 20 s")
-                .unwrap();
-            assert!(n > 0, "connection closed");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
+        let frame = self.0.next_frame().await.expect("connection closed");
+        (frame.rsv1, frame.opcode, frame.payload)
     }
 
     /// The next text message as JSON, inflated if it came compressed.
@@ -465,21 +413,15 @@ impl RawClient {
         }
     }
 
-    /// Sends `text` as one masked text frame, compressed when `compress`.
+    /// Sends `text` as one text frame, compressed (RSV1) when `compress`.
     async fn send(&mut self, text: &str, compress: bool) {
-        use tokio::io::AsyncWriteExt;
-        let payload = if compress {
-            deflate_raw(text.as_bytes(), true)
+        if compress {
+            self.0
+                .send_frame(0xC1, &deflate_raw(text.as_bytes(), true))
+                .await;
         } else {
-            text.as_bytes().to_vec()
-        };
-        let mask = [7u8, 13, 21, 42];
-        let mut frame = vec![if compress { 0xC1 } else { 0x81 }];
-        assert!(payload.len() < 126);
-        frame.push(0x80 | payload.len() as u8);
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&frame).await.unwrap();
+            self.0.send_frame(0x81, text.as_bytes()).await;
+        }
     }
 }
 
@@ -595,7 +537,6 @@ mod permissions {
     use kubemux_sim::{Rule, SimAuth, UserInfo};
     use std::sync::Arc;
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
     #[derive(Clone, Copy)]
     enum Mode {
@@ -651,14 +592,11 @@ mod permissions {
     }
 
     async fn open(env: &Env, query: &str) -> Client {
-        let mut req = format!("ws://{}/ws/dashboard{query}", env.server.addr())
-            .into_client_request()
+        let mut c = WsConnect::new(&format!("ws://{}/ws/dashboard{query}", env.server.addr()))
+            .bearer("token-u0")
+            .client()
+            .await
             .unwrap();
-        req.headers_mut()
-            .insert("authorization", "Bearer token-u0".parse().unwrap());
-        let mut c = Client {
-            ws: tokio_tungstenite::connect_async(req).await.unwrap().0,
-        };
         assert_eq!(c.frame().await["type"], "connection");
         c
     }
@@ -883,31 +821,19 @@ async fn cluster_node_counts_follow_the_nodes_and_are_absent_when_unknown() {
 
     let truth = |env: &Env| {
         let (nodes, _) = env.sim.store().list("nodes", None, None, None).unwrap();
-        let ready = nodes
-            .iter()
-            .filter(|n| {
-                n["status"]["conditions"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-            .count();
+        let ready = ready_nodes(&nodes);
         (ready, nodes)
     };
     let follows = |want: (usize, usize)| async move {
-        tokio::time::timeout(PATIENCE, async {
-            loop {
-                let r = record().await;
-                if r["nodesReady"] == want.0 && r["nodesTotal"] == want.1 {
-                    assert!(r.get("nodesUnknown").is_none(), "{r}");
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        eventually_ok(&format!("counts {want:?}"), async || {
+            let r = record().await;
+            if r["nodesReady"] == want.0 && r["nodesTotal"] == want.1 {
+                assert!(r.get("nodesUnknown").is_none(), "{r}");
+                return Ok(());
             }
+            Err(r)
         })
         .await
-        .unwrap_or_else(|_| panic!("counts never became {want:?}"));
     };
     let (dash, _) = connect(&env, "").await;
     let (ready, nodes) = truth(&env);
@@ -929,15 +855,12 @@ async fn cluster_node_counts_follow_the_nodes_and_are_absent_when_unknown() {
     follows((ready, nodes.len())).await;
 
     drop(dash);
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let r = record().await;
-            if r["nodesTotal"].is_null() && r["nodesUnknown"].is_string() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    eventually_ok("counts left out once no nodes watch runs", async || {
+        let r = record().await;
+        if r["nodesTotal"].is_null() && r["nodesUnknown"].is_string() {
+            return Ok(());
         }
+        Err(r)
     })
-    .await
-    .expect("counts are left out once no nodes watch runs");
+    .await;
 }

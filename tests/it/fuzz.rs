@@ -4,7 +4,7 @@
 //! raises the count for long runs. The last test runs every target of the
 //! high-volume driver (`examples/fuzz.rs`) briefly, through the same engine.
 
-#[path = "../examples/shared/fuzz_targets.rs"]
+#[path = "../../examples/shared/fuzz_targets.rs"]
 mod fuzz_targets;
 
 use bytes::Bytes;

@@ -3,35 +3,25 @@
 //! revoked passthrough token served from a shared watch, Headlamp's backend
 //! token, and what the status endpoints tell strangers.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::auth::policy::Policy;
 use kubemux::auth::review::Reviewer;
 use kubemux::auth::secret::Secret;
-use kubemux::cluster::Registry;
-use kubemux::hub::Hub;
 use kubemux::metrics::Metrics;
-use kubemux::server::{Server, ServerConfig};
+use kubemux::server::ServerConfig;
 use kubemux_sim::auth::ADMIN_USER;
 use kubemux_sim::{Rule, SimAuth, SimConfig, SimServer, UserInfo};
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use serde_json::json;
 
 const PODS: &str = "/api/v1/namespaces/default/pods";
 
 /// The simulator with `auth`, and kubemux in front of it.
-struct Setup {
-    sim: SimServer,
-    server: Server,
-}
-
-async fn setup(auth: SimAuth, config: impl FnOnce(Arc<Metrics>) -> ServerConfig) -> Setup {
+async fn setup(auth: SimAuth, config: impl FnOnce(Arc<Metrics>) -> ServerConfig) -> Env {
     setup_via(auth, config, false).await.0
 }
 
@@ -41,7 +31,7 @@ async fn setup_via(
     auth: SimAuth,
     config: impl FnOnce(Arc<Metrics>) -> ServerConfig,
     relay: bool,
-) -> (Setup, Arc<AtomicUsize>) {
+) -> (Env, Arc<AtomicUsize>) {
     let sim = SimServer::start(SimConfig {
         auth: Some(auth),
         ..SimConfig::default()
@@ -54,17 +44,8 @@ async fn setup_via(
         let via = counting_relay(sim.addr(), connections.clone()).await;
         kubeconfig = kubeconfig.replace(&sim.addr().to_string(), &via.to_string());
     }
-    let registry = Arc::new(Registry::new());
-    registry
-        .load_kubeconfig_text(&kubeconfig, "test")
-        .await
-        .unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let hub = Hub::new(quick_hub(), registry, metrics.clone());
-    let server = Server::start("127.0.0.1:0".parse().unwrap(), hub, config(metrics))
-        .await
-        .unwrap();
-    (Setup { sim, server }, connections)
+    let (server, hub) = start_proxy_with(&kubeconfig, quick_hub(), config).await;
+    (Env { sim, server, hub }, connections)
 }
 
 /// Accepts on a loopback port, counts each connection and pipes it to `target`.
@@ -111,54 +92,28 @@ fn alice_and_bob() -> SimAuth {
 }
 
 /// A WebSocket to `/wsMultiplexer` with these request headers.
+fn ws_request(addr: SocketAddr, headers: &[(&'static str, String)]) -> WsConnect {
+    headers.iter().fold(
+        WsConnect::new(&format!("ws://{addr}/wsMultiplexer")),
+        |c, (name, value)| c.header(name, value.clone()),
+    )
+}
+
 async fn ws_with(addr: SocketAddr, headers: &[(&'static str, String)]) -> Client {
-    let mut req = format!("ws://{addr}/wsMultiplexer")
-        .into_client_request()
-        .unwrap();
-    for (name, value) in headers {
-        req.headers_mut().insert(*name, value.parse().unwrap());
-    }
-    let (ws, _) = tokio_tungstenite::connect_async(req)
+    ws_request(addr, headers)
+        .client()
         .await
-        .expect("ws connects");
-    Client { ws }
+        .expect("ws connects")
 }
 
 async fn bearer(addr: SocketAddr, token: &str) -> Client {
     ws_with(addr, &[("authorization", format!("Bearer {token}"))]).await
 }
 
-/// `GET` with extra headers over a plain socket: the status code and body.
+/// `GET` with extra headers: the status code and (de-chunked) body.
 async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("an HTTP status line");
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
-}
-
-fn error_text(frame: &Value) -> String {
-    assert_eq!(frame["type"], "ERROR", "expected ERROR, got {frame}");
-    let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
-    data["error"].as_str().unwrap().to_string()
+    let answer = Request::get(path).headers(headers).send(addr).await;
+    (answer.code, answer.body)
 }
 
 /// `GET` over a plain socket: the status code and the body.
@@ -218,13 +173,13 @@ async fn legacy_watch_paths_never_reach_the_cluster_in_auth_none() {
         ws.request(path, "watch=1").await;
         let frame = ws.frame().await;
         assert_eq!(frame["path"], path);
-        let err = error_text(&frame);
+        let err = error_of(&frame);
         assert!(err.contains("legacy"), "{path}: {err}");
         assert_eq!(ws.frame().await["type"], "COMPLETE", "{path}");
     }
     ws.request("/api/v1/namespaces/default/secrets", "watch=1")
         .await;
-    assert!(error_text(&ws.frame().await).contains("secrets are not served"));
+    assert!(error_of(&ws.frame().await).contains("secrets are not served"));
     assert_eq!(ws.frame().await["type"], "COMPLETE");
     assert_eq!(
         secret_requests(&env),
@@ -240,7 +195,7 @@ async fn ended(client: &mut Client) -> String {
         if frame["type"] == "DATA" {
             continue;
         }
-        let err = error_text(&frame);
+        let err = error_of(&frame);
         assert_eq!(client.frame().await["type"], "COMPLETE");
         return err;
     }
@@ -295,7 +250,7 @@ async fn passthrough_revocation_ends_shared_watches_and_cached_lists() {
     }
     let mut tab3 = bearer(addr, "alice-token").await;
     tab3.request(PODS, "watch=1").await;
-    assert!(error_text(&tab3.frame().await).contains("\"alice\" may not"));
+    assert!(error_of(&tab3.frame().await).contains("\"alice\" may not"));
     assert_eq!(tab3.frame().await["type"], "COMPLETE");
     assert_eq!(
         s.sim.list_requests_by("alice", "pods"),
@@ -329,13 +284,7 @@ fn backend_protocol(token: &str) -> String {
 
 /// The HTTP status a refused WebSocket upgrade got.
 async fn refused_upgrade(addr: SocketAddr, headers: &[(&'static str, String)]) -> u16 {
-    let mut req = format!("ws://{addr}/wsMultiplexer")
-        .into_client_request()
-        .unwrap();
-    for (name, value) in headers {
-        req.headers_mut().insert(*name, value.parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async(req).await {
+    match ws_request(addr, headers).open().await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
         other => panic!("expected a refused upgrade, got {:?}", other.map(|_| ())),
     }
@@ -353,7 +302,7 @@ async fn headlamps_backend_token_is_never_a_kubernetes_credential() {
     )
     .await;
     tab.request(PODS, "watch=1").await;
-    let err = error_text(&tab.frame().await);
+    let err = error_of(&tab.frame().await);
     assert!(err.contains("no credentials"), "{err}");
     let rest = format!("/clusters/{CLUSTER}{PODS}");
     let (status, body) =
@@ -430,16 +379,16 @@ async fn status_detail_is_for_the_operator_only() {
         .await;
     let sim_address = s.sim.addr().to_string();
     let ops = [("authorization", "Bearer ops-token")];
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually_ok("the status names the watch", async || {
         let (_, body) = get_with(addr, "/api/status", &ops).await;
         if body.contains("skunkworks") {
             assert!(body.contains(&sim_address), "{body}");
-            break;
+            Ok(())
+        } else {
+            Err(body)
         }
-        assert!(tokio::time::Instant::now() < deadline, "{body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let (_, body) = get_with(addr, "/api/clusters/sim", &ops).await;
     assert!(body.contains(&sim_address), "{body}");
 
@@ -502,25 +451,21 @@ async fn a_refusal_is_not_cached_for_the_whole_review_ttl() {
     .await;
     let mut alice = bearer(s.server.addr(), "alice-token").await;
     alice.request(PODS, "watch=1").await;
-    assert!(error_text(&alice.frame().await).contains("\"alice\" may not"));
+    assert!(error_of(&alice.frame().await).contains("\"alice\" may not"));
     assert_eq!(alice.frame().await["type"], "COMPLETE");
     s.sim.auth().add_rule(pods_rule("alice")).unwrap();
     // Access just granted is seen well within the 10-minute review TTL.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually_ok("a refusal not reused for the whole TTL", async || {
         alice.request(PODS, "watch=1").await;
         let frame = alice.frame().await;
         if frame["type"] == "DATA" {
-            break;
+            return Ok(());
         }
-        assert!(error_text(&frame).contains("\"alice\" may not"));
+        assert!(error_of(&frame).contains("\"alice\" may not"));
         assert_eq!(alice.frame().await["type"], "COMPLETE");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the refusal was reused for the whole TTL"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(frame)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

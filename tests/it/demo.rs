@@ -1,8 +1,6 @@
 //! `kubemux demo` as a user runs it: the real binary, a real client.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_starts_and_a_client_sees_live_pod_events() {

@@ -13,8 +13,6 @@
 //! 5 s; the first-viewer scenario runs it three times); 60 reproduces a
 //! long-lived browser tab.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,7 +20,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::auth::policy::Policy;
 use kubemux::cluster::Registry;
 use kubemux::hub::Hub;

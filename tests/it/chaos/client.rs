@@ -15,15 +15,11 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error, Message};
 
-use crate::common::{CLUSTER, PATIENCE};
+use crate::support::{CLUSTER, PATIENCE, Request, Ws, WsConnect};
 
 /// A user of the simulated cluster and the namespaces it may list and watch pods in.
 pub struct User {
@@ -112,28 +108,16 @@ impl Ctx {
     }
 }
 
-pub type Ws = WebSocketStream<TcpStream>;
-
 /// A WebSocket to `/wsMultiplexer` as `user`; a tiny receive buffer makes a
 /// client that stops reading back up into kubemux's queue quickly.
-pub async fn connect(addr: SocketAddr, user: usize, tiny_buffer: bool) -> std::io::Result<Ws> {
-    let socket = TcpSocket::new_v4()?;
-    if tiny_buffer {
-        socket.set_recv_buffer_size(4096)?;
-    }
-    let stream = socket.connect(addr).await?;
-    let mut req = format!("ws://{addr}/wsMultiplexer")
-        .into_client_request()
-        .map_err(std::io::Error::other)?;
-    let bearer = format!("Bearer {}", USERS[user].token);
-    req.headers_mut().insert(
-        "authorization",
-        bearer.parse().map_err(std::io::Error::other)?,
-    );
-    let (ws, _) = tokio_tungstenite::client_async(req, stream)
-        .await
-        .map_err(std::io::Error::other)?;
-    Ok(ws)
+async fn connect(addr: SocketAddr, user: usize, tiny_buffer: bool) -> Result<Ws, Error> {
+    let connect = WsConnect::new(&format!("ws://{addr}/wsMultiplexer")).bearer(USERS[user].token);
+    let connect = if tiny_buffer {
+        connect.recv_buffer(4096)
+    } else {
+        connect
+    };
+    connect.open().await
 }
 
 fn request(path: &str, query: &str, kind: &str) -> Message {
@@ -520,27 +504,19 @@ fn on_frame(ctx: &Ctx, user: usize, subs: &Mutex<Vec<Sub>>, text: &str) -> Vec<M
     Vec::new()
 }
 
-/// `GET /clusters/sim{path}` as `user` (HTTP/1.0, so the body ends with the
-/// connection): the list's resourceVersion and items, or `None` if kubemux
-/// answered anything but a list (an upstream outage, forwarded).
+/// `GET /clusters/sim{path}` as `user`: the list's resourceVersion and
+/// items, or `None` if kubemux answered anything but a list (an upstream
+/// outage, forwarded).
 async fn rest_list(ctx: &Ctx, user: usize, path: &str) -> Option<(u64, Vec<Value>)> {
-    let mut s = TcpStream::connect(ctx.addr).await.ok()?;
-    let req = format!(
-        "GET /clusters/{CLUSTER}{path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
-        USERS[user].token
-    );
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
+    let answer = Request::get(&format!("/clusters/{CLUSTER}{path}"))
+        .header("Authorization", format!("Bearer {}", USERS[user].token))
+        .try_send(ctx.addr)
         .await
-        .ok()?
         .ok()?;
-    let text = String::from_utf8(buf).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+    if answer.code != 200 {
         return None;
     }
-    let list: Value = serde_json::from_str(body).ok()?;
+    let list: Value = serde_json::from_str(&answer.body).ok()?;
     let rv = list["metadata"]["resourceVersion"].as_str()?.parse().ok()?;
     Some((rv, list["items"].as_array()?.clone()))
 }

@@ -8,14 +8,12 @@
 //! with every event once and no 410. Seed-001-style dashboard clients
 //! reconnect the same way and end showing the simulator's pods.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use futures::{SinkExt, StreamExt};
 use kubemux_sim::{SimConfig, SimServer};
 use parking_lot::Mutex;
@@ -101,8 +99,9 @@ async fn client(
     }
     let mut lost: Option<tokio::time::Instant> = None;
     while !*stop.borrow() {
-        let Ok((mut ws, _)) =
-            tokio_tungstenite::connect_async(format!("ws://{front}/wsMultiplexer")).await
+        let Ok(mut ws) = WsConnect::new(&format!("ws://{front}/wsMultiplexer"))
+            .open()
+            .await
         else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -205,7 +204,7 @@ async fn dashboard(front: SocketAddr, pods: Board, stop: tokio::sync::watch::Rec
     }
     while !*stop.borrow() {
         let url = format!("ws://{front}/ws/dashboard?cluster={CLUSTER}");
-        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
+        let Ok(mut ws) = WsConnect::new(&url).open().await else {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };

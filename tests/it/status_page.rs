@@ -1,12 +1,10 @@
 //! The status page as a person sees it: headless Chromium renders `/`
 //! against a running proxy; a screenshot is kept under `target/`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 /// Debian's Chromium, which `.ci/run` installs. Outside CI a machine without
 /// it skips this test loudly; in CI its absence is a failure.

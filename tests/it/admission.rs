@@ -4,12 +4,10 @@
 //! the outbound queue budget. Over real sockets, from several loopback
 //! source addresses (127.0.0.1 is the trusted proxy, 127.0.0.3 is not).
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use futures::StreamExt;
 use kubemux::server::ServerConfig;
 use kubemux::ws::conn::Liveness;
@@ -17,107 +15,38 @@ use kubemux::ws::forwarded::TrustedProxies;
 use kubemux::ws::limits::Limits;
 use kubemux::ws::outbound::QueueLimits;
 use kubemux_sim::SimConfig;
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use serde_json::Value;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const PROXY: &str = "127.0.0.1";
 const UNTRUSTED: &str = "127.0.0.3";
-
-fn refusals(env: &Env, limit: &str) -> f64 {
-    metric(
-        &env.hub.metrics().encode(),
-        &format!("kubemux_limit_refusals_total{{limit=\"{limit}\"}}"),
-    )
-    .unwrap_or(0.0)
-}
 
 fn trusting_loopback_one() -> TrustedProxies {
     TrustedProxies::parse(&["127.0.0.1/32"]).unwrap()
 }
 
-/// A TCP connection to `server` from source address `from`.
-async fn connect_from(from: &str, server: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::new(from.parse().unwrap(), 0))
-        .unwrap();
-    socket.connect(server).await.unwrap()
-}
-
-/// Sends a request head with `headers` from `from` and returns the answer's
-/// head and body so far, with the stream (still open after a 101).
-async fn raw(
-    from: &str,
-    server: SocketAddr,
-    request_line: &str,
-    headers: &[(&str, &str)],
-) -> (String, TcpStream) {
-    let mut s = connect_from(from, server).await;
-    let mut head = format!("{request_line}\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    loop {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut chunk))
-            .await
-            .expect("an answer")
-            .unwrap();
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf);
-        if n == 0 {
-            break;
-        }
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            if head.starts_with("HTTP/1.1 101") || body.len() >= length {
-                break;
-            }
-        }
-    }
-    (String::from_utf8_lossy(&buf).into_owned(), s)
-}
-
 /// A WebSocket handshake to `/wsMultiplexer` from `from` with `extra`
 /// headers; the answer and the open stream.
 async fn upgrade(from: &str, server: SocketAddr, extra: &[(&str, &str)]) -> (String, TcpStream) {
-    let host = server.to_string();
-    let mut headers = vec![
-        ("Host", host.as_str()),
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ("Sec-WebSocket-Version", "13"),
-    ];
-    headers.extend_from_slice(extra);
-    raw(from, server, "GET /wsMultiplexer HTTP/1.1", &headers).await
+    let answer = Request::websocket("/wsMultiplexer")
+        .header("Host", server.to_string())
+        .headers(extra)
+        .from(from)
+        .upgrade(server)
+        .await;
+    (answer.text, answer.stream)
 }
 
 /// A REST GET of the namespaces from `from` with `extra` headers.
 async fn rest_get(from: &str, server: SocketAddr, extra: &[(&str, &str)]) -> String {
-    let mut headers = vec![("Host", "kubemux"), ("Connection", "close")];
-    headers.extend_from_slice(extra);
-    raw(
-        from,
-        server,
-        "GET /clusters/sim/api/v1/namespaces HTTP/1.1",
-        &headers,
-    )
-    .await
-    .0
+    Request::get("/clusters/sim/api/v1/namespaces")
+        .header("Host", "kubemux")
+        .headers(extra)
+        .from(from)
+        .send(server)
+        .await
+        .text
 }
 
 /// Connects a WebSocket through `front` (HAProxy) as a browser on
@@ -126,15 +55,10 @@ async fn browser_connect(
     front: SocketAddr,
     origin: &str,
 ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
-    let mut request = format!("ws://{front}/wsMultiplexer")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("Origin", origin.parse().unwrap());
-    tokio_tungstenite::connect_async(request)
+    WsConnect::new(&format!("ws://{front}/wsMultiplexer"))
+        .header("Origin", origin)
+        .client()
         .await
-        .map(|(ws, _)| Client { ws })
 }
 
 /// HAProxy in front of `backend` as nginx is by default: `Host` rewritten
@@ -428,18 +352,7 @@ async fn one_address_that_never_reads_is_held_to_its_share_and_others_still_conn
     let payload = "x".repeat(4096);
     let mut i = 0;
     while refusals(&env, "queue_share") < STUCK as f64 {
-        let cm = json!({"metadata": {"name": format!("cm-{}", i % 50), "namespace": "default"}, "data": {"blob": payload, "i": i.to_string()}});
-        if i < 50 {
-            env.sim
-                .store()
-                .create("configmaps", Some("default"), cm)
-                .unwrap();
-        } else {
-            env.sim
-                .store()
-                .update("configmaps", Some("default"), cm)
-                .unwrap();
-        }
+        churn_configmap(env.sim.store(), i, &payload);
         i += 1;
         assert!(
             i < 200_000,
@@ -458,14 +371,11 @@ async fn one_address_that_never_reads_is_held_to_its_share_and_others_still_conn
 
     // Another address connects and is served while the stuck sockets are
     // still open.
-    let stream = connect_from("127.0.0.2", env.server.addr()).await;
-    let (ws, _) = tokio_tungstenite::client_async(
-        env.ws_url(),
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-    )
-    .await
-    .expect("a socket from another address is accepted");
-    let mut other = Client { ws };
+    let mut other = WsConnect::new(&env.ws_url())
+        .from("127.0.0.2")
+        .client()
+        .await
+        .expect("a socket from another address is accepted");
     other.request("/api/v1/namespaces", "watch=1").await;
     assert_eq!(other.event().await.1["type"], "ADDED");
 

@@ -3,11 +3,9 @@
 //! shared watches lingering out between resumes, every live subscriber's
 //! applied state ends equal to the server's.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::hub::HubConfig;
 use kubemux::server::ServerConfig;
 use kubemux::upstream::UpstreamConfig;

@@ -1,11 +1,9 @@
 //! Running kubemux in production: configuration precedence, metrics that
 //! match what happened, readiness, the status API and graceful shutdown.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -268,19 +266,16 @@ async fn metrics_count_what_happened() {
     drop(a);
     drop(b);
     drop(c);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually_ok("the connections close", async || {
         let text = env.metrics_text().await;
         if metric(&text, "kubemux_connections{dialect=\"headlamp\"}") == Some(0.0) {
             assert_eq!(metric(&text, "kubemux_subscribers"), Some(0.0));
-            break;
+            Ok(())
+        } else {
+            Err(text)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "connections never closed: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,31 +289,18 @@ async fn readiness_and_status_report_the_clusters_and_watches() {
         "watch=1&labelSelector=app%3Dweb%2Ctier+in+(a%2Cb)&fieldSelector=status.phase%3DRunning",
     )
     .await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let status: Value = loop {
-        let resp = http_get(env.server.addr(), "/api/status").await;
-        let body = resp
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or_default()
-            .to_string();
-        let body = if resp.contains("chunked") {
-            dechunk(&body)
-        } else {
-            body
-        };
+    let status: Value = eventually_ok("the status shows the watch", async || {
+        let body = http_get_body(env.server.addr(), "/api/status").await;
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         if v["clusters"][0]["reachable"] == true
             && v["watches"].as_array().is_some_and(|w| !w.is_empty())
         {
-            break v;
+            Ok(v)
+        } else {
+            Err(body)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "status never showed the watch: {resp}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     assert_eq!(status["clusters"][0]["name"], CLUSTER);
     assert!(
         status["clusters"][0]["version"]
@@ -345,22 +327,6 @@ async fn readiness_and_status_report_the_clusters_and_watches() {
     assert!(verbose.contains("readyz check passed"));
     let page = http_get(env.server.addr(), "/").await;
     assert!(page.contains("<title>kubemux status</title>") && page.contains("api/status"));
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,19 +478,16 @@ async fn sigterm_fails_readiness_first_and_keeps_serving_for_the_shutdown_delay(
         .await;
     c.event().await;
     let terminated = tokio::spawn(demo.terminate());
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually_ok("readiness fails", async || {
         let answer = http_get(addr, "/readyz?verbose").await;
         if answer.starts_with("HTTP/1.1 503") {
             assert!(answer.contains("[-]listeners"), "{answer}");
-            break;
+            Ok(())
+        } else {
+            Err(answer)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readiness never failed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     // Still served: a new REQUEST on the open socket is answered.
     c.send(json!({"clusterId": "demo", "path": "/api/v1/namespaces", "query": "watch=1", "type": "REQUEST"}))
         .await;
@@ -561,58 +524,41 @@ async fn readiness_fails_above_the_connection_budget() {
     assert!(http_get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
     let a = env.client().await;
     let b = env.client().await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let full = loop {
+    let full = eventually_ok("readiness fails when full", async || {
         let answer = http_get(addr, "/readyz?verbose").await;
         if answer.starts_with("HTTP/1.1 503") {
-            break answer;
+            Ok(answer)
+        } else {
+            Err(answer)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never full: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert!(full.contains("[-]budget: 2 connections"), "{full}");
     assert!(full.contains("[+]listeners"), "{full}");
     drop(a);
     drop(b);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !http_get(addr, "/readyz").await.starts_with("HTTP/1.1 200") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readiness never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_ok("readiness comes back", async || {
+        let answer = http_get(addr, "/readyz").await;
+        if answer.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(answer)
+        }
+    })
+    .await;
 }
 
 /// GET /metrics with `accept` (none if empty); the content type and body.
 async fn metrics_as(addr: std::net::SocketAddr, accept: &str) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let accept = if accept.is_empty() {
-        String::new()
+    let request = Request::get("/metrics");
+    let request = if accept.is_empty() {
+        request
     } else {
-        format!("Accept: {accept}\r\n")
+        request.header("Accept", accept)
     };
-    s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}Connection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_string)
-        })
-        .expect("a content type");
-    (content_type, body.to_string())
+    let answer = request.send(addr).await;
+    let content_type = answer.header("content-type").expect("a content type");
+    (content_type.to_string(), answer.body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,16 +19,14 @@
 //! failure. The schedule is reproducible; thread timing is not, so a replay
 //! applies the same actions in the same order with the same pauses.
 
-#[path = "chaos/client.rs"]
 mod client;
-mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use client::{Cmd, Conn, Ctx, Start, Sub, USERS, VANDALISMS};
-use common::*;
 use kubemux::auth::policy::{AuthMode, Policy};
 use kubemux::auth::review::Reviewer;
 use kubemux::hub::HubConfig;

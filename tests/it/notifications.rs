@@ -1,17 +1,11 @@
 //! Seed 002: cluster notifications over `/ws/clusters` (and `/ws` on a
 //! listener of its own), and `/api/clusters/{name}` after each event.
 
-mod common;
-
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use futures::StreamExt;
-use kubemux::cluster::Registry;
-use kubemux::hub::Hub;
-use kubemux::metrics::Metrics;
-use kubemux::server::{Server, ServerConfig};
+use kubemux::server::ServerConfig;
 use kubemux_sim::{SimConfig, SimServer};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -33,10 +27,13 @@ async fn expect(c: &mut Client, kind: &str, name: &str) {
 }
 
 async fn cluster_record(addr: std::net::SocketAddr, name: &str) -> (u16, Value) {
-    let resp = http_get(addr, &format!("/api/clusters/{name}")).await;
-    let code = resp[9..12].parse().unwrap();
-    let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
-    (code, serde_json::from_str(body).unwrap_or(Value::Null))
+    let answer = Request::get(&format!("/api/clusters/{name}"))
+        .send(addr)
+        .await;
+    (
+        answer.code,
+        serde_json::from_str(&answer.body).unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,15 +48,9 @@ async fn contexts_and_reachability_become_notifications() {
     let two = SimServer::start(SimConfig::default()).await.unwrap();
     let file = dir.join("config");
     write_kubeconfig(&file, &[("one", &one)]);
-    let registry = Arc::new(Registry::new());
-    registry
-        .load_and_follow(vec![file.clone()], Duration::from_millis(50))
-        .await
-        .unwrap();
-    let hub = Hub::new(quick_hub(), registry.clone(), Arc::new(Metrics::new()));
-    let server = Server::start(
-        "127.0.0.1:0".parse().unwrap(),
-        hub,
+    let (server, _hub) = start_proxy_following(
+        &file,
+        quick_hub(),
         ServerConfig {
             health_interval: Duration::from_millis(100),
             notifications: kubemux::dialect::notifications::Settings {
@@ -70,23 +61,20 @@ async fn contexts_and_reachability_become_notifications() {
             ..ServerConfig::default()
         },
     )
-    .await
-    .unwrap();
+    .await;
     let mut main = Client::connect(&format!("ws://{}/ws/clusters", server.addr())).await;
     let mut own = Client::connect(&format!("ws://{}/ws", server.extra_addrs()[0])).await;
 
     // Known once the feed's nodes watch has listed.
-    let (code, record) = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let (code, record) = cluster_record(server.addr(), "one").await;
-            if code != 200 || !record["nodesTotal"].is_null() {
-                return (code, record);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let (code, record) = eventually_ok("node counts become known", async || {
+        let (code, record) = cluster_record(server.addr(), "one").await;
+        if code != 200 || !record["nodesTotal"].is_null() {
+            Ok((code, record))
+        } else {
+            Err(record)
         }
     })
-    .await
-    .expect("node counts become known");
+    .await;
     assert_eq!(code, 200);
     assert_eq!(record["name"], "one");
     assert_eq!(record["reachable"], true);

@@ -3,93 +3,21 @@
 //! the answers compared. A live shared watch answers LISTs and watch streams
 //! only when its answer is the API server's; everything else is forwarded.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::*;
+use crate::support::*;
 use kubemux::hub::{EndReason, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
 use kubemux::server::ServerConfig;
 use kubemux::upstream::event::WatchEvent;
 use kubemux::ws::outbound::QueueLimits;
 use kubemux_sim::SimConfig;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PODS: &str = "/api/v1/namespaces/default/pods";
 
-/// An HTTP answer: status, lower-cased head, body (de-chunked) and whether
-/// a chunked body ended with its terminating chunk.
-struct Answer {
-    code: u16,
-    head: String,
-    body: String,
-    terminated: bool,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    /// A watch stream's events, one per line.
-    fn events(&self) -> Vec<Value> {
-        self.body
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
-    }
-}
-
-async fn send_get(addr: SocketAddr, path: &str) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    s
-}
-
-async fn read_answer(mut s: tokio::net::TcpStream) -> Answer {
-    let mut raw = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut raw))
-        .await
-        .expect("the answer ends")
-        .unwrap();
-    let text = String::from_utf8(raw).expect("UTF-8");
-    let code = text[9..12].parse().unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let head = head.to_ascii_lowercase();
-    if !head.contains("transfer-encoding: chunked") {
-        return Answer {
-            code,
-            head,
-            body: body.to_string(),
-            terminated: false,
-        };
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    let mut terminated = false;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
-        if n == 0 {
-            terminated = tail == "\r\n";
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = &tail[n + 2..];
-    }
-    Answer {
-        code,
-        head,
-        body: out,
-        terminated,
-    }
-}
-
 async fn get(addr: SocketAddr, path: &str) -> Answer {
-    read_answer(send_get(addr, path).await).await
+    Request::get(path).send(addr).await
 }
 
 /// The same request of kubemux (through `/clusters/sim`) and of the
@@ -273,10 +201,10 @@ async fn a_rest_watch_that_is_not_read_is_cut_as_a_slow_consumer() {
     let _reader = live_watch(&env).await;
     caught_up(&env).await;
     let from = env.sim.store().resource_version();
-    let unread = send_get(
-        env.server.addr(),
-        &format!("/clusters/{CLUSTER}{PODS}?watch=1&resourceVersion={from}"),
-    )
+    let unread = Request::get(&format!(
+        "/clusters/{CLUSTER}{PODS}?watch=1&resourceVersion={from}"
+    ))
+    .start(env.server.addr())
     .await;
     let filler = "x".repeat(16 << 10);
     let mut created = 0;
@@ -293,7 +221,7 @@ async fn a_rest_watch_that_is_not_read_is_cut_as_a_slow_consumer() {
             created += 1;
         }
     }
-    let cut = read_answer(unread).await;
+    let cut = read_answer(unread).await.expect("an HTTP answer");
     assert_eq!(cut.code, 200);
     assert!(cut.terminated, "the response ends cleanly");
     let events = cut.events();

@@ -1,11 +1,9 @@
 //! Upstream failures stay invisible (or are reported once) and slow clients
 //! are cut off without hurting anyone else.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use kubemux::hub::HubConfig;
 use kubemux::server::ServerConfig;
 use kubemux::upstream::UpstreamConfig;
@@ -268,12 +266,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_get_everything() {
     const N: usize = 8_000;
     let producer = tokio::spawn(async move {
         for i in 0..N {
-            let cm = json!({"metadata": {"name": format!("cm-{}", i % 50), "namespace": "default"}, "data": {"blob": payload, "i": i.to_string()}});
-            if i < 50 {
-                store.create("configmaps", Some("default"), cm).unwrap();
-            } else {
-                store.update("configmaps", Some("default"), cm).unwrap();
-            }
+            churn_configmap(&store, i, &payload);
             if i % 5 == 0 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -342,12 +335,7 @@ async fn a_watch_whose_subscribers_were_all_cut_stops_after_its_linger() {
     let store = env.sim.store();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     for i in 0.. {
-        let cm = json!({"metadata": {"name": format!("cm-{}", i % 50), "namespace": "default"}, "data": {"blob": payload, "i": i.to_string()}});
-        if i < 50 {
-            store.create("configmaps", Some("default"), cm).unwrap();
-        } else {
-            store.update("configmaps", Some("default"), cm).unwrap();
-        }
+        churn_configmap(store, i, &payload);
         if i % 100 == 0 {
             let text = env.metrics_text().await;
             if metric(&text, "kubemux_slow_consumer_terminations_total") == Some(1.0) {
