@@ -17,6 +17,7 @@ mod deploy;
 mod fuzz;
 mod headlamp;
 mod headlamp_client;
+mod layering;
 mod limits;
 mod notifications;
 mod operations;
