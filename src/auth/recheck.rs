@@ -74,6 +74,17 @@ pub struct Access {
 }
 
 impl Access {
+    /// `verb` on the collection at `path` (a path kubemux builds itself).
+    pub fn on_path(verb: &'static str, path: &str) -> Result<Access, String> {
+        kubemux_vocab::path::parse_collection(path)
+            .map(|resource| Access {
+                verb,
+                resource,
+                subresource: None,
+            })
+            .map_err(|e| e.to_string())
+    }
+
     /// What a watch needs: `list` and `watch` on `resource`.
     pub fn list_and_watch(resource: &ResourcePath) -> Vec<Access> {
         ["list", "watch"]
@@ -547,10 +558,13 @@ mod tests {
         }
     }
 
-    fn service(fake: &Arc<Fake>, every: Duration) -> Rechecks {
+    /// A service ticking `every` against a fake authority.
+    fn service(every: Duration) -> (Arc<Fake>, Rechecks) {
+        let fake = Arc::new(Fake::default());
         let metrics = Arc::new(Metrics::new());
         let reviewer = Arc::new(Reviewer::new(Duration::from_secs(1), metrics));
-        Rechecks::with_authority(reviewer, fake.clone(), every)
+        let rechecks = Rechecks::with_authority(reviewer, fake.clone(), every);
+        (fake, rechecks)
     }
 
     /// Counts the notifications it was given.
@@ -574,9 +588,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn one_review_per_distinct_question_per_tick_across_registrations() {
-        let fake = Arc::new(Fake::default());
         let every = Duration::from_secs(30);
-        let rechecks = service(&fake, every);
+        let (fake, rechecks) = service(every);
         let cluster = cluster();
         let (revoked, notify) = counter();
         let notify = Arc::new(notify);
@@ -638,9 +651,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_dropped_handle_is_never_reviewed_and_an_outage_revokes_nobody() {
-        let fake = Arc::new(Fake::default());
         let every = Duration::from_secs(10);
-        let rechecks = service(&fake, every);
+        let (fake, rechecks) = service(every);
         let cluster = cluster();
         let (bob_revoked, bob_notify) = counter();
         let bob = rechecks.register(
@@ -680,9 +692,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_ticker_lives_as_long_as_the_service_or_a_handle() {
-        let fake = Arc::new(Fake::default());
         let every = Duration::from_secs(5);
-        let rechecks = service(&fake, every);
+        let (fake, rechecks) = service(every);
         let metrics = rechecks.inner.metrics.clone();
         let (_, notify) = counter();
         let handle = rechecks.register(

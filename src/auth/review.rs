@@ -245,15 +245,10 @@ impl Reviewer {
             },
             ..Default::default()
         };
-        let api: Api<TokenReview> = Api::all(cluster.client());
-        let created = api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| ReviewError::Unavailable {
-                cluster: cluster.id().to_string(),
-                message: format!("TokenReview failed: {e}"),
-            })?;
-        let status = created.status.unwrap_or_default();
+        let status = create(cluster, &review, "TokenReview")
+            .await?
+            .status
+            .unwrap_or_default();
         let answer = match (status.authenticated, status.user) {
             (Some(true), Some(u)) => Ok(User {
                 name: u.username.unwrap_or_default(),
@@ -405,15 +400,10 @@ impl Reviewer {
             },
             ..Default::default()
         };
-        let api: Api<SubjectAccessReview> = Api::all(cluster.client());
-        let created = api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| ReviewError::Unavailable {
-                cluster: cluster.id().to_string(),
-                message: format!("SubjectAccessReview failed: {e}"),
-            })?;
-        let status = created.status.unwrap_or_default();
+        let status = create(cluster, &review, "SubjectAccessReview")
+            .await?
+            .status
+            .unwrap_or_default();
         let answer = if status.allowed {
             Ok(())
         } else {
@@ -423,6 +413,23 @@ impl Reviewer {
         self.access.lock().insert(key, answer.clone(), self.ttl);
         Ok(answer)
     }
+}
+
+/// Asks the cluster to create `review` (a TokenReview or
+/// SubjectAccessReview: the API server answers in the created object's
+/// status and stores nothing).
+async fn create<K>(cluster: &Cluster, review: &K, kind: &str) -> Result<K, ReviewError>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    Api::all(cluster.client())
+        .create(&PostParams::default(), review)
+        .await
+        .map_err(|e| ReviewError::Unavailable {
+            cluster: cluster.id().to_string(),
+            message: format!("{kind} failed: {e}"),
+        })
 }
 
 #[cfg(test)]

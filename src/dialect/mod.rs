@@ -7,3 +7,18 @@ pub mod console;
 pub mod dashboard;
 pub mod headlamp;
 pub mod notifications;
+
+use crate::auth::policy::Policy;
+use crate::hub::Hub;
+
+/// What every dialect's connection is served with besides its own
+/// settings: the hub, the auth mode, and the server's shutdown signal.
+#[derive(Clone)]
+pub struct Services {
+    /// The hub every subscription goes through.
+    pub hub: Hub,
+    /// Whose identity upstream requests run as, and the reviews.
+    pub policy: Policy,
+    /// Turns true when the server shuts down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}

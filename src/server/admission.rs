@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::auth::secret::BackendTokenRefused;
+use crate::dialect::Services;
 use crate::ws::forwarded::ClientInfo;
 use crate::ws::{WebSocket, WebSocketUpgrade, limits};
 
@@ -44,16 +45,17 @@ impl Admitted {
     /// Answers 101 with the socket shaped by `shape` (message limit,
     /// subprotocol, compression; the queue bounds are the server's), and
     /// runs `serve` on it, counted so a shutdown can wait for it.
-    pub fn serve<S, F, Fut>(self, state: AppState, shape: S, serve: F) -> Response
+    pub fn serve<S, F, Fut>(self, state: &AppState, shape: S, serve: F) -> Response
     where
         S: FnOnce(WebSocketUpgrade) -> WebSocketUpgrade,
-        F: FnOnce(WebSocket, AppState) -> Fut + Send + 'static,
+        F: FnOnce(WebSocket, Services) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let token = state.connections.token();
+        let services = state.services();
         let upgrade = shape(self.upgrade.queue(state.config.queue));
         upgrade.on_upgrade(move |socket| async move {
-            serve(socket, state).await;
+            serve(socket, services).await;
             drop(token);
         })
     }

@@ -19,7 +19,7 @@ use crate::auth::origin::OriginPolicy;
 use crate::auth::policy::Policy;
 use crate::auth::secret::Secret;
 use crate::dialect::notifications::{self, Feed};
-use crate::dialect::{console, dashboard, headlamp};
+use crate::dialect::{Services, console, dashboard, headlamp};
 use crate::hub::Hub;
 use crate::ws::forwarded::{ClientInfo, TrustedProxies};
 use crate::ws::outbound::QueueLimits;
@@ -115,6 +115,17 @@ pub struct AppState {
     headlamp: Arc<headlamp::Settings>,
     dashboard: Arc<dashboard::Settings>,
     console: Arc<console::Settings>,
+}
+
+impl AppState {
+    /// What a dialect's connection is served with.
+    fn services(&self) -> Services {
+        Services {
+            hub: self.hub.clone(),
+            policy: self.config.policy.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
 }
 
 /// A running server.
@@ -287,18 +298,14 @@ fn notifications_router(state: AppState) -> Router {
 }
 
 async fn notifications_ws(State(state): State<AppState>, admitted: Admitted) -> Response {
-    let max = state.config.notifications.max_message_size;
+    let settings = state.config.notifications.clone();
+    let feed = state.feed.clone();
+    let max = settings.max_message_size;
     admitted.serve(
-        state,
+        &state,
         |ws| ws.lean(max),
-        move |socket, state| async move {
-            notifications::serve(
-                socket,
-                state.feed.clone(),
-                &state.config.notifications,
-                state.shutdown.clone(),
-            )
-            .await;
+        move |socket, services| async move {
+            notifications::serve(socket, feed, &settings, services.shutdown).await;
         },
     )
 }
@@ -309,22 +316,12 @@ async fn dashboard_ws(
     admitted: Admitted,
 ) -> Response {
     let credentials = Credentials::from_headers(&admitted.headers);
-    let max = state.dashboard.max_message_size;
+    let settings = state.dashboard.clone();
+    let max = settings.max_message_size;
     admitted.serve(
-        state,
+        &state,
         |ws| ws.lean(max).compression(),
-        move |socket, state| async move {
-            dashboard::serve(
-                socket,
-                state.hub.clone(),
-                state.dashboard.clone(),
-                state.config.policy.clone(),
-                state.shutdown.clone(),
-                query,
-                credentials,
-            )
-            .await;
-        },
+        move |socket, services| dashboard::serve(socket, services, settings, query, credentials),
     )
 }
 
@@ -336,20 +333,12 @@ async fn console_ws(State(state): State<AppState>, admitted: Admitted) -> Respon
         )
             .into_response();
     };
-    let max = state.console.socket_limit();
+    let settings = state.console.clone();
+    let max = settings.socket_limit();
     admitted.serve(
-        state,
+        &state,
         |ws| ws.lean(max),
-        move |socket, state| async move {
-            console::serve(
-                socket,
-                state.hub.clone(),
-                state.console.clone(),
-                auth,
-                state.shutdown.clone(),
-            )
-            .await;
-        },
+        move |socket, services| console::serve(socket, services, settings, auth),
     )
 }
 
@@ -418,21 +407,12 @@ async fn headlamp_ws(State(state): State<AppState>, admitted: Admitted) -> Respo
         return (StatusCode::FORBIDDEN, format!("{refused}\n")).into_response();
     }
     let credentials = Credentials::from_headers(&admitted.headers);
-    let max = state.headlamp.max_message_size;
+    let settings = state.headlamp.clone();
+    let max = settings.max_message_size;
     // Headlamp's subprotocol is echoed only when the client offered it.
     admitted.serve(
-        state,
+        &state,
         |ws| ws.lean(max).protocols([headlamp::PROTOCOL]),
-        move |socket, state| async move {
-            headlamp::serve(
-                socket,
-                state.hub.clone(),
-                state.headlamp.clone(),
-                state.config.policy.clone(),
-                state.shutdown.clone(),
-                credentials,
-            )
-            .await;
-        },
+        move |socket, services| headlamp::serve(socket, services, settings, credentials),
     )
 }

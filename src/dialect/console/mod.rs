@@ -17,6 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::Services;
 use crate::ws::WebSocket;
 use serde_json::{Value, json};
 use tokio::task::{AbortHandle, JoinSet};
@@ -32,7 +33,7 @@ use crate::ws::limits::TokenBucket;
 use crate::ws::notice::{self, NoticeSender};
 use crate::ws::outbound::{Frame, Outbound};
 use sub::{Family, Stream, Sub};
-use work::{Check, LogRequest, QUERY, Refusal, envelope, error_frame};
+use work::{LogRequest, QUERY, Refusal, envelope, error_frame};
 
 /// Most live events waiting for the connection's task; a subscription's
 /// initial state is one of them, whatever its size.
@@ -408,7 +409,9 @@ impl Console {
         }
         let mut checks = stream_checks(family, project.as_deref()).map_err(invalid)?;
         if events.contains("monitoring.metrics_update") {
-            checks.push(Check::new("list", "/apis/metrics.k8s.io/v1beta1/nodes").map_err(invalid)?);
+            checks.push(
+                Access::on_path("list", "/apis/metrics.k8s.io/v1beta1/nodes").map_err(invalid)?,
+            );
         }
         self.pending += 1;
         let pending = Box::new(Pending {
@@ -585,8 +588,8 @@ impl Console {
     fn on_workspace_status(&mut self, id: &Value, data: &Value) -> Result<(), Refusal> {
         let cluster = self.cluster_of(data)?;
         let checks = vec![
-            Check::new("list", "/api/v1/nodes").map_err(invalid)?,
-            Check::new("list", "/api/v1/pods").map_err(invalid)?,
+            Access::on_path("list", "/api/v1/nodes").map_err(invalid)?,
+            Access::on_path("list", "/api/v1/pods").map_err(invalid)?,
         ];
         let (hub, reviewer, user, outbound, id) = (
             self.hub.clone(),
@@ -645,7 +648,7 @@ impl Console {
                 details: json!({"current_streams": self.logs.len(), "requested_stream": stream_id}),
             });
         }
-        let mut check = Check::new("get", &format!("/api/v1/namespaces/{namespace}/pods"))
+        let mut check = Access::on_path("get", &format!("/api/v1/namespaces/{namespace}/pods"))
             .map_err(|_| invalid("data.namespace is not a namespace name"))?;
         check.subresource = Some("log");
         let recheck = self.register_recheck(
@@ -751,19 +754,12 @@ impl Console {
     fn register_recheck(
         &self,
         cluster: &str,
-        checks: &[Check],
+        checks: &[Access],
         target: Target,
     ) -> Option<RecheckHandle> {
         let user = self.user.clone()?;
         let cluster = self.hub.clusters().get(cluster)?;
-        let accesses = checks
-            .iter()
-            .map(|c| Access {
-                verb: c.verb,
-                resource: c.resource.clone(),
-                subresource: c.subresource,
-            })
-            .collect();
+        let accesses = checks.to_vec();
         let notices = self.notices.clone();
         Some(
             self.auth
@@ -979,7 +975,7 @@ impl Dialect for Console {
 /// What a family's hub watches need: `list` and `watch` on each, the
 /// project's own namespace object aside (its watch selects that one
 /// namespace; the project is authorised by its quotas).
-fn stream_checks(family: Family, project: Option<&str>) -> Result<Vec<Check>, String> {
+fn stream_checks(family: Family, project: Option<&str>) -> Result<Vec<Access>, String> {
     let mut checks = Vec::new();
     for stream in Stream::of(family) {
         let path = match stream {
@@ -987,7 +983,7 @@ fn stream_checks(family: Family, project: Option<&str>) -> Result<Vec<Check>, St
             s => s.path(project).0,
         };
         for verb in ["list", "watch"] {
-            checks.push(Check::new(verb, &path)?);
+            checks.push(Access::on_path(verb, &path)?);
         }
     }
     Ok(checks)
@@ -996,11 +992,11 @@ fn stream_checks(family: Family, project: Option<&str>) -> Result<Vec<Check>, St
 /// Serves one upgraded connection.
 pub async fn serve(
     socket: WebSocket,
-    hub: Hub,
+    services: Services,
     settings: Arc<Settings>,
     auth: Arc<ConsoleAuth>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let Services { hub, shutdown, .. } = services;
     let metrics = hub.metrics().clone();
     let outbound = Arc::new(socket.outbound(metrics.clone()));
     let (tx, rx) = notice::channel(EVENT_NOTICES);

@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::events as derive;
+use crate::auth::recheck::Access;
 use crate::auth::review::{ReviewError, Reviewer, User};
 use crate::cluster::Cluster;
-use crate::hub::{EndReason, Hub, Identity, Overflow, ResourcePath, SubscribeRequest, Subscriber};
+use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber};
 use crate::upstream::event::{EventType, WatchEvent};
 use crate::ws::outbound::{Frame, Outbound};
 
@@ -29,30 +30,6 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(15);
 
 /// Interval of `monitoring.metrics_update`.
 pub const METRICS_EVERY: Duration = Duration::from_secs(15);
-
-/// One access check: a verb on a resource (or subresource).
-#[derive(Clone, Debug)]
-pub struct Check {
-    /// The verb.
-    pub verb: &'static str,
-    /// The resource.
-    pub resource: ResourcePath,
-    /// A subresource such as `log`.
-    pub subresource: Option<&'static str>,
-}
-
-impl Check {
-    /// `verb` on the collection at `path` (a path kubemux builds itself).
-    pub fn new(verb: &'static str, path: &str) -> Result<Check, String> {
-        crate::hub::key::parse_path(path)
-            .map(|resource| Check {
-                verb,
-                resource,
-                subresource: None,
-            })
-            .map_err(|e| e.to_string())
-    }
-}
 
 /// A refusal in the seed's error shape.
 #[derive(Clone, Debug)]
@@ -104,7 +81,7 @@ pub async fn authorise(
     reviewer: &Reviewer,
     cluster: &Cluster,
     user: &User,
-    checks: &[Check],
+    checks: &[Access],
     fresh: bool,
 ) -> Result<(), Refusal> {
     for check in checks {

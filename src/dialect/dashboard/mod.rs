@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::Services;
 use crate::ws::WebSocket;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -836,13 +837,16 @@ async fn admit(
 /// the caller may watch, and one `PERMISSION_DENIED` for those it may not.
 pub async fn serve(
     socket: WebSocket,
-    hub: Hub,
+    services: Services,
     settings: Arc<Settings>,
-    policy: Policy,
-    shutdown: tokio::sync::watch::Receiver<bool>,
     query: DashboardQuery,
     credentials: Credentials,
 ) {
+    let Services {
+        hub,
+        policy,
+        shutdown,
+    } = services;
     let metrics = hub.metrics().clone();
     let outbound = Arc::new(socket.outbound(metrics.clone()));
     let (tx, rx) = notice::channel(EVENT_NOTICES);

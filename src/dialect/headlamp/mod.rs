@@ -14,6 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use super::Services;
 use crate::ws::WebSocket;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -80,12 +81,11 @@ impl Default for Settings {
 /// Serves one upgraded connection.
 pub async fn serve(
     socket: WebSocket,
-    hub: Hub,
+    services: Services,
     settings: Arc<Settings>,
-    policy: Policy,
-    shutdown: tokio::sync::watch::Receiver<bool>,
     credentials: Credentials,
 ) {
+    let (hub, policy, shutdown) = (services.hub, services.policy, services.shutdown);
     let outbound = Arc::new(socket.outbound(hub.metrics().clone()));
     let liveness = settings.liveness;
     let (notices_tx, notices_rx) = mpsc::unbounded_channel();
