@@ -418,3 +418,160 @@ impl Sub {
 
 /// An event's object as JSON, shared by the console subscriptions it reaches.
 struct ParsedObject(Option<Value>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventType, object: Value) -> WatchEvent {
+        WatchEvent::synthesize(kind, object.to_string().as_bytes()).unwrap()
+    }
+
+    fn synced(sub: &mut Sub) {
+        for stream in Stream::of(sub.family) {
+            let end = WatchEvent::bookmark("List", "v1", "1", true);
+            sub.apply(*stream, &end, &mut Vec::new());
+        }
+        assert!(sub.synced());
+    }
+
+    fn sub(family: Family, project: Option<&str>) -> Sub {
+        Sub::new(
+            "s-1".into(),
+            family,
+            "c".into(),
+            project.map(str::to_string),
+            BTreeSet::new(),
+        )
+    }
+
+    fn pod(name: &str, waiting: Option<&str>) -> Value {
+        let state = match waiting {
+            Some(reason) => json!({"waiting": {"reason": reason}}),
+            None => json!({"running": {}}),
+        };
+        json!({"metadata": {"name": name, "namespace": "default", "uid": format!("u-{name}"), "resourceVersion": "2"},
+               "status": {"containerStatuses": [{"name": "app", "state": state}]}})
+    }
+
+    fn node(name: &str, ready: bool) -> Value {
+        let status = if ready { "True" } else { "False" };
+        json!({"metadata": {"name": name, "resourceVersion": "3"},
+               "status": {"conditions": [{"type": "Ready", "status": status}],
+                          "allocatable": {"cpu": "4", "memory": "8Gi"}}})
+    }
+
+    fn kinds(out: &[Event]) -> Vec<&'static str> {
+        out.iter().map(|(kind, _)| *kind).collect()
+    }
+
+    #[test]
+    fn a_workspace_alert_is_raised_once_per_transition() {
+        let mut s = sub(Family::Workspace, None);
+        synced(&mut s);
+        let mut out = Vec::new();
+        let crash = event(EventType::Modified, pod("p", Some("CrashLoopBackOff")));
+        s.apply(Stream::Pods, &crash, &mut out);
+        s.apply(Stream::Pods, &crash, &mut out);
+        assert_eq!(kinds(&out), ["workspace.alert_triggered"]);
+        let healed = event(EventType::Modified, pod("p", None));
+        s.apply(Stream::Pods, &healed, &mut out);
+        s.apply(Stream::Pods, &crash, &mut out);
+        assert_eq!(
+            kinds(&out),
+            ["workspace.alert_triggered", "workspace.alert_triggered"],
+            "raised again after it cleared"
+        );
+    }
+
+    #[test]
+    fn workspace_status_and_resources_follow_nodes_after_the_initial_state() {
+        let mut s = sub(Family::Workspace, None);
+        let mut out = Vec::new();
+        s.apply(
+            Stream::Nodes,
+            &event(EventType::Added, node("n1", true)),
+            &mut out,
+        );
+        s.tick(&Health::default(), &mut out);
+        assert!(out.is_empty(), "nothing before the initial state: {out:?}");
+        synced(&mut s);
+        s.tick(&Health::default(), &mut out);
+        assert_eq!(kinds(&out), ["workspace.resource_updated"]);
+        out.clear();
+        s.apply(
+            Stream::Nodes,
+            &event(EventType::Modified, node("n1", false)),
+            &mut out,
+        );
+        assert_eq!(kinds(&out), ["workspace.alert_triggered"]);
+        out.clear();
+        s.tick(&Health::default(), &mut out);
+        assert_eq!(out[0].0, "workspace.status_changed");
+        assert_eq!(out[0].1["previous_status"], "active");
+        assert_eq!(out[0].1["new_status"], "degraded");
+    }
+
+    #[test]
+    fn monitoring_reports_node_and_api_server_health_changes_only() {
+        let mut s = sub(Family::Monitoring, None);
+        let mut out = Vec::new();
+        s.apply(
+            Stream::Nodes,
+            &event(EventType::Added, node("n1", true)),
+            &mut out,
+        );
+        synced(&mut s);
+        s.apply(
+            Stream::Nodes,
+            &event(EventType::Modified, node("n1", true)),
+            &mut out,
+        );
+        assert!(out.is_empty(), "no change, no event: {out:?}");
+        s.apply(
+            Stream::Nodes,
+            &event(EventType::Modified, node("n1", false)),
+            &mut out,
+        );
+        assert_eq!(out[0].1["component"], "node/n1");
+        assert_eq!(out[0].1["new_status"], "unhealthy");
+        out.clear();
+        s.tick(&Health::default(), &mut out);
+        let down = Health {
+            reachable: Some(false),
+            last_error: Some("connection refused".into()),
+            ..Health::default()
+        };
+        s.tick(&down, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].1["component"], "api_server");
+        assert_eq!(out[0].1["reason"], "connection refused");
+    }
+
+    #[test]
+    fn project_events_start_after_the_initial_state() {
+        let mut s = sub(Family::Project, Some("team"));
+        let namespace = json!({"metadata": {"name": "team", "uid": "u", "resourceVersion": "4"},
+                               "status": {"phase": "Active"}});
+        let mut out = Vec::new();
+        s.apply(
+            Stream::Namespace,
+            &event(EventType::Added, namespace.clone()),
+            &mut out,
+        );
+        assert!(out.is_empty(), "the initial state is not news: {out:?}");
+        synced(&mut s);
+        s.apply(
+            Stream::Namespace,
+            &event(EventType::Modified, namespace.clone()),
+            &mut out,
+        );
+        s.apply(
+            Stream::Namespace,
+            &event(EventType::Deleted, namespace),
+            &mut out,
+        );
+        assert_eq!(kinds(&out), ["project.updated", "project.deleted"]);
+        assert_eq!(out[0].1["project"]["id"], "team");
+    }
+}
