@@ -11,6 +11,16 @@ pub mod notifications;
 use crate::auth::policy::Policy;
 use crate::hub::Hub;
 
+/// The query of the hub watches the dashboard and the console make: the
+/// store's contents, a bookmark marking their end, then live events (a
+/// "watch list", which any subscriber of the key is served from the cache).
+pub const WATCH_LIST: &str = "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan";
+
+/// Now, in RFC 3339 to the second, as the seeds write timestamps.
+pub fn timestamp() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
 /// What every dialect's connection is served with besides its own
 /// settings: the hub, the auth mode, and the server's shutdown signal.
 #[derive(Clone)]

@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::Services;
+use super::{Services, WATCH_LIST, timestamp};
 use crate::ws::WebSocket;
 use serde_json::{Value, json};
 use tokio::task::{AbortHandle, JoinSet};
@@ -33,7 +33,7 @@ use crate::ws::limits::TokenBucket;
 use crate::ws::notice::{self, NoticeSender};
 use crate::ws::outbound::{Frame, Outbound};
 use sub::{Family, Stream, Sub};
-use work::{LogRequest, QUERY, Refusal, envelope, error_frame};
+use work::{LogRequest, Refusal, envelope, error_frame};
 
 /// Most live events waiting for the connection's task; a subscription's
 /// initial state is one of them, whatever its size.
@@ -255,7 +255,7 @@ impl Console {
             json!({
                 "type": "subscribe_result",
                 "id": id,
-                "timestamp": work::now(),
+                "timestamp": timestamp(),
                 "success": false,
                 "error": refusal.message,
                 "code": refusal.code,
@@ -306,7 +306,7 @@ impl Console {
                     json!({
                         "type": "auth_result",
                         "id": id,
-                        "timestamp": work::now(),
+                        "timestamp": timestamp(),
                         "success": true,
                         "user_id": user.name,
                         "message": "Authenticated successfully",
@@ -317,7 +317,7 @@ impl Console {
             }
             Err(e) => {
                 self.outbound.push_forced(Frame::text(
-                    json!({"type": "auth_result", "id": id, "timestamp": work::now(),
+                    json!({"type": "auth_result", "id": id, "timestamp": timestamp(),
                            "success": false, "error": e.to_string()})
                     .to_string(),
                 ));
@@ -481,9 +481,9 @@ impl Console {
         for stream in Stream::of(pending.family) {
             let (path, query) = stream.path(pending.project.as_deref());
             let query = if query.is_empty() {
-                QUERY.to_string()
+                WATCH_LIST.to_string()
             } else {
-                format!("{QUERY}&{query}")
+                format!("{WATCH_LIST}&{query}")
             };
             let sink = Arc::new(Sink {
                 sub: key,
@@ -510,7 +510,7 @@ impl Console {
             json!({
                 "type": "subscribe_result",
                 "id": pending.request_id,
-                "timestamp": work::now(),
+                "timestamp": timestamp(),
                 "success": true,
                 "subscription_id": subscription_id,
                 // `data` repeats `id` and `success` for the seed's client
@@ -570,7 +570,7 @@ impl Console {
         self.subs.remove(&key);
         self.unannounced.remove(&key);
         self.outbound.push_forced(Frame::text(
-            json!({"type": "unsubscribe_result", "id": id, "timestamp": work::now(),
+            json!({"type": "unsubscribe_result", "id": id, "timestamp": timestamp(),
                    "success": true, "subscription_id": sid, "data": {"subscription_id": sid}})
             .to_string(),
         ));
@@ -826,7 +826,7 @@ impl Dialect for Console {
         match kind {
             "pong" => {}
             "ping" => self.outbound.answer(Frame::text(
-                json!({"type": "pong", "id": id, "timestamp": work::now()}).to_string(),
+                json!({"type": "pong", "id": id, "timestamp": timestamp()}).to_string(),
             )),
             "auth" => self.on_auth(&id, &message),
             _ if self.user.is_none() => refuse(
@@ -950,7 +950,7 @@ impl Dialect for Console {
         if self.last_ping.elapsed() >= self.settings.ping_interval {
             self.last_ping = Instant::now();
             self.outbound.push_forced(Frame::text(
-                json!({"type": "ping", "timestamp": work::now()}).to_string(),
+                json!({"type": "ping", "timestamp": timestamp()}).to_string(),
             ));
         }
         let keys: Vec<u64> = self.subs.keys().copied().collect();

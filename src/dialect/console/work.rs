@@ -17,13 +17,10 @@ use super::events as derive;
 use crate::auth::recheck::Access;
 use crate::auth::review::{ReviewError, Reviewer, User};
 use crate::cluster::Cluster;
+use crate::dialect::{WATCH_LIST, timestamp};
 use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber};
 use crate::upstream::event::{EventType, WatchEvent};
 use crate::ws::outbound::{Frame, Outbound};
-
-/// The query of every hub watch the console uses: the store's contents, a
-/// bookmark marking their end, then live events.
-pub const QUERY: &str = "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan";
 
 /// How long `get_workspace_status` waits for a cache to fill.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(15);
@@ -53,14 +50,9 @@ impl Refusal {
     }
 }
 
-/// Now, as the seed writes timestamps.
-pub fn now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
-
 /// A server message `{type, id, timestamp, data}`.
 pub fn envelope(kind: &str, id: &Value, data: Value) -> Frame {
-    Frame::text(json!({"type": kind, "id": id, "timestamp": now(), "data": data}).to_string())
+    Frame::text(json!({"type": kind, "id": id, "timestamp": timestamp(), "data": data}).to_string())
 }
 
 /// The seed's error message, answering the request `id`.
@@ -69,7 +61,7 @@ pub fn error_frame(id: &Value, refusal: &Refusal) -> Frame {
         json!({
             "type": "error",
             "id": id,
-            "timestamp": now(),
+            "timestamp": timestamp(),
             "error": {"code": refusal.code, "message": refusal.message, "details": refusal.details},
         })
         .to_string(),
@@ -130,7 +122,7 @@ pub async fn snapshot(hub: &Hub, cluster: &str, path: &str) -> Result<Vec<Value>
             SubscribeRequest {
                 cluster,
                 path,
-                query: QUERY,
+                query: WATCH_LIST,
                 identity: &Identity::Proxy,
             },
             Arc::new(Collector(tx)),
@@ -255,10 +247,10 @@ pub async fn stream_logs(
             json!({
                 "type": "log_entry",
                 "id": request.stream_id,
-                "timestamp": now(),
+                "timestamp": timestamp(),
                 "data": {
                     "stream_id": request.stream_id,
-                    "timestamp": line_timestamp(&line).unwrap_or_else(now),
+                    "timestamp": line_timestamp(&line).unwrap_or_else(timestamp),
                     "level": derive::log_level(&line),
                     "message": line,
                     "namespace": request.namespace,

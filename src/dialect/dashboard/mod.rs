@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Services;
+use super::{Services, WATCH_LIST, timestamp};
 use crate::ws::WebSocket;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -79,17 +79,12 @@ impl Default for Settings {
     }
 }
 
-const QUERY: &str = "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan";
 /// Most live events waiting for the connection's task; a stream's initial
 /// state is one of them, whatever its size.
 const EVENT_NOTICES: usize = 65_536;
 /// Close code when every stream ended for a reason other than permissions
 /// (RFC 6455's "unexpected condition"): reconnecting may help.
 const CLOSE_WATCHES_ENDED: u16 = 1011;
-
-fn now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
 
 /// Which stream an event came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -197,7 +192,7 @@ fn permission_denied(lead: &str, denials: &[Denial]) -> Frame {
                 "details": details,
                 "denied": denied,
             },
-            "timestamp": now(),
+            "timestamp": timestamp(),
         })
         .to_string(),
     )
@@ -345,7 +340,7 @@ impl Projected {
 /// The error frame of seed 001.
 fn error_frame(code: &str, message: &str, details: &str) -> Frame {
     Frame::text(
-        json!({"type": "error", "error": {"code": code, "message": message, "details": details}, "timestamp": now()})
+        json!({"type": "error", "error": {"code": code, "message": message, "details": details}, "timestamp": timestamp()})
             .to_string(),
     )
 }
@@ -460,7 +455,7 @@ impl Dashboard {
         self.send(Frame::text(format!(
             r#"{{"type":"batch","events":[{}],"count":{count},"timestamp":{}}}"#,
             events.join(","),
-            Value::String(now())
+            Value::String(timestamp())
         )));
     }
 
@@ -530,7 +525,7 @@ impl Dashboard {
                 .collect();
             data.insert("namespaces".into(), json!(namespaces));
         }
-        let state = json!({"type": "initial_state", "data": data, "timestamp": now()});
+        let state = json!({"type": "initial_state", "data": data, "timestamp": timestamp()});
         // The whole state in one frame, whatever its size: it replaces
         // what the client knew, and a client that then does not read is cut
         // on the live messages queued behind it.
@@ -554,7 +549,7 @@ impl Dashboard {
                 "pendingPods": phase("Pending"),
                 "failedPods": phase("Failed"),
             },
-            "timestamp": now(),
+            "timestamp": timestamp(),
         });
         self.emit(message.to_string());
     }
@@ -609,7 +604,7 @@ impl Dashboard {
             self.emit(format!(
                 r#"{{"type":"{kind}","action":"{}","data":{data},"timestamp":{}}}"#,
                 event.kind().as_str(),
-                Value::String(now())
+                Value::String(timestamp())
             ));
         }
     }
@@ -664,7 +659,7 @@ impl Dialect for Dashboard {
     fn on_text(&mut self, text: &str) {
         match parse_client_message(text) {
             Ok(kind) if kind == "ping" => self.outbound.answer(Frame::text(
-                json!({"type": "pong", "timestamp": now()}).to_string(),
+                json!({"type": "pong", "timestamp": timestamp()}).to_string(),
             )),
             Ok(kind) => self.outbound.answer(error_frame(
                 "WATCH_ERROR",
@@ -901,7 +896,7 @@ pub async fn serve(
             }
             let health = cluster.health();
             outbound.push_forced(Frame::text(
-                json!({"type": "connection", "status": "connected", "timestamp": now(),
+                json!({"type": "connection", "status": "connected", "timestamp": timestamp(),
                        "cluster": {"name": cluster.id(), "version": health.version}})
                 .to_string(),
             ));
@@ -992,7 +987,7 @@ async fn subscribe_streams(
         let request = SubscribeRequest {
             cluster: cluster.id(),
             path: &target.path,
-            query: QUERY,
+            query: WATCH_LIST,
             identity: &identity,
         };
         match dashboard.hub.subscribe(request, sink) {
