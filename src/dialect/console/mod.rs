@@ -10,6 +10,7 @@
 //! subscriptions are re-checked every recheck interval.
 
 pub mod events;
+mod registry;
 mod sub;
 mod work;
 
@@ -32,6 +33,7 @@ use crate::ws::conn::{self, ConnContext, Dialect, Liveness};
 use crate::ws::limits::TokenBucket;
 use crate::ws::notice::{self, NoticeSender};
 use crate::ws::outbound::{Frame, Outbound};
+use registry::{Subscriptions, Unannounced};
 use sub::{Family, Stream, Sub};
 use work::{LogRequest, Refusal, envelope, error_frame};
 
@@ -120,19 +122,13 @@ enum Notice {
     Event(u64, Stream, Arc<WatchEvent>),
     /// What a subscription was owed when it joined, in order.
     Replay(u64, Stream, Vec<Arc<WatchEvent>>),
-    Problem(u64, Refusal),
+    /// The upstream is in trouble; the subscription goes on.
+    Warning(u64, Refusal),
+    /// The subscription's watch ended for good.
+    Ended(u64, Refusal),
     Authorised(Box<Pending>, Result<bool, Refusal>),
     Revoked(Target, String),
     LogEnded(String),
-}
-
-/// A subscription whose `subscribe_result` waits for its initial state,
-/// so that every change after the result reaches the client as an event.
-struct Unannounced {
-    request_id: Value,
-    result: Frame,
-    buffered: Vec<(&'static str, Value)>,
-    metrics: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// What a periodic re-check found revoked.
@@ -166,7 +162,7 @@ impl Subscriber for Sink {
     }
 
     fn warning(&self, message: &str) {
-        self.tx.control(Notice::Problem(
+        self.tx.control(Notice::Warning(
             self.sub,
             Refusal::new("WORKSPACE_UNAVAILABLE", message),
         ));
@@ -178,7 +174,7 @@ impl Subscriber for Sink {
             EndReason::SlowConsumer => "the client did not read fast enough".into(),
             other => format!("watch ended: {other:?}"),
         };
-        self.tx.control(Notice::Problem(
+        self.tx.control(Notice::Ended(
             self.sub,
             Refusal::new("SUBSCRIPTION_ENDED", message),
         ));
@@ -193,9 +189,7 @@ struct Console {
     user: Option<User>,
     expires: Option<SystemTime>,
     opened: Instant,
-    subs: HashMap<u64, Sub>,
-    unannounced: HashMap<u64, Unannounced>,
-    by_id: HashMap<String, u64>,
+    subs: Subscriptions,
     next_sub: u64,
     pending: usize,
     logs: HashMap<String, LogStream>,
@@ -217,7 +211,7 @@ fn invalid(message: impl Into<String>) -> Refusal {
 impl Console {
     /// Applies events of one subscription's stream and sends what they change.
     fn on_events(&mut self, key: u64, stream: Stream, events: &[Arc<WatchEvent>]) {
-        let Some(sub) = self.subs.get_mut(&key) else {
+        let Some(sub) = self.subs.get_mut(key) else {
             return;
         };
         let mut out = Vec::new();
@@ -225,13 +219,13 @@ impl Console {
             sub.apply(stream, event, &mut out);
         }
         let synced = sub.synced();
-        if let Some(waiting) = self.unannounced.get_mut(&key) {
+        if let Some(waiting) = self.subs.unannounced_mut(key) {
             waiting.buffered.append(&mut out);
             if synced {
                 self.announce(key);
             }
         } else if !out.is_empty()
-            && let Some(sub) = self.subs.get(&key)
+            && let Some(sub) = self.subs.get(key)
         {
             self.emit(sub, out);
         }
@@ -520,33 +514,29 @@ impl Console {
             })
             .to_string(),
         );
-        self.unannounced.insert(
-            key,
-            Unannounced {
-                request_id: pending.request_id,
-                result,
-                buffered: Vec::new(),
-                metrics: events
-                    .contains("monitoring.metrics_update")
-                    .then_some(cluster),
-            },
-        );
+        let unannounced = Unannounced {
+            request_id: pending.request_id,
+            result,
+            buffered: Vec::new(),
+            metrics: events
+                .contains("monitoring.metrics_update")
+                .then_some(cluster),
+        };
         if let Ok(checks) = stream_checks(pending.family, pending.project.as_deref()) {
             sub.recheck = self.register_recheck(&pending.cluster, &checks, Target::Sub(key));
         }
         debug!(subscription = %subscription_id, family = pending.family.name(), cluster = %pending.cluster, "console subscribed");
-        self.by_id.insert(subscription_id, key);
-        self.subs.insert(key, sub);
+        self.subs.insert(key, sub, unannounced);
     }
 
     /// Sends a subscription's `subscribe_result`, then what its initial
     /// state raised, and starts its metrics polling.
     fn announce(&mut self, key: u64) {
-        let Some(waiting) = self.unannounced.remove(&key) else {
+        let Some(waiting) = self.subs.take_unannounced(key) else {
             return;
         };
         self.outbound.push_forced(waiting.result);
-        let Some(sub) = self.subs.get_mut(&key) else {
+        let Some(sub) = self.subs.get_mut(key) else {
             return;
         };
         if let Some(cluster) = waiting.metrics {
@@ -554,21 +544,37 @@ impl Console {
                 work::poll_metrics(cluster, sub.id.clone(), self.outbound.clone()),
             )));
         }
-        if let Some(sub) = self.subs.get(&key) {
+        if let Some(sub) = self.subs.get(key) {
             self.emit(sub, waiting.buffered);
         }
+    }
+
+    /// Announces the subscription (an error belongs after its result) and
+    /// sends `refusal` as its error.
+    fn subscription_error(&mut self, key: u64, refusal: Refusal) {
+        self.announce(key);
+        let Some(sub) = self.subs.get(key) else {
+            return;
+        };
+        let id = Value::String(sub.id.clone());
+        self.send_error(
+            &id,
+            &Refusal {
+                details: json!({"subscription_id": sub.id}),
+                ..refusal
+            },
+        );
     }
 
     fn on_unsubscribe(&mut self, id: &Value, data: &Value) -> Result<(), Refusal> {
         let sid = text_of(data, "subscription_id")
             .ok_or_else(|| invalid("data.subscription_id is required"))?;
-        let key = self.by_id.remove(sid).ok_or_else(|| Refusal {
+        let key = self.subs.key_of(sid).ok_or_else(|| Refusal {
             code: "RESOURCE_NOT_FOUND",
             message: "no such subscription on this connection".into(),
             details: json!({"subscription_id": sid}),
         })?;
-        self.subs.remove(&key);
-        self.unannounced.remove(&key);
+        self.subs.remove(key);
         self.outbound.push_forced(Frame::text(
             json!({"type": "unsubscribe_result", "id": id, "timestamp": timestamp(),
                    "success": true, "subscription_id": sid, "data": {"subscription_id": sid}})
@@ -856,30 +862,14 @@ impl Dialect for Console {
         match notice {
             Notice::Event(key, stream, event) => self.on_events(key, stream, &[event]),
             Notice::Replay(key, stream, events) => self.on_events(key, stream, &events),
-            Notice::Problem(key, refusal) => {
-                let ended = refusal.code == "SUBSCRIPTION_ENDED";
-                if ended && let Some(waiting) = self.unannounced.remove(&key) {
-                    if let Some(sub) = self.subs.remove(&key) {
-                        self.by_id.remove(&sub.id);
-                    }
+            Notice::Ended(key, refusal) => {
+                if let Some((_, Some(waiting))) = self.subs.remove_unannounced(key) {
                     return self.refuse_subscribe(&waiting.request_id, &refusal);
                 }
-                self.announce(key);
-                let Some(sub) = self.subs.get(&key) else {
-                    return;
-                };
-                let id = Value::String(sub.id.clone());
-                self.send_error(
-                    &id,
-                    &Refusal {
-                        details: json!({"subscription_id": sub.id}),
-                        ..refusal
-                    },
-                );
-                if ended && let Some(sub) = self.subs.remove(&key) {
-                    self.by_id.remove(&sub.id);
-                }
+                self.subscription_error(key, refusal);
+                self.subs.remove(key);
             }
+            Notice::Warning(key, refusal) => self.subscription_error(key, refusal),
             Notice::Authorised(pending, result) => self.on_authorised(*pending, result),
             Notice::Revoked(Target::Log(stream_id), message) => {
                 if let Some(stream) = self.logs.remove(&stream_id) {
@@ -896,8 +886,7 @@ impl Dialect for Console {
             }
             Notice::Revoked(Target::Sub(key), message) => {
                 self.announce(key);
-                if let Some(sub) = self.subs.remove(&key) {
-                    self.by_id.remove(&sub.id);
+                if let Some((sub, _)) = self.subs.remove(key) {
                     self.send_error(
                         &Value::String(sub.id.clone()),
                         &Refusal {
@@ -953,9 +942,8 @@ impl Dialect for Console {
                 json!({"type": "ping", "timestamp": timestamp()}).to_string(),
             ));
         }
-        let keys: Vec<u64> = self.subs.keys().copied().collect();
-        for key in keys {
-            let Some(sub) = self.subs.get_mut(&key) else {
+        for key in self.subs.keys() {
+            let Some(sub) = self.subs.get_mut(key) else {
                 continue;
             };
             let Some(cluster) = self.hub.clusters().get(&sub.cluster) else {
@@ -964,7 +952,7 @@ impl Dialect for Console {
             let mut out = Vec::new();
             sub.tick(&cluster.health(), &mut out);
             if !out.is_empty()
-                && let Some(sub) = self.subs.get(&key)
+                && let Some(sub) = self.subs.get(key)
             {
                 self.emit(sub, out);
             }
@@ -1009,9 +997,7 @@ pub async fn serve(
         user: None,
         expires: None,
         opened: now,
-        subs: HashMap::new(),
-        unannounced: HashMap::new(),
-        by_id: HashMap::new(),
+        subs: Subscriptions::default(),
         next_sub: 0,
         pending: 0,
         logs: HashMap::new(),
