@@ -470,6 +470,38 @@ async fn a_revoked_user_loses_subscriptions_and_log_streams() {
     .await;
 }
 
+/// A monitoring subscription that receives `metrics_update` is re-checked
+/// for what it was admitted with, node metrics included: losing only
+/// `list` on `nodes.metrics.k8s.io` ends it, as losing the nodes would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitoring_subscription_loses_metrics_access_at_the_recheck() {
+    let env = env_with(ServerConfig::default(), Duration::from_secs(1)).await;
+    let mut alice = authed(&env, "alice", &["console-admins"]).await;
+    let ok = subscribe(
+        &mut alice,
+        "m",
+        json!({"resource": "monitoring", "workspace_id": CLUSTER}),
+    )
+    .await;
+    assert_eq!(
+        ok["data"]["events"],
+        json!(["monitoring.health_changed", "monitoring.metrics_update"]),
+        "{ok}"
+    );
+    let sid = ok["subscription_id"].clone();
+    env.sim
+        .auth()
+        .set_rules(vec![
+            Rule::allow(["list", "watch", "get"], ["nodes", "pods", "namespaces"])
+                .api_groups([""])
+                .groups(["console-admins"]),
+        ])
+        .unwrap();
+    let frame = next_of_error(&mut alice).await;
+    assert_error(&frame, "PERMISSION_DENIED");
+    assert_eq!(frame["id"], sid, "{frame}");
+}
+
 /// The console's re-checks go through the one re-check service: 20
 /// consoles of one user with 5 project subscriptions each are two
 /// SubjectAccessReviews (list and watch on the project's quotas) per tick,

@@ -401,12 +401,7 @@ impl Console {
                 }),
             });
         }
-        let mut checks = stream_checks(family, project.as_deref()).map_err(invalid)?;
-        if events.contains("monitoring.metrics_update") {
-            checks.push(
-                Access::on_path("list", "/apis/metrics.k8s.io/v1beta1/nodes").map_err(invalid)?,
-            );
-        }
+        let checks = subscription_checks(family, project.as_deref(), &events).map_err(invalid)?;
         self.pending += 1;
         let pending = Box::new(Pending {
             request_id: id.clone(),
@@ -522,7 +517,8 @@ impl Console {
                 .contains("monitoring.metrics_update")
                 .then_some(cluster),
         };
-        if let Ok(checks) = stream_checks(pending.family, pending.project.as_deref()) {
+        if let Ok(checks) = subscription_checks(pending.family, pending.project.as_deref(), &events)
+        {
             sub.recheck = self.register_recheck(&pending.cluster, &checks, Target::Sub(key));
         }
         debug!(subscription = %subscription_id, family = pending.family.name(), cluster = %pending.cluster, "console subscribed");
@@ -960,10 +956,16 @@ impl Dialect for Console {
     }
 }
 
-/// What a family's hub watches need: `list` and `watch` on each, the
+/// What a subscription needs, checked when it subscribes and at every
+/// re-check: `list` and `watch` on each of its family's hub watches, the
 /// project's own namespace object aside (its watch selects that one
-/// namespace; the project is authorised by its quotas).
-fn stream_checks(family: Family, project: Option<&str>) -> Result<Vec<Access>, String> {
+/// namespace; the project is authorised by its quotas), and `list` on node
+/// metrics when it receives `monitoring.metrics_update`.
+fn subscription_checks(
+    family: Family,
+    project: Option<&str>,
+    events: &BTreeSet<&'static str>,
+) -> Result<Vec<Access>, String> {
     let mut checks = Vec::new();
     for stream in Stream::of(family) {
         let path = match stream {
@@ -973,6 +975,12 @@ fn stream_checks(family: Family, project: Option<&str>) -> Result<Vec<Access>, S
         for verb in ["list", "watch"] {
             checks.push(Access::on_path(verb, &path)?);
         }
+    }
+    if events.contains("monitoring.metrics_update") {
+        checks.push(Access::on_path(
+            "list",
+            "/apis/metrics.k8s.io/v1beta1/nodes",
+        )?);
     }
     Ok(checks)
 }
