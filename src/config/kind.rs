@@ -194,16 +194,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// A duration in its largest whole unit (`24h`, `10m`, `150s`, `500ms`),
 /// which [`parse_duration`] reads back.
 pub fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         return humantime::format_duration(d).to_string();
     }
     let ms = d.as_millis();
-    match ms {
-        0 => "0s".into(),
-        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        _ => format!("{ms}ms"),
+    let units = [(3_600_000, "h"), (60_000, "m"), (1000, "s"), (1, "ms")];
+    match units.iter().find(|(unit, _)| ms.is_multiple_of(*unit)) {
+        Some((unit, name)) if ms != 0 => format!("{}{name}", ms / unit),
+        _ => "0s".into(),
     }
 }
 
@@ -276,7 +274,7 @@ fn format_bytes(n: u64) -> String {
     let units = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
     units
         .iter()
-        .find(|(shift, _)| n != 0 && n % (1 << shift) == 0)
+        .find(|(shift, _)| n != 0 && n.is_multiple_of(1 << shift))
         .map_or_else(
             || n.to_string(),
             |(shift, unit)| format!("{} {unit}", n >> shift),
