@@ -175,7 +175,7 @@ settings! {
         /// Largest dashboard message in either direction: a larger client message closes
         /// with 1009, a batch that would exceed it is replaced by RATE_LIMITED and a fresh
         /// initial_state.
-        dashboard_max_message_size: Bytes [256, 64 << 20] => server.dashboard.max_message_size;
+        dashboard_max_message_size: Bytes [4096, 64 << 20] => server.dashboard.max_message_size;
         /// Event messages per dashboard connection; beyond, events wait and go out
         /// together as one batch message, never dropped.
         dashboard_message_rate: PerMinute [1, 6_000_000] => server.dashboard.message_rate;

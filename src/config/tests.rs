@@ -211,3 +211,150 @@ fn the_subscription_api_needs_a_usable_jwt_key() {
             .is_some()
     );
 }
+
+#[test]
+fn every_default_given_as_its_flag_reads_back_as_the_default() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    }
+    let defaults = Settings::default();
+    let mut argv = vec!["kubemux".to_string()];
+    for line in defaults.to_toml().lines().filter(|l| !l.starts_with('#')) {
+        let (key, value) = line.split_once(" = ").unwrap();
+        match value {
+            "false" | "[]" => {}
+            _ => argv.extend([
+                format!("--{}", key.replace('_', "-")),
+                value.replace('"', ""),
+            ]),
+        }
+    }
+    let cli = Cli::try_parse_from(&argv).unwrap();
+    let given = Settings::from_toml(&cli.proxy, "", "none").unwrap();
+    assert_eq!(given, defaults, "{argv:?}");
+    let file = Settings::from_toml(&ProxyArgs::default(), &defaults.to_toml(), "printed");
+    assert_eq!(file.unwrap(), defaults);
+}
+
+/// The subsystems' configurations that settings land in, to compare.
+fn landed(c: &ServerConfig, hub: &HubConfig) -> String {
+    format!(
+        "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {hub:?}",
+        c.headlamp, c.dashboard, c.notifications, c.console, c.limits, c.queue, c.ready_budget,
+    )
+}
+
+#[test]
+fn the_defaults_are_the_subsystems_own() {
+    let s = Settings::default();
+    assert_eq!(
+        landed(&s.server_config(&Arc::new(Metrics::new())), &s.hub_config()),
+        landed(&ServerConfig::default(), &HubConfig::default())
+    );
+}
+
+#[test]
+fn dialect_settings_reach_their_dialect_from_the_file_and_flags() {
+    let file = "console_max_subscriptions = 2\ndashboard_message_rate = 120\n\
+                notifications_pong_timeout = \"7s\"\nbacklog_messages = 9\n\
+                console_idle_timeout = \"0s\"\n";
+    let args = ProxyArgs {
+        dashboard_ping_interval: Some(Duration::from_secs(3)),
+        console_max_log_streams: Some(1),
+        ..ProxyArgs::default()
+    };
+    let s = Settings::from_toml(&args, file, "t").unwrap();
+    let c = s.server_config(&Arc::new(Metrics::new()));
+    assert_eq!(c.console.max_subscriptions, 2);
+    assert_eq!(c.console.max_log_streams, 1);
+    assert_eq!(c.console.liveness.idle_timeout, None);
+    assert_eq!(c.dashboard.message_rate, 2.0, "120 per minute");
+    assert_eq!(c.dashboard.liveness.ping_interval, Duration::from_secs(3));
+    assert_eq!(
+        c.notifications.liveness.pong_timeout,
+        Duration::from_secs(7)
+    );
+    assert_eq!(c.headlamp.backlog_messages, 9);
+    assert_eq!(
+        c.headlamp.max_subscriptions,
+        ServerConfig::default().headlamp.max_subscriptions
+    );
+}
+
+#[test]
+fn an_out_of_range_dialect_value_names_the_setting_and_its_range() {
+    for (toml, expected) in [
+        (
+            "console_max_subscriptions = 0",
+            "invalid console_max_subscriptions = 0: accepted 1 to 100000",
+        ),
+        (
+            "dashboard_message_rate = 0",
+            "invalid dashboard_message_rate = 0: accepted 1 to 6000000 per minute",
+        ),
+        (
+            "console_idle_timeout = \"25h\"",
+            "invalid console_idle_timeout = 25h: accepted 0s (never) to 24h",
+        ),
+        (
+            "notifications_max_message_size = \"128 MiB\"",
+            "invalid notifications_max_message_size = 134217728: accepted 256 to 67108864 bytes (256 to 64 MiB)",
+        ),
+        (
+            "backlog_bytes = \"lots\"",
+            "invalid backlog_bytes = lots: accepted 4096 to 1073741824 bytes (4 KiB to 1 GiB), written as",
+        ),
+        (
+            "dashboard_pong_timeout = 10",
+            "invalid dashboard_pong_timeout = 10: accepted 1s to 10m, written like 30s",
+        ),
+    ] {
+        let err = Settings::from_toml(&ProxyArgs::default(), toml, "t").unwrap_err();
+        assert!(err.to_string().starts_with(expected), "{toml}: {err}");
+    }
+}
+
+/// README's settings reference as the table declares it.
+fn reference_markdown() -> String {
+    let described = Settings::described();
+    let mut out = String::new();
+    let mut group = "";
+    for d in &described {
+        if d.group != group {
+            group = d.group;
+            out.push_str(&format!(
+                "\n#### {group}\n\n| flag | default | accepted | what |\n|---|---|---|---|\n"
+            ));
+        }
+        let cell = |s: &str| s.replace('|', "\\|");
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} | {} |\n",
+            d.flag(),
+            cell(&d.default),
+            cell(d.accepted.as_deref().unwrap_or("")),
+            cell(d.doc)
+        ));
+    }
+    out
+}
+
+#[test]
+fn readme_lists_every_setting_as_the_table_declares_it() {
+    let readme = include_str!("../../README.md");
+    let start =
+        "<!-- settings: the settings! table in src/config/mod.rs; config::tests checks it -->\n";
+    let end = "<!-- end of settings -->";
+    let quoted = readme
+        .split_once(start)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map(|(quoted, _)| quoted)
+        .expect("README marks its settings reference");
+    let expected = reference_markdown();
+    assert!(
+        quoted.trim() == expected.trim(),
+        "README's settings reference is out of date; between its markers it should read:\n{expected}"
+    );
+}
