@@ -212,15 +212,8 @@ async fn a_dialect_limit_given_by_flag_env_or_file_reaches_the_dialect() {
         (vec![], vec![("KUBEMUX_CONSOLE_MAX_SUBSCRIPTIONS", "2")]),
         (vec!["--config", file], vec![]),
     ] {
-        let mut args = vec![
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-listen",
-            "127.0.0.1:0",
-            "--print-demo-token",
-        ];
-        args.extend(&given);
+        let on_free_ports = ["--listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0"];
+        let args = [&["demo", "--print-demo-token"], &on_free_ports[..], &given].concat();
         let demo = spawn_kubemux(&args, &env).await;
         let token = demo
             .printed("demo token for the subscription API (valid 24 h): ")

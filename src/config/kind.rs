@@ -10,6 +10,7 @@
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::builder::PossibleValue;
@@ -59,12 +60,25 @@ impl Range {
 }
 
 /// The kind of a setting's value.
-pub trait Kind {
+pub trait Kind: 'static {
     /// The value as the effective settings hold it.
     type Value: Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static;
 
+    /// Whether [`Kind::accepted`] is worth showing in `--help` and README
+    /// (a range, a list of choices), beyond what the doc line says.
+    const SHOWS_ACCEPTED: bool = false;
+
+    /// How values are written, added to [`Kind::accepted`] when a file's
+    /// value cannot be read (empty: nothing to add).
+    const WRITTEN: &'static str = "";
+
+    /// Reads a value as a flag, a variable or a string in the file writes it.
+    fn parse(text: &str) -> Result<Self::Value, String>;
+
     /// How clap reads the flag and its environment variable.
-    fn arg(arg: Arg) -> Arg;
+    fn arg(arg: Arg) -> Arg {
+        arg.value_parser(Self::parse)
+    }
 
     /// The flag's (or variable's) value, when one was given.
     fn from_matches(matches: &ArgMatches, id: &str) -> Option<Self::Value> {
@@ -72,7 +86,12 @@ pub trait Kind {
     }
 
     /// A value of the config file; the error says what is accepted.
-    fn from_file(value: &Value, range: &Range) -> Result<Self::Value, String>;
+    fn from_file(value: &Value, range: &Range) -> Result<Self::Value, String> {
+        value
+            .as_str()
+            .and_then(|text| Self::parse(text).ok())
+            .ok_or_else(|| unreadable::<Self>(range))
+    }
 
     /// `Err` (the offending value, as shown in the error) when `value` is
     /// not accepted although it parsed, e.g. out of its range.
@@ -80,12 +99,13 @@ pub trait Kind {
         Ok(())
     }
 
-    /// What is accepted, for error messages.
-    fn accepted(range: &Range) -> String;
+    /// What is accepted, for kinds without a range.
+    const ACCEPTED: &'static str = "";
 
-    /// Whether [`Kind::accepted`] is worth showing in `--help` and README
-    /// (a range, a list of choices), beyond what the doc line says.
-    const SHOWS_ACCEPTED: bool = false;
+    /// What is accepted, for error messages.
+    fn accepted(_range: &Range) -> String {
+        Self::ACCEPTED.into()
+    }
 
     /// The value as a TOML value; `None` leaves an unset optional setting
     /// out.
@@ -93,6 +113,15 @@ pub trait Kind {
 
     /// The value as `--help` and README show a default.
     fn show(value: &Self::Value) -> String;
+}
+
+/// What is accepted, and how it is written, for a file's value that could
+/// not be read.
+fn unreadable<K: Kind + ?Sized>(range: &Range) -> String {
+    match K::WRITTEN {
+        "" => K::accepted(range),
+        written => format!("{}, written as {written}", K::accepted(range)),
+    }
 }
 
 /// How a setting's value lands in the subsystem's configuration field of
@@ -129,8 +158,25 @@ pub fn raw(value: &Value) -> String {
     }
 }
 
-fn file_string(value: &Value) -> Option<&str> {
-    value.as_str()
+/// `text` as a TOML basic string: quoted, with `"`, `\\` and control
+/// characters escaped as TOML escapes them (Rust's `{:?}` escapes differ).
+fn quoted(text: &str) -> String {
+    let mut out = String::from('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `text` read by the type's own `FromStr`.
+fn parsed<T: FromStr<Err: std::fmt::Display>>(text: &str) -> Result<T, String> {
+    text.parse().map_err(|e: T::Err| e.to_string())
 }
 
 /// A socket address.
@@ -138,16 +184,9 @@ pub struct Addr;
 
 impl Kind for Addr {
     type Value = SocketAddr;
-    fn arg(arg: Arg) -> Arg {
-        arg.value_parser(clap::value_parser!(SocketAddr))
-    }
-    fn from_file(value: &Value, range: &Range) -> Result<SocketAddr, String> {
-        file_string(value)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Self::accepted(range))
-    }
-    fn accepted(_: &Range) -> String {
-        "an address like 127.0.0.1:4466".into()
+    const ACCEPTED: &'static str = "an address like 127.0.0.1:4466";
+    fn parse(text: &str) -> Result<SocketAddr, String> {
+        parsed(text)
     }
     fn to_toml(value: &SocketAddr) -> Option<String> {
         Some(format!("\"{value}\""))
@@ -164,14 +203,8 @@ pub struct OptAddr;
 
 impl Kind for OptAddr {
     type Value = Option<SocketAddr>;
-    fn arg(arg: Arg) -> Arg {
-        Addr::arg(arg)
-    }
-    fn from_matches(matches: &ArgMatches, id: &str) -> Option<Self::Value> {
-        Addr::from_matches(matches, id).map(Some)
-    }
-    fn from_file(value: &Value, range: &Range) -> Result<Self::Value, String> {
-        Addr::from_file(value, range).map(Some)
+    fn parse(text: &str) -> Result<Self::Value, String> {
+        Addr::parse(text).map(Some)
     }
     fn accepted(range: &Range) -> String {
         Addr::accepted(range)
@@ -211,13 +244,9 @@ pub struct Dur;
 impl Kind for Dur {
     type Value = Duration;
     const SHOWS_ACCEPTED: bool = true;
-    fn arg(arg: Arg) -> Arg {
-        arg.value_parser(parse_duration)
-    }
-    fn from_file(value: &Value, range: &Range) -> Result<Duration, String> {
-        file_string(value)
-            .and_then(|s| parse_duration(s).ok())
-            .ok_or_else(|| format!("{}, written like 30s, 2m, 500ms", Self::accepted(range)))
+    const WRITTEN: &'static str = "a number and a unit: 500ms, 30s, 2m, 1h";
+    fn parse(text: &str) -> Result<Duration, String> {
+        parse_duration(text)
     }
     fn check(value: &Duration, range: &Range) -> Result<(), String> {
         let lo = Duration::from_secs(range.lo);
@@ -287,16 +316,17 @@ pub struct Bytes;
 impl Kind for Bytes {
     type Value = u64;
     const SHOWS_ACCEPTED: bool = true;
-    fn arg(arg: Arg) -> Arg {
-        arg.value_parser(parse_byte_size)
+    const WRITTEN: &'static str = BYTE_FORMS;
+    fn parse(text: &str) -> Result<u64, String> {
+        parse_byte_size(text)
     }
     fn from_file(value: &Value, range: &Range) -> Result<u64, String> {
-        let parsed = match value {
+        match value {
             Value::Integer(n) => u64::try_from(*n).ok(),
             Value::String(s) => parse_byte_size(s).ok(),
             _ => None,
-        };
-        parsed.ok_or_else(|| format!("{}, written as {BYTE_FORMS}", Self::accepted(range)))
+        }
+        .ok_or_else(|| unreadable::<Self>(range))
     }
     fn check(value: &u64, range: &Range) -> Result<(), String> {
         range
@@ -330,8 +360,8 @@ pub struct Count;
 impl Kind for Count {
     type Value = u64;
     const SHOWS_ACCEPTED: bool = true;
-    fn arg(arg: Arg) -> Arg {
-        arg.value_parser(clap::value_parser!(u64))
+    fn parse(text: &str) -> Result<u64, String> {
+        parsed(text)
     }
     fn from_file(value: &Value, range: &Range) -> Result<u64, String> {
         value
@@ -363,8 +393,8 @@ pub struct PerMinute;
 impl Kind for PerMinute {
     type Value = u64;
     const SHOWS_ACCEPTED: bool = true;
-    fn arg(arg: Arg) -> Arg {
-        Count::arg(arg)
+    fn parse(text: &str) -> Result<u64, String> {
+        Count::parse(text)
     }
     fn from_file(value: &Value, range: &Range) -> Result<u64, String> {
         Count::from_file(value, range).map_err(|_| Self::accepted(range))
@@ -391,17 +421,19 @@ pub struct Flag;
 
 impl Kind for Flag {
     type Value = bool;
+    const ACCEPTED: &'static str = "true or false";
     fn arg(arg: Arg) -> Arg {
-        arg.action(ArgAction::SetTrue)
+        arg.action(ArgAction::SetTrue).value_parser(Self::parse)
     }
     fn from_matches(matches: &ArgMatches, id: &str) -> Option<bool> {
         matches.get_flag(id).then_some(true)
     }
+    /// The variable's value (`KUBEMUX_ALLOW_SECRETS=true`).
+    fn parse(text: &str) -> Result<bool, String> {
+        parsed(text)
+    }
     fn from_file(value: &Value, range: &Range) -> Result<bool, String> {
         value.as_bool().ok_or_else(|| Self::accepted(range))
-    }
-    fn accepted(_: &Range) -> String {
-        "true or false".into()
     }
     fn to_toml(value: &bool) -> Option<String> {
         Some(value.to_string())
@@ -432,13 +464,11 @@ where
 {
     type Value = T;
     const SHOWS_ACCEPTED: bool = true;
+    fn parse(text: &str) -> Result<T, String> {
+        T::from_str(text, false)
+    }
     fn arg(arg: Arg) -> Arg {
         arg.value_parser(clap::builder::EnumValueParser::<T>::new())
-    }
-    fn from_file(value: &Value, range: &Range) -> Result<T, String> {
-        file_string(value)
-            .and_then(|s| T::from_str(s, false).ok())
-            .ok_or_else(|| Self::accepted(range))
     }
     fn accepted(_: &Range) -> String {
         let names: Vec<String> = T::value_variants()
@@ -461,13 +491,9 @@ pub struct Claim;
 
 impl Kind for Claim {
     type Value = String;
-    fn arg(arg: Arg) -> Arg {
-        arg
-    }
-    fn from_file(value: &Value, range: &Range) -> Result<String, String> {
-        file_string(value)
-            .map(str::to_string)
-            .ok_or_else(|| Self::accepted(range))
+    const ACCEPTED: &'static str = "a non-empty claim name";
+    fn parse(text: &str) -> Result<String, String> {
+        Ok(text.to_string())
     }
     fn check(value: &String, _: &Range) -> Result<(), String> {
         if value.is_empty() {
@@ -476,11 +502,8 @@ impl Kind for Claim {
             Ok(())
         }
     }
-    fn accepted(_: &Range) -> String {
-        "a non-empty claim name".into()
-    }
     fn to_toml(value: &String) -> Option<String> {
-        Some(format!("{value:?}"))
+        Some(quoted(value))
     }
     fn show(value: &String) -> String {
         value.clone()
@@ -492,22 +515,12 @@ pub struct OptText;
 
 impl Kind for OptText {
     type Value = Option<String>;
-    fn arg(arg: Arg) -> Arg {
-        arg
-    }
-    fn from_matches(matches: &ArgMatches, id: &str) -> Option<Self::Value> {
-        matches.get_one::<String>(id).cloned().map(Some)
-    }
-    fn from_file(value: &Value, _: &Range) -> Result<Self::Value, String> {
-        file_string(value)
-            .map(|s| Some(s.to_string()))
-            .ok_or_else(|| "a string".into())
-    }
-    fn accepted(_: &Range) -> String {
-        "a string".into()
+    const ACCEPTED: &'static str = "a string";
+    fn parse(text: &str) -> Result<Self::Value, String> {
+        Ok(Some(text.to_string()))
     }
     fn to_toml(value: &Self::Value) -> Option<String> {
-        value.as_ref().map(|v| format!("{v:?}"))
+        value.as_deref().map(quoted)
     }
     fn show(value: &Self::Value) -> String {
         value.clone().unwrap_or_else(|| "not checked".into())
@@ -519,24 +532,12 @@ pub struct OptPath;
 
 impl Kind for OptPath {
     type Value = Option<PathBuf>;
-    fn arg(arg: Arg) -> Arg {
-        arg.value_parser(clap::value_parser!(PathBuf))
-    }
-    fn from_matches(matches: &ArgMatches, id: &str) -> Option<Self::Value> {
-        matches.get_one::<PathBuf>(id).cloned().map(Some)
-    }
-    fn from_file(value: &Value, _: &Range) -> Result<Self::Value, String> {
-        file_string(value)
-            .map(|s| Some(PathBuf::from(s)))
-            .ok_or_else(|| "a file path".into())
-    }
-    fn accepted(_: &Range) -> String {
-        "a file path".into()
+    const ACCEPTED: &'static str = "a file path";
+    fn parse(text: &str) -> Result<Self::Value, String> {
+        Ok(Some(PathBuf::from(text)))
     }
     fn to_toml(value: &Self::Value) -> Option<String> {
-        value
-            .as_ref()
-            .map(|p| format!("{:?}", p.display().to_string()))
+        value.as_ref().map(|p| quoted(&p.display().to_string()))
     }
     fn show(value: &Self::Value) -> String {
         value
@@ -545,18 +546,23 @@ impl Kind for OptPath {
     }
 }
 
-/// A list of strings: comma-separated in a flag, a TOML array in the file.
+/// A list of strings: comma-separated in a flag (which may be repeated), a
+/// TOML array in the file.
 pub struct List;
 
 impl Kind for List {
     type Value = Vec<String>;
+    const ACCEPTED: &'static str = "a list of strings";
+    fn parse(text: &str) -> Result<Vec<String>, String> {
+        Ok(text.split(',').map(str::to_string).collect())
+    }
     fn arg(arg: Arg) -> Arg {
-        arg.action(ArgAction::Append).value_delimiter(',')
+        arg.action(ArgAction::Append).value_parser(Self::parse)
     }
     fn from_matches(matches: &ArgMatches, id: &str) -> Option<Vec<String>> {
         matches
-            .get_many::<String>(id)
-            .map(|values| values.cloned().collect())
+            .get_many::<Vec<String>>(id)
+            .map(|given| given.flatten().cloned().collect())
     }
     fn from_file(value: &Value, range: &Range) -> Result<Vec<String>, String> {
         value
@@ -569,11 +575,9 @@ impl Kind for List {
             })
             .ok_or_else(|| Self::accepted(range))
     }
-    fn accepted(_: &Range) -> String {
-        "a list of strings".into()
-    }
     fn to_toml(value: &Vec<String>) -> Option<String> {
-        Some(format!("{value:?}"))
+        let items: Vec<String> = value.iter().map(|v| quoted(v)).collect();
+        Some(format!("[{}]", items.join(", ")))
     }
     fn show(value: &Vec<String>) -> String {
         if value.is_empty() {
@@ -599,11 +603,15 @@ impl Proxies {
 
 impl Kind for Proxies {
     type Value = Vec<String>;
+    const ACCEPTED: &'static str = "addresses or blocks like 10.0.0.0/8, 127.0.0.1, fd00::/8";
+    fn parse(text: &str) -> Result<Vec<String>, String> {
+        List::parse(text).map(Self::trimmed)
+    }
     fn arg(arg: Arg) -> Arg {
-        List::arg(arg)
+        arg.action(ArgAction::Append).value_parser(Self::parse)
     }
     fn from_matches(matches: &ArgMatches, id: &str) -> Option<Vec<String>> {
-        List::from_matches(matches, id).map(Self::trimmed)
+        List::from_matches(matches, id)
     }
     fn from_file(value: &Value, range: &Range) -> Result<Vec<String>, String> {
         List::from_file(value, range)
@@ -612,9 +620,6 @@ impl Kind for Proxies {
     }
     fn check(value: &Vec<String>, _: &Range) -> Result<(), String> {
         TrustedProxies::parse(value).map(drop).map_err(|bad| bad.0)
-    }
-    fn accepted(_: &Range) -> String {
-        "addresses or blocks like 10.0.0.0/8, 127.0.0.1, fd00::/8".into()
     }
     fn to_toml(value: &Vec<String>) -> Option<String> {
         List::to_toml(value)

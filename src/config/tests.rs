@@ -4,15 +4,15 @@ use std::time::Duration;
 
 use super::*;
 
+/// `toml` read as a config file, without flags.
+fn file(toml: &str) -> Result<Settings, ConfigError> {
+    Settings::from_toml(&ProxyArgs::default(), toml, "test")
+}
+
 #[test]
 fn printed_settings_read_back_identically() {
-    let custom = Settings::from_toml(
-        &ProxyArgs::default(),
-        "linger = \"5s\"\nmax_subscriptions = 7\nlog_format = \"json\"\n",
-        "test",
-    )
-    .unwrap();
-    let again = Settings::from_toml(&ProxyArgs::default(), &custom.to_toml(), "printed").unwrap();
+    let custom = file("linger = \"5s\"\nmax_subscriptions = 7\nlog_format = \"json\"\n").unwrap();
+    let again = file(&custom.to_toml()).unwrap();
     assert_eq!(custom, again);
     assert_eq!(again.linger, Duration::from_secs(5));
     assert_eq!(again.max_subscriptions, 7);
@@ -21,8 +21,7 @@ fn printed_settings_read_back_identically() {
 #[test]
 fn the_documented_example_is_the_defaults() {
     let example = include_str!("../../docs/kubemux.example.toml");
-    let s =
-        Settings::from_toml(&ProxyArgs::default(), example, "docs/kubemux.example.toml").unwrap();
+    let s = file(example).unwrap();
     assert_eq!(s, Settings::default());
 }
 
@@ -56,32 +55,23 @@ fn every_bad_value_names_its_setting() {
         ("listen = \"nowhere\"", "listen"),
     ];
     for (toml, setting) in cases {
-        let err = Settings::from_toml(&ProxyArgs::default(), toml, "t").unwrap_err();
+        let err = file(toml).unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains(setting) && text.contains("accepted"),
             "{toml}: {text}"
         );
     }
-    let err = Settings::from_toml(
-        &ProxyArgs::default(),
-        "auth = \"none\"\nlisten = \"0.0.0.0:1\"",
-        "t",
-    )
-    .unwrap_err();
+    let err = file("auth = \"none\"\nlisten = \"0.0.0.0:1\"").unwrap_err();
     assert!(
         err.to_string().contains("--allow-unauthenticated-remote"),
         "{err}"
     );
     assert!(
-        Settings::from_toml(
-            &ProxyArgs::default(),
-            "auth = \"none\"\nlisten = \"0.0.0.0:1\"\nallow_unauthenticated_remote = true",
-            "t"
-        )
-        .is_ok()
+        file("auth = \"none\"\nlisten = \"0.0.0.0:1\"\nallow_unauthenticated_remote = true")
+            .is_ok()
     );
-    let err = Settings::from_toml(&ProxyArgs::default(), "lingr = \"1s\"", "t").unwrap_err();
+    let err = file("lingr = \"1s\"").unwrap_err();
     assert!(err.to_string().contains("lingr"), "{err}");
 }
 
@@ -122,11 +112,9 @@ fn byte_sizes_take_binary_units_as_readme_writes_them() {
 
 #[test]
 fn byte_sizes_in_the_file_are_numbers_or_strings_with_units() {
-    let s = Settings::from_toml(
-        &ProxyArgs::default(),
+    let s = file(
         "queue_max_bytes = \"8 MiB\"\nqueue_memory_budget = \"2GiB\"\n\
          max_message_size = 4096\nready_max_queue_bytes = \"1G\"\n",
-        "t",
     )
     .unwrap();
     assert_eq!(s.queue_max_bytes, 8 << 20);
@@ -140,9 +128,7 @@ fn byte_sizes_in_the_file_are_numbers_or_strings_with_units() {
         ("ready_max_queue_bytes = \"1.5G\"", "ready_max_queue_bytes"),
         ("queue_max_bytes = \"8 GiB\"", "queue_max_bytes"),
     ] {
-        let text = Settings::from_toml(&ProxyArgs::default(), toml, "t")
-            .unwrap_err()
-            .to_string();
+        let text = file(toml).unwrap_err().to_string();
         assert!(
             text.contains(setting) && text.contains("accepted") && text.contains("GiB"),
             "{toml}: {text}"
@@ -180,21 +166,11 @@ fn byte_size_flags_and_variables_take_units() {
 
 #[test]
 fn the_subscription_api_needs_a_usable_jwt_key() {
-    let err = Settings::from_toml(
-        &ProxyArgs::default(),
-        "subscriptions_listen = \"127.0.0.1:0\"",
-        "t",
-    )
-    .unwrap_err();
+    let err = file("subscriptions_listen = \"127.0.0.1:0\"").unwrap_err();
     assert!(err.to_string().contains("jwt_hs256_secret_file"), "{err}");
-    let err = Settings::from_toml(
-        &ProxyArgs::default(),
-        "jwt_public_key_file = \"/nonexistent/kubemux-key.pem\"",
-        "t",
-    )
-    .unwrap_err();
+    let err = file("jwt_public_key_file = \"/nonexistent/kubemux-key.pem\"").unwrap_err();
     assert!(err.to_string().contains("kubemux-key.pem"), "{err}");
-    let err = Settings::from_toml(&ProxyArgs::default(), "jwt_user_claim = \"\"", "t").unwrap_err();
+    let err = file("jwt_user_claim = \"\"").unwrap_err();
     assert!(err.to_string().contains("jwt_user_claim"), "{err}");
     let key = std::env::temp_dir().join(format!("kubemux-config-test-{}", std::process::id()));
     std::fs::write(&key, "secret\n").unwrap();
@@ -202,8 +178,8 @@ fn the_subscription_api_needs_a_usable_jwt_key() {
         "subscriptions_listen = \"127.0.0.1:0\"\njwt_hs256_secret_file = {:?}\njwt_audience = \"a\"\n",
         key.display().to_string()
     );
-    let s = Settings::from_toml(&ProxyArgs::default(), &toml, "t").unwrap();
-    let again = Settings::from_toml(&ProxyArgs::default(), &s.to_toml(), "printed").unwrap();
+    let s = file(&toml).unwrap();
+    let again = file(&s.to_toml()).unwrap();
     assert_eq!(s, again);
     assert!(
         s.console_auth(&Arc::new(Metrics::new()), None)
@@ -235,7 +211,7 @@ fn every_default_given_as_its_flag_reads_back_as_the_default() {
     let cli = Cli::try_parse_from(&argv).unwrap();
     let given = Settings::from_toml(&cli.proxy, "", "none").unwrap();
     assert_eq!(given, defaults, "{argv:?}");
-    let file = Settings::from_toml(&ProxyArgs::default(), &defaults.to_toml(), "printed");
+    let file = file(&defaults.to_toml());
     assert_eq!(file.unwrap(), defaults);
 }
 
@@ -309,10 +285,10 @@ fn an_out_of_range_dialect_value_names_the_setting_and_its_range() {
         ),
         (
             "dashboard_pong_timeout = 10",
-            "invalid dashboard_pong_timeout = 10: accepted 1s to 10m, written like 30s",
+            "invalid dashboard_pong_timeout = 10: accepted 1s to 10m, written as a number and a unit",
         ),
     ] {
-        let err = Settings::from_toml(&ProxyArgs::default(), toml, "t").unwrap_err();
+        let err = file(toml).unwrap_err();
         assert!(err.to_string().starts_with(expected), "{toml}: {err}");
     }
 }
@@ -357,4 +333,13 @@ fn readme_lists_every_setting_as_the_table_declares_it() {
         quoted.trim() == expected.trim(),
         "README's settings reference is out of date; between its markers it should read:\n{expected}"
     );
+}
+
+#[test]
+fn strings_print_as_toml_reads_them() {
+    let s =
+        file("jwt_user_claim = \"a\\\"b\\\\c\\u0001é\"\nallowed_origins = [\"x\\\"y\", \"z\"]\n")
+            .unwrap();
+    assert_eq!(s.jwt_user_claim, "a\"b\\c\u{1}é");
+    assert_eq!(file(&s.to_toml()).unwrap(), s);
 }
