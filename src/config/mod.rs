@@ -1,7 +1,7 @@
 //! Settings of the proxy: command-line flags over `KUBEMUX_…` environment
 //! variables over a TOML file (`--config`) over built-in defaults.
 //!
-//! Every setting is declared once, in the [`settings!`](declare) table
+//! Every setting is declared once, in the `settings!` table
 //! below: its kind, range, default (or the subsystem field it lands in,
 //! whose `Default` is then its default) and doc line. Flags, the file's
 //! keys, the layering and range checks, `kubemux config`'s printing and
