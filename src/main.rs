@@ -271,8 +271,9 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let settings = Settings::resolve(&proxy, AuthMode::None)?;
             init_logs(settings.log_format);
+            let jwt = settings.jwt();
             let demo_secret = print_demo_token
-                .then(|| DemoSecret::new(&settings.jwt))
+                .then(|| DemoSecret::new(&jwt))
                 .transpose()?;
             let sim = SimServer::start(SimConfig {
                 listen: sim_listen,
@@ -296,11 +297,11 @@ async fn main() -> anyhow::Result<()> {
             let mut extras = RunExtras::default();
             if let Some(demo) = &demo_secret {
                 if demo.generated {
-                    extras.console_verifier = Some(JwtVerifier::hs256(&demo.secret, &settings.jwt));
+                    extras.console_verifier = Some(JwtVerifier::hs256(&demo.secret, &jwt));
                 }
                 extras.notes.push(format!(
                     "demo token for the subscription API (valid 24 h): {}",
-                    demo.token(&settings.jwt)?
+                    demo.token(&jwt)?
                 ));
             }
             run_proxy(registry, &settings, extras).await?;

@@ -201,10 +201,17 @@ fn origin(input: &[u8]) -> Verdict {
     }
 }
 
+/// An accepted file's settings, printed by `kubemux config` and read
+/// again, are the same settings.
 fn config(input: &[u8]) -> Verdict {
-    match Settings::from_toml(&ProxyArgs::default(), &text(input), "fuzz") {
-        Ok(_) => Accepted,
-        Err(_) => Rejected,
+    let Ok(settings) = Settings::from_toml(&ProxyArgs::default(), &text(input), "fuzz") else {
+        return Rejected;
+    };
+    let printed = settings.to_toml();
+    match Settings::from_toml(&ProxyArgs::default(), &printed, "printed") {
+        Ok(again) if again == settings => Accepted,
+        Ok(again) => Broken(format!("printed as {printed:?}, read back as {again:?}")),
+        Err(e) => Broken(format!("printed as {printed:?}, refused: {e}")),
     }
 }
 
@@ -411,6 +418,7 @@ pub const TARGETS: &[Target] = &[
         corpus: &[
             "listen = \"127.0.0.1:4466\"\nlinger = \"30s\"\nmax_subscriptions = 1000\nallowed_origins = [\"https://a\"]\n",
             "auth = \"shared\"\nqueue_max_bytes = 8388608\n",
+            "console_max_subscriptions = 2\ndashboard_message_rate = 120\nidle_timeout = \"0s\"\nbacklog_bytes = \"64 KiB\"\n",
         ],
         dictionary: &[
             "=",
@@ -420,6 +428,11 @@ pub const TARGETS: &[Target] = &[
             "\n",
             "linger",
             "auth",
+            "console_idle_timeout",
+            "dashboard_message_rate",
+            "notifications_max_message_size",
+            "\"0s\"",
+            "\" KiB\"",
             "99999999999999999999",
             "-1",
             "\"1ns\"",

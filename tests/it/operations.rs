@@ -142,6 +142,16 @@ async fn invalid_settings_are_rejected_at_start_by_name() {
             "queue_max_bytes",
         ),
         (vec!["--history-max-age", "5s"], vec![], "history_max_age"),
+        (
+            vec!["--console-max-subscriptions", "0"],
+            vec![],
+            "console_max_subscriptions = 0: accepted 1 to 100000",
+        ),
+        (
+            vec![],
+            vec![("KUBEMUX_DASHBOARD_PING_INTERVAL", "0s")],
+            "dashboard_ping_interval = 0s: accepted 1s to 10m",
+        ),
     ] {
         let out = effective(&args, &env).await;
         assert!(!out.status.success(), "{args:?} {env:?} must be rejected");
@@ -168,11 +178,71 @@ async fn invalid_settings_are_rejected_at_start_by_name() {
         "--pong-timeout",
         "--shutdown-grace",
         "--log-format",
+        "--dashboard-message-rate",
+        "--notifications-pong-timeout",
+        "--console-max-subscriptions",
         "--kubeconfig",
         "--in-cluster",
     ] {
         assert!(help.contains(flag), "serve --help documents {flag}");
     }
+}
+
+/// The frame that answers request `id` on a subscription-API socket.
+async fn answer(c: &mut Client, id: &str) -> Value {
+    loop {
+        let frame = c.frame().await;
+        if frame["id"] == id {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialect_limit_given_by_flag_env_or_file_reaches_the_dialect() {
+    let dir = std::env::temp_dir().join(format!("kubemux-dialect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.toml");
+    std::fs::write(&file, "console_max_subscriptions = 2\n").unwrap();
+    let file = file.to_str().unwrap();
+    for (given, env) in [
+        (vec!["--console-max-subscriptions", "2"], vec![]),
+        (vec![], vec![("KUBEMUX_CONSOLE_MAX_SUBSCRIPTIONS", "2")]),
+        (vec!["--config", file], vec![]),
+    ] {
+        let on_free_ports = ["--listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0"];
+        let args = [&["demo", "--print-demo-token"], &on_free_ports[..], &given].concat();
+        let demo = spawn_kubemux(&args, &env).await;
+        let token = demo
+            .printed("demo token for the subscription API (valid 24 h): ")
+            .await;
+        let mut c = Client::connect(&format!("ws://{}/ws/v1", demo.addr)).await;
+        c.send(json!({"type": "auth", "id": "a", "token": token}))
+            .await;
+        assert_eq!(answer(&mut c, "a").await["success"], true, "{given:?}");
+        let workspace = json!({"resource": "workspace", "workspace_id": "demo"});
+        for id in ["s0", "s1"] {
+            c.send(json!({"type": "subscribe", "id": id, "data": workspace}))
+                .await;
+            let result = answer(&mut c, id).await;
+            assert_eq!(result["success"], true, "{given:?} {env:?}: {result}");
+        }
+        c.send(json!({"type": "subscribe", "id": "s2", "data": workspace}))
+            .await;
+        let over = answer(&mut c, "s2").await;
+        assert_eq!(over["type"], "error", "{given:?} {env:?}: {over}");
+        assert_eq!(
+            over["error"]["code"], "SUBSCRIPTION_LIMIT_EXCEEDED",
+            "{over}"
+        );
+        assert_eq!(
+            over["error"]["details"]["current_subscriptions"], 2,
+            "{over}"
+        );
+        let (status, _) = demo.terminate().await;
+        assert!(status.success());
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,7 @@ use work::{LogRequest, Refusal, envelope, error_frame};
 const EVENT_NOTICES: usize = 65_536;
 
 /// Limits and timings of subscription-API connections; the defaults are
-/// seed 003's.
+/// seed 003's, and those of the `--console-…` settings that land here.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Largest client message; larger gets `MESSAGE_TOO_LARGE` and the

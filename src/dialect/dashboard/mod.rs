@@ -46,7 +46,7 @@ use crate::ws::outbound::{Frame, Outbound};
 use view::{NamespaceView, NodeView, PodView};
 
 /// Limits and timings of dashboard-stream connections; the defaults are
-/// seed 001's.
+/// seed 001's, and those of the `--dashboard-…` settings that land here.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Largest message in either direction; a batch that would exceed it

@@ -36,7 +36,9 @@ use crate::ws::outbound::{Frame, Outbound, Replay};
 /// The subprotocol Headlamp's frontend offers.
 pub const PROTOCOL: &str = "headlamp.multiplexer.k8s.io";
 
-/// Limits and timings of `/wsMultiplexer` connections.
+/// Limits and timings of `/wsMultiplexer` connections. Its `Default` is
+/// the default of the settings that land here (`--max-message-size`,
+/// `--message-rate`, `--backlog-messages`…, see `config`).
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Largest client message, in bytes; larger closes with 1009.

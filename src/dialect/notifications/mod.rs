@@ -24,7 +24,8 @@ use crate::ws::conn::{self, ConnContext, Dialect, Liveness};
 use crate::ws::outbound::Frame;
 
 /// Limits and timings of cluster-notification connections; the defaults
-/// are seed 002's.
+/// are seed 002's, and those of the `--notifications-…` settings that land
+/// here.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Largest incoming message; larger closes with 1009.
