@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use serde_json::{Map, Value, json};
 
 use crate::population::{SUFFIX_ALPHABET, random_suffix};
-use crate::templates::App;
+use crate::templates::{App, readiness_conditions};
 use crate::time::now_rfc3339;
 
 /// The manager that creates a Deployment's pods.
@@ -368,16 +368,8 @@ pub fn kubelet_update(rng: &mut StdRng, pod: &mut Value) -> bool {
         .filter(|s| !s["ready"].as_bool().unwrap_or(false))
         .filter_map(|s| s["name"].as_str().map(str::to_string))
         .collect();
-    if let Some(conditions) = pod
-        .pointer_mut("/status/conditions")
-        .and_then(Value::as_array_mut)
-    {
-        for c in conditions
-            .iter_mut()
-            .filter(|c| c["type"] == "Ready" || c["type"] == "ContainersReady")
-        {
-            set_readiness(c, &unready, &now);
-        }
+    for c in readiness_conditions(pod) {
+        set_readiness(c, &unready, &now);
     }
     record_kubelet_fields(pod, &now);
     true

@@ -257,17 +257,19 @@ pub fn toggle_container_ready(pod: &mut Value) {
         let restarts = status["restartCount"].as_u64().unwrap_or(0);
         status["restartCount"] = json!(restarts + 1);
     }
-    if let Some(conditions) = pod
-        .pointer_mut("/status/conditions")
-        .and_then(Value::as_array_mut)
-    {
-        for c in conditions
-            .iter_mut()
-            .filter(|c| c["type"] == "Ready" || c["type"] == "ContainersReady")
-        {
-            c["status"] = json!(if ready { "True" } else { "False" });
-        }
+    for c in readiness_conditions(pod) {
+        c["status"] = json!(if ready { "True" } else { "False" });
     }
+}
+
+/// A pod's Ready and ContainersReady conditions: the two that follow its
+/// containers' readiness.
+pub(crate) fn readiness_conditions(pod: &mut Value) -> impl Iterator<Item = &mut Value> {
+    pod.pointer_mut("/status/conditions")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter(|c| c["type"] == "Ready" || c["type"] == "ContainersReady")
 }
 
 /// A ClusterIP service selecting `app`.
