@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Weak};
 
-use super::cache::Cache;
+use super::watch_cache::Cache;
 use super::key::{ClientParams, WatchKey};
 use super::shared::{SharedWatch, Upstream};
 use super::subscriber::Subscriber;

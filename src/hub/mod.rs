@@ -6,7 +6,7 @@
 //! returned [`Subscription`]; dropping it unsubscribes. The hub never knows
 //! how a dialect frames events.
 
-pub mod cache;
+mod watch_cache;
 pub mod key;
 pub mod local;
 pub mod nodes;
@@ -22,7 +22,7 @@ use tracing::{Instrument, info};
 use crate::cluster::{ClusterChange, Registry};
 use crate::metrics::Metrics;
 use crate::upstream::{self, UpstreamConfig, WatchTarget};
-pub use cache::HistoryLimits;
+pub use watch_cache::HistoryLimits;
 pub use key::{ClientParams, KeyError, ListParams, ResourcePath, WatchKey};
 pub use local::LocalWatch;
 pub use nodes::{NodeCounts, NodesUnknown};
@@ -370,7 +370,7 @@ impl Hub {
             key.clone(),
             Arc::downgrade(&self.inner),
             self.inner.metrics.clone(),
-            cache::Cache::new(self.inner.config.history.clone()),
+            watch_cache::Cache::new(self.inner.config.history.clone()),
         ))
     }
 

@@ -24,7 +24,7 @@ use tokio::task::AbortHandle;
 use tracing::{Instrument, info};
 
 use super::HubInner;
-use super::cache::{Cache, Start};
+use super::watch_cache::{Cache, Start};
 use super::key::{ClientParams, WatchKey};
 use super::subscriber::{EndReason, Subscriber};
 use crate::metrics::{ClusterLabel, Metrics};
