@@ -98,7 +98,7 @@ fn lists(hub: &Hub) -> u64 {
 
 #[tokio::test]
 async fn the_first_holder_starts_the_watch_and_later_ones_join_it() {
-    let (_sim, hub) = start(HubConfig::default()).await;
+    let (sim, hub) = start(HubConfig::default()).await;
     assert_eq!(hub.watch_count(), 0);
     let first = Arc::new(Recorder::default());
     let _a = hub
@@ -121,7 +121,12 @@ async fn the_first_holder_starts_the_watch_and_later_ones_join_it() {
     assert_eq!(hub.watch_count(), 1);
     assert_eq!(lists(&hub), 1, "one LIST for every holder");
     assert_eq!(store.key(), b.key());
-    assert_eq!(store.snapshot().unwrap().objects.len(), 3);
+    let in_cluster = sim
+        .store()
+        .list("pods", Some("default"), None, None)
+        .unwrap()
+        .0;
+    assert_eq!(store.snapshot().unwrap().objects.len(), in_cluster.len());
 }
 
 #[tokio::test]
