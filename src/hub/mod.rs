@@ -15,7 +15,7 @@ mod shared;
 mod store;
 pub mod subscriber;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod watch_cache;
 
 use std::sync::{Arc, Weak};

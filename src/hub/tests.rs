@@ -62,12 +62,18 @@ async fn start(config: HubConfig) -> (SimServer, Hub) {
     })
     .await
     .unwrap();
+    let clusters = registry(&sim).await;
+    (sim, Hub::new(config, clusters, Arc::new(Metrics::new())))
+}
+
+/// The clusters of `sim`'s kubeconfig: one, named `sim`.
+pub(crate) async fn registry(sim: &SimServer) -> Arc<Registry> {
     let registry = Arc::new(Registry::new());
     registry
         .load_kubeconfig_text(&sim.kubeconfig(CLUSTER), "test")
         .await
         .unwrap();
-    (sim, Hub::new(config, registry, Arc::new(Metrics::new())))
+    registry
 }
 
 async fn eventually(what: &str, f: impl Fn() -> bool) {

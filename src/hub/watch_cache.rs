@@ -388,17 +388,19 @@ fn deleted_at(last: &WatchEvent, list_rv: &str) -> WatchEvent {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn pod(kind: EventType, name: &str, rv: u64) -> WatchEvent {
+    /// A pod event at version `rv`, in namespace `d`.
+    pub(in crate::hub) fn pod(kind: EventType, name: &str, rv: u64) -> WatchEvent {
         let obj = format!(
             r#"{{"kind":"Pod","apiVersion":"v1","metadata":{{"name":"{name}","namespace":"d","resourceVersion":"{rv}"}}}}"#
         );
         WatchEvent::synthesize(kind, obj.as_bytes()).unwrap()
     }
 
-    fn listing(rv: u64, objects: Vec<WatchEvent>) -> Listing {
+    /// A listing of pods at version `rv`.
+    pub(in crate::hub) fn listing(rv: u64, objects: Vec<WatchEvent>) -> Listing {
         Listing {
             item_kind: "Pod".into(),
             api_version: "v1".into(),
@@ -495,28 +497,15 @@ mod tests {
     #[test]
     fn relist_emits_differences() {
         let mut c = Cache::new(HistoryLimits::default());
-        c.reset(
-            listing(
-                10,
-                vec![
-                    pod(EventType::Added, "keep", 3),
-                    pod(EventType::Added, "change", 4),
-                    pod(EventType::Added, "gone", 5),
-                ],
-            ),
-            true,
-        );
-        let diff = c.reset(
-            listing(
-                20,
-                vec![
-                    pod(EventType::Added, "keep", 3),
-                    pod(EventType::Added, "change", 15),
-                    pod(EventType::Added, "new", 16),
-                ],
-            ),
-            false,
-        );
+        let pods = |rv, pods: &[(&str, u64)]| {
+            let objects = pods
+                .iter()
+                .map(|(name, at)| pod(EventType::Added, name, *at))
+                .collect();
+            listing(rv, objects)
+        };
+        c.reset(pods(10, &[("keep", 3), ("change", 4), ("gone", 5)]), true);
+        let diff = c.reset(pods(20, &[("keep", 3), ("change", 15), ("new", 16)]), false);
         assert_eq!(
             names(&diff),
             [

@@ -576,7 +576,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::cluster::Registry;
+    use crate::hub::tests::registry;
 
     fn status(code: u16) -> UpstreamError {
         UpstreamError::Status {
@@ -679,13 +679,8 @@ mod tests {
     }
 
     async fn target(sim: &SimServer, path: &str) -> WatchTarget {
-        let registry = Registry::new();
-        registry
-            .load_kubeconfig_text(&sim.kubeconfig("sim"), "test")
-            .await
-            .unwrap();
         WatchTarget {
-            client: registry.get("sim").unwrap().client(),
+            client: registry(sim).await.get("sim").unwrap().client(),
             path: path.into(),
             selectors: String::new(),
         }

@@ -42,7 +42,7 @@ use crate::upstream::{UpstreamConfig, UpstreamError, WatchTarget};
 pub(super) use feed::Upstream;
 use lifecycle::Lifecycle;
 pub(super) use lifecycle::Phase;
-use side::{Side, SideId};
+use side::{Side, SideId, SideKind};
 pub(super) use watcher::SubscriberId;
 use watcher::{Cursor, Watcher};
 
@@ -294,14 +294,15 @@ impl SharedWatch {
                     return self.expire(sub, &format!("{from} ({horizon})"));
                 };
                 self.resumed("backfilled");
-                return self.join_backfill(st, id, sub, from, upstream);
+                let wanted = SideKind::Backfill { from, cursor: from };
+                return self.join_side(st, id, sub, wanted, upstream);
             }
             Start::Forward(version) => {
                 let Some(upstream) = self.target.get().cloned() else {
                     return self.expire(sub, &version);
                 };
                 self.resumed("forwarded");
-                return self.join_forward(st, id, sub, version, upstream);
+                return self.join_side(st, id, sub, SideKind::Forward { version }, upstream);
             }
             Start::Future(rv) => {
                 self.resumed("waited");

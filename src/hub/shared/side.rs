@@ -34,6 +34,7 @@ pub(super) type SideId = u64;
 /// no new subscribers (they get a side stream of their own).
 const FORWARD_REPLAY_LIMIT: usize = 1_000;
 
+#[derive(Clone)]
 pub(super) enum SideKind {
     /// Fetches the events after `from` that the history no longer holds;
     /// `cursor` is the newest version they cover so far (`from` before the
@@ -61,6 +62,20 @@ pub(super) struct Side {
 }
 
 impl Side {
+    /// Whether a subscriber that needs a side stream of the `wanted` kind
+    /// can be served by this one.
+    fn takes(&self, wanted: &SideKind) -> bool {
+        match (&self.kind, wanted) {
+            (SideKind::Backfill { from: mine, .. }, SideKind::Backfill { from, .. }) => {
+                mine <= from
+            }
+            (SideKind::Forward { version: mine }, SideKind::Forward { version }) => {
+                mine == version && self.fetched.len() < FORWARD_REPLAY_LIMIT
+            }
+            _ => false,
+        }
+    }
+
     /// The newest version a backfill covers; `None` for a forward.
     fn backfilled_to(&self) -> Option<u64> {
         match self.kind {
@@ -77,88 +92,54 @@ impl Drop for Side {
 }
 
 impl SharedWatch {
-    /// Puts a subscriber whose version is older than the history on a
-    /// backfill: a running one that started at or before its version (it
-    /// gets what that one fetched after its version at once), else a new one.
-    pub(super) fn join_backfill(
+    /// Puts a subscriber on a side stream of the `wanted` kind: a running
+    /// one that may take it (a backfill that started at or before its
+    /// version, the furthest along; a forward from its version that has not
+    /// relayed too much to replay), else a new one. It is given at once
+    /// what that stream fetched that it lacks.
+    pub(super) fn join_side(
         self: &Arc<Self>,
         st: &mut State,
         id: SubscriberId,
         mut sub: Watcher,
-        from: u64,
+        wanted: SideKind,
         upstream: (WatchTarget, UpstreamConfig),
     ) -> Option<Watcher> {
         let joinable = st
             .sides
             .iter()
-            .filter(
-                |(_, side)| matches!(side.kind, SideKind::Backfill { from: f, .. } if f <= from),
-            )
+            .filter(|(_, side)| side.takes(&wanted))
             .max_by_key(|(_, side)| side.backfilled_to())
             .map(|(side_id, _)| *side_id);
         let side_id = match joinable {
             Some(side_id) => side_id,
-            None => self.spawn_side(
-                st,
-                upstream,
-                SideKind::Backfill { from, cursor: from },
-                from.to_string(),
-            ),
+            None => {
+                let version = match &wanted {
+                    SideKind::Backfill { from, .. } => from.to_string(),
+                    SideKind::Forward { version } => version.clone(),
+                };
+                self.spawn_side(st, upstream, wanted.clone(), version)
+            }
         };
         let side = self.side_for(st, side_id, &sub)?;
-        let owed: Vec<Arc<WatchEvent>> = side
-            .fetched
-            .iter()
-            .filter(|ev| ev.rv() > Some(from))
-            .cloned()
-            .collect();
-        let at = owed.last().and_then(|ev| ev.rv()).unwrap_or(from);
+        let (owed, at) = match wanted {
+            SideKind::Backfill { from, .. } => {
+                let owed: Vec<Arc<WatchEvent>> = side
+                    .fetched
+                    .iter()
+                    .filter(|ev| ev.rv() > Some(from))
+                    .cloned()
+                    .collect();
+                let at = owed.last().and_then(|ev| ev.rv()).unwrap_or(from);
+                (owed, at)
+            }
+            SideKind::Forward { .. } => (side.fetched.clone(), 0),
+        };
         if !self.owed(&sub, owed) {
             return None;
         }
         side.subs.push(id);
         sub.cursor = Cursor::Side { side: side_id, at };
-        Some(sub)
-    }
-
-    /// Puts a subscriber whose version the store cannot place on the forward
-    /// from that version, starting one if none may take it.
-    pub(super) fn join_forward(
-        self: &Arc<Self>,
-        st: &mut State,
-        id: SubscriberId,
-        mut sub: Watcher,
-        version: String,
-        upstream: (WatchTarget, UpstreamConfig),
-    ) -> Option<Watcher> {
-        let joinable = st
-            .sides
-            .iter()
-            .find(|(_, side)| {
-                matches!(&side.kind, SideKind::Forward { version: v } if *v == version)
-                    && side.fetched.len() < FORWARD_REPLAY_LIMIT
-            })
-            .map(|(side_id, _)| *side_id);
-        let side_id = match joinable {
-            Some(side_id) => side_id,
-            None => self.spawn_side(
-                st,
-                upstream,
-                SideKind::Forward {
-                    version: version.clone(),
-                },
-                version,
-            ),
-        };
-        let side = self.side_for(st, side_id, &sub)?;
-        if !self.owed(&sub, side.fetched.clone()) {
-            return None;
-        }
-        side.subs.push(id);
-        sub.cursor = Cursor::Side {
-            side: side_id,
-            at: 0,
-        };
         Some(sub)
     }
 

@@ -10,12 +10,13 @@ use parking_lot::Mutex;
 
 use super::Upstream;
 use crate::cluster::Registry;
+use crate::hub::watch_cache::tests::{listing, pod};
 use crate::hub::{
     EndReason, Hub, HubConfig, Identity, Overflow, SubscribeRequest, Subscriber, Subscription, key,
 };
 use crate::metrics::Metrics;
 use crate::upstream::event::{EventType, WatchEvent};
-use crate::upstream::{Listing, UpstreamError, WatchSink};
+use crate::upstream::{UpstreamError, WatchSink};
 
 const LINGER: Duration = Duration::from_secs(30);
 const PODS: &str = "/api/v1/pods";
@@ -83,22 +84,6 @@ impl Subscriber for Recorder {
     }
 }
 
-fn pod(kind: EventType, name: &str, rv: u64) -> WatchEvent {
-    let obj = format!(
-        r#"{{"kind":"Pod","apiVersion":"v1","metadata":{{"name":"{name}","namespace":"d","resourceVersion":"{rv}"}}}}"#
-    );
-    WatchEvent::synthesize(kind, obj.as_bytes()).unwrap()
-}
-
-fn listing(rv: u64, objects: Vec<WatchEvent>) -> Listing {
-    Listing {
-        item_kind: "Pod".into(),
-        api_version: "v1".into(),
-        resource_version: rv.to_string(),
-        objects,
-    }
-}
-
 /// A hub whose cluster `c` is configured but never contacted.
 async fn hub() -> Hub {
     let registry = Arc::new(Registry::new());
@@ -121,6 +106,14 @@ fn fed_watch(hub: &Hub) -> Upstream {
     let watch = hub.new_watch(&key);
     hub.inner.watches.insert(key, watch.clone());
     Upstream(Arc::downgrade(&watch))
+}
+
+/// A hub with a fed watch that listed at version 10, empty.
+async fn listed_watch() -> (Hub, Upstream) {
+    let hub = hub().await;
+    let feed = fed_watch(&hub);
+    let _ = feed.listed(listing(10, vec![]));
+    (hub, feed)
 }
 
 fn request(query: &str) -> SubscribeRequest<'_> {
@@ -155,9 +148,7 @@ async fn advance(by: Duration) {
 
 #[tokio::test(start_paused = true)]
 async fn the_watch_stops_one_linger_after_its_last_subscriber_leaves() {
-    let hub = hub().await;
-    let feed = fed_watch(&hub);
-    let _ = feed.listed(listing(10, vec![]));
+    let (hub, feed) = listed_watch().await;
     let (_, first) = join(&hub, "");
     let (_, second) = join(&hub, "");
     drop(first);
@@ -177,9 +168,7 @@ async fn the_watch_stops_one_linger_after_its_last_subscriber_leaves() {
 
 #[tokio::test(start_paused = true)]
 async fn a_subscriber_joining_during_the_linger_keeps_the_watch() {
-    let hub = hub().await;
-    let feed = fed_watch(&hub);
-    let _ = feed.listed(listing(10, vec![]));
+    let (hub, feed) = listed_watch().await;
     drop(join(&hub, ""));
     advance(LINGER / 2).await;
     let (recorder, again) = join(&hub, "");
@@ -327,9 +316,7 @@ async fn a_subscriber_served_from_the_listing_alone_lets_the_watch_stop_before_i
 
 #[tokio::test(start_paused = true)]
 async fn a_client_timeout_ends_its_subscriber_alone() {
-    let hub = hub().await;
-    let feed = fed_watch(&hub);
-    let _ = feed.listed(listing(10, vec![]));
+    let (hub, _feed) = listed_watch().await;
     let (short, _a) = join(&hub, "watch=1&timeoutSeconds=5");
     let (long, _b) = join(&hub, "watch=1");
     advance(Duration::from_secs(5)).await;
