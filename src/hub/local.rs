@@ -6,10 +6,10 @@
 
 use std::sync::{Arc, Weak};
 
-use super::cache::Cache;
 use super::key::{ClientParams, WatchKey};
 use super::shared::{SharedWatch, Upstream};
 use super::subscriber::Subscriber;
+use super::watch_cache::Cache;
 use super::{HubConfig, Subscription};
 use crate::metrics::Metrics;
 use crate::upstream::WatchSink;

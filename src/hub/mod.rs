@@ -3,15 +3,20 @@
 //! without touching the cluster.
 //!
 //! Dialects call [`Hub::subscribe`] with a [`Subscriber`] and keep the
-//! returned [`Subscription`]; dropping it unsubscribes. The hub never knows
-//! how a dialect frames events.
+//! returned [`Subscription`]; dropping it unsubscribes. Code that needs a
+//! collection's current state rather than its events takes a [`Store`]
+//! ([`Hub::store`]). The hub never knows how a dialect frames events.
 
-pub mod cache;
 pub mod key;
+mod list;
 pub mod local;
 pub mod nodes;
 mod shared;
+mod store;
 pub mod subscriber;
+#[cfg(test)]
+pub(crate) mod tests;
+mod watch_cache;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -22,14 +27,16 @@ use tracing::{Instrument, info};
 use crate::cluster::{ClusterChange, Registry};
 use crate::metrics::Metrics;
 use crate::upstream::{self, UpstreamConfig, WatchTarget};
-pub use cache::HistoryLimits;
 pub use key::{ClientParams, KeyError, ListParams, WatchKey};
 pub use kubemux_vocab::identity::Identity;
 pub use kubemux_vocab::path::ResourcePath;
+pub use list::CachedList;
 pub use local::LocalWatch;
 pub use nodes::{NodeCounts, NodesUnknown};
 use shared::{SharedWatch, SubscriberId, Upstream};
+pub use store::{Snapshot, Store, StoreEnded};
 pub use subscriber::{EndReason, Overflow, Subscriber};
+pub use watch_cache::HistoryLimits;
 
 /// Settings of the hub.
 #[derive(Clone, Debug)]
@@ -73,73 +80,6 @@ pub struct WatchInfo {
     pub subscribers: usize,
     /// Upstream events received since the watch started.
     pub events: u64,
-}
-
-/// A LIST answered from a shared watch's store.
-#[derive(Clone, Debug)]
-pub struct CachedList {
-    /// Kind of the items (`Pod`).
-    pub item_kind: String,
-    /// Their apiVersion.
-    pub api_version: String,
-    /// The version the store is at.
-    pub resource_version: String,
-    /// Each object's raw JSON.
-    pub items: Vec<bytes::Bytes>,
-}
-
-impl CachedList {
-    /// The list as the API server writes it (`{"kind":"PodList",…}`): its
-    /// items without their own `kind` and `apiVersion`, which the list's
-    /// carry (the watch events they came from have them).
-    pub fn to_json(&self) -> Vec<u8> {
-        let head = serde_json::json!({
-            "kind": format!("{}List", self.item_kind),
-            "apiVersion": self.api_version,
-            "metadata": {"resourceVersion": self.resource_version},
-        })
-        .to_string();
-        let mut out = Vec::with_capacity(
-            head.len() + self.items.iter().map(|i| i.len() + 1).sum::<usize>() + 16,
-        );
-        out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
-        out.extend_from_slice(b",\"items\":[");
-        for (i, item) in self.items.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            match without_type_meta(item) {
-                Some(stripped) => out.extend_from_slice(&stripped),
-                None => out.extend_from_slice(item),
-            }
-        }
-        out.extend_from_slice(b"]}");
-        out
-    }
-}
-
-/// An object's JSON without its top-level `kind` and `apiVersion`; the
-/// other fields are copied as they are, unparsed.
-fn without_type_meta(object: &[u8]) -> Option<Vec<u8>> {
-    let raw: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
-        serde_json::from_slice(object).ok()?;
-    let mut out = Vec::with_capacity(object.len());
-    out.push(b'{');
-    let mut first = true;
-    for (name, value) in raw {
-        if name == "kind" || name == "apiVersion" {
-            continue;
-        }
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        serde_json::to_writer(&mut out, &name).ok()?;
-        out.push(b':');
-        out.extend_from_slice(value.get().as_bytes());
-    }
-    out.push(b'}');
-    Some(out)
 }
 
 /// Restricts a key to `identity`: watches made with a caller's token are
@@ -282,6 +222,40 @@ impl Hub {
         request: SubscribeRequest<'_>,
         sink: Arc<dyn Subscriber>,
     ) -> Result<Subscription, SubscribeError> {
+        let (key, params, client) = self.resolve(&request)?;
+        // The first subscriber's version is where a new watch lists, so
+        // that subscriber resumes exactly (see `upstream::run`).
+        let list_at = params
+            .resource_version
+            .as_deref()
+            .and_then(|rv| rv.parse::<u64>().ok())
+            .filter(|rv| *rv > 0 && !params.send_initial_events);
+        let (watch, id) = self.join(key, client, list_at, |watch| {
+            watch.add(sink.clone(), params.clone())
+        })?;
+        Ok(Subscription {
+            watch,
+            id,
+            linger: self.inner.config.linger,
+        })
+    }
+
+    /// A read handle on the store of the collection's shared watch, which
+    /// it starts if none runs: admitted, keyed by identity and kept alive
+    /// exactly as for [`Hub::subscribe`] (the request's position
+    /// parameters are ignored: a store is always at its latest version).
+    pub fn store(&self, request: SubscribeRequest<'_>) -> Result<Store, SubscribeError> {
+        let (key, _, client) = self.resolve(&request)?;
+        let (_, store) = self.join(key, client, None, |watch| Store::hold(watch.clone()))?;
+        Ok(store)
+    }
+
+    /// The key (scoped to the caller's identity in passthrough), the
+    /// caller's own parameters and the client a new watch would use.
+    fn resolve(
+        &self,
+        request: &SubscribeRequest<'_>,
+    ) -> Result<(WatchKey, ClientParams, kube::Client), SubscribeError> {
         if self
             .inner
             .closing
@@ -294,22 +268,29 @@ impl Hub {
         let cluster = self.inner.clusters.get(request.cluster).ok_or_else(|| {
             SubscribeError::UnknownCluster(request.cluster.chars().take(100).collect())
         })?;
-        let (key, client) = match request.identity {
-            Identity::Proxy => (key, cluster.client()),
+        match request.identity {
+            Identity::Proxy => Ok((key, params, cluster.client())),
             Identity::Bearer(token) => {
                 let client = cluster.client_for_token(token).map_err(|e| {
                     SubscribeError::Identity(request.cluster.to_string(), e.to_string())
                 })?;
-                (scope(request.identity, key), client)
+                Ok((scope(request.identity, key), params, client))
             }
-        };
-        // The first subscriber's version is where a new watch lists, so
-        // that subscriber resumes exactly (see `upstream::run`).
-        let list_at = params
-            .resource_version
-            .as_deref()
-            .and_then(|rv| rv.parse::<u64>().ok())
-            .filter(|rv| *rv > 0 && !params.send_initial_events);
+        }
+    }
+
+    /// Joins the shared watch for `key` with `enter` (which takes a hold on
+    /// it, or `None` if it stopped meanwhile), creating the watch if there
+    /// is none: admitted against the limits, and started only once its
+    /// first holder is in, so the first listing serves that holder (and can
+    /// tell whether anyone still needs the watch).
+    fn join<T>(
+        &self,
+        key: WatchKey,
+        client: kube::Client,
+        list_at: Option<u64>,
+        enter: impl Fn(&Arc<SharedWatch>) -> Option<T>,
+    ) -> Result<(Arc<SharedWatch>, T), SubscribeError> {
         loop {
             let (watch, created) = match self.inner.watches.entry(key.clone()) {
                 dashmap::Entry::Occupied(entry) => (entry.get().clone(), false),
@@ -318,18 +299,11 @@ impl Hub {
                     (entry.insert(self.new_watch(&key)).clone(), true)
                 }
             };
-            if let Some(id) = watch.add(sink.clone(), params.clone()) {
+            if let Some(held) = enter(&watch) {
                 if created {
-                    // Started only once its first subscriber is in, so the
-                    // first listing serves that subscriber (and can tell
-                    // whether anyone still needs the watch).
                     self.launch(&watch, client, list_at);
                 }
-                return Ok(Subscription {
-                    watch,
-                    id,
-                    linger: self.inner.config.linger,
-                });
+                return Ok((watch, held));
             }
             self.inner
                 .watches
@@ -347,7 +321,7 @@ impl Hub {
             key.clone(),
             Arc::downgrade(&self.inner),
             self.inner.metrics.clone(),
-            cache::Cache::new(self.inner.config.history.clone()),
+            watch_cache::Cache::new(self.inner.config.history.clone()),
         ))
     }
 
@@ -399,31 +373,15 @@ impl Hub {
         identity: &Identity,
     ) -> Option<CachedList> {
         let (key, _, params) = key::normalize_list(cluster, path, query).ok()?;
-        if params.limit.is_some_and(|limit| limit > 0) || params.continue_token.is_some() {
-            return None;
-        }
-        let key = scope(identity, key);
-        let watch = self.inner.watches.get(&key)?.clone();
-        let (item_kind, api_version, resource_version, items) = watch.snapshot_list()?;
-        if let Some(asked) = params.resource_version.as_deref().filter(|rv| *rv != "0") {
-            let (Ok(asked), Ok(have)) = (asked.parse::<u64>(), resource_version.parse::<u64>())
-            else {
-                return None;
-            };
-            let answers = match params.resource_version_match.as_deref() {
-                Some("Exact") => have == asked,
-                _ => have >= asked,
-            };
-            if !answers {
-                return None;
-            }
-        }
-        Some(CachedList {
-            item_kind,
-            api_version,
-            resource_version,
-            items,
-        })
+        let store = self.existing_store(&scope(identity, key))?;
+        list::answer(&params, store.snapshot()?)
+    }
+
+    /// A read handle on the store of the shared watch for `key`, if one is
+    /// running; starts none, so no admission applies.
+    fn existing_store(&self, key: &WatchKey) -> Option<Store> {
+        let watch = self.inner.watches.get(key)?.clone();
+        Store::hold(watch)
     }
 
     /// Whether a shared watch for this watch request's key is live (has

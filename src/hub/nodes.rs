@@ -76,9 +76,10 @@ impl Hub {
                 why = NodesUnknown::Reconnecting;
                 continue;
             }
-            let Some((_, _, version, items)) = watch.snapshot_list() else {
+            let Some(snapshot) = watch.snapshot() else {
                 continue;
             };
+            let (version, items) = (snapshot.resource_version, snapshot.objects);
             let mut memo = self.inner.node_counts.0.lock();
             if let Some((key, at, counts)) = memo.get(cluster)
                 && key == watch.key()
@@ -87,7 +88,7 @@ impl Hub {
                 return Ok(*counts);
             }
             let counts = NodeCounts {
-                ready: u32::try_from(items.iter().filter(|raw| is_ready(raw)).count())
+                ready: u32::try_from(items.iter().filter(|ev| is_ready(ev.object())).count())
                     .unwrap_or(u32::MAX),
                 total: u32::try_from(items.len()).unwrap_or(u32::MAX),
             };

@@ -148,6 +148,78 @@ enum WatchEnd {
     Expired(WatchEvent),
 }
 
+/// Where a [`run`] stands between two requests, like kube-runtime's
+/// `watcher::State`: it says what the next request is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    /// Nothing listed yet, or the listed version expired: the next request
+    /// is a LIST, at `exact` (`resourceVersionMatch=Exact`) when set. Only
+    /// the very first listing is exact: it is the first subscriber's version.
+    Empty {
+        /// The version to list at exactly.
+        exact: Option<u64>,
+    },
+    /// Listed: the next request is a WATCH from `version`, the newest
+    /// version seen; every event and bookmark moves it on, so a re-watch
+    /// continues where the last one stopped.
+    Watching {
+        /// The newest version seen.
+        version: String,
+    },
+}
+
+/// How one request of a [`run`] came out.
+#[derive(Debug)]
+enum Outcome {
+    /// A LIST answered at this version, and the sink still wants the watch.
+    Listed(String),
+    /// The server ended the watch normally (its timeout).
+    Closed,
+    /// The server no longer serves the version (410, in-band or HTTP).
+    Expired,
+    /// Any other failure.
+    Failed(UpstreamError),
+}
+
+/// What a [`run`] waits for before its next request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pause {
+    /// Nothing: the next request goes at once.
+    None,
+    /// The short jittered re-watch delay, so watches the server ended
+    /// together do not return together.
+    Rewatch,
+    /// The backoff delay; the outage is reported to the sink.
+    Backoff,
+}
+
+impl State {
+    /// The state after `outcome`, and the pause before the request it
+    /// makes; `None` when the watch ends for good.
+    fn after(self, outcome: &Outcome) -> Option<(State, Pause)> {
+        match outcome {
+            Outcome::Listed(version) => Some((
+                State::Watching {
+                    version: version.clone(),
+                },
+                Pause::None,
+            )),
+            Outcome::Closed => Some((self, Pause::Rewatch)),
+            Outcome::Expired => Some((State::Empty { exact: None }, Pause::None)),
+            Outcome::Failed(err) if err.is_expired() => {
+                Some((State::Empty { exact: None }, Pause::None))
+            }
+            Outcome::Failed(err) if err.is_permanent() => None,
+            Outcome::Failed(_) => match self {
+                // The exact listing was tried (with its fallback): retries
+                // list the current state.
+                State::Empty { .. } => Some((State::Empty { exact: None }, Pause::Backoff)),
+                watching => Some((watching, Pause::Backoff)),
+            },
+        }
+    }
+}
+
 /// How a [`follow`] ended.
 #[derive(Debug)]
 pub enum FollowEnd {
@@ -173,64 +245,70 @@ pub async fn run(
     list_at: Option<u64>,
 ) {
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
-    let mut version: Option<String> = None;
-    let mut list_at = list_at;
+    let mut state = State::Empty { exact: list_at };
     loop {
-        let step = match &version {
-            None => {
-                let listed = match list_at.take() {
-                    Some(at) => match list_all(&target, &config, Some(at)).await {
-                        Ok(listing) => Ok(listing),
-                        Err(err) => {
-                            debug!(path = %target.path, at, error = %err, "cannot list at the subscriber's version; listing the current state");
-                            list_all(&target, &config, None).await
-                        }
-                    },
-                    None => list_all(&target, &config, None).await,
-                };
-                match listed {
-                    Ok(listing) => {
-                        version = Some(listing.resource_version.clone());
-                        if sink.listed(listing).is_break() {
-                            return;
-                        }
-                        Ok(None)
+        let outcome = match &mut state {
+            State::Empty { exact } => match list(&target, &config, *exact).await {
+                Ok(listing) => {
+                    let version = listing.resource_version.clone();
+                    if sink.listed(listing).is_break() {
+                        return;
                     }
-                    Err(err) => Err(err),
+                    Outcome::Listed(version)
+                }
+                Err(err) => Outcome::Failed(err),
+            },
+            State::Watching { version } => {
+                match watch_once(&target, &config, version, &*sink).await {
+                    Ok(WatchEnd::Closed) => Outcome::Closed,
+                    Ok(WatchEnd::Expired(_)) => Outcome::Expired,
+                    Err(err) => Outcome::Failed(err),
                 }
             }
-            Some(_) => watch_once(&target, &config, &mut version, &*sink)
-                .await
-                .map(Some),
         };
-        match step {
-            Ok(None) => backoff.reset(),
-            Ok(Some(WatchEnd::Closed)) => {
+        let Some((next, pause)) = state.clone().after(&outcome) else {
+            if let Outcome::Failed(err) = outcome {
+                warn!(path = %target.path, error = %err, "upstream watch failed permanently");
+                sink.failed(err);
+            }
+            return;
+        };
+        match (&outcome, pause) {
+            (Outcome::Listed(_), _) => backoff.reset(),
+            (_, Pause::Rewatch) => {
                 backoff.reset();
                 let jitter = config.rewatch_delay.mul_f64(rand::random_range(0.5..1.5));
                 tokio::time::sleep(jitter).await;
             }
-            Ok(Some(WatchEnd::Expired(_))) => {
-                debug!(path = %target.path, "upstream version expired, relisting");
-                version = None;
-            }
-            Err(err) if err.is_expired() => {
-                debug!(path = %target.path, "upstream answered 410, relisting");
-                version = None;
-            }
-            Err(err) if err.is_permanent() => {
-                warn!(path = %target.path, error = %err, "upstream watch failed permanently");
-                sink.failed(err);
-                return;
-            }
-            Err(err) => {
+            (Outcome::Failed(err), Pause::Backoff) => {
                 let delay = backoff.next_delay(err.retry_after());
                 info!(path = %target.path, error = %err, retry_in = ?delay, "upstream watch failed, retrying");
-                sink.degraded(&err, delay);
+                sink.degraded(err, delay);
                 tokio::time::sleep(delay).await;
+            }
+            _ => debug!(path = %target.path, "upstream version expired, relisting"),
+        }
+        state = next;
+    }
+}
+
+/// The listing of [`State::Empty`]: at `exact` if given, falling back to
+/// the current state when the server cannot list there (compacted, or an
+/// old server).
+async fn list(
+    target: &WatchTarget,
+    config: &UpstreamConfig,
+    exact: Option<u64>,
+) -> Result<Listing, UpstreamError> {
+    if let Some(at) = exact {
+        match list_all(target, config, Some(at)).await {
+            Ok(listing) => return Ok(listing),
+            Err(err) => {
+                debug!(path = %target.path, at, error = %err, "cannot list at the subscriber's version; listing the current state");
             }
         }
     }
+    list_all(target, config, None).await
 }
 
 /// Whether an error status answering the first request of a [`follow`] is
@@ -259,7 +337,7 @@ pub async fn follow(
     first_answer: FirstAnswer,
 ) -> FollowEnd {
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
-    let mut version = Some(version);
+    let mut version = version;
     let mut answered = false;
     loop {
         let first = !answered;
@@ -402,17 +480,15 @@ async fn list_all(
 async fn watch_once(
     target: &WatchTarget,
     config: &UpstreamConfig,
-    version: &mut Option<String>,
+    version: &mut String,
     sink: &dyn WatchSink,
 ) -> Result<WatchEnd, UpstreamError> {
     let mut query = format!(
         "watch=1&allowWatchBookmarks=true&timeoutSeconds={}",
         config.watch_timeout.as_secs().max(1)
     );
-    if let Some(v) = version.as_deref() {
-        query.push_str("&resourceVersion=");
-        query.extend(form_urlencoded::byte_serialize(v.as_bytes()));
-    }
+    query.push_str("&resourceVersion=");
+    query.extend(form_urlencoded::byte_serialize(version.as_bytes()));
     let response = send(target, uri(target, &query)).await?;
     sink.watch_started();
     let mut body = response.into_body();
@@ -439,7 +515,7 @@ async fn watch_once(
 
 fn handle_line(
     line: Bytes,
-    version: &mut Option<String>,
+    version: &mut String,
     sink: &dyn WatchSink,
 ) -> Result<Option<WatchEnd>, UpstreamError> {
     let trimmed = trim_ascii(line);
@@ -463,14 +539,14 @@ fn handle_line(
         }
         EventType::Bookmark => {
             if !event.resource_version().is_empty() {
-                *version = Some(event.resource_version().to_string());
+                *version = event.resource_version().to_string();
                 sink.bookmark(event.resource_version());
             }
             Ok(None)
         }
         _ => {
             if !event.resource_version().is_empty() {
-                *version = Some(event.resource_version().to_string());
+                *version = event.resource_version().to_string();
             }
             sink.event(event);
             Ok(None)
@@ -488,4 +564,212 @@ fn trim_ascii(line: Bytes) -> Bytes {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(start, |p| p + 1);
     line.slice(start..end.max(start))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kubemux_sim::faults::WatchFailure;
+    use kubemux_sim::{SimConfig, SimServer};
+    use parking_lot::Mutex;
+    use serde_json::json;
+
+    use super::*;
+    use crate::hub::tests::registry;
+
+    fn status(code: u16) -> UpstreamError {
+        UpstreamError::Status {
+            code,
+            reason: String::new(),
+            message: String::new(),
+            retry_after: None,
+        }
+    }
+
+    fn watching(version: &str) -> State {
+        State::Watching {
+            version: version.into(),
+        }
+    }
+
+    #[test]
+    fn transitions() {
+        let empty = |exact| State::Empty { exact };
+        let after = |state: State, outcome| state.after(&outcome);
+        assert_eq!(
+            after(empty(Some(5)), Outcome::Listed("7".into())),
+            Some((watching("7"), Pause::None)),
+            "the initial listing, then a watch from its version"
+        );
+        assert_eq!(
+            after(watching("9"), Outcome::Closed),
+            Some((watching("9"), Pause::Rewatch)),
+            "the server's timeout: re-watch from the last version, no relist"
+        );
+        for expired in [Outcome::Expired, Outcome::Failed(status(410))] {
+            assert_eq!(
+                after(watching("9"), expired),
+                Some((empty(None), Pause::None)),
+                "410: relist the current state at once"
+            );
+        }
+        assert_eq!(
+            after(watching("9"), Outcome::Failed(status(503))),
+            Some((watching("9"), Pause::Backoff))
+        );
+        assert_eq!(
+            after(
+                empty(Some(5)),
+                Outcome::Failed(UpstreamError::Transport("refused".into()))
+            ),
+            Some((empty(None), Pause::Backoff)),
+            "only the first listing is exact"
+        );
+        for code in [400, 401, 403, 404, 405, 406, 422] {
+            assert_eq!(after(watching("9"), Outcome::Failed(status(code))), None);
+            assert_eq!(after(empty(None), Outcome::Failed(status(code))), None);
+        }
+    }
+
+    /// What a run reported, bookmarks left out.
+    #[derive(Default)]
+    struct Record(Mutex<Vec<String>>);
+
+    impl Record {
+        fn count(&self, prefix: &str) -> usize {
+            self.0
+                .lock()
+                .iter()
+                .filter(|s| s.starts_with(prefix))
+                .count()
+        }
+    }
+
+    impl WatchSink for Record {
+        fn listed(&self, listing: Listing) -> ControlFlow<()> {
+            self.0
+                .lock()
+                .push(format!("listed@{}", listing.resource_version));
+            ControlFlow::Continue(())
+        }
+        fn event(&self, event: WatchEvent) {
+            self.0.lock().push(format!("event:{}", event.key()));
+        }
+        fn bookmark(&self, _: &str) {}
+        fn watch_started(&self) {
+            self.0.lock().push("started".into());
+        }
+        fn degraded(&self, _: &UpstreamError, _: Duration) {
+            self.0.lock().push("degraded".into());
+        }
+        fn failed(&self, error: UpstreamError) {
+            self.0.lock().push(format!("failed:{error}"));
+        }
+    }
+
+    async fn eventually(what: &str, f: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !f() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+    }
+
+    async fn target(sim: &SimServer, path: &str) -> WatchTarget {
+        WatchTarget {
+            client: registry(sim).await.get("sim").unwrap().client(),
+            path: path.into(),
+            selectors: String::new(),
+        }
+    }
+
+    fn quick() -> UpstreamConfig {
+        UpstreamConfig {
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            rewatch_delay: Duration::from_millis(10),
+            ..UpstreamConfig::default()
+        }
+    }
+
+    fn create(sim: &SimServer, name: &str) {
+        let pod =
+            json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"containers": []}});
+        sim.store().create("pods", Some("default"), pod).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_run_re_watches_silently_relists_on_410_and_backs_off_on_failures() {
+        let sim = SimServer::start(SimConfig {
+            initial_pods: 2,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let record = Arc::new(Record::default());
+        let task = tokio::spawn(run(
+            target(&sim, "/api/v1/namespaces/default/pods").await,
+            quick(),
+            record.clone(),
+            None,
+        ));
+        eventually("listed and watching", || record.count("started") == 1).await;
+        assert_eq!(record.count("listed@"), 1);
+        create(&sim, "p-1");
+        eventually("p-1 arrived", || record.count("event:default/p-1") == 1).await;
+
+        sim.faults().drop_watches();
+        eventually("re-watched", || record.count("started") == 2).await;
+        create(&sim, "p-2");
+        eventually("p-2 arrived", || record.count("event:default/p-2") == 1).await;
+        assert_eq!(
+            record.count("event:default/p-1"),
+            1,
+            "the re-watch continued from the last version"
+        );
+        assert_eq!(record.count("listed@"), 1, "a timeout is no relist");
+        assert_eq!(record.count("degraded"), 0);
+
+        sim.faults().fail_next_watches(1, WatchFailure::Expired);
+        sim.faults().drop_watches();
+        eventually("relisted after the 410", || record.count("listed@") == 2).await;
+        assert_eq!(record.count("degraded"), 0, "a 410 is no outage");
+
+        sim.faults()
+            .fail_next_watches(1, WatchFailure::InternalError);
+        sim.faults().drop_watches();
+        eventually("backed off and watched again", || {
+            record.count("degraded") == 1 && record.count("started") == 4
+        })
+        .await;
+        assert_eq!(record.count("listed@"), 2, "a 500 keeps the version");
+        assert!(!task.is_finished());
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_run_ends_for_good_on_an_answer_retrying_cannot_change() {
+        let sim = SimServer::start(SimConfig::default()).await.unwrap();
+        let record = Arc::new(Record::default());
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            run(
+                target(&sim, "/api/v1/namespaces/default/nosuchthings").await,
+                quick(),
+                record.clone(),
+                None,
+            ),
+        )
+        .await
+        .expect("the run returns");
+        let seen = record.0.lock().clone();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].starts_with("failed:the API server answered 404"),
+            "{seen:?}"
+        );
+    }
 }

@@ -3,7 +3,6 @@
 //! log streams and `metrics.k8s.io` polling. Each writes its answer straight
 //! into the connection's outbound queue.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,18 +10,16 @@ use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, LogParams};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use super::events as derive;
 use crate::auth::recheck::Access;
 use crate::auth::review::{ReviewError, Reviewer, User};
 use crate::cluster::Cluster;
 use crate::dialect::{WATCH_LIST, timestamp};
-use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber};
-use crate::upstream::event::{EventType, WatchEvent};
+use crate::hub::{Hub, Identity, SubscribeRequest};
 use crate::ws::outbound::{Frame, Outbound};
 
-/// How long `get_workspace_status` waits for a cache to fill.
+/// How long `get_workspace_status` waits for a store to sync.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(15);
 
 /// Interval of `monitoring.metrics_update`.
@@ -97,64 +94,34 @@ pub async fn authorise(
     Ok(())
 }
 
-/// Collects a watch's initial events.
-struct Collector(mpsc::UnboundedSender<Option<Arc<WatchEvent>>>);
-
-impl Subscriber for Collector {
-    fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
-        let _ = self.0.send(Some(event.clone()));
-        Ok(())
-    }
-
-    fn warning(&self, _message: &str) {}
-
-    fn end(&self, _reason: EndReason) {
-        let _ = self.0.send(None);
-    }
-}
-
-/// The current objects of a collection, from the hub's shared watch (a
-/// cache hit when any console or dashboard already watches it).
+/// The current objects of a collection, from the store of the hub's
+/// shared watch (a cache hit when any console or dashboard already watches
+/// it; otherwise the watch starts, and lingers after the read).
 pub async fn snapshot(hub: &Hub, cluster: &str, path: &str) -> Result<Vec<Value>, Refusal> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let _subscription = hub
-        .subscribe(
-            SubscribeRequest {
-                cluster,
-                path,
-                query: WATCH_LIST,
-                identity: &Identity::Proxy,
-            },
-            Arc::new(Collector(tx)),
-        )
+    let store = hub
+        .store(SubscribeRequest {
+            cluster,
+            path,
+            query: WATCH_LIST,
+            identity: &Identity::Proxy,
+        })
         .map_err(|e| Refusal::new("RESOURCE_NOT_FOUND", e.to_string()))?;
-    let mut objects: HashMap<String, Value> = HashMap::new();
     let unavailable = || {
         Refusal::new(
             "WORKSPACE_UNAVAILABLE",
             format!("cannot list {path} on {cluster:?}"),
         )
     };
-    loop {
-        let event = tokio::time::timeout(SNAPSHOT_WAIT, rx.recv())
-            .await
-            .map_err(|_| unavailable())?
-            .flatten()
-            .ok_or_else(unavailable)?;
-        match event.kind() {
-            EventType::Bookmark if event.is_initial_events_end() => break,
-            EventType::Added | EventType::Modified => {
-                if let Ok(object) = serde_json::from_slice(event.object()) {
-                    objects.insert(event.key().to_string(), object);
-                }
-            }
-            EventType::Deleted => {
-                objects.remove(event.key());
-            }
-            _ => {}
-        }
-    }
-    Ok(objects.into_values().collect())
+    tokio::time::timeout(SNAPSHOT_WAIT, store.wait_until_synced())
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|_| unavailable())?;
+    let snapshot = store.snapshot().ok_or_else(unavailable)?;
+    Ok(snapshot
+        .objects
+        .iter()
+        .filter_map(|event| serde_json::from_slice(event.object()).ok())
+        .collect())
 }
 
 /// The `workspace_status` data: reachability, node readiness and pod phases.

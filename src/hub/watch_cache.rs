@@ -1,5 +1,8 @@
-//! The cache of one shared watch: current objects plus a history of recent
-//! events, like the API server's own watch cache.
+//! The store and history of one shared watch, like the API server's
+//! `watchCache` (`watch_cache.go`): the current objects, a ring of recent
+//! events with the version a client holds after each, and the versions it
+//! has seen. It decides how a joiner starts ([`Start`]) but delivers
+//! nothing itself: the shared watch hands what it decides to subscribers.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, OnceLock};
@@ -53,11 +56,13 @@ impl Stored {
 }
 
 struct Entry {
-    /// Version a client holds after this event; monotone along the history.
+    /// Version a client holds after this event. Never decreases along the
+    /// history, so a replay is the entries after a partition point.
     position: u64,
     at: Instant,
     event: Arc<WatchEvent>,
-    /// Fetched by a backfill rather than received live.
+    /// Fetched by a backfill rather than received live; only ever at the
+    /// front of the history.
     backfilled: bool,
 }
 
@@ -83,13 +88,23 @@ pub enum Start {
 
 /// Current objects and recent history of one collection.
 pub struct Cache {
+    /// The current objects by `namespace/name`, each as the last event that
+    /// set it: what a snapshot or a LIST from the store holds.
     objects: BTreeMap<Box<str>, Stored>,
+    /// Recent changes (never bookmarks or errors), oldest first, within
+    /// `limits` (backfilled entries at the front up to twice the count).
+    /// Every change with a version above `horizon` is in it.
     history: VecDeque<Entry>,
     limits: HistoryLimits,
-    /// Versions at or below this are no longer covered by the history.
+    /// Versions at or below this are no longer covered by the history; it
+    /// only grows, except when a backfill extends the history backwards.
     horizon: u64,
+    /// The newest version seen (events, listings, bookmarks), as sent.
     latest: String,
+    /// `latest` as an integer; only grows (0 when versions are not numeric).
     latest_num: u64,
+    /// Whether every version seen was an integer, so versions can be
+    /// ordered; once false it stays false.
     numeric: bool,
     item_kind: String,
     api_version: String,
@@ -111,16 +126,6 @@ impl Cache {
         }
     }
 
-    /// Number of current objects.
-    pub fn len(&self) -> usize {
-        self.objects.len()
-    }
-
-    /// Whether the cache holds no objects.
-    pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
-    }
-
     /// The latest resourceVersion seen (events and bookmarks).
     pub fn latest(&self) -> &str {
         &self.latest
@@ -135,12 +140,6 @@ impl Cache {
     /// all held.
     pub fn horizon(&self) -> u64 {
         self.horizon
-    }
-
-    /// Whether every version seen so far is an integer (an etcd-backed
-    /// cluster), so versions can be ordered.
-    pub fn is_numeric(&self) -> bool {
-        self.numeric
     }
 
     /// Kind and apiVersion of the objects, learned from the list.
@@ -389,17 +388,19 @@ fn deleted_at(last: &WatchEvent, list_rv: &str) -> WatchEvent {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn pod(kind: EventType, name: &str, rv: u64) -> WatchEvent {
+    /// A pod event at version `rv`, in namespace `d`.
+    pub(in crate::hub) fn pod(kind: EventType, name: &str, rv: u64) -> WatchEvent {
         let obj = format!(
             r#"{{"kind":"Pod","apiVersion":"v1","metadata":{{"name":"{name}","namespace":"d","resourceVersion":"{rv}"}}}}"#
         );
         WatchEvent::synthesize(kind, obj.as_bytes()).unwrap()
     }
 
-    fn listing(rv: u64, objects: Vec<WatchEvent>) -> Listing {
+    /// A listing of pods at version `rv`.
+    pub(in crate::hub) fn listing(rv: u64, objects: Vec<WatchEvent>) -> Listing {
         Listing {
             item_kind: "Pod".into(),
             api_version: "v1".into(),
@@ -456,7 +457,6 @@ mod tests {
             },
             true,
         );
-        assert!(!c.is_numeric());
         assert!(matches!(c.start(Some("opaque-3"), false), Start::Forward(v) if v == "opaque-3"));
         assert!(matches!(c.start(Some("opaque-7"), false), Start::Replay(r) if r.is_empty()));
     }
@@ -497,28 +497,15 @@ mod tests {
     #[test]
     fn relist_emits_differences() {
         let mut c = Cache::new(HistoryLimits::default());
-        c.reset(
-            listing(
-                10,
-                vec![
-                    pod(EventType::Added, "keep", 3),
-                    pod(EventType::Added, "change", 4),
-                    pod(EventType::Added, "gone", 5),
-                ],
-            ),
-            true,
-        );
-        let diff = c.reset(
-            listing(
-                20,
-                vec![
-                    pod(EventType::Added, "keep", 3),
-                    pod(EventType::Added, "change", 15),
-                    pod(EventType::Added, "new", 16),
-                ],
-            ),
-            false,
-        );
+        let pods = |rv, pods: &[(&str, u64)]| {
+            let objects = pods
+                .iter()
+                .map(|(name, at)| pod(EventType::Added, name, *at))
+                .collect();
+            listing(rv, objects)
+        };
+        c.reset(pods(10, &[("keep", 3), ("change", 4), ("gone", 5)]), true);
+        let diff = c.reset(pods(20, &[("keep", 3), ("change", 15), ("new", 16)]), false);
         assert_eq!(
             names(&diff),
             [
@@ -527,7 +514,7 @@ mod tests {
                 "DELETED:d/gone@20"
             ]
         );
-        assert_eq!(c.len(), 3);
+        assert_eq!(c.objects().count(), 3);
         assert_eq!(c.latest(), "20");
         assert!(matches!(c.start(Some("15"), false), Start::Replay(r) if r.len() == 2));
         assert!(matches!(c.start(Some("10"), false), Start::Replay(r) if r.len() == 3));

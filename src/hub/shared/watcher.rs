@@ -1,0 +1,104 @@
+//! One subscriber of a shared watch, as the API server's `cacheWatcher`
+//! (`cache_watcher.go`): the sink it is fed through, what it asked for, and
+//! its cursor, which says what it is owed next.
+//!
+//! A joiner is placed once, under the shared watch's lock: it is handed what
+//! it is owed from the store (a snapshot, or the history after its version)
+//! as one [`Subscriber::replay`] that its sink sends as its client reads,
+//! and from then on takes live events. Because placing and fan-out happen
+//! under the same lock, nothing is lost or sent twice in between.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::AbortHandle;
+
+use super::side::SideId;
+use crate::hub::key::ClientParams;
+use crate::hub::subscriber::{Overflow, Subscriber};
+use crate::upstream::event::WatchEvent;
+
+/// Identifies a subscriber within its shared watch.
+pub type SubscriberId = u64;
+
+/// What a subscriber is owed next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Cursor {
+    /// Joined before the first listing; the listing places it.
+    Pending,
+    /// Its version is newer than the store's: placed once the store reaches
+    /// it, as the API server waits for a version it has not reached.
+    Waiting(u64),
+    /// Has everything up to the store's latest version: takes every live
+    /// event and bookmark from now on.
+    Live,
+    /// Fed by side stream `side` (which lists this subscriber) until that
+    /// stream reaches the history; `at` is the version of the last event it
+    /// was given (its own version before the first) and only grows.
+    Side {
+        /// The side stream.
+        side: SideId,
+        /// The last version given.
+        at: u64,
+    },
+}
+
+/// One subscriber and where it stands.
+pub(super) struct Watcher {
+    pub(super) sink: Arc<dyn Subscriber>,
+    /// What the client asked for: its version, bookmarks, initial events.
+    pub(super) params: ClientParams,
+    pub(super) cursor: Cursor,
+    /// Ends the subscription at the client's own `timeoutSeconds`; aborted
+    /// when the watcher is dropped, so a timer never outlives its watcher.
+    timeout: Option<AbortHandle>,
+}
+
+impl Watcher {
+    /// A watcher not yet placed.
+    pub(super) fn new(sink: Arc<dyn Subscriber>, params: ClientParams) -> Self {
+        Watcher {
+            sink,
+            params,
+            cursor: Cursor::Pending,
+            timeout: None,
+        }
+    }
+
+    /// The client's own deadline, if it gave one.
+    pub(super) fn deadline(&self) -> Option<Duration> {
+        self.params
+            .timeout_seconds
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+    }
+
+    /// Arms the timer that ends this watcher at its deadline.
+    pub(super) fn arm(&mut self, timer: AbortHandle) {
+        self.timeout = Some(timer);
+    }
+
+    /// Whether it takes live events.
+    pub(super) fn is_live(&self) -> bool {
+        self.cursor == Cursor::Live
+    }
+
+    /// Whether it takes kubemux's own bookmarks: it asked for them and is
+    /// live (a bookmark ahead of a replay or a side stream would skip it).
+    pub(super) fn wants_bookmarks(&self) -> bool {
+        self.params.allow_bookmarks && self.is_live()
+    }
+
+    /// Offers `events` in order, stopping at the first it cannot take.
+    pub(super) fn deliver(&self, events: &[Arc<WatchEvent>]) -> Result<(), Overflow> {
+        events.iter().try_for_each(|event| self.sink.event(event))
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Some(timer) = &self.timeout {
+            timer.abort();
+        }
+    }
+}
