@@ -512,11 +512,7 @@ async fn a_client_that_never_answers_pings_is_closed_with_1008() {
         quick_hub(),
         ServerConfig {
             dashboard: kubemux::dialect::dashboard::Settings {
-                liveness: kubemux::ws::conn::Liveness {
-                    ping_interval: Duration::from_millis(300),
-                    pong_timeout: Duration::from_millis(300),
-                    ..kubemux::dialect::dashboard::Settings::default().liveness
-                },
+                liveness: quick_pings(kubemux::dialect::dashboard::Settings::default().liveness),
                 ..Default::default()
             },
             ..ServerConfig::default()

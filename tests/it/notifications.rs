@@ -151,11 +151,9 @@ async fn a_client_that_never_answers_pings_is_closed_with_1008() {
         quick_hub(),
         ServerConfig {
             notifications: kubemux::dialect::notifications::Settings {
-                liveness: kubemux::ws::conn::Liveness {
-                    ping_interval: Duration::from_millis(300),
-                    pong_timeout: Duration::from_millis(300),
-                    ..kubemux::dialect::notifications::Settings::default().liveness
-                },
+                liveness: quick_pings(
+                    kubemux::dialect::notifications::Settings::default().liveness,
+                ),
                 ..Default::default()
             },
             ..ServerConfig::default()

@@ -929,10 +929,8 @@ fn fast_liveness(idle: Option<Duration>) -> ServerConfig {
     ServerConfig {
         console: kubemux::dialect::console::Settings {
             liveness: kubemux::ws::conn::Liveness {
-                ping_interval: Duration::from_millis(300),
-                pong_timeout: Duration::from_millis(300),
                 idle_timeout: idle,
-                ..kubemux::dialect::console::Settings::default().liveness
+                ..quick_pings(kubemux::dialect::console::Settings::default().liveness)
             },
             ..Default::default()
         },

@@ -50,3 +50,13 @@ pub async fn eventually_ok<T, E: std::fmt::Display>(
         }
     }
 }
+
+/// `base` (a dialect's own heartbeat) at test speed: a ping every 300 ms
+/// and 300 ms to answer it.
+pub fn quick_pings(base: kubemux::ws::conn::Liveness) -> kubemux::ws::conn::Liveness {
+    kubemux::ws::conn::Liveness {
+        ping_interval: Duration::from_millis(300),
+        pong_timeout: Duration::from_millis(300),
+        ..base
+    }
+}
