@@ -9,26 +9,53 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// Label for per-cluster series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClusterLabel {
-    /// The cluster id.
-    pub cluster: String,
+/// Declares a label set of one field, for series split by one bounded name.
+macro_rules! label {
+    ($(#[$doc:meta])* $name:ident { $(#[$field_doc:meta])* $field:ident: $ty:ty }) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        pub struct $name {
+            $(#[$field_doc])*
+            pub $field: $ty,
+        }
+    };
 }
 
-/// Label for outcome series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
-    /// A fixed outcome name.
-    pub outcome: &'static str,
-}
-
-/// Label for per-dialect series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DialectLabel {
-    /// The dialect's name (`headlamp`, …).
-    pub dialect: &'static str,
-}
+label!(
+    /// Label for per-cluster series.
+    ClusterLabel {
+        /// The cluster id.
+        cluster: String
+    }
+);
+label!(
+    /// Label for outcome series.
+    OutcomeLabel {
+        /// A fixed outcome name.
+        outcome: &'static str
+    }
+);
+label!(
+    /// Label for per-dialect series.
+    DialectLabel {
+        /// The dialect's name (`headlamp`, …).
+        dialect: &'static str
+    }
+);
+label!(
+    /// Label for re-check reviews.
+    KindLabel {
+        /// `token` (TokenReview) or `access` (SubjectAccessReview).
+        kind: &'static str
+    }
+);
+label!(
+    /// Label for refusals by an abuse limit.
+    LimitLabel {
+        /// The limit's name (see `ws::limits::limit`).
+        limit: &'static str
+    }
+);
 
 /// Label for auth decisions.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,20 +64,6 @@ pub struct AuthLabel {
     pub kind: &'static str,
     /// `allowed`, `denied` or `cache_hit`.
     pub outcome: &'static str,
-}
-
-/// Label for re-check reviews.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    /// `token` (TokenReview) or `access` (SubjectAccessReview).
-    pub kind: &'static str,
-}
-
-/// Label for refusals by an abuse limit.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LimitLabel {
-    /// The limit's name (see `server::limits::limit`).
-    pub limit: &'static str,
 }
 
 /// Label for REST requests on `/clusters/{cluster}/{path}`.

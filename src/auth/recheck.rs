@@ -118,43 +118,39 @@ struct AccessKey {
     namespace: Option<String>,
 }
 
+/// A review's answer, to be awaited.
+pub type Answer<'a, T> = BoxFuture<'a, Result<T, ReviewError>>;
+
+/// One access review of a tick: may `user` have `access` on `cluster`.
+pub struct Question {
+    /// Where.
+    pub cluster: Arc<Cluster>,
+    /// Who.
+    pub user: User,
+    /// What.
+    pub access: Access,
+}
+
 /// Who answers the re-checks: the [`Reviewer`], bypassing its cache (a
 /// re-check must see a revocation within its interval) and refreshing it.
 /// A trait so the ticker can be tested without a cluster.
 pub trait Authority: Send + Sync + 'static {
     /// Who `token` belongs to.
-    fn authenticate<'a>(
-        &'a self,
-        cluster: &'a Cluster,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<User, ReviewError>>;
-    /// Whether `user` may have `access`.
-    fn authorise<'a>(
-        &'a self,
-        cluster: &'a Cluster,
-        user: &'a User,
-        access: &'a Access,
-    ) -> BoxFuture<'a, Result<(), ReviewError>>;
+    fn authenticate<'a>(&'a self, cluster: &'a Cluster, token: &'a str) -> Answer<'a, User>;
+    /// Whether the question's user may have its access.
+    fn authorise<'a>(&'a self, question: &'a Question) -> Answer<'a, ()>;
 }
 
 impl Authority for Reviewer {
-    fn authenticate<'a>(
-        &'a self,
-        cluster: &'a Cluster,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<User, ReviewError>> {
+    fn authenticate<'a>(&'a self, cluster: &'a Cluster, token: &'a str) -> Answer<'a, User> {
         Box::pin(Reviewer::authenticate(self, cluster, token, true))
     }
 
-    fn authorise<'a>(
-        &'a self,
-        cluster: &'a Cluster,
-        user: &'a User,
-        access: &'a Access,
-    ) -> BoxFuture<'a, Result<(), ReviewError>> {
+    fn authorise<'a>(&'a self, question: &'a Question) -> Answer<'a, ()> {
+        let access = &question.access;
         Box::pin(self.check_user(
-            cluster,
-            user,
+            &question.cluster,
+            &question.user,
             access.verb,
             &access.resource,
             access.subresource,
@@ -401,7 +397,7 @@ impl Inner {
             .await;
         // What: each distinct (cluster, user, access) once.
         let mut resolved = Vec::with_capacity(live.len());
-        let mut questions: HashMap<AccessQuestion, (Arc<Cluster>, Access)> = HashMap::new();
+        let mut questions: HashMap<AccessQuestion, Question> = HashMap::new();
         for (id, cluster, principal, accesses) in live {
             let user = match principal {
                 Principal::User(user) => Ok(user),
@@ -415,15 +411,19 @@ impl Inner {
                 for access in &accesses {
                     questions
                         .entry((cluster.id().to_string(), user.clone(), access.key()))
-                        .or_insert_with(|| (cluster.clone(), access.clone()));
+                        .or_insert_with(|| Question {
+                            cluster: cluster.clone(),
+                            user: user.clone(),
+                            access: access.clone(),
+                        });
                 }
             }
             resolved.push((id, cluster, user, accesses));
         }
         let access_reviews = questions.len();
         let answers: HashMap<AccessQuestion, Result<(), ReviewError>> = stream::iter(questions)
-            .map(|(key, (cluster, access))| async move {
-                let answer = authority.authorise(&cluster, &key.1, &access).await;
+            .map(|(key, question)| async move {
+                let answer = authority.authorise(&question).await;
                 (key, answer)
             })
             .buffer_unordered(CONCURRENCY)
@@ -489,11 +489,7 @@ mod tests {
     }
 
     impl Authority for Fake {
-        fn authenticate<'a>(
-            &'a self,
-            cluster: &'a Cluster,
-            token: &'a str,
-        ) -> BoxFuture<'a, Result<User, ReviewError>> {
+        fn authenticate<'a>(&'a self, cluster: &'a Cluster, token: &'a str) -> Answer<'a, User> {
             Box::pin(async move {
                 self.tokens.fetch_add(1, Ordering::SeqCst);
                 if self.rejected.lock().contains(token) {
@@ -506,12 +502,12 @@ mod tests {
             })
         }
 
-        fn authorise<'a>(
-            &'a self,
-            cluster: &'a Cluster,
-            user: &'a User,
-            access: &'a Access,
-        ) -> BoxFuture<'a, Result<(), ReviewError>> {
+        fn authorise<'a>(&'a self, question: &'a Question) -> Answer<'a, ()> {
+            let Question {
+                cluster,
+                user,
+                access,
+            } = question;
             Box::pin(async move {
                 self.access.fetch_add(1, Ordering::SeqCst);
                 if self.down.load(Ordering::SeqCst) {
@@ -559,12 +555,13 @@ mod tests {
     }
 
     /// A service ticking `every` against a fake authority.
-    fn service(every: Duration) -> (Arc<Fake>, Rechecks) {
+    /// The re-check service on a fake authority, and a cluster to register on.
+    fn service(every: Duration) -> (Arc<Fake>, Rechecks, Arc<Cluster>) {
         let fake = Arc::new(Fake::default());
         let metrics = Arc::new(Metrics::new());
         let reviewer = Arc::new(Reviewer::new(Duration::from_secs(1), metrics));
         let rechecks = Rechecks::with_authority(reviewer, fake.clone(), every);
-        (fake, rechecks)
+        (fake, rechecks, cluster())
     }
 
     /// Counts the notifications it was given.
@@ -589,8 +586,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_review_per_distinct_question_per_tick_across_registrations() {
         let every = Duration::from_secs(30);
-        let (fake, rechecks) = service(every);
-        let cluster = cluster();
+        let (fake, rechecks, cluster) = service(every);
         let (revoked, notify) = counter();
         let notify = Arc::new(notify);
         let mut handles = Vec::new();
@@ -652,8 +648,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_dropped_handle_is_never_reviewed_and_an_outage_revokes_nobody() {
         let every = Duration::from_secs(10);
-        let (fake, rechecks) = service(every);
-        let cluster = cluster();
+        let (fake, rechecks, cluster) = service(every);
         let (bob_revoked, bob_notify) = counter();
         let bob = rechecks.register(
             cluster.clone(),
@@ -693,11 +688,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_ticker_lives_as_long_as_the_service_or_a_handle() {
         let every = Duration::from_secs(5);
-        let (fake, rechecks) = service(every);
+        let (fake, rechecks, cluster) = service(every);
         let metrics = rechecks.inner.metrics.clone();
         let (_, notify) = counter();
         let handle = rechecks.register(
-            cluster(),
+            cluster,
             Principal::User(user("dave")),
             Access::list_and_watch(&pods("default", "v1")),
             notify,

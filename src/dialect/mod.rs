@@ -7,6 +7,7 @@ pub mod console;
 pub mod dashboard;
 pub mod headlamp;
 pub mod notifications;
+pub mod sink;
 
 use crate::auth::policy::Policy;
 use crate::hub::Hub;

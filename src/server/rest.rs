@@ -19,7 +19,8 @@ use crate::auth::credentials::Credentials;
 use crate::auth::policy::{AuthMode, Denied};
 use crate::auth::review::ReviewError;
 use crate::cluster::Cluster;
-use crate::hub::{EndReason, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
+use crate::dialect::sink::{Deliver, Sink};
+use crate::hub::{EndReason, Identity, SubscribeRequest, Subscription};
 use crate::upstream::event::WatchEvent;
 use crate::ws::outbound::{Frame, Out, Outbound, Replay};
 use kubemux_vocab::path::{self, ApiPath};
@@ -257,9 +258,9 @@ fn watch_stream(
         state.config.queue,
         state.hub.metrics().clone(),
     ));
-    let sink = Arc::new(WatchSink {
+    let sink = Arc::new(Sink(WatchSink {
         outbound: outbound.clone(),
-    });
+    }));
     let request = SubscribeRequest {
         cluster,
         path,
@@ -312,32 +313,45 @@ impl WatchSink {
     }
 }
 
-impl Subscriber for WatchSink {
-    fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
-        self.outbound.push(Self::line(event))
+impl Deliver for WatchSink {
+    type Lane = Arc<Outbound>;
+
+    fn lane(&self) -> &Arc<Outbound> {
+        &self.outbound
     }
 
-    fn replay(&self, events: Vec<Arc<WatchEvent>>) -> Result<(), Overflow> {
-        self.outbound.push_replay(Replay::new(
-            events.into_iter().map(|event| Self::line(&event)),
-        ));
-        Ok(())
+    fn event(&self, event: &Arc<WatchEvent>) -> Frame {
+        Self::line(event)
+    }
+
+    fn replay(&self, events: Vec<Arc<WatchEvent>>) -> Replay {
+        Replay::new(events.into_iter().map(|event| Self::line(&event)))
     }
 
     /// The API server says nothing in a watch stream about its own
     /// trouble reaching etcd; neither does kubemux (the stream continues).
-    fn warning(&self, message: &str) {
+    fn problem(&self, message: &str) -> Option<Frame> {
         debug!(%message, "upstream trouble during a REST watch");
+        None
     }
 
     /// Ends the response: cleanly (its timeout, the cluster's 410 already
     /// sent, a slow reader, shutdown), or after an in-band `ERROR` Status
     /// naming why the watch cannot go on.
-    fn end(&self, reason: EndReason) {
-        if let EndReason::Failed(message) = reason {
-            let status = WatchEvent::status(500, "InternalError", &message);
-            self.outbound.push_forced(Self::line(&status));
+    fn end(&self, reason: EndReason) -> Vec<Frame> {
+        match reason {
+            EndReason::Failed(message) => {
+                vec![Self::line(&WatchEvent::status(
+                    500,
+                    "InternalError",
+                    &message,
+                ))]
+            }
+            _ => Vec::new(),
         }
+    }
+
+    fn ended(&self) {
         self.outbound.close_with(1000, "");
     }
 }

@@ -1,7 +1,8 @@
 //! The connection machinery every dialect runs on: the listener (per-address
 //! admission, handshake deadline, trusted-proxy client info), the WebSocket
 //! upgrade and permessage-deflate, the connection loop with its [`conn::Dialect`]
-//! trait, the outbound queue, the control-notice channel and the abuse limits.
+//! trait, the two lanes a subscription's output travels (the outbound queue and
+//! the notice channel, one [`lane::Lane`] contract) and the abuse limits.
 //!
 //! It imports no dialect and no router: a dialect plugs in by implementing
 //! [`conn::Dialect`] and being handed a [`WebSocket`].
@@ -10,6 +11,7 @@ pub mod close;
 pub mod conn;
 mod deflate;
 pub mod forwarded;
+pub mod lane;
 pub mod limits;
 pub mod listener;
 pub mod notice;

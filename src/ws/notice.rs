@@ -1,5 +1,5 @@
-//! A connection's notice channel: events within a bound, control notices
-//! always.
+//! A connection's notice channel: events within a bound, replays and
+//! control notices always (a [`super::lane::Lane`]).
 //!
 //! Subscribers of the dashboard and console dialects hand their events to
 //! the connection's own task through this channel. Events are bounded so a
@@ -68,6 +68,25 @@ impl<N> NoticeSender<N> {
     /// Sends a control notice (an end, a problem, a verdict), never refused.
     pub fn control(&self, notice: N) {
         let _ = self.tx.send(Item::Control(notice));
+    }
+}
+
+impl<N: Send + 'static> super::lane::Lane for NoticeSender<N> {
+    type Item = N;
+    /// A notice carrying the whole catch-up; the connection's task works
+    /// through it as it does through any notice.
+    type Replay = N;
+
+    fn event(&self, notice: N) -> Result<(), Overflow> {
+        NoticeSender::event(self, notice)
+    }
+
+    fn replay(&self, notice: N) {
+        self.control(notice);
+    }
+
+    fn control(&self, notice: N) {
+        NoticeSender::control(self, notice);
     }
 }
 

@@ -80,6 +80,23 @@ impl Frame {
     }
 }
 
+impl super::lane::Lane for std::sync::Arc<Outbound> {
+    type Item = Frame;
+    type Replay = Replay;
+
+    fn event(&self, frame: Frame) -> Result<(), Overflow> {
+        self.push(frame)
+    }
+
+    fn replay(&self, replay: Replay) {
+        self.push_replay(replay);
+    }
+
+    fn control(&self, frame: Frame) {
+        self.push_forced(frame);
+    }
+}
+
 /// Frames produced one by one as the writer takes them: the cost of a
 /// queued replay is a pointer per event, whatever the events' size.
 pub struct Replay {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{Services, WATCH_LIST, timestamp};
+use crate::dialect::sink::{Sink, Tagged, Update, end_message};
 use crate::ws::WebSocket;
 use serde_json::{Value, json};
 use tokio::task::{AbortHandle, JoinSet};
@@ -27,7 +28,7 @@ use tracing::debug;
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::recheck::{Access, Principal, RecheckHandle, Rechecks};
 use crate::auth::review::User;
-use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber};
+use crate::hub::{Hub, Identity, SubscribeRequest};
 use crate::upstream::event::WatchEvent;
 use crate::ws::conn::{self, ConnContext, Dialect, Liveness};
 use crate::ws::limits::TokenBucket;
@@ -119,16 +120,17 @@ struct Pending {
 
 /// Notices from hub subscriptions and background tasks.
 enum Notice {
-    Event(u64, Stream, Arc<WatchEvent>),
-    /// What a subscription was owed when it joined, in order.
-    Replay(u64, Stream, Vec<Arc<WatchEvent>>),
-    /// The upstream is in trouble; the subscription goes on.
-    Warning(u64, Refusal),
-    /// The subscription's watch ended for good.
-    Ended(u64, Refusal),
+    /// What the hub said about one stream of a subscription.
+    Hub((u64, Stream), Update),
     Authorised(Box<Pending>, Result<bool, Refusal>),
     Revoked(Target, String),
     LogEnded(String),
+}
+
+impl From<((u64, Stream), Update)> for Notice {
+    fn from((tag, update): ((u64, Stream), Update)) -> Self {
+        Notice::Hub(tag, update)
+    }
 }
 
 /// What a periodic re-check found revoked.
@@ -143,42 +145,6 @@ struct LogStream {
     handle: AbortHandle,
     id: Value,
     _recheck: Option<RecheckHandle>,
-}
-
-struct Sink {
-    sub: u64,
-    stream: Stream,
-    tx: NoticeSender<Notice>,
-}
-
-impl Subscriber for Sink {
-    fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
-        self.tx
-            .event(Notice::Event(self.sub, self.stream, event.clone()))
-    }
-
-    fn replay(&self, events: Vec<Arc<WatchEvent>>) -> Result<(), Overflow> {
-        self.tx.event(Notice::Replay(self.sub, self.stream, events))
-    }
-
-    fn warning(&self, message: &str) {
-        self.tx.control(Notice::Warning(
-            self.sub,
-            Refusal::new("WORKSPACE_UNAVAILABLE", message),
-        ));
-    }
-
-    fn end(&self, reason: EndReason) {
-        let message = match reason {
-            EndReason::Failed(m) => m,
-            EndReason::SlowConsumer => "the client did not read fast enough".into(),
-            other => format!("watch ended: {other:?}"),
-        };
-        self.tx.control(Notice::Ended(
-            self.sub,
-            Refusal::new("SUBSCRIPTION_ENDED", message),
-        ));
-    }
 }
 
 struct Console {
@@ -474,11 +440,10 @@ impl Console {
             } else {
                 format!("{WATCH_LIST}&{query}")
             };
-            let sink = Arc::new(Sink {
-                sub: key,
-                stream: *stream,
-                tx: self.notices.clone(),
-            });
+            let sink = Arc::new(Sink(Tagged {
+                tag: (key, *stream),
+                lane: self.notices.clone(),
+            }));
             let request = SubscribeRequest {
                 cluster: &pending.cluster,
                 path: &path,
@@ -856,16 +821,21 @@ impl Dialect for Console {
 
     fn on_notice(&mut self, notice: Notice) {
         match notice {
-            Notice::Event(key, stream, event) => self.on_events(key, stream, &[event]),
-            Notice::Replay(key, stream, events) => self.on_events(key, stream, &events),
-            Notice::Ended(key, refusal) => {
-                if let Some((_, Some(waiting))) = self.subs.remove_unannounced(key) {
-                    return self.refuse_subscribe(&waiting.request_id, &refusal);
+            Notice::Hub((key, stream), update) => match update {
+                Update::Event(event) => self.on_events(key, stream, &[event]),
+                Update::Replay(events) => self.on_events(key, stream, &events),
+                Update::Problem(message) => {
+                    self.subscription_error(key, Refusal::new("WORKSPACE_UNAVAILABLE", message))
                 }
-                self.subscription_error(key, refusal);
-                self.subs.remove(key);
-            }
-            Notice::Warning(key, refusal) => self.subscription_error(key, refusal),
+                Update::Ended(reason) => {
+                    let refusal = Refusal::new("SUBSCRIPTION_ENDED", end_message(reason));
+                    if let Some((_, Some(waiting))) = self.subs.remove_unannounced(key) {
+                        return self.refuse_subscribe(&waiting.request_id, &refusal);
+                    }
+                    self.subscription_error(key, refusal);
+                    self.subs.remove(key);
+                }
+            },
             Notice::Authorised(pending, result) => self.on_authorised(*pending, result),
             Notice::Revoked(Target::Log(stream_id), message) => {
                 if let Some(stream) = self.logs.remove(&stream_id) {

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Services, WATCH_LIST, timestamp};
+use crate::dialect::sink::{Sink, Tagged, Update, end_message};
 use crate::ws::WebSocket;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -37,7 +38,7 @@ use crate::auth::recheck::{Access, Principal, RecheckHandle, Rechecks};
 use crate::auth::review::ReviewError;
 use crate::cluster::Cluster;
 use crate::hub::ResourcePath;
-use crate::hub::{EndReason, Hub, Identity, Overflow, SubscribeRequest, Subscriber, Subscription};
+use crate::hub::{EndReason, Hub, Identity, SubscribeRequest, Subscription};
 use crate::upstream::event::{EventType, WatchEvent};
 use crate::ws::conn::{self, ConnContext, Dialect, Liveness};
 use crate::ws::limits::TokenBucket;
@@ -200,17 +201,18 @@ fn permission_denied(lead: &str, denials: &[Denial]) -> Frame {
 
 /// Notices from the dashboard's subscriptions.
 enum Notice {
-    Event(Stream, Arc<WatchEvent>),
-    /// What a stream was owed when it joined (its initial state), in order.
-    Replay(Stream, Vec<Arc<WatchEvent>>),
-    /// A transient upstream problem; the stream goes on.
-    Problem(Stream, String),
-    /// The hub ended the stream's subscription.
-    Ended(Stream, String),
+    /// What the hub said about a stream's subscription.
+    Hub(Stream, Update),
     /// A periodic re-check found these streams' permissions gone.
     Revoked(Vec<Denial>),
     /// A periodic re-check found the caller no longer authenticated.
     Refused(String),
+}
+
+impl From<(Stream, Update)> for Notice {
+    fn from((stream, update): (Stream, Update)) -> Self {
+        Notice::Hub(stream, update)
+    }
 }
 
 /// What the `shared` and `passthrough` auth modes re-check for a
@@ -251,35 +253,13 @@ impl Recheck {
     }
 }
 
-struct Sink {
-    stream: Stream,
-    tx: NoticeSender<Notice>,
-}
-
-impl Subscriber for Sink {
-    fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
-        self.tx.event(Notice::Event(self.stream, event.clone()))
-    }
-
-    fn replay(&self, events: Vec<Arc<WatchEvent>>) -> Result<(), Overflow> {
-        self.tx.event(Notice::Replay(self.stream, events))
-    }
-
-    fn warning(&self, message: &str) {
-        self.tx
-            .control(Notice::Problem(self.stream, message.to_string()));
-    }
-
-    fn end(&self, reason: EndReason) {
-        let message = match reason {
-            // The 1012 close that follows says so; a WATCH_ERROR would have
-            // a seed 001 client report a failure for a routine restart.
-            EndReason::Shutdown => return,
-            EndReason::Failed(m) => m,
-            EndReason::SlowConsumer => "the client did not read fast enough".into(),
-            other => format!("watch ended: {other:?}"),
-        };
-        self.tx.control(Notice::Ended(self.stream, message));
+/// Keeps `views` current: a deleted object is forgotten, any other is
+/// (re)placed under its key.
+fn track<V>(views: &mut BTreeMap<String, Arc<V>>, key: String, view: &Arc<V>, deleted: bool) {
+    if deleted {
+        views.remove(&key);
+    } else {
+        views.insert(key, view.clone());
     }
 }
 
@@ -577,29 +557,22 @@ impl Dashboard {
             return;
         }
         let projected = event.derived(|event| Projected::of(stream, event));
-        let (kind, data) = match (&projected.view, deleted) {
-            (View::Node(_), true) => {
-                self.nodes.remove(&key);
-                ("node_event", &projected.data)
+        let kind = match &projected.view {
+            View::Node(view) => {
+                track(&mut self.nodes, key, view, deleted);
+                "node_event"
             }
-            (View::Node(view), false) => {
-                self.nodes.insert(key, view.clone());
-                ("node_event", &projected.data)
+            View::Pod(view) => {
+                track(&mut self.pods, key, view, deleted);
+                "pod_event"
             }
-            (View::Pod(_), true) => {
-                self.pods.remove(&key);
-                ("pod_event", &projected.data)
-            }
-            (View::Pod(view), false) => {
-                self.pods.insert(key, view.clone());
-                ("pod_event", &projected.data)
-            }
-            (View::Namespace(view), _) => {
+            View::Namespace(view) => {
                 self.namespaces.insert(key, view.clone());
                 return;
             }
-            (View::Unreadable, _) => return,
+            View::Unreadable => return,
         };
+        let data = &projected.data;
         if live {
             self.emit(format!(
                 r#"{{"type":"{kind}","action":"{}","data":{data},"timestamp":{}}}"#,
@@ -607,6 +580,69 @@ impl Dashboard {
                 Value::String(timestamp())
             ));
         }
+    }
+
+    /// Applies what the hub said about one stream.
+    fn on_update(&mut self, stream: Stream, update: Update) {
+        match update {
+            Update::Event(event) => self.apply(stream, &event),
+            Update::Replay(events) => {
+                for event in &events {
+                    self.apply(stream, event);
+                }
+            }
+            Update::Problem(message) => {
+                if let Some(live) = self.streams.get(&stream) {
+                    self.watch_error(&live.target.resource.resource, &message, "");
+                }
+            }
+            Update::Ended(reason) => {
+                // The 1012 close that follows says so; a WATCH_ERROR would
+                // have a seed 001 client report a failure for a routine
+                // restart.
+                if reason == EndReason::Shutdown {
+                    return;
+                }
+                let message = end_message(reason);
+                let Some(live) = self.streams.get(&stream) else {
+                    return;
+                };
+                if classify(&message) == "PERMISSION_DENIED" {
+                    // The cluster itself refused the caller's own token
+                    // (passthrough): this stream stops, the others go on.
+                    let verb = if message.contains("cannot list") {
+                        "list"
+                    } else {
+                        "watch"
+                    };
+                    let denial = Denial {
+                        target: live.target.clone(),
+                        verb: verb.to_string(),
+                        reason: message,
+                    };
+                    self.outbound.push_forced(permission_denied(
+                        "Insufficient RBAC permissions to watch",
+                        &[denial],
+                    ));
+                    self.stop(stream);
+                    self.close_if_empty(conn::close::POLICY, "access denied");
+                } else {
+                    self.watch_error(&live.target.resource.resource, &message, " stopped");
+                    self.stop(stream);
+                    self.close_if_empty(CLOSE_WATCHES_ENDED, "every watch ended");
+                }
+            }
+        }
+    }
+
+    /// An ERROR about the watch of `resource`: `message` classified, and
+    /// what happened to the watch (`then`: "" while it goes on).
+    fn watch_error(&self, resource: &str, message: &str, then: &str) {
+        self.outbound.push_forced(error_frame(
+            classify(message),
+            &format!("watching {resource} on cluster {:?}{then}", self.cluster),
+            message,
+        ));
     }
 
     /// A stream has its initial state (or will never send it); the first
@@ -677,12 +713,7 @@ impl Dialect for Dashboard {
 
     fn on_notice(&mut self, notice: Notice) {
         match notice {
-            Notice::Event(stream, event) => self.apply(stream, &event),
-            Notice::Replay(stream, events) => {
-                for event in &events {
-                    self.apply(stream, event);
-                }
-            }
+            Notice::Hub(stream, update) => self.on_update(stream, update),
             Notice::Revoked(denials) => {
                 let denials: Vec<Denial> = denials
                     .into_iter()
@@ -701,55 +732,6 @@ impl Dialect for Dashboard {
                 self.close_if_empty(conn::close::POLICY, "access revoked");
             }
             Notice::Refused(message) => self.refuse(&message),
-            Notice::Problem(stream, message) => {
-                let Some(live) = self.streams.get(&stream) else {
-                    return;
-                };
-                self.outbound.push_forced(error_frame(
-                    classify(&message),
-                    &format!(
-                        "watching {} on cluster {:?}",
-                        live.target.resource.resource, self.cluster
-                    ),
-                    &message,
-                ));
-            }
-            Notice::Ended(stream, message) => {
-                let Some(live) = self.streams.get(&stream) else {
-                    return;
-                };
-                if classify(&message) == "PERMISSION_DENIED" {
-                    // The cluster itself refused the caller's own token
-                    // (passthrough): this stream stops, the others go on.
-                    let verb = if message.contains("cannot list") {
-                        "list"
-                    } else {
-                        "watch"
-                    };
-                    let denial = Denial {
-                        target: live.target.clone(),
-                        verb: verb.to_string(),
-                        reason: message,
-                    };
-                    self.outbound.push_forced(permission_denied(
-                        "Insufficient RBAC permissions to watch",
-                        &[denial],
-                    ));
-                    self.stop(stream);
-                    self.close_if_empty(conn::close::POLICY, "access denied");
-                } else {
-                    self.outbound.push_forced(error_frame(
-                        classify(&message),
-                        &format!(
-                            "watching {} on cluster {:?} stopped",
-                            live.target.resource.resource, self.cluster
-                        ),
-                        &message,
-                    ));
-                    self.stop(stream);
-                    self.close_if_empty(CLOSE_WATCHES_ENDED, "every watch ended");
-                }
-            }
         }
     }
 
@@ -980,10 +962,10 @@ async fn subscribe_streams(
         ));
     }
     for (target, identity) in admitted {
-        let sink = Arc::new(Sink {
-            stream: target.stream,
-            tx: tx.clone(),
-        });
+        let sink = Arc::new(Sink(Tagged {
+            tag: target.stream,
+            lane: tx.clone(),
+        }));
         let request = SubscribeRequest {
             cluster: cluster.id(),
             path: &target.path,

@@ -14,21 +14,19 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::Services;
-use crate::ws::WebSocket;
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use super::Services;
+use super::sink::{Deliver, Sink};
 use crate::auth::credentials::Credentials;
 use crate::auth::policy::Policy;
 use crate::auth::recheck::{Access, Principal, RecheckHandle};
-use crate::hub::{
-    EndReason, Hub, Identity, Overflow, ResourcePath, SubscribeRequest, Subscriber, Subscription,
-    key,
-};
+use crate::hub::{EndReason, Hub, Identity, ResourcePath, SubscribeRequest, Subscription, key};
 use crate::upstream::event::WatchEvent;
+use crate::ws::WebSocket;
 use crate::ws::conn::{self, ConnContext, Dialect, Liveness};
 use crate::ws::limits::{TokenBucket, limit};
 use crate::ws::outbound::{Frame, Outbound, Replay};
@@ -475,13 +473,13 @@ impl Headlamp {
 
     fn subscribe(&mut self, key: SubKey, token: u64, resource: ResourcePath, identity: Identity) {
         let (cluster, path, query) = &key;
-        let sink = Arc::new(HeadlampSink {
+        let sink = Arc::new(Sink(HeadlampSink {
             outbound: self.outbound.clone(),
             head: Bytes::from(head(cluster, path, query)),
             key: key.clone(),
             token,
             notices: self.notices.clone(),
-        });
+        }));
         let request = SubscribeRequest {
             cluster,
             path,
@@ -607,37 +605,48 @@ fn data_frame(head: &Bytes, event: &WatchEvent) -> Frame {
     ])
 }
 
-impl Subscriber for HeadlampSink {
-    fn event(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
-        self.outbound.push(data_frame(&self.head, event))
+impl Deliver for HeadlampSink {
+    type Lane = Arc<Outbound>;
+
+    fn lane(&self) -> &Arc<Outbound> {
+        &self.outbound
     }
 
-    fn replay(&self, events: Vec<Arc<WatchEvent>>) -> Result<(), Overflow> {
+    fn event(&self, event: &Arc<WatchEvent>) -> Frame {
+        data_frame(&self.head, event)
+    }
+
+    fn replay(&self, events: Vec<Arc<WatchEvent>>) -> Replay {
         let head = self.head.clone();
-        self.outbound.push_replay(Replay::new(
+        Replay::new(
             events
                 .into_iter()
                 .map(move |event| data_frame(&head, &event)),
-        ));
-        Ok(())
+        )
     }
 
-    fn warning(&self, message: &str) {
-        self.outbound.push_forced(error_frame(&self.head, message));
+    fn problem(&self, message: &str) -> Option<Frame> {
+        Some(error_frame(&self.head, message))
     }
 
-    fn end(&self, reason: EndReason) {
-        match reason {
-            EndReason::Failed(message) => {
-                self.outbound.push_forced(error_frame(&self.head, &message))
-            }
-            EndReason::SlowConsumer => self.outbound.push_forced(error_frame(
+    fn end(&self, reason: EndReason) -> Vec<Frame> {
+        let error = match reason {
+            EndReason::Failed(message) => Some(error_frame(&self.head, &message)),
+            EndReason::SlowConsumer => Some(error_frame(
                 &self.head,
                 "slow consumer: the client did not read events fast enough; subscription ended",
             )),
-            EndReason::Timeout | EndReason::Expired | EndReason::Shutdown => {}
-        }
-        self.outbound.push_forced(complete_frame(&self.head));
+            EndReason::Timeout | EndReason::Expired | EndReason::Shutdown => None,
+        };
+        error
+            .into_iter()
+            .chain([complete_frame(&self.head)])
+            .collect()
+    }
+
+    /// The connection forgets the subscription, so the same REQUEST may
+    /// start it again.
+    fn ended(&self) {
         let _ = self
             .notices
             .send(Notice::Ended(self.key.clone(), self.token));
