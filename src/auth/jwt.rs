@@ -18,6 +18,8 @@ const LEEWAY_SECS: u64 = 30;
 /// Where the verification key comes from, and which claims mean what.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JwtSettings {
+    /// The claim naming the user.
+    pub user_claim: String,
     /// A file holding the HS256 shared secret (a trailing newline is ignored).
     pub hs256_secret_file: Option<PathBuf>,
     /// A PEM public key; RSA keys verify RS256, EC P-256 keys ES256.
@@ -26,8 +28,6 @@ pub struct JwtSettings {
     pub issuer: Option<String>,
     /// Required `aud`, if set.
     pub audience: Option<String>,
-    /// The claim naming the user.
-    pub user_claim: String,
     /// The claim listing the user's groups (absent = no groups).
     pub groups_claim: String,
 }

@@ -564,6 +564,22 @@ mod tests {
         (fake, rechecks, cluster())
     }
 
+    /// Registers `principal` as a watcher of the pods of `namespace`.
+    fn watch(
+        rechecks: &Rechecks,
+        cluster: &Arc<Cluster>,
+        principal: Principal,
+        namespace: &str,
+        notify: impl Fn(&ReviewError) + Send + Sync + 'static,
+    ) -> RecheckHandle {
+        let access = Access::list_and_watch(&pods(namespace, "v1"));
+        rechecks.register(cluster.clone(), principal, access, notify)
+    }
+
+    fn token(token: &str) -> Principal {
+        Principal::Token(token.into())
+    }
+
     /// Counts the notifications it was given.
     fn counter() -> (
         Arc<AtomicUsize>,
@@ -596,16 +612,17 @@ mod tests {
             let n = notify.clone();
             handles.push(rechecks.register(
                 cluster.clone(),
-                Principal::Token("t-alice".into()),
+                token("t-alice"),
                 Access::list_and_watch(&pods("default", if i % 2 == 0 { "v1" } else { "v2" })),
                 move |e| n(e),
             ));
         }
         let n = notify.clone();
-        handles.push(rechecks.register(
-            cluster.clone(),
+        handles.push(watch(
+            &rechecks,
+            &cluster,
             Principal::User(user("alice")),
-            Access::list_and_watch(&pods("default", "v1")),
+            "default",
             move |e| n(e),
         ));
         assert_eq!(rechecks.registered(), 1001);
@@ -650,17 +667,13 @@ mod tests {
         let every = Duration::from_secs(10);
         let (fake, rechecks, cluster) = service(every);
         let (bob_revoked, bob_notify) = counter();
-        let bob = rechecks.register(
-            cluster.clone(),
-            Principal::Token("t-bob".into()),
-            Access::list_and_watch(&pods("team-b", "v1")),
-            bob_notify,
-        );
+        let bob = watch(&rechecks, &cluster, token("t-bob"), "team-b", bob_notify);
         let (carol_revoked, carol_notify) = counter();
-        let _carol = rechecks.register(
-            cluster.clone(),
-            Principal::Token("t-carol".into()),
-            Access::list_and_watch(&pods("team-c", "v1")),
+        let _carol = watch(
+            &rechecks,
+            &cluster,
+            token("t-carol"),
+            "team-c",
             carol_notify,
         );
         drop(bob);
@@ -691,10 +704,11 @@ mod tests {
         let (fake, rechecks, cluster) = service(every);
         let metrics = rechecks.inner.metrics.clone();
         let (_, notify) = counter();
-        let handle = rechecks.register(
-            cluster,
+        let handle = watch(
+            &rechecks,
+            &cluster,
             Principal::User(user("dave")),
-            Access::list_and_watch(&pods("default", "v1")),
+            "default",
             notify,
         );
         drop(rechecks);

@@ -202,8 +202,7 @@ impl Reviewer {
         resource: &ResourcePath,
         fresh: bool,
     ) -> Result<User, ReviewError> {
-        let token = token.ok_or_else(|| ReviewError::NoCredentials(cluster.id().to_string()))?;
-        let user = self.authenticate(cluster, token, fresh).await?;
+        let user = self.bearer(cluster, token, fresh).await?;
         for verb in ["list", "watch"] {
             self.check_user(cluster, &user, verb, resource, None, fresh)
                 .await?;
@@ -334,19 +333,28 @@ impl Reviewer {
             .map_err(forbidden)
     }
 
-    /// Authenticates `token` and authorises `get` on the non-resource URL
-    /// `path` (discovery: `/api`, `/apis/<group>`, `/version`), as the API
-    /// server itself authorises them (`system:discovery` grants them to
-    /// every authenticated user), not as a resource nobody has.
-    pub async fn check_path(
+    /// Who the bearer of `token` is; no token is [`ReviewError::NoCredentials`].
+    pub async fn bearer(
         &self,
         cluster: &Cluster,
         token: Option<&str>,
-        path: &str,
         fresh: bool,
     ) -> Result<User, ReviewError> {
         let token = token.ok_or_else(|| ReviewError::NoCredentials(cluster.id().to_string()))?;
-        let user = self.authenticate(cluster, token, fresh).await?;
+        self.authenticate(cluster, token, fresh).await
+    }
+
+    /// Authorises `get` on the non-resource URL `path` for `user`
+    /// (discovery: `/api`, `/apis/<group>`, `/version`), as the API server
+    /// itself authorises them (`system:discovery` grants them to every
+    /// authenticated user), not as a resource nobody has.
+    pub async fn check_path(
+        &self,
+        cluster: &Cluster,
+        user: &User,
+        path: &str,
+        fresh: bool,
+    ) -> Result<(), ReviewError> {
         let key = AccessKey {
             cluster: cluster.id().to_string(),
             user: user.clone(),
@@ -373,8 +381,7 @@ impl Reviewer {
                 } else {
                     format!(": {reason}")
                 },
-            })?;
-        Ok(user)
+            })
     }
 
     /// The cached or fresh answer to `key`, whose attributes `spec` carries

@@ -435,10 +435,15 @@ async fn review(
     };
     let token = credentials.token_for(target.id());
     match path.collection() {
-        Some(collection) => reviewer.check(target, token, collection, false).await,
-        None => reviewer.check_path(target, token, full, false).await,
+        Some(collection) => reviewer
+            .check(target, token, collection, false)
+            .await
+            .map(|_| ()),
+        None => match reviewer.bearer(target, token, false).await {
+            Ok(user) => reviewer.check_path(target, &user, full, false).await,
+            Err(e) => Err(e),
+        },
     }
-    .map(|_| ())
     .map_err(|e| {
         let code = match e {
             ReviewError::NoCredentials(_) | ReviewError::Unauthenticated { .. } => {

@@ -337,14 +337,25 @@ mod tests {
         }
     }
 
+    /// Proxies trusted on 10.0.0.0/8.
+    fn private() -> TrustedProxies {
+        TrustedProxies::parse(&["10.0.0.0/8"]).unwrap()
+    }
+
+    /// The client, host and scheme a trusted proxy said.
+    fn assert_forwarded(info: &ClientInfo, addr: &str, host: &str, proto: &str) {
+        assert_eq!(info.addr, addr.parse::<IpAddr>().unwrap());
+        assert_eq!(info.forwarded_host.as_deref(), Some(host));
+        assert_eq!(info.forwarded_proto.as_deref(), Some(proto));
+    }
+
     #[test]
     fn untrusted_peers_are_taken_at_their_word_only_for_their_own_address() {
-        let trusted = TrustedProxies::parse(&["10.0.0.0/8"]).unwrap();
         let h = headers(&[
             ("x-forwarded-for", "192.0.2.7"),
             ("x-forwarded-host", "evil.example"),
         ]);
-        let info = ClientInfo::of(peer("198.51.100.1"), &h, &trusted);
+        let info = ClientInfo::of(peer("198.51.100.1"), &h, &private());
         assert_eq!(info.addr, "198.51.100.1".parse::<IpAddr>().unwrap());
         assert_eq!(info.forwarded_host, None);
         let none = ClientInfo::of(peer("10.0.0.1"), &h, &TrustedProxies::default());
@@ -357,22 +368,19 @@ mod tests {
 
     #[test]
     fn the_right_most_untrusted_address_is_the_client() {
-        let trusted = TrustedProxies::parse(&["10.0.0.0/8"]).unwrap();
         let h = headers(&[
             ("x-forwarded-for", "203.0.113.9, 192.0.2.7"),
             ("x-forwarded-for", "10.0.0.5"),
             ("x-forwarded-host", "spoofed.example, dash.example.com"),
             ("x-forwarded-proto", "HTTPS"),
         ]);
-        let info = ClientInfo::of(peer("10.0.0.1"), &h, &trusted);
-        assert_eq!(info.addr, "192.0.2.7".parse::<IpAddr>().unwrap());
-        assert_eq!(info.forwarded_host.as_deref(), Some("dash.example.com"));
-        assert_eq!(info.forwarded_proto.as_deref(), Some("https"));
+        let info = ClientInfo::of(peer("10.0.0.1"), &h, &private());
+        assert_forwarded(&info, "192.0.2.7", "dash.example.com", "https");
         let all_trusted = headers(&[("x-forwarded-for", "10.9.9.9, 10.0.0.5")]);
-        let info = ClientInfo::of(peer("10.0.0.1"), &all_trusted, &trusted);
+        let info = ClientInfo::of(peer("10.0.0.1"), &all_trusted, &private());
         assert_eq!(info.addr, "10.9.9.9".parse::<IpAddr>().unwrap());
         let unknown = headers(&[("x-forwarded-for", "192.0.2.7, unknown, 10.0.0.5")]);
-        let info = ClientInfo::of(peer("10.0.0.1"), &unknown, &trusted);
+        let info = ClientInfo::of(peer("10.0.0.1"), &unknown, &private());
         assert_eq!(info.addr, "10.0.0.5".parse::<IpAddr>().unwrap());
     }
 
@@ -388,9 +396,7 @@ mod tests {
             ("x-forwarded-for", "198.51.100.200"),
         ]);
         let info = ClientInfo::of(peer("10.0.0.1"), &h, &trusted);
-        assert_eq!(info.addr, "2001:db8:cafe::17".parse::<IpAddr>().unwrap());
-        assert_eq!(info.forwarded_host.as_deref(), Some("a.example:8443"));
-        assert_eq!(info.forwarded_proto.as_deref(), Some("https"));
+        assert_forwarded(&info, "2001:db8:cafe::17", "a.example:8443", "https");
         assert_eq!(info.site(&h), Some("a.example:8443"));
     }
 }

@@ -427,6 +427,11 @@ mod tests {
         WatchEvent::synthesize(kind, object.to_string().as_bytes()).unwrap()
     }
 
+    /// Applies one nodes event.
+    fn nodes(sub: &mut Sub, kind: EventType, node: Value, out: &mut Vec<Event>) {
+        sub.apply(Stream::Nodes, &event(kind, node), out);
+    }
+
     fn synced(sub: &mut Sub) {
         for stream in Stream::of(sub.family) {
             let end = WatchEvent::bookmark("List", "v1", "1", true);
@@ -488,22 +493,14 @@ mod tests {
     fn workspace_status_and_resources_follow_nodes_after_the_initial_state() {
         let mut s = sub(Family::Workspace, None);
         let mut out = Vec::new();
-        s.apply(
-            Stream::Nodes,
-            &event(EventType::Added, node("n1", true)),
-            &mut out,
-        );
+        nodes(&mut s, EventType::Added, node("n1", true), &mut out);
         s.tick(&Health::default(), &mut out);
         assert!(out.is_empty(), "nothing before the initial state: {out:?}");
         synced(&mut s);
         s.tick(&Health::default(), &mut out);
         assert_eq!(kinds(&out), ["workspace.resource_updated"]);
         out.clear();
-        s.apply(
-            Stream::Nodes,
-            &event(EventType::Modified, node("n1", false)),
-            &mut out,
-        );
+        nodes(&mut s, EventType::Modified, node("n1", false), &mut out);
         assert_eq!(kinds(&out), ["workspace.alert_triggered"]);
         out.clear();
         s.tick(&Health::default(), &mut out);
@@ -516,23 +513,11 @@ mod tests {
     fn monitoring_reports_node_and_api_server_health_changes_only() {
         let mut s = sub(Family::Monitoring, None);
         let mut out = Vec::new();
-        s.apply(
-            Stream::Nodes,
-            &event(EventType::Added, node("n1", true)),
-            &mut out,
-        );
+        nodes(&mut s, EventType::Added, node("n1", true), &mut out);
         synced(&mut s);
-        s.apply(
-            Stream::Nodes,
-            &event(EventType::Modified, node("n1", true)),
-            &mut out,
-        );
+        nodes(&mut s, EventType::Modified, node("n1", true), &mut out);
         assert!(out.is_empty(), "no change, no event: {out:?}");
-        s.apply(
-            Stream::Nodes,
-            &event(EventType::Modified, node("n1", false)),
-            &mut out,
-        );
+        nodes(&mut s, EventType::Modified, node("n1", false), &mut out);
         assert_eq!(out[0].1["component"], "node/n1");
         assert_eq!(out[0].1["new_status"], "unhealthy");
         out.clear();
