@@ -161,6 +161,8 @@ settings! {
         ping_interval: Dur [1, 600] => server.headlamp.liveness.ping_interval;
         /// How long after a ping an unanswered /wsMultiplexer connection is closed.
         pong_timeout: Dur [1, 600] => server.headlamp.liveness.pong_timeout;
+        /// A write to a /wsMultiplexer socket blocked this long closes it (the client is gone).
+        write_timeout: Dur [1, 600] => server.headlamp.liveness.write_timeout;
         /// A /wsMultiplexer connection with nothing subscribed that sends nothing for this
         /// long is closed (1000, reason idle…).
         idle_timeout: Dur [0 "never", 86_400] => server.headlamp.liveness.idle_timeout;
@@ -187,6 +189,8 @@ settings! {
         dashboard_ping_interval: Dur [1, 600] => server.dashboard.liveness.ping_interval;
         /// How long after a ping an unanswered dashboard connection is closed with 1008.
         dashboard_pong_timeout: Dur [1, 600] => server.dashboard.liveness.pong_timeout;
+        /// A write to a dashboard socket blocked this long closes it.
+        dashboard_write_timeout: Dur [1, 600] => server.dashboard.liveness.write_timeout;
     }
     "Cluster notifications (seed 002, /ws/clusters)" {
         /// Also serve cluster notifications at /ws and /api/clusters on this address.
@@ -200,6 +204,8 @@ settings! {
         /// How long after a ping an unanswered notification client is closed with 1008 (the
         /// seed's 60s pong wait counts from the last pong, 54s + 6s).
         notifications_pong_timeout: Dur [1, 600] => server.notifications.liveness.pong_timeout;
+        /// A write to a notification socket blocked this long closes it.
+        notifications_write_timeout: Dur [1, 600] => server.notifications.liveness.write_timeout;
     }
     "Subscription API (seed 003, /ws/v1)" {
         /// Also serve the subscription API at /ws on this address; needs a JWT key.
@@ -236,6 +242,8 @@ settings! {
         console_socket_ping_interval: Dur [1, 600] => server.console.liveness.ping_interval;
         /// How long after a WebSocket ping an unanswered subscription-API connection is closed.
         console_pong_timeout: Dur [1, 600] => server.console.liveness.pong_timeout;
+        /// A write to a subscription-API socket blocked this long closes it.
+        console_write_timeout: Dur [1, 600] => server.console.liveness.write_timeout;
         /// A connection that has not authenticated after this long is closed.
         console_auth_deadline: Dur [1, 600] => server.console.auth_deadline;
         /// A subscription-API connection without any client message for this long is closed.

@@ -236,10 +236,11 @@ fn the_defaults_are_the_subsystems_own() {
 fn dialect_settings_reach_their_dialect_from_the_file_and_flags() {
     let file = "console_max_subscriptions = 2\ndashboard_message_rate = 120\n\
                 notifications_pong_timeout = \"7s\"\nbacklog_messages = 9\n\
-                console_idle_timeout = \"0s\"\n";
+                console_idle_timeout = \"0s\"\nconsole_write_timeout = \"4s\"\n";
     let args = ProxyArgs {
         dashboard_ping_interval: Some(Duration::from_secs(3)),
         console_max_log_streams: Some(1),
+        write_timeout: Some(Duration::from_secs(2)),
         ..ProxyArgs::default()
     };
     let s = Settings::from_toml(&args, file, "t").unwrap();
@@ -247,6 +248,8 @@ fn dialect_settings_reach_their_dialect_from_the_file_and_flags() {
     assert_eq!(c.console.max_subscriptions, 2);
     assert_eq!(c.console.max_log_streams, 1);
     assert_eq!(c.console.liveness.idle_timeout, None);
+    assert_eq!(c.console.liveness.write_timeout, Duration::from_secs(4));
+    assert_eq!(c.headlamp.liveness.write_timeout, Duration::from_secs(2));
     assert_eq!(c.dashboard.message_rate, 2.0, "120 per minute");
     assert_eq!(c.dashboard.liveness.ping_interval, Duration::from_secs(3));
     assert_eq!(
