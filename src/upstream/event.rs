@@ -82,6 +82,7 @@ pub struct WatchEvent {
     line: Bytes,
     object: Bytes,
     json_string: OnceLock<Bytes>,
+    compressed_json_string: OnceLock<Bytes>,
     derived: parking_lot::Mutex<Vec<Derived>>,
 }
 
@@ -162,6 +163,7 @@ impl WatchEvent {
             line: line.clone(),
             object,
             json_string: OnceLock::new(),
+            compressed_json_string: OnceLock::new(),
             derived: parking_lot::Mutex::new(Vec::new()),
         })
     }
@@ -242,6 +244,7 @@ impl WatchEvent {
             object: line.slice(start..end),
             line,
             json_string: OnceLock::new(),
+            compressed_json_string: OnceLock::new(),
             derived: parking_lot::Mutex::new(Vec::new()),
         }
     }
@@ -291,6 +294,15 @@ impl WatchEvent {
             let text = String::from_utf8_lossy(&self.line);
             Bytes::from(serde_json::to_vec(text.as_ref()).unwrap_or_default())
         })
+    }
+
+    /// [`WatchEvent::json_string`] compressed by `compress`, computed once,
+    /// by the first subscriber whose connection sends it compressed, and
+    /// shared by the others: compressed fan-out deflates an event once,
+    /// not once per subscriber.
+    pub fn compressed_json_string(&self, compress: impl FnOnce(&[u8]) -> Bytes) -> &Bytes {
+        self.compressed_json_string
+            .get_or_init(|| compress(self.json_string()))
     }
 
     /// A value derived from this event (a dialect's projection of the

@@ -8,7 +8,8 @@
 //! uncompressed ones; the compressor is one per worker thread.
 //!
 //! Outgoing: [`compress`] produces the payload of a frame whose RSV1 bit
-//! the writer sets. Incoming: [`Inflating`] sits between the socket and
+//! the writer sets; [`block`] a piece of one, compressed once and shared by
+//! every frame that contains the piece (an event's body). Incoming: [`Inflating`] sits between the socket and
 //! tungstenite, inflates compressed client messages and hands tungstenite
 //! plain frames, so tungstenite's own checks (masking, UTF-8, size limits)
 //! still apply to what the client really sent.
@@ -96,10 +97,23 @@ thread_local! {
 /// The compressed payload of one message (raw deflate, sync-flushed, the
 /// trailing empty block removed).
 ///
-/// Level 1: dashboard frames are JSON with long repeated keys, which the
-/// fastest level already shrinks several times; higher levels cost far
-/// more CPU per frame for a few percent.
+/// Level 1: frames are JSON with long repeated keys, which the fastest
+/// level already shrinks several times; higher levels cost far more CPU
+/// per frame for a few percent.
 pub fn compress(input: &[u8]) -> Vec<u8> {
+    let mut out = block(input);
+    if out.ends_with(&TAIL) {
+        out.truncate(out.len() - TAIL.len());
+    }
+    out
+}
+
+/// `input` deflated on its own (no dictionary, as with no context
+/// takeover) and sync-flushed, trailer kept: a byte-aligned, non-final
+/// block sequence, so blocks of consecutive pieces concatenate into the
+/// compressed form of the pieces concatenated; the message's last block is
+/// made with [`compress`].
+pub fn block(input: &[u8]) -> Vec<u8> {
     COMPRESSOR.with(|cell| {
         let mut compressor = cell.borrow_mut();
         compressor.reset();
@@ -115,9 +129,6 @@ pub fn compress(input: &[u8]) -> Vec<u8> {
             if compressor.total_in() as usize == input.len() && out.len() < out.capacity() {
                 break;
             }
-        }
-        if out.ends_with(&TAIL) {
-            out.truncate(out.len() - TAIL.len());
         }
         out
     })
@@ -604,6 +615,33 @@ mod tests {
             let mut again = compress(&payload);
             again.extend_from_slice(&TAIL);
             proptest::prop_assert_eq!(inflate(&again, 1 << 20).expect("own output inflates"), payload);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("KUBEMUX_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(500)
+        ))]
+
+        /// Pieces deflated on their own, each sync-flushed, and the last
+        /// made by `compress`, concatenate into the compressed message of
+        /// the pieces concatenated.
+        #[test]
+        fn blocks_concatenate_into_one_message(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                    proptest::collection::vec(0u8..4, 0..70_000),
+                ],
+                1..4,
+            ),
+        ) {
+            let (last, first) = pieces.split_last().expect("one piece at least");
+            let mut message: Vec<u8> = first.iter().flat_map(|p| block(p)).collect();
+            message.extend(compress(last));
+            message.extend_from_slice(&TAIL);
+            let whole: Vec<u8> = pieces.concat();
+            proptest::prop_assert_eq!(inflate(&message, 1 << 20).expect("inflates"), whole);
         }
     }
 

@@ -8,12 +8,13 @@
 
 pub mod close;
 pub mod conn;
-mod deflate;
+pub mod deflate;
 pub mod forwarded;
 pub mod limits;
 pub mod listener;
 pub mod notice;
 pub mod outbound;
 mod upgrade;
+mod writer;
 
 pub use upgrade::{WebSocket, WebSocketUpgrade};
