@@ -82,7 +82,6 @@ pub struct WatchEvent {
     line: Bytes,
     object: Bytes,
     json_string: OnceLock<Bytes>,
-    compressed_json_string: OnceLock<Bytes>,
     derived: parking_lot::Mutex<Vec<Derived>>,
 }
 
@@ -163,7 +162,6 @@ impl WatchEvent {
             line: line.clone(),
             object,
             json_string: OnceLock::new(),
-            compressed_json_string: OnceLock::new(),
             derived: parking_lot::Mutex::new(Vec::new()),
         })
     }
@@ -244,7 +242,6 @@ impl WatchEvent {
             object: line.slice(start..end),
             line,
             json_string: OnceLock::new(),
-            compressed_json_string: OnceLock::new(),
             derived: parking_lot::Mutex::new(Vec::new()),
         }
     }
@@ -294,15 +291,6 @@ impl WatchEvent {
             let text = String::from_utf8_lossy(&self.line);
             Bytes::from(serde_json::to_vec(text.as_ref()).unwrap_or_default())
         })
-    }
-
-    /// [`WatchEvent::json_string`] compressed by `compress`, computed once,
-    /// by the first subscriber whose connection sends it compressed, and
-    /// shared by the others: compressed fan-out deflates an event once,
-    /// not once per subscriber.
-    pub fn compressed_json_string(&self, compress: impl FnOnce(&[u8]) -> Bytes) -> &Bytes {
-        self.compressed_json_string
-            .get_or_init(|| compress(self.json_string()))
     }
 
     /// A value derived from this event (a dialect's projection of the

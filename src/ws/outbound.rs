@@ -43,7 +43,7 @@ pub struct Frame {
 /// connection that compresses and shared by the others.
 pub trait Block: Send + Sync {
     /// The piece's deflate block (from [`deflate::block`](super::deflate::block)).
-    fn block(&self) -> &Bytes;
+    fn block(&self) -> Bytes;
 }
 
 /// A frame's compressed payload as cached blocks: the subscriber's prefix,
@@ -61,8 +61,8 @@ pub struct Blocks {
 
 impl Blocks {
     /// The blocks in the order they are written.
-    pub fn parts(&self) -> [&Bytes; 3] {
-        [self.prefix.block(), self.body.block(), &self.last]
+    pub fn parts(&self) -> [Bytes; 3] {
+        [self.prefix.block(), self.body.block(), self.last.clone()]
     }
 }
 

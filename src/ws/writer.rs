@@ -121,8 +121,8 @@ impl Wire {
         if compress && len >= COMPRESS_FROM {
             if let Some(blocks) = frame.blocks() {
                 let blocks = blocks.parts();
-                self.header(FIN | RSV1 | TEXT, blocks.iter().map(|b| b.len()).sum());
-                for block in blocks {
+                self.header(FIN | RSV1 | TEXT, blocks.iter().map(Bytes::len).sum());
+                for block in &blocks {
                     self.part(block);
                 }
             } else {
