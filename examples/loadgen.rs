@@ -27,6 +27,11 @@
 //! shaped like a real cluster's (kubelet-managed, with `managedFields` and
 //! full status, 5.5–8 KiB) and churn them with kubelet's status updates;
 //! the report gives the mean pod and delivered-frame sizes either way.
+//!
+//! `--deflate` has the WebSocket clients offer permessage-deflate, as
+//! browsers do, and inflate what arrives compressed under tungstenite (which
+//! cannot); every run reports the bytes its clients read from their sockets
+//! per delivered frame (`wire_bytes_per_frame`), compressed or not.
 
 mod shared;
 

@@ -92,7 +92,12 @@ fn window_bits(value: &str) -> Option<u8> {
 
 thread_local! {
     static COMPRESSOR: RefCell<Compress> = RefCell::new(Compress::new(Compression::fast(), false));
+    /// Output room for one compression, reused: see [`block`].
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Scratch room kept between compressions; more is released.
+const KEEP_SCRATCH: usize = 1 << 20;
 
 /// The compressed payload of one message (raw deflate, sync-flushed, the
 /// trailing empty block removed).
@@ -114,23 +119,36 @@ pub fn compress(input: &[u8]) -> Vec<u8> {
 /// compressed form of the pieces concatenated; the message's last block is
 /// made with [`compress`].
 pub fn block(input: &[u8]) -> Vec<u8> {
-    COMPRESSOR.with(|cell| {
-        let mut compressor = cell.borrow_mut();
-        compressor.reset();
-        let mut out = Vec::with_capacity(input.len() / 3 + 64);
-        loop {
-            if out.capacity() - out.len() < 64 {
-                out.reserve(out.capacity().max(1024));
+    COMPRESSOR.with(|compressor| {
+        SCRATCH.with(|scratch| {
+            let (mut compressor, mut out) = (compressor.borrow_mut(), scratch.borrow_mut());
+            // One call with room for the worst case: the sync flush must
+            // complete in the call that takes the input, because a flush
+            // the output cut short is not always resumed with its empty
+            // stored block (miniz_oxide), which would leave the block
+            // unaligned. A completed flush ends with the empty block; if
+            // it does not, the room was short and the piece is deflated
+            // again with twice as much.
+            let mut room = input.len() + input.len() / 256 + 64;
+            loop {
+                compressor.reset();
+                out.clear();
+                out.reserve(room);
+                // Deflating into a Vec with spare capacity cannot fail.
+                let _ = compressor.compress_vec(input, &mut out, FlushCompress::Sync);
+                if compressor.total_in() as usize == input.len()
+                    && out.len() < out.capacity()
+                    && out.ends_with(&TAIL)
+                {
+                    break;
+                }
+                room = out.capacity() * 2;
             }
-            let consumed = compressor.total_in() as usize;
-            // Deflating into a Vec with spare capacity cannot fail.
-            let _ = compressor.compress_vec(&input[consumed..], &mut out, FlushCompress::Sync);
-            // Spare room left after a sync flush means the flush completed.
-            if compressor.total_in() as usize == input.len() && out.len() < out.capacity() {
-                break;
-            }
-        }
-        out
+            let block = out.to_vec();
+            out.clear();
+            out.shrink_to(KEEP_SCRATCH);
+            block
+        })
     })
 }
 
