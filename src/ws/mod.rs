@@ -1,7 +1,8 @@
 //! The connection machinery every dialect runs on: the listener (per-address
 //! admission, handshake deadline, trusted-proxy client info), the WebSocket
 //! upgrade and permessage-deflate, the connection loop with its [`conn::Dialect`]
-//! trait, the outbound queue, the control-notice channel and the abuse limits.
+//! trait, the outbound queue and the writer that sends it as vectored
+//! writes, the control-notice channel and the abuse limits.
 //!
 //! It imports no dialect and no router: a dialect plugs in by implementing
 //! [`conn::Dialect`] and being handed a [`WebSocket`].
