@@ -605,7 +605,7 @@ struct DeflatedBody(Bytes);
 
 impl Block for WatchEvent {
     fn block(&self) -> Bytes {
-        self.derived(|event| DeflatedBody(Bytes::from(deflate::block(event.json_string()))))
+        self.derived(|event| DeflatedBody(Bytes::from(deflate::shared_block(event.json_string()))))
             .0
             .clone()
     }
