@@ -42,6 +42,12 @@ pub struct WebSocket {
 }
 
 impl WebSocket {
+    /// Whether permessage-deflate was negotiated, so a dialect can attach
+    /// cached deflate blocks to its frames (see `outbound::Blocks`).
+    pub fn compresses(&self) -> bool {
+        self.compress
+    }
+
     /// The socket's outbound queue, bounded as the router set at upgrade and
     /// counted against its client address's share of the budget.
     pub fn outbound(&self, metrics: std::sync::Arc<Metrics>) -> Outbound {

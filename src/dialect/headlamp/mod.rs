@@ -110,6 +110,7 @@ pub async fn serve(
         delayed_bytes: 0,
         wake: None,
         flooded: false,
+        compress: socket.compresses(),
         settings,
     };
     let ctx = ConnContext {
@@ -182,6 +183,9 @@ struct Headlamp {
     /// The backlog overflowed and the connection is closing: whatever the
     /// client still sends is ignored.
     flooded: bool,
+    /// Whether the client negotiated permessage-deflate, so DATA frames
+    /// carry their deflate blocks.
+    compress: bool,
     settings: Arc<Settings>,
 }
 
@@ -478,7 +482,7 @@ impl Headlamp {
         let (cluster, path, query) = &key;
         let sink = Arc::new(HeadlampSink {
             outbound: self.outbound.clone(),
-            head: Head::new(cluster, path, query),
+            head: Head::new(cluster, path, query).compressing(self.compress),
             key: key.clone(),
             token,
             notices: self.notices.clone(),
@@ -571,6 +575,10 @@ struct Head(Arc<HeadParts>);
 
 struct HeadParts {
     text: Bytes,
+    /// Whether DATA frames carry their deflate blocks: only for a
+    /// connection that sends them compressed, so the others pay no
+    /// reference counts for them.
+    compress: bool,
     data_block: OnceLock<Bytes>,
 }
 
@@ -582,6 +590,17 @@ impl Head {
             .to_string();
         Head(Arc::new(HeadParts {
             text: Bytes::from(text),
+            compress: false,
+            data_block: OnceLock::new(),
+        }))
+    }
+
+    /// The same head, for a connection that sends DATA frames compressed
+    /// when `compress`.
+    fn compressing(self, compress: bool) -> Head {
+        Head(Arc::new(HeadParts {
+            text: self.text(),
+            compress,
             data_block: OnceLock::new(),
         }))
     }
@@ -651,13 +670,16 @@ struct HeadlampSink {
 /// subscription's prefix, the event's body and the shared tail, each
 /// deflated once.
 fn data_frame(head: &Head, event: &Arc<WatchEvent>) -> Frame {
-    Frame::from_parts([
+    let frame = Frame::from_parts([
         head.text(),
         Bytes::from_static(DATA_GLUE),
         event.json_string().clone(),
         Bytes::from_static(DATA_TAIL),
-    ])
-    .with_blocks(Blocks {
+    ]);
+    if !head.0.compress {
+        return frame;
+    }
+    frame.with_blocks(Blocks {
         prefix: head.0.clone(),
         body: event.clone(),
         last: DATA_TAIL_BLOCK.clone(),
@@ -775,7 +797,7 @@ mod tests {
                 &text(seeds[0], lens.0),
                 &text(seeds[1], lens.1),
                 &text(seeds[2], lens.2),
-            );
+            ).compressing(true);
             let object = serde_json::json!({"metadata": {"name": "p"}, "data": text(seeds[3], body)});
             let event = Arc::new(
                 WatchEvent::synthesize(crate::upstream::event::EventType::Modified, object.to_string().as_bytes())
@@ -792,6 +814,8 @@ mod tests {
                 .expect("a valid raw deflate stream");
             proptest::prop_assert_ne!(status, flate2::Status::StreamEnd, "no block may be final");
             proptest::prop_assert_eq!(inflated, plain);
+            // A connection without compression gets no blocks to count.
+            proptest::prop_assert!(data_frame(&Head::new("c", "p", "q"), &event).blocks().is_none());
             // The second subscriber's frame reuses both caches.
             let again = data_frame(&head, &event);
             proptest::prop_assert!(std::ptr::eq(
