@@ -131,7 +131,7 @@ fn frames(c: &mut Criterion) {
             b.iter_batched(
                 || WatchEvent::synthesize(EventType::Modified, &raw).unwrap(),
                 |event| {
-                    let body = Bytes::from(deflate::block(event.json_string()));
+                    let body = Bytes::from(deflate::shared_block(event.json_string()));
                     for prefix in &prefixes {
                         black_box([prefix.clone(), body.clone(), tail.clone()]);
                     }
