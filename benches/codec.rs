@@ -1,6 +1,7 @@
 //! Per-event costs outside the hub: key normalisation, parsing a watch line,
 //! rendering Headlamp frames (encode once and share, versus serialising
-//! every subscriber's frame on its own), and projecting dashboard events
+//! every subscriber's frame on its own; deflate the body once, versus every
+//! subscriber's frame), and projecting dashboard events
 //! (once per event, versus once per connection).
 
 use std::hint::black_box;
@@ -11,6 +12,7 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use kubemux::dialect::dashboard::view as dashboard_view;
 use kubemux::hub::key;
 use kubemux::upstream::event::{EventType, WatchEvent};
+use kubemux::ws::deflate;
 use kubemux::ws::outbound::Frame;
 use serde::Serialize;
 
@@ -82,7 +84,7 @@ struct HeadlampFrame<'a> {
     kind: &'a str,
 }
 
-/// One event to `n` subscribers of the Headlamp dialect, up to the string the
+/// One event to `n` subscribers of the Headlamp dialect, up to what the
 /// writer hands to the socket.
 fn frames(c: &mut Criterion) {
     let mut group = c.benchmark_group("headlamp_frames");
@@ -99,7 +101,7 @@ fn frames(c: &mut Criterion) {
         let raw = object(size);
         group.throughput(Throughput::Elements(subscribers as u64));
         // What kubemux does: escape the event once, then per subscriber
-        // assemble shared parts and concatenate them in the writer.
+        // assemble shared parts, which the writer sends as they are.
         group.bench_function(BenchmarkId::new("encode_once", name), |b| {
             b.iter_batched(
                 || WatchEvent::synthesize(EventType::Modified, &raw).unwrap(),
@@ -111,7 +113,45 @@ fn frames(c: &mut Criterion) {
                             event.json_string().clone(),
                             Bytes::from_static(b",\"type\":\"DATA\"}"),
                         ]);
-                        black_box(frame.into_string());
+                        black_box(frame);
+                    }
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        // Compressed fan-out as kubemux does it: the body deflated once
+        // per event, each subscription's prefix block cached (made here in
+        // the setup), the tail block shared.
+        let prefixes: Vec<Bytes> = heads
+            .iter()
+            .map(|(_, head)| Bytes::from(deflate::block(&[&head[..], b",\"data\":"].concat())))
+            .collect();
+        let tail = Bytes::from(deflate::compress(b",\"type\":\"DATA\"}"));
+        group.bench_function(BenchmarkId::new("deflate_once", name), |b| {
+            b.iter_batched(
+                || WatchEvent::synthesize(EventType::Modified, &raw).unwrap(),
+                |event| {
+                    let body = Bytes::from(deflate::shared_block(event.json_string()));
+                    for prefix in &prefixes {
+                        black_box([prefix.clone(), body.clone(), tail.clone()]);
+                    }
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        // Compressing every subscriber's frame on its own.
+        group.bench_function(BenchmarkId::new("deflate_per_subscriber", name), |b| {
+            b.iter_batched(
+                || WatchEvent::synthesize(EventType::Modified, &raw).unwrap(),
+                |event| {
+                    for (_, head) in &heads {
+                        let frame = Frame::from_parts([
+                            head.clone(),
+                            Bytes::from_static(b",\"data\":"),
+                            event.json_string().clone(),
+                            Bytes::from_static(b",\"type\":\"DATA\"}"),
+                        ]);
+                        black_box(deflate::compress(&frame.to_vec()));
                     }
                 },
                 BatchSize::SmallInput,

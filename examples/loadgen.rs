@@ -27,6 +27,11 @@
 //! shaped like a real cluster's (kubelet-managed, with `managedFields` and
 //! full status, 5.5–8 KiB) and churn them with kubelet's status updates;
 //! the report gives the mean pod and delivered-frame sizes either way.
+//!
+//! `--deflate` has the WebSocket clients offer permessage-deflate, as
+//! browsers do, and inflate what arrives compressed under tungstenite (which
+//! cannot); every run reports the bytes its clients read from their sockets
+//! per delivered frame (`wire_bytes_per_frame`), compressed or not.
 
 mod shared;
 
@@ -134,6 +139,10 @@ struct Args {
     /// over the replicas; HAProxy's own CPU is reported apart.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    /// WebSocket clients offer permessage-deflate, as browsers do, and
+    /// inflate what comes compressed; `wire_bytes_per_frame` shows the saving.
+    #[arg(long)]
+    deflate: bool,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -245,6 +254,9 @@ struct Shared {
     frames_window: AtomicU64,
     /// Bytes of the frames (kubemux) or watch lines (direct) in the window.
     bytes_window: AtomicU64,
+    /// Bytes the WebSocket clients read from their sockets in the window
+    /// (frame headers included, compressed if it was negotiated).
+    wire_window: AtomicU64,
     resumed: AtomicU64,
     resumes_expired: AtomicU64,
     slow_cuts: AtomicU64,
@@ -353,7 +365,7 @@ async fn ws_client(
         .map(|j| SubState::new(sub_query(c, j, &args).1))
         .collect();
     let permit = gate.acquire().await;
-    let mut ws = match ws_connect(proxy).await {
+    let mut ws = match connect(proxy, args.deflate, &shared).await {
         Ok(ws) => ws,
         Err(_) => {
             shared.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -423,7 +435,7 @@ async fn ws_client(
                     let _ = ws.close(None).await;
                     drop(ws);
                     let permit = gate.acquire().await;
-                    ws = match ws_connect(proxy).await {
+                    ws = match connect(proxy, args.deflate, &shared).await {
                         Ok(ws) => ws,
                         Err(_) => {
                             shared.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -441,6 +453,191 @@ async fn ws_client(
         }
     }
     result
+}
+
+/// Opens `/wsMultiplexer` at `proxy` over a [`Counted`] socket, offering
+/// permessage-deflate when `deflate`.
+async fn connect(
+    proxy: SocketAddr,
+    deflate: bool,
+    shared: &Arc<Shared>,
+) -> Result<tokio_tungstenite::WebSocketStream<Counted>> {
+    ws_connect(proxy, deflate, |tcp| Counted::new(tcp, shared.clone())).await
+}
+
+/// A client socket that counts the bytes it reads (in the window) and
+/// inflates the server's compressed messages into plain frames for
+/// tungstenite, which has no permessage-deflate of its own.
+struct Counted {
+    tcp: TcpStream,
+    shared: Arc<Shared>,
+    /// Still in the handshake's response head: how much of `\r\n\r\n`
+    /// the bytes so far end with.
+    head: Option<usize>,
+    raw: Vec<u8>,
+    ready: Vec<u8>,
+    sent: usize,
+    inflater: flate2::Decompress,
+}
+
+impl Counted {
+    fn new(tcp: TcpStream, shared: Arc<Shared>) -> Self {
+        Counted {
+            tcp,
+            shared,
+            head: Some(0),
+            raw: Vec::new(),
+            ready: Vec::new(),
+            sent: 0,
+            inflater: flate2::Decompress::new(false),
+        }
+    }
+
+    /// Takes what arrived: the response head as it is, then whole frames,
+    /// inflated when compressed (kubemux sends every message as one frame).
+    fn take(&mut self, mut bytes: &[u8]) {
+        if let Some(mut matched) = self.head {
+            let end = b"\r\n\r\n";
+            let mut at = 0;
+            while at < bytes.len() && matched < end.len() {
+                matched = if bytes[at] == end[matched] {
+                    matched + 1
+                } else {
+                    usize::from(bytes[at] == end[0])
+                };
+                at += 1;
+            }
+            self.ready.extend_from_slice(&bytes[..at]);
+            bytes = &bytes[at..];
+            self.head = (matched < end.len()).then_some(matched);
+            if self.head.is_some() {
+                return;
+            }
+        }
+        self.raw.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some((header, len)) = frame_at(&self.raw[start..]) {
+            let frame = &self.raw[start..start + header + len];
+            if frame[0] & 0x40 == 0 {
+                self.ready.extend_from_slice(frame);
+            } else {
+                let mut payload = frame[header..].to_vec();
+                payload.extend_from_slice(&[0, 0, 0xff, 0xff]);
+                self.inflater.reset(false);
+                let mut plain = Vec::with_capacity(payload.len() * 6);
+                while (self.inflater.total_in() as usize) < payload.len() {
+                    plain.reserve(plain.capacity().max(4096));
+                    let consumed = self.inflater.total_in() as usize;
+                    if self
+                        .inflater
+                        .decompress_vec(
+                            &payload[consumed..],
+                            &mut plain,
+                            flate2::FlushDecompress::Sync,
+                        )
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                self.ready.push(0x80 | (frame[0] & 0x0f));
+                match plain.len() {
+                    n if n < 126 => self.ready.push(n as u8),
+                    n if n <= usize::from(u16::MAX) => {
+                        self.ready.push(126);
+                        self.ready.extend_from_slice(&(n as u16).to_be_bytes());
+                    }
+                    n => {
+                        self.ready.push(127);
+                        self.ready.extend_from_slice(&(n as u64).to_be_bytes());
+                    }
+                }
+                self.ready.extend_from_slice(&plain);
+            }
+            start += header + len;
+        }
+        self.raw.drain(..start);
+    }
+}
+
+/// The header length and payload length of the whole frame `buf` starts
+/// with, if it holds one.
+fn frame_at(buf: &[u8]) -> Option<(usize, usize)> {
+    let (header, len) = match *buf.get(1)? & 0x7f {
+        126 => (
+            4,
+            usize::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
+        ),
+        127 => (
+            10,
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+        ),
+        n => (2, usize::from(n)),
+    };
+    (buf.len() >= header + len).then_some((header, len))
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if this.sent < this.ready.len() {
+                let n = (this.ready.len() - this.sent).min(buf.remaining());
+                buf.put_slice(&this.ready[this.sent..this.sent + n]);
+                this.sent += n;
+                if this.sent == this.ready.len() {
+                    this.ready.clear();
+                    this.sent = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 16384];
+            let mut read = tokio::io::ReadBuf::new(&mut chunk);
+            match std::pin::Pin::new(&mut this.tcp).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    let got = read.filled();
+                    if this.shared.measuring.load(Ordering::Relaxed) {
+                        this.shared
+                            .wire_window
+                            .fetch_add(got.len() as u64, Ordering::Relaxed);
+                    }
+                    let got = got.to_vec();
+                    this.take(&got);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
 }
 
 // ---------------------------------------------------------------- direct clients
@@ -676,6 +873,11 @@ const FIELDS: &[(&str, &str)] = &[
     ("object_bytes_mean", "pod size before churn, mean bytes"),
     ("object_managed_fields_pct", "… of which managedFields, %"),
     ("frame_bytes_mean", "delivered frame, mean bytes"),
+    ("deflate", "clients offer permessage-deflate"),
+    (
+        "wire_bytes_per_frame",
+        "bytes on the wire per delivered frame",
+    ),
     ("replicas", "kubemux replicas"),
     ("upstream_watches", "upstream watches (sim, pods)"),
     ("window_secs", "measured window, s"),
@@ -843,6 +1045,7 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     report.set("churn_rate", args.rate);
     report.set("object_size", args.object_size);
     report.set("object_profile", args.object_profile.as_str());
+    report.set("deflate", args.deflate && !direct);
     report.set("storms", args.storms);
 
     let shared = Arc::new(Shared::default());
@@ -965,6 +1168,15 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
         report.set(
             "frame_bytes_mean",
             round(frame_bytes as f64 / frames as f64, 0),
+        );
+        let wire = shared.wire_window.load(Ordering::Relaxed);
+        report.set(
+            "wire_bytes_per_frame",
+            if direct {
+                Value::from("-")
+            } else {
+                round(wire as f64 / frames as f64, 0)
+            },
         );
     }
     report.set("window_secs", round(window, 2));

@@ -230,22 +230,37 @@ pub fn event_resource_version(frame: &[u8]) -> Option<u64> {
     number_after(&frame[data..], b"resourceVersion")
 }
 
-/// A WebSocket to kubemux's Headlamp multiplexer, retried with backoff
-/// (a busy proxy may refuse a burst of connects).
-pub async fn ws_connect(
+/// A WebSocket to kubemux's Headlamp multiplexer over `wrap` of the TCP
+/// connection, offering permessage-deflate when `deflate` (`wrap` must then
+/// inflate: tungstenite cannot), retried with backoff (a busy proxy may
+/// refuse a burst of connects).
+pub async fn ws_connect<S>(
     addr: SocketAddr,
-) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>> {
-    let url = format!("ws://{addr}/wsMultiplexer");
+    deflate: bool,
+    wrap: impl Fn(TcpStream) -> S,
+) -> Result<tokio_tungstenite::WebSocketStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
     let mut delay = Duration::from_millis(50);
     for attempt in 0..20 {
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async(&url),
-        )
-        .await
-        {
-            Ok(Ok((ws, _))) => return Ok(ws),
-            Ok(Err(e)) if attempt == 19 => return Err(e.into()),
+        let once = async {
+            let mut request = format!("ws://{addr}/wsMultiplexer").into_client_request()?;
+            if deflate {
+                request.headers_mut().insert(
+                    "Sec-WebSocket-Extensions",
+                    HeaderValue::from_static("permessage-deflate; client_max_window_bits"),
+                );
+            }
+            let tcp = TcpStream::connect(addr).await?;
+            let (ws, _) = tokio_tungstenite::client_async(request, wrap(tcp)).await?;
+            anyhow::Ok(ws)
+        };
+        match tokio::time::timeout(Duration::from_secs(10), once).await {
+            Ok(Ok(ws)) => return Ok(ws),
+            Ok(Err(e)) if attempt == 19 => return Err(e),
             Err(_) if attempt == 19 => bail!("connecting timed out"),
             _ => {
                 tokio::time::sleep(delay).await;

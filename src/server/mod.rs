@@ -412,7 +412,7 @@ async fn headlamp_ws(State(state): State<AppState>, admitted: Admitted) -> Respo
     // Headlamp's subprotocol is echoed only when the client offered it.
     admitted.serve(
         &state,
-        |ws| ws.lean(max).protocols([headlamp::PROTOCOL]),
+        |ws| ws.lean(max).protocols([headlamp::PROTOCOL]).compression(),
         move |socket, services| headlamp::serve(socket, services, settings, credentials),
     )
 }

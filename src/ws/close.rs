@@ -9,3 +9,6 @@ pub const SERVICE_RESTART: u16 = 1012;
 pub const POLICY: u16 = 1008;
 /// A message was too big to process.
 pub const TOO_BIG: u16 = 1009;
+/// No status code: never sent as one. A close frame with this code goes
+/// out without a payload, as the answer to a client's empty close.
+pub const NO_STATUS: u16 = 1005;

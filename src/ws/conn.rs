@@ -4,19 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info};
 use tungstenite::Message;
-use tungstenite::protocol::CloseFrame;
-use tungstenite::protocol::frame::Frame;
-use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 pub use super::close;
-use super::deflate;
-use super::outbound::{Out, Outbound};
-use super::upgrade::{Stream, WebSocket};
+use super::outbound::Outbound;
+use super::upgrade::WebSocket;
+use super::writer::write_loop;
 use crate::metrics::Metrics;
 
 /// A protocol spoken over a connection.
@@ -223,9 +220,9 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
     metrics.connections_opened.get_or_create(&label).inc();
     info!("connection opened");
     let compress = socket.compress;
-    let (sink, mut stream) = socket.stream.split();
+    let mut stream = socket.stream;
     let writer = tokio::spawn(write_loop(
-        sink,
+        socket.sink,
         outbound.clone(),
         liveness.write_timeout,
         compress,
@@ -263,8 +260,19 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
                     dialect.on_binary(&data);
                 }
                 Some(Ok(Message::Pong(_))) => heartbeat.pong(),
-                Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) | None => {
+                // tungstenite's own answers go nowhere (see `ws::writer`):
+                // the writer sends them.
+                Some(Ok(Message::Ping(payload))) => outbound.pong(payload),
+                Some(Ok(Message::Frame(_))) => {}
+                Some(Ok(Message::Close(frame))) => {
+                    match frame {
+                        Some(frame) => outbound.close_with(frame.code.into(), &frame.reason),
+                        None => outbound.close_with(close::NO_STATUS, ""),
+                    }
+                    close_reason = "client closed";
+                    break;
+                }
+                None => {
                     close_reason = "client closed";
                     break;
                 }
@@ -339,87 +347,6 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
 
 fn is_too_big(err: &tungstenite::Error) -> bool {
     matches!(err, tungstenite::Error::Capacity(_))
-}
-
-/// Frames at least this long are sent compressed when the client
-/// negotiated permessage-deflate; shorter ones gain too little to pay for
-/// the deflate header and the CPU.
-const COMPRESS_FROM: usize = 1024;
-
-/// A text message, compressed (RSV1 set) when that was negotiated and
-/// worth it.
-fn text_message(text: String, compress: bool) -> Message {
-    if compress && text.len() >= COMPRESS_FROM {
-        let mut frame = Frame::message(
-            deflate::compress(text.as_bytes()),
-            OpCode::Data(Data::Text),
-            true,
-        );
-        frame.header_mut().rsv1 = true;
-        Message::Frame(frame)
-    } else {
-        Message::Text(text.into())
-    }
-}
-
-/// Feeds one message to the socket within the write timeout; `false` when
-/// the socket failed or did not take it in time.
-async fn feed(
-    sink: &mut futures::stream::SplitSink<Stream, Message>,
-    msg: Message,
-    write_timeout: Duration,
-) -> bool {
-    matches!(
-        tokio::time::timeout(write_timeout, sink.feed(msg)).await,
-        Ok(Ok(()))
-    )
-}
-
-async fn write_loop(
-    mut sink: futures::stream::SplitSink<Stream, Message>,
-    outbound: Arc<Outbound>,
-    write_timeout: Duration,
-    compress: bool,
-) {
-    let mut batch = Vec::new();
-    'outer: loop {
-        outbound.next_batch(&mut batch).await;
-        for out in batch.drain(..) {
-            let (msg, last) = match out {
-                Out::Text(frame) => (text_message(frame.into_string(), compress), false),
-                Out::Replay(replay) => {
-                    for frame in replay {
-                        let msg = text_message(frame.into_string(), compress);
-                        if !feed(&mut sink, msg, write_timeout).await {
-                            break 'outer;
-                        }
-                    }
-                    continue;
-                }
-                Out::Ping => (Message::Ping(Default::default()), false),
-                Out::Close(code, reason) => (
-                    Message::Close(Some(CloseFrame {
-                        code: code.into(),
-                        reason: reason.into(),
-                    })),
-                    true,
-                ),
-            };
-            if !feed(&mut sink, msg, write_timeout).await {
-                break 'outer;
-            }
-            if last {
-                let _ = tokio::time::timeout(write_timeout, sink.flush()).await;
-                break 'outer;
-            }
-        }
-        batch.shrink_to(super::outbound::KEEP_CAPACITY);
-        match tokio::time::timeout(write_timeout, sink.flush()).await {
-            Ok(Ok(())) => {}
-            _ => break,
-        }
-    }
-    outbound.shut();
 }
 
 #[cfg(test)]

@@ -2,14 +2,15 @@
 //! admission, handshake deadline, trusted-proxy client info), the WebSocket
 //! upgrade and permessage-deflate, the connection loop with its [`conn::Dialect`]
 //! trait, the two lanes a subscription's output travels (the outbound queue and
-//! the notice channel, one [`lane::Lane`] contract) and the abuse limits.
+//! the notice channel, one [`lane::Lane`] contract), the writer that sends the
+//! outbound queue as vectored writes, and the abuse limits.
 //!
 //! It imports no dialect and no router: a dialect plugs in by implementing
 //! [`conn::Dialect`] and being handed a [`WebSocket`].
 
 pub mod close;
 pub mod conn;
-mod deflate;
+pub mod deflate;
 pub mod forwarded;
 pub mod lane;
 pub mod limits;
@@ -17,5 +18,6 @@ pub mod listener;
 pub mod notice;
 pub mod outbound;
 mod upgrade;
+mod writer;
 
 pub use upgrade::{WebSocket, WebSocketUpgrade};

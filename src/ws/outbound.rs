@@ -27,35 +27,87 @@ use super::limits::{QueueShare, limit};
 use crate::hub::Overflow;
 use crate::metrics::Metrics;
 
-/// A text frame made of shared parts, concatenated only when written. This
-/// keeps per-subscriber work at a few reference-count increments: the
-/// event's encoded body is shared by every subscriber.
+/// A text frame made of shared parts, written as they are (see
+/// `ws::writer`). This keeps per-subscriber work at a few reference-count
+/// increments: the event's encoded body is shared by every subscriber.
 #[derive(Clone, Debug, Default)]
 pub struct Frame {
     parts: [Bytes; 4],
+    blocks: Option<Blocks>,
+}
+
+/// A piece of a message that caches its own deflate block: the piece
+/// deflated on its own with no context and sync-flushed, so the block is
+/// byte-aligned and not final, and blocks of several pieces concatenate
+/// into one valid permessage-deflate message. Computed by the first
+/// connection that compresses and shared by the others.
+pub trait Block: Send + Sync {
+    /// The piece's deflate block (from [`deflate::block`](super::deflate::block)).
+    fn block(&self) -> Bytes;
+}
+
+/// A frame's compressed payload as cached blocks: the subscriber's prefix,
+/// the shared body, and the closing block with the sync flush's trailer
+/// already removed (RFC 7692 §7.2.1), written in that order with RSV1 set.
+#[derive(Clone)]
+pub struct Blocks {
+    /// The block of the frame's start, cached per subscription.
+    pub prefix: Arc<dyn Block>,
+    /// The block of the shared body, cached per event.
+    pub body: Arc<dyn Block>,
+    /// The last block (from [`deflate::compress`](super::deflate::compress)).
+    pub last: Bytes,
+}
+
+impl Blocks {
+    /// The blocks in the order they are written.
+    pub fn parts(&self) -> [Bytes; 3] {
+        [self.prefix.block(), self.body.block(), self.last.clone()]
+    }
+}
+
+impl std::fmt::Debug for Blocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Blocks")
+    }
 }
 
 impl Frame {
     /// A frame from up to four parts, written in order.
     pub fn from_parts(parts: [Bytes; 4]) -> Self {
-        Frame { parts }
+        Frame {
+            parts,
+            blocks: None,
+        }
+    }
+
+    /// The same frame, sent compressed as `blocks` (which must inflate to
+    /// the parts) to a client that negotiated permessage-deflate.
+    pub fn with_blocks(self, blocks: Blocks) -> Self {
+        Frame {
+            blocks: Some(blocks),
+            ..self
+        }
     }
 
     /// A frame from one string.
     pub fn text(text: impl Into<String>) -> Self {
-        Frame {
-            parts: [
-                Bytes::from(text.into()),
-                Bytes::new(),
-                Bytes::new(),
-                Bytes::new(),
-            ],
-        }
+        Frame::from_parts([
+            Bytes::from(text.into()),
+            Bytes::new(),
+            Bytes::new(),
+            Bytes::new(),
+        ])
     }
 
     /// The parts, in the order they are written.
     pub fn parts(&self) -> &[Bytes; 4] {
         &self.parts
+    }
+
+    /// The cached deflate blocks, if the frame has them.
+    pub fn blocks(&self) -> Option<&Blocks> {
+        self.blocks.as_ref()
     }
 
     /// Total length in bytes.
@@ -68,14 +120,19 @@ impl Frame {
         self.len() == 0
     }
 
-    /// The frame as one contiguous string. Parts are UTF-8 by construction;
-    /// anything else is replaced rather than sent as invalid text.
-    pub fn into_string(self) -> String {
+    /// The parts concatenated.
+    pub fn to_vec(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(self.len());
         for p in &self.parts {
             buf.extend_from_slice(p);
         }
-        String::from_utf8(buf)
+        buf
+    }
+
+    /// The frame as one contiguous string. Parts are UTF-8 by construction;
+    /// anything else is replaced rather than sent as invalid text.
+    pub fn into_string(self) -> String {
+        String::from_utf8(self.to_vec())
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
@@ -189,6 +246,10 @@ struct Queue {
     items: VecDeque<Out>,
     bytes: usize,
     closed: bool,
+    /// The payload of the latest ping the client sent, not yet answered:
+    /// only the latest is answered (RFC 6455 §5.5.3), so a flood of pings
+    /// holds one.
+    pong: Option<Bytes>,
 }
 
 /// One connection's outbound queue.
@@ -209,6 +270,7 @@ impl Outbound {
                 items: VecDeque::new(),
                 bytes: 0,
                 closed: false,
+                pong: None,
             }),
             ready: Notify::new(),
             closed: Notify::new(),
@@ -369,6 +431,22 @@ impl Outbound {
         }
     }
 
+    /// Answers a ping from the client with `payload`, ahead of what is
+    /// queued; replaces an answer not yet written.
+    pub fn pong(&self, payload: Bytes) {
+        let mut q = self.queue.lock();
+        if !q.closed {
+            q.pong = Some(payload);
+            drop(q);
+            self.ready.notify_one();
+        }
+    }
+
+    /// The pong to write, if a ping is unanswered.
+    pub fn take_pong(&self) -> Option<Bytes> {
+        self.queue.lock().pong.take()
+    }
+
     /// Queues a close frame; nothing queued after it is sent.
     pub fn close_with(&self, code: u16, reason: &str) {
         let mut q = self.queue.lock();
@@ -390,12 +468,16 @@ impl Outbound {
         }
     }
 
-    /// Takes everything queued, waiting until there is something.
+    /// Takes everything queued, waiting until there is something (or a
+    /// pong is owed, see [`Outbound::take_pong`]).
     pub async fn next_batch(&self, batch: &mut Vec<Out>) {
         loop {
             let notified = self.ready.notified();
             {
                 let mut q = self.queue.lock();
+                if q.pong.is_some() && q.items.is_empty() {
+                    return;
+                }
                 if !q.items.is_empty() {
                     batch.extend(q.items.drain(..));
                     // Do not keep the capacity of a burst (an initial state)

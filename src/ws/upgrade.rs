@@ -1,6 +1,7 @@
 //! The WebSocket handshake, done here rather than by axum's `ws` extractor
 //! so that kubemux can negotiate permessage-deflate (which tungstenite
-//! lacks) and put [`Inflating`] under the socket.
+//! lacks), put [`Inflating`] under tungstenite's read side and give the
+//! write side to kubemux's own writer.
 
 use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
@@ -8,20 +9,29 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::deflate::{self, Inflating};
 use super::limits::{Admitted, QueueShare};
 use super::outbound::{Outbound, QueueLimits};
+use super::writer::ReadSide;
 use crate::metrics::Metrics;
 
-/// The message stream of an upgraded connection.
-pub(super) type Stream = WebSocketStream<Inflating<TokioIo<hyper::upgrade::Upgraded>>>;
+/// The socket of an upgraded connection.
+type Io = TokioIo<hyper::upgrade::Upgraded>;
+
+/// The client's messages: tungstenite reading the socket's read half.
+pub(super) type Stream = WebSocketStream<Inflating<ReadSide<ReadHalf<Io>>>>;
+
+/// The socket's write half, owned by the connection's writer.
+pub(super) type Sink = WriteHalf<Io>;
 
 /// An upgraded client connection.
 pub struct WebSocket {
     pub(super) stream: Stream,
+    pub(super) sink: Sink,
     /// Whether permessage-deflate was negotiated, so large frames may be
     /// sent compressed.
     pub(super) compress: bool,
@@ -32,6 +42,12 @@ pub struct WebSocket {
 }
 
 impl WebSocket {
+    /// Whether permessage-deflate was negotiated, so a dialect can attach
+    /// cached deflate blocks to its frames (see `outbound::Blocks`).
+    pub fn compresses(&self) -> bool {
+        self.compress
+    }
+
     /// The socket's outbound queue, bounded as the router set at upgrade and
     /// counted against its client address's share of the budget.
     pub fn outbound(&self, metrics: std::sync::Arc<Metrics>) -> Outbound {
@@ -167,18 +183,17 @@ impl WebSocketUpgrade {
         self
     }
 
-    /// Limits a message (and a frame) to `max` bytes, with small buffers:
-    /// tungstenite preallocates its read buffer (128 KiB by default) for
-    /// every connection and keeps the capacity its write buffer grew to
-    /// after a burst; client messages are small, and 16 KiB batches writes
-    /// well enough, so idle connections stay cheap.
+    /// Limits a message (and a frame) to `max` bytes, with a small read
+    /// buffer: tungstenite preallocates it (128 KiB by default) for every
+    /// connection, and client messages are small, so idle connections stay
+    /// cheap. (tungstenite writes nothing: see `ws::writer`.)
     pub fn lean(mut self, max: usize) -> Self {
         self.config = self
             .config
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
             .read_buffer_size(4 * 1024)
-            .write_buffer_size(16 * 1024);
+            .write_buffer_size(0);
         self
     }
 
@@ -214,10 +229,12 @@ impl WebSocketUpgrade {
                     return;
                 }
             };
-            let io = Inflating::new(TokioIo::new(upgraded), deflate, max);
+            let (read, sink) = tokio::io::split(TokioIo::new(upgraded));
+            let io = Inflating::new(ReadSide(read), deflate, max);
             let stream = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             serve(WebSocket {
                 stream,
+                sink,
                 compress: deflate,
                 share: admitted.as_deref().map(QueueShare::of),
                 queue,

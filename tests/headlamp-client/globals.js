@@ -9,6 +9,9 @@ export const tap = {
   errors: [],
   completed: [],
   sockets: 0,
+  // The extensions each socket negotiated (`ws` offers permessage-deflate,
+  // as browsers do).
+  extensions: [],
 };
 
 function record(raw) {
@@ -58,6 +61,7 @@ class BrowserWebSocket extends WS {
     if (cookies.size) headers.cookie = cookieHeader();
     super(url, protocols ?? [], { headers });
     tap.sockets++;
+    this.addEventListener('open', () => tap.extensions.push(this.extensions));
     // Registered before Headlamp's own onmessage, so it sees every frame.
     this.addEventListener('message', e => record(e.data));
   }

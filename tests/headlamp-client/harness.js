@@ -35,7 +35,7 @@ function ask(what, extra = {}) {
 function finish(result) {
   const sent = tap.sent;
   process.stdout.write(
-    `${JSON.stringify({ result: { ...result, frames: tap.frames, gone: tap.gone, errors: tap.errors, completed: tap.completed, sockets: tap.sockets, sent: sent.length } })}\n`
+    `${JSON.stringify({ result: { ...result, frames: tap.frames, gone: tap.gone, errors: tap.errors, completed: tap.completed, sockets: tap.sockets, extensions: tap.extensions, sent: sent.length } })}\n`
   );
   process.exit(0);
 }

@@ -414,3 +414,78 @@ async fn refused_requests_end_with_complete_after_the_error() {
     assert_eq!(c.frame().await["type"], "ERROR");
     assert!(c.next_within(Duration::from_millis(300)).await.is_none());
 }
+
+/// A client offering permessage-deflate gets DATA frames compressed, and
+/// they inflate to exactly the bytes a client without compression gets for
+/// the same events: the initial state and live churn, frame by frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_frames_inflate_to_what_an_uncompressed_client_gets() {
+    let env = start_default().await;
+    let addr = env.server.addr();
+    let offer = [(
+        "Sec-WebSocket-Extensions",
+        "permessage-deflate; client_max_window_bits",
+    )];
+    let (mut deflating, head) = RawWs::connect_head(addr, "/wsMultiplexer", &offer).await;
+    assert!(
+        head.to_ascii_lowercase().contains(
+            "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        ),
+        "{head}"
+    );
+    let (mut plain, head) = RawWs::connect_head(addr, "/wsMultiplexer", &[]).await;
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "{head}"
+    );
+    let request = json!({"clusterId": CLUSTER, "path": "/api/v1/pods", "query": "watch=1", "type": "REQUEST"});
+    deflating.send_text(&request.to_string()).await;
+    plain.send_text(&request.to_string()).await;
+    let (pods, _) = env.sim.store().list("pods", None, None, None).unwrap();
+    let initial = pods.len();
+    /// The next `n` text messages, inflated when compressed, and how many
+    /// came compressed.
+    async fn texts(ws: &mut RawWs, n: usize) -> (Vec<String>, usize) {
+        let (mut out, mut compressed) = (Vec::new(), 0);
+        while out.len() < n {
+            let frame = ws.next_frame().await.expect("the connection stays open");
+            if frame.opcode != 1 {
+                continue;
+            }
+            let payload = if frame.rsv1 {
+                compressed += 1;
+                deflate_raw(&frame.payload, false)
+            } else {
+                frame.payload
+            };
+            out.push(String::from_utf8(payload).expect("UTF-8 text"));
+        }
+        (out, compressed)
+    }
+    let (first, _) = texts(&mut deflating, initial).await;
+    let (expected, none) = texts(&mut plain, initial).await;
+    assert_eq!(
+        none, 0,
+        "nothing compressed for a client that did not offer it"
+    );
+    assert_eq!(first, expected, "the initial state");
+    env.sim.set_churn_rate(100.0);
+    let (live, compressed) = texts(&mut deflating, 200).await;
+    let (expected, none) = texts(&mut plain, 200).await;
+    env.sim.set_churn_rate(0.0);
+    assert_eq!(none, 0);
+    assert_eq!(live, expected, "the live events");
+    let sizes: Vec<usize> = expected.iter().map(String::len).collect();
+    let large = sizes.iter().filter(|n| **n >= 1024).count();
+    assert!(large > 0, "some frames are over the threshold: {sizes:?}");
+    assert_eq!(
+        compressed, large,
+        "exactly the frames over the threshold came compressed"
+    );
+    for text in &live {
+        let frame: serde_json::Value = serde_json::from_str(text).expect("a JSON frame");
+        assert_eq!(frame["type"], "DATA");
+    }
+}

@@ -354,6 +354,16 @@ async fn first_viewer_of_a_churning_list_converges() {
         .await;
     let server = w.pods("sim");
     assert_no_410(&r);
+    // `ws` offers permessage-deflate as browsers do, so Headlamp's code
+    // read DATA frames (small pods are over the 1 KiB threshold) compressed.
+    let extensions = r["extensions"].as_array().expect("the sockets' extensions");
+    assert!(
+        !extensions.is_empty()
+            && extensions
+                .iter()
+                .all(|e| e.as_str().is_some_and(|e| e.contains("permessage-deflate"))),
+        "every socket negotiated permessage-deflate: {extensions:?}"
+    );
     let rounds = r["rounds"].as_array().unwrap();
     for (i, round) in rounds.iter().enumerate() {
         // Each round was compared, in the harness, with the simulator's LIST

@@ -12,7 +12,7 @@
 //!   subscription will never start.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -28,8 +28,9 @@ use crate::hub::{EndReason, Hub, Identity, ResourcePath, SubscribeRequest, Subsc
 use crate::upstream::event::WatchEvent;
 use crate::ws::WebSocket;
 use crate::ws::conn::{self, ConnContext, Dialect, Liveness};
+use crate::ws::deflate;
 use crate::ws::limits::{TokenBucket, limit};
-use crate::ws::outbound::{Frame, Outbound, Replay};
+use crate::ws::outbound::{Block, Blocks, Frame, Outbound, Replay};
 
 /// The subprotocol Headlamp's frontend offers.
 pub const PROTOCOL: &str = "headlamp.multiplexer.k8s.io";
@@ -107,6 +108,7 @@ pub async fn serve(
         delayed_bytes: 0,
         wake: None,
         flooded: false,
+        compress: socket.compresses(),
         settings,
     };
     let ctx = ConnContext {
@@ -179,6 +181,9 @@ struct Headlamp {
     /// The backlog overflowed and the connection is closing: whatever the
     /// client still sends is ignored.
     flooded: bool,
+    /// Whether the client negotiated permessage-deflate, so DATA frames
+    /// carry their deflate blocks.
+    compress: bool,
     settings: Arc<Settings>,
 }
 
@@ -475,7 +480,7 @@ impl Headlamp {
         let (cluster, path, query) = &key;
         let sink = Arc::new(Sink(HeadlampSink {
             outbound: self.outbound.clone(),
-            head: Bytes::from(head(cluster, path, query)),
+            head: Head::new(cluster, path, query).compressing(self.compress),
             key: key.clone(),
             token,
             notices: self.notices.clone(),
@@ -530,7 +535,7 @@ impl Headlamp {
 
     /// ERROR then COMPLETE: the subscription ended for `message`.
     fn end_frames(&self, (cluster, path, query): &SubKey, message: &str) {
-        let head = Bytes::from(head(cluster, path, query));
+        let head = Head::new(cluster, path, query);
         self.outbound.push_forced(error_frame(&head, message));
         self.outbound.push_forced(complete_frame(&head));
     }
@@ -540,7 +545,7 @@ impl Headlamp {
     /// without reading the answers is disconnected (1008) rather than
     /// allowed to grow its queue.
     fn error_frame(&self, cluster: &str, path: &str, query: &str, message: &str) {
-        let frame = error_frame(&Bytes::from(head(cluster, path, query)), message);
+        let frame = error_frame(&Head::new(cluster, path, query), message);
         self.outbound.answer(frame);
     }
 
@@ -550,7 +555,7 @@ impl Headlamp {
     /// [`Self::error_frame`].
     fn refuse(&self, cluster: &str, path: &str, query: &str, message: &str) {
         let key = (cluster.to_string(), path.to_string(), query.to_string());
-        let head = Bytes::from(head(cluster, path, query));
+        let head = Head::new(cluster, path, query);
         let live = self.subs.contains_key(&key);
         self.outbound.answer(error_frame(&head, message));
         if !live {
@@ -560,28 +565,91 @@ impl Headlamp {
 }
 
 /// `{"clusterId":…,"path":…,"query":…` — the part every frame of one
-/// subscriber starts with, encoded once per subscription.
-fn head(cluster: &str, path: &str, query: &str) -> String {
-    serde_json::json!({"clusterId": cluster, "path": path, "query": query})
-        .to_string()
-        .trim_end_matches('}')
-        .to_string()
+/// subscriber starts with, encoded once per subscription, with the deflate
+/// block of a DATA frame's start (head and `,"data":`) cached once a
+/// compressing connection needs it.
+#[derive(Clone)]
+struct Head(Arc<HeadParts>);
+
+struct HeadParts {
+    text: Bytes,
+    /// Whether DATA frames carry their deflate blocks: only for a
+    /// connection that sends them compressed, so the others pay no
+    /// reference counts for them.
+    compress: bool,
+    data_block: OnceLock<Bytes>,
 }
 
-fn error_frame(head: &Bytes, message: &str) -> Frame {
+impl Head {
+    fn new(cluster: &str, path: &str, query: &str) -> Head {
+        let text = serde_json::json!({"clusterId": cluster, "path": path, "query": query})
+            .to_string()
+            .trim_end_matches('}')
+            .to_string();
+        Head(Arc::new(HeadParts {
+            text: Bytes::from(text),
+            compress: false,
+            data_block: OnceLock::new(),
+        }))
+    }
+
+    /// The same head, for a connection that sends DATA frames compressed
+    /// when `compress`.
+    fn compressing(self, compress: bool) -> Head {
+        Head(Arc::new(HeadParts {
+            text: self.text(),
+            compress,
+            data_block: OnceLock::new(),
+        }))
+    }
+
+    fn text(&self) -> Bytes {
+        self.0.text.clone()
+    }
+}
+
+impl Block for HeadParts {
+    fn block(&self) -> Bytes {
+        self.data_block
+            .get_or_init(|| Bytes::from(deflate::block(&[&self.text[..], DATA_GLUE].concat())))
+            .clone()
+    }
+}
+
+/// The event as a DATA frame embeds it (a JSON string), deflated: one of
+/// the event's derived values, so it is computed once per event.
+struct DeflatedBody(Bytes);
+
+impl Block for WatchEvent {
+    fn block(&self) -> Bytes {
+        self.derived(|event| DeflatedBody(Bytes::from(deflate::shared_block(event.json_string()))))
+            .0
+            .clone()
+    }
+}
+
+const DATA_GLUE: &[u8] = b",\"data\":";
+const DATA_TAIL: &[u8] = b",\"type\":\"DATA\"}";
+
+/// [`DATA_TAIL`] as a DATA frame's last deflate block, the same for every
+/// frame.
+static DATA_TAIL_BLOCK: LazyLock<Bytes> =
+    LazyLock::new(|| Bytes::from(deflate::compress(DATA_TAIL)));
+
+fn error_frame(head: &Head, message: &str) -> Frame {
     let data = serde_json::json!({ "error": message }).to_string();
     let data = serde_json::Value::String(data).to_string();
     Frame::from_parts([
-        head.clone(),
-        Bytes::from_static(b",\"data\":"),
+        head.text(),
+        Bytes::from_static(DATA_GLUE),
         Bytes::from(data),
         Bytes::from_static(b",\"type\":\"ERROR\"}"),
     ])
 }
 
-fn complete_frame(head: &Bytes) -> Frame {
+fn complete_frame(head: &Head) -> Frame {
     Frame::from_parts([
-        head.clone(),
+        head.text(),
         Bytes::from_static(b",\"type\":\"COMPLETE\"}"),
         Bytes::new(),
         Bytes::new(),
@@ -590,19 +658,30 @@ fn complete_frame(head: &Bytes) -> Frame {
 
 struct HeadlampSink {
     outbound: Arc<Outbound>,
-    head: Bytes,
+    head: Head,
     key: SubKey,
     token: u64,
     notices: mpsc::UnboundedSender<Notice>,
 }
 
-fn data_frame(head: &Bytes, event: &WatchEvent) -> Frame {
-    Frame::from_parts([
-        head.clone(),
-        Bytes::from_static(b",\"data\":"),
+/// A DATA frame, with the blocks that send it compressed: the
+/// subscription's prefix, the event's body and the shared tail, each
+/// deflated once.
+fn data_frame(head: &Head, event: &Arc<WatchEvent>) -> Frame {
+    let frame = Frame::from_parts([
+        head.text(),
+        Bytes::from_static(DATA_GLUE),
         event.json_string().clone(),
-        Bytes::from_static(b",\"type\":\"DATA\"}"),
-    ])
+        Bytes::from_static(DATA_TAIL),
+    ]);
+    if !head.0.compress {
+        return frame;
+    }
+    frame.with_blocks(Blocks {
+        prefix: head.0.clone(),
+        body: event.clone(),
+        last: DATA_TAIL_BLOCK.clone(),
+    })
 }
 
 impl Deliver for HeadlampSink {
@@ -659,7 +738,7 @@ mod tests {
 
     #[test]
     fn frames_have_headlamps_shape() {
-        let head = Bytes::from(head("c", "/api/v1/pods", "watch=1"));
+        let head = Head::new("c", "/api/v1/pods", "watch=1");
         let v: serde_json::Value =
             serde_json::from_str(&error_frame(&head, "boom \"x\"").into_string()).unwrap();
         assert_eq!(v["clusterId"], "c");
@@ -671,5 +750,87 @@ mod tests {
             serde_json::from_str(&complete_frame(&head).into_string()).unwrap();
         assert_eq!(v["type"], "COMPLETE");
         assert_eq!(v["path"], "/api/v1/pods");
+    }
+
+    /// Text of `len` characters from `seed`: runs of repeated JSON-ish
+    /// words (so deflate finds back-references), random ASCII, quotes,
+    /// backslashes and non-ASCII characters.
+    fn text(seed: u64, len: usize) -> String {
+        let mut state = seed | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let pieces = [
+            "\"name\":",
+            "é",
+            "ü",
+            "日本",
+            "🦀",
+            "\\",
+            "\"",
+            "\n",
+            "status",
+        ];
+        let mut out = String::new();
+        while out.chars().count() < len {
+            let r = next();
+            match r % 4 {
+                0 => out.push_str(pieces[(r >> 8) as usize % pieces.len()]),
+                1 => out.push(char::from(b' ' + (r >> 8) as u8 % 95)),
+                2 => out.push(char::from_u32(0xa0 + (r >> 8) as u32 % 0x2000).unwrap_or('?')),
+                _ => out.push_str("metadata"),
+            }
+        }
+        out.chars().take(len).collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("KUBEMUX_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(300)
+        ))]
+
+        /// A DATA frame's cached blocks, concatenated and given back the
+        /// sync flush's trailer, inflate to exactly the frame a client
+        /// without compression gets, whatever the subscription and the
+        /// event.
+        #[test]
+        fn a_compressed_data_frame_inflates_to_the_plain_one(
+            seeds in proptest::prelude::any::<[u64; 4]>(),
+            lens in (0usize..200, 0usize..200, 0usize..200),
+            body in proptest::prop_oneof![0usize..64, 0usize..4096, 60_000usize..70_000],
+        ) {
+            let head = Head::new(
+                &text(seeds[0], lens.0),
+                &text(seeds[1], lens.1),
+                &text(seeds[2], lens.2),
+            ).compressing(true);
+            let object = serde_json::json!({"metadata": {"name": "p"}, "data": text(seeds[3], body)});
+            let event = Arc::new(
+                WatchEvent::synthesize(crate::upstream::event::EventType::Modified, object.to_string().as_bytes())
+                    .expect("an object"),
+            );
+            let frame = data_frame(&head, &event);
+            let blocks = frame.blocks().expect("a DATA frame has blocks").parts();
+            let mut payload: Vec<u8> = blocks.iter().flat_map(|b| b.iter().copied()).collect();
+            payload.extend_from_slice(&[0x00, 0x00, 0xff, 0xff]);
+            let plain = frame.to_vec();
+            let mut inflated = Vec::with_capacity(plain.len() + 1024);
+            let status = flate2::Decompress::new(false)
+                .decompress_vec(&payload, &mut inflated, flate2::FlushDecompress::Sync)
+                .expect("a valid raw deflate stream");
+            proptest::prop_assert_ne!(status, flate2::Status::StreamEnd, "no block may be final");
+            proptest::prop_assert_eq!(inflated, plain);
+            // A connection without compression gets no blocks to count.
+            proptest::prop_assert!(data_frame(&Head::new("c", "p", "q"), &event).blocks().is_none());
+            // The second subscriber's frame reuses both caches.
+            let again = data_frame(&head, &event);
+            proptest::prop_assert!(std::ptr::eq(
+                again.blocks().expect("blocks").parts()[1].as_ptr(),
+                blocks[1].as_ptr()
+            ));
+        }
     }
 }

@@ -318,3 +318,27 @@ pub async fn assert_closed_for_no_pong(addr: SocketAddr, path: &str) {
     assert_eq!(closed.reason, "no pong received", "{path}: {closed:?}");
     assert!(closed.pings >= 1, "{path}: {closed:?}");
 }
+
+/// Raw deflate as RFC 7692 frames it: compress and strip the sync-flush
+/// tail, or put the tail back and inflate.
+pub fn deflate_raw(data: &[u8], compress: bool) -> Vec<u8> {
+    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+    let mut out = Vec::with_capacity(data.len() * 8 + 1024);
+    if compress {
+        let mut c = Compress::new(Compression::default(), false);
+        c.compress_vec(data, &mut out, FlushCompress::Sync).unwrap();
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        out.truncate(out.len() - 4);
+    } else {
+        let mut input = data.to_vec();
+        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut d = Decompress::new(false);
+        while (d.total_in() as usize) < input.len() {
+            out.reserve(out.capacity().max(65536));
+            let consumed = d.total_in() as usize;
+            d.decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync)
+                .unwrap();
+        }
+    }
+    out
+}
