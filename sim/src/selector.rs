@@ -228,9 +228,15 @@ fn field_value(object: &Value, path: &str) -> String {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Bool(b)) => b.to_string(),
         Some(Value::Number(n)) => n.to_string(),
+        // The API server formats these booleans from the typed object, so
+        // an absent one is `false`, not empty.
+        _ if BOOLEAN_FIELDS.contains(&path) => "false".into(),
         _ => String::new(),
     }
 }
+
+/// Field-selectable paths that are booleans in the API's types.
+const BOOLEAN_FIELDS: &[&str] = &["spec.hostNetwork", "spec.unschedulable"];
 
 /// Everything that decides whether one watcher or LIST sees an object:
 /// namespace scope plus label and field selectors.
@@ -353,6 +359,9 @@ mod tests {
         assert!(sel("spec.nodeName=n1,status.phase==Running").matches(&p));
         assert!(!sel("status.phase!=Running").matches(&p));
         assert!(sel("metadata.namespace=default,metadata.name=p").matches(&p));
+        // An unset boolean is `false`, as the API server formats it.
+        assert!(sel("spec.hostNetwork=false").matches(&p));
+        assert!(!sel("spec.hostNetwork=true").matches(&p));
         let cms = by_plural("configmaps").expect("configmaps");
         assert!(FieldSelector::parse("spec.nodeName=x", cms).is_err());
         assert!(FieldSelector::parse("metadata.name", pods).is_err());

@@ -82,6 +82,11 @@ settings! {
         max_upstream_watches: Count [1, 1_000_000] => hub.max_watches_per_cluster;
         /// With --auth passthrough, shared watches one caller's token may hold on one cluster.
         max_watches_per_identity: Count [1, 1_000_000] => hub.max_watches_per_identity;
+        /// Give every namespace and selector an upstream watch of its own, instead of
+        /// serving those kubemux can evaluate from their resource type's one
+        /// cluster-wide watch, filtered per subscriber as the API server's cacher does
+        /// (auth none and shared; passthrough always watches per query).
+        watch_per_query: Flag => hub.watch_per_query;
     }
     "Connections (every dialect)" {
         /// Bytes waiting in one connection's outbound queue (and one REST watch stream's)

@@ -43,6 +43,16 @@ impl WatchKey {
         &self.selectors
     }
 
+    /// The key of a whole collection, without selectors or identity.
+    pub(super) fn collection(cluster: &str, path: &str) -> Self {
+        WatchKey {
+            cluster: cluster.into(),
+            path: path.into(),
+            selectors: "".into(),
+            identity: None,
+        }
+    }
+
     /// The upstream identity the watch is restricted to, if any (a hash).
     pub fn identity(&self) -> Option<&str> {
         self.identity.as_deref()

@@ -44,7 +44,7 @@ impl LocalWatch {
         params: ClientParams,
         sink: Arc<dyn Subscriber>,
     ) -> Option<Subscription> {
-        let id = self.watch.add(sink, params)?;
+        let id = self.watch.add(sink, params, None)?;
         Some(Subscription {
             watch: self.watch.clone(),
             id,

@@ -7,6 +7,7 @@
 //! collection's current state rather than its events takes a [`Store`]
 //! ([`Hub::store`]). The hub never knows how a dialect frames events.
 
+mod filter;
 pub mod key;
 mod list;
 pub mod local;
@@ -19,7 +20,7 @@ pub(crate) mod tests;
 mod watch_cache;
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tracing::{Instrument, info};
@@ -27,6 +28,7 @@ use tracing::{Instrument, info};
 use crate::cluster::{ClusterChange, Registry};
 use crate::metrics::Metrics;
 use crate::upstream::{self, UpstreamConfig, WatchTarget};
+use filter::Filter;
 pub use key::{ClientParams, KeyError, ListParams, WatchKey};
 pub use kubemux_vocab::identity::Identity;
 pub use kubemux_vocab::path::ResourcePath;
@@ -56,6 +58,12 @@ pub struct HubConfig {
     /// Most shared watches one caller's identity may hold on a cluster in
     /// `passthrough` (where each token has watches of its own).
     pub max_watches_per_identity: usize,
+    /// Whether every namespace and selector gets an upstream watch of its
+    /// own. Off (the default), a request for a namespace or a selector
+    /// kubemux can evaluate is served from its resource type's one
+    /// cluster-wide watch, filtered per subscriber (see `filter`), as the
+    /// API server's cacher serves its watchers.
+    pub watch_per_query: bool,
 }
 
 impl Default for HubConfig {
@@ -67,6 +75,7 @@ impl Default for HubConfig {
             upstream: UpstreamConfig::default(),
             max_watches_per_cluster: 2_000,
             max_watches_per_identity: 200,
+            watch_per_query: false,
         }
     }
 }
@@ -135,9 +144,18 @@ pub enum SubscribeError {
     },
 }
 
+/// How long kubemux keeps serving a resource type with watches of their
+/// own after the cluster refused the cluster-wide watch, before trying it
+/// again (its RBAC may have changed).
+const NARROW_FOR: Duration = Duration::from_secs(600);
+
 pub(crate) struct HubInner {
     pub(crate) config: HubConfig,
     pub(crate) watches: DashMap<WatchKey, Arc<SharedWatch>>,
+    /// Cluster-wide watches the cluster refused (403) before they listed,
+    /// and when: requests they would serve filtered get watches of their
+    /// own until [`NARROW_FOR`] has passed.
+    narrow_only: DashMap<WatchKey, Instant>,
     /// Shared watches held per cluster and per (cluster, identity), for the
     /// limits; a watch is counted from its creation until it stops.
     counts: DashMap<(Arc<str>, Option<Arc<str>>), usize>,
@@ -187,6 +205,7 @@ impl Hub {
             inner: Arc::new(HubInner {
                 config,
                 watches: DashMap::new(),
+                narrow_only: DashMap::new(),
                 counts: DashMap::new(),
                 clusters,
                 metrics,
@@ -222,7 +241,7 @@ impl Hub {
         request: SubscribeRequest<'_>,
         sink: Arc<dyn Subscriber>,
     ) -> Result<Subscription, SubscribeError> {
-        let (key, params, client) = self.resolve(&request)?;
+        let (placed, params) = self.resolve(&request)?;
         // The first subscriber's version is where a new watch lists, so
         // that subscriber resumes exactly (see `upstream::run`).
         let list_at = params
@@ -230,8 +249,23 @@ impl Hub {
             .as_deref()
             .and_then(|rv| rv.parse::<u64>().ok())
             .filter(|rv| *rv > 0 && !params.send_initial_events);
+        self.subscribe_placed(placed, sink, params, list_at)
+    }
+
+    fn subscribe_placed(
+        &self,
+        placed: Placement,
+        sink: Arc<dyn Subscriber>,
+        params: ClientParams,
+        list_at: Option<u64>,
+    ) -> Result<Subscription, SubscribeError> {
+        let Placement {
+            key,
+            filter,
+            client,
+        } = placed;
         let (watch, id) = self.join(key, client, list_at, |watch| {
-            watch.add(sink.clone(), params.clone())
+            watch.add(sink.clone(), params.clone(), filter.clone())
         })?;
         Ok(Subscription {
             watch,
@@ -240,22 +274,63 @@ impl Hub {
         })
     }
 
+    /// Subscribes `sink` to the watch of its own that a filtered
+    /// subscriber would have had (the cluster refused the wide one).
+    fn subscribe_narrow(
+        &self,
+        filter: &Filter,
+        sink: Arc<dyn Subscriber>,
+        params: ClientParams,
+    ) -> Result<Subscription, SubscribeError> {
+        let placed = self.narrow_placement(filter)?;
+        self.subscribe_placed(placed, sink, params, None)
+    }
+
+    /// A read handle on the watch of its own that a filtered reader would
+    /// have had.
+    fn store_narrow(&self, filter: &Filter) -> Result<Store, SubscribeError> {
+        let Placement { key, client, .. } = self.narrow_placement(filter)?;
+        let (_, store) = self.join(key, client, None, |watch| Store::hold(watch.clone(), None))?;
+        Ok(store)
+    }
+
+    fn narrow_placement(&self, filter: &Filter) -> Result<Placement, SubscribeError> {
+        let key = filter.narrow().clone();
+        let cluster = self
+            .inner
+            .clusters
+            .get(key.cluster())
+            .ok_or_else(|| SubscribeError::UnknownCluster(key.cluster().into()))?;
+        Ok(Placement {
+            key,
+            filter: None,
+            client: cluster.client(),
+        })
+    }
+
     /// A read handle on the store of the collection's shared watch, which
     /// it starts if none runs: admitted, keyed by identity and kept alive
     /// exactly as for [`Hub::subscribe`] (the request's position
     /// parameters are ignored: a store is always at its latest version).
     pub fn store(&self, request: SubscribeRequest<'_>) -> Result<Store, SubscribeError> {
-        let (key, _, client) = self.resolve(&request)?;
-        let (_, store) = self.join(key, client, None, |watch| Store::hold(watch.clone()))?;
+        let (placed, _) = self.resolve(&request)?;
+        let Placement {
+            key,
+            filter,
+            client,
+        } = placed;
+        let (_, store) = self.join(key, client, None, |watch| {
+            Store::hold(watch.clone(), filter.clone())
+        })?;
         Ok(store)
     }
 
-    /// The key (scoped to the caller's identity in passthrough), the
-    /// caller's own parameters and the client a new watch would use.
+    /// Where the request is served (see [`Placement`]) and the caller's
+    /// own parameters.
     fn resolve(
         &self,
         request: &SubscribeRequest<'_>,
-    ) -> Result<(WatchKey, ClientParams, kube::Client), SubscribeError> {
+    ) -> Result<(Placement, ClientParams), SubscribeError> {
         if self
             .inner
             .closing
@@ -263,20 +338,25 @@ impl Hub {
         {
             return Err(SubscribeError::ShuttingDown);
         }
-        let (key, _resource, params) =
-            key::normalize(request.cluster, request.path, request.query)?;
+        let (key, resource, params) = key::normalize(request.cluster, request.path, request.query)?;
         let cluster = self.inner.clusters.get(request.cluster).ok_or_else(|| {
             SubscribeError::UnknownCluster(request.cluster.chars().take(100).collect())
         })?;
-        match request.identity {
-            Identity::Proxy => Ok((key, params, cluster.client())),
-            Identity::Bearer(token) => {
-                let client = cluster.client_for_token(token).map_err(|e| {
-                    SubscribeError::Identity(request.cluster.to_string(), e.to_string())
-                })?;
-                Ok((scope(request.identity, key), params, client))
-            }
-        }
+        let client = match request.identity {
+            Identity::Proxy => cluster.client(),
+            Identity::Bearer(token) => cluster.client_for_token(token).map_err(|e| {
+                SubscribeError::Identity(request.cluster.to_string(), e.to_string())
+            })?,
+        };
+        let (key, filter) = self.inner.place(request.identity, key, &resource);
+        Ok((
+            Placement {
+                key,
+                filter,
+                client,
+            },
+            params,
+        ))
     }
 
     /// Joins the shared watch for `key` with `enter` (which takes a hold on
@@ -372,16 +452,11 @@ impl Hub {
         query: &str,
         identity: &Identity,
     ) -> Option<CachedList> {
-        let (key, _, params) = key::normalize_list(cluster, path, query).ok()?;
-        let store = self.existing_store(&scope(identity, key))?;
+        let (key, resource, params) = key::normalize_list(cluster, path, query).ok()?;
+        let (key, filter) = self.inner.place(identity, key, &resource);
+        let watch = self.inner.watches.get(&key)?.clone();
+        let store = Store::hold(watch, filter)?;
         list::answer(&params, store.snapshot()?)
-    }
-
-    /// A read handle on the store of the shared watch for `key`, if one is
-    /// running; starts none, so no admission applies.
-    fn existing_store(&self, key: &WatchKey) -> Option<Store> {
-        let watch = self.inner.watches.get(key)?.clone();
-        Store::hold(watch)
     }
 
     /// Whether a shared watch for this watch request's key is live (has
@@ -395,13 +470,12 @@ impl Hub {
         query: &str,
         identity: &Identity,
     ) -> bool {
-        let Ok((key, _, _)) = key::normalize(cluster, path, query) else {
+        let Ok((key, resource, _)) = key::normalize(cluster, path, query) else {
             return false;
         };
-        self.inner
-            .watches
-            .get(&scope(identity, key))
-            .is_some_and(|watch| watch.is_live())
+        let (key, _) = self.inner.place(identity, key, &resource);
+        let watch = self.inner.watches.get(&key).map(|w| w.clone());
+        watch.is_some_and(|watch| watch.is_live())
     }
 
     /// Ends every subscription with [`EndReason::Shutdown`] and stops every
@@ -453,7 +527,52 @@ impl Hub {
     }
 }
 
+/// Where a request is served: the shared watch's key, the subscriber's
+/// filter when that watch is wider than the request, and the client a new
+/// watch would use.
+struct Placement {
+    key: WatchKey,
+    filter: Option<Arc<Filter>>,
+    client: kube::Client,
+}
+
 impl HubInner {
+    /// The shared watch a request for `key` is served from: in
+    /// `passthrough`, the caller's own (scoped to its identity); otherwise
+    /// the resource type's cluster-wide watch, filtered, when kubemux can
+    /// evaluate the request's selectors and the cluster has not refused
+    /// that watch lately; else the request's own.
+    fn place(
+        &self,
+        identity: &Identity,
+        key: WatchKey,
+        resource: &ResourcePath,
+    ) -> (WatchKey, Option<Arc<Filter>>) {
+        if identity.hash().is_some() {
+            return (scope(identity, key), None);
+        }
+        if self.config.watch_per_query {
+            return (key, None);
+        }
+        let Some((wide, filter)) = filter::widen(&key, resource) else {
+            return (key, None);
+        };
+        let refused = self
+            .narrow_only
+            .get(&wide)
+            .is_some_and(|since| since.elapsed() < NARROW_FOR);
+        if refused {
+            return (key, None);
+        }
+        (wide, Some(filter))
+    }
+
+    /// The cluster refused the cluster-wide watch `wide`: requests it would
+    /// serve filtered get watches of their own for a while.
+    pub(crate) fn refused_wide(&self, wide: &WatchKey) {
+        self.narrow_only.insert(wide.clone(), Instant::now());
+    }
+
     /// Counts a new shared watch for `key` against the limits, or says which
     /// one it would exceed.
     fn admit(&self, key: &WatchKey) -> Result<(), SubscribeError> {

@@ -9,10 +9,11 @@
 //! current while someone reads it. It is made by [`crate::hub::Hub::store`],
 //! with the same admission and identity rules as a subscription.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::watch;
 
+use super::filter::Filter;
 use super::key::WatchKey;
 use super::shared::{Phase, SharedWatch};
 use crate::upstream::event::WatchEvent;
@@ -28,6 +29,24 @@ pub struct Store {
 struct Hold {
     watch: Arc<SharedWatch>,
     phase: watch::Receiver<Phase>,
+    /// What the reader sees of a watch wider than its request.
+    filter: Option<Arc<Filter>>,
+    /// The watch of its own the reader moved to when the cluster refused
+    /// the wide one before it listed; set once, on first need.
+    moved: OnceLock<Store>,
+}
+
+impl Hold {
+    /// The store that serves this reader now: its own watch's, or the one
+    /// it moved to.
+    fn moved(&self) -> Option<&Store> {
+        if let Some(store) = self.moved.get() {
+            return Some(store);
+        }
+        let filter = self.filter.as_ref()?;
+        let store = self.watch.narrow_store(filter)?;
+        Some(self.moved.get_or_init(|| store))
+    }
 }
 
 impl Drop for Hold {
@@ -58,10 +77,15 @@ pub struct Snapshot {
 
 impl Store {
     /// A hold on `watch`; `None` if it has stopped.
-    pub(super) fn hold(watch: Arc<SharedWatch>) -> Option<Store> {
+    pub(super) fn hold(watch: Arc<SharedWatch>, filter: Option<Arc<Filter>>) -> Option<Store> {
         let phase = watch.hold()?;
         Some(Store {
-            hold: Arc::new(Hold { watch, phase }),
+            hold: Arc::new(Hold {
+                watch,
+                phase,
+                filter,
+                moved: OnceLock::new(),
+            }),
         })
     }
 
@@ -72,22 +96,37 @@ impl Store {
 
     /// Whether the store has listed and its watch is still running.
     pub fn is_synced(&self) -> bool {
-        *self.hold.phase.borrow() == Phase::Synced
+        match *self.hold.phase.borrow() {
+            Phase::Synced => true,
+            Phase::Listing => false,
+            Phase::Stopped => self.hold.moved().is_some_and(Store::is_synced),
+        }
     }
 
     /// Waits until the store has listed; [`StoreEnded`] if its watch
     /// stopped first (or has stopped since).
     pub async fn wait_until_synced(&self) -> Result<(), StoreEnded> {
         let mut phase = self.hold.phase.clone();
-        match phase.wait_for(|p| *p != Phase::Listing).await {
-            Ok(p) if *p == Phase::Synced => Ok(()),
-            _ => Err(StoreEnded),
+        let synced =
+            matches!(phase.wait_for(|p| *p != Phase::Listing).await, Ok(p) if *p == Phase::Synced);
+        if synced {
+            return Ok(());
+        }
+        match self.hold.moved() {
+            Some(moved) => Box::pin(moved.wait_until_synced()).await,
+            None => Err(StoreEnded),
         }
     }
 
     /// The current objects and the version they are at; `None` before the
     /// store synced and after its watch stopped.
     pub fn snapshot(&self) -> Option<Snapshot> {
-        self.hold.watch.snapshot()
+        let Some(mut snapshot) = self.hold.watch.snapshot() else {
+            return self.hold.moved()?.snapshot();
+        };
+        if let Some(filter) = &self.hold.filter {
+            snapshot.objects.retain(|object| filter.passes(object));
+        }
+        Some(snapshot)
     }
 }

@@ -55,12 +55,55 @@ impl Stored {
     }
 }
 
+/// One change to the collection, with the object it replaced (`None` for
+/// a creation, and for changes fetched by a backfill, which come without
+/// it): what a filtered subscriber needs to see an object move into or out
+/// of its selection, as the cacher's `watchCacheEvent.PrevObject`.
+pub struct Change {
+    /// The event as the cluster sent it.
+    pub event: Arc<WatchEvent>,
+    /// The object's state before it, as the event that set it.
+    pub prev: Option<Arc<WatchEvent>>,
+    as_added: OnceLock<Arc<WatchEvent>>,
+    as_deleted: OnceLock<Option<Arc<WatchEvent>>>,
+}
+
+impl Change {
+    /// A change and the object it replaced.
+    pub fn new(event: Arc<WatchEvent>, prev: Option<Arc<WatchEvent>>) -> Self {
+        Change {
+            event,
+            prev,
+            as_added: OnceLock::new(),
+            as_deleted: OnceLock::new(),
+        }
+    }
+
+    /// The event as an `ADDED` (an object that came into a selection),
+    /// built once for every subscriber that needs it.
+    pub fn as_added(&self) -> &Arc<WatchEvent> {
+        self.as_added
+            .get_or_init(|| Arc::new(self.event.retyped(EventType::Added)))
+    }
+
+    /// The previous object as a `DELETED` at the event's version (an
+    /// object that left a selection), built once.
+    pub fn as_deleted(&self) -> Option<&Arc<WatchEvent>> {
+        self.as_deleted
+            .get_or_init(|| {
+                let prev = self.prev.as_deref()?;
+                Some(Arc::new(deleted_at(prev, self.event.resource_version())))
+            })
+            .as_ref()
+    }
+}
+
 struct Entry {
     /// Version a client holds after this event. Never decreases along the
     /// history, so a replay is the entries after a partition point.
     position: u64,
     at: Instant,
-    event: Arc<WatchEvent>,
+    change: Arc<Change>,
     /// Fetched by a backfill rather than received live; only ever at the
     /// front of the history.
     backfilled: bool,
@@ -70,8 +113,8 @@ struct Entry {
 pub enum Start {
     /// Every current object as `ADDED`.
     Snapshot(Vec<Arc<WatchEvent>>),
-    /// The events after the client's version.
-    Replay(Vec<Arc<WatchEvent>>),
+    /// The changes after the client's version.
+    Replay(Vec<Arc<Change>>),
     /// The version is older than the history: the events between it and
     /// the history must be fetched from the API server (which alone decides
     /// whether it is too old).
@@ -99,6 +142,10 @@ pub struct Cache {
     /// Versions at or below this are no longer covered by the history; it
     /// only grows, except when a backfill extends the history backwards.
     horizon: u64,
+    /// `horizon` as it would be without backfills, which lower `horizon`
+    /// but bring changes that do not know the object they replaced: a
+    /// filtered subscriber is replayed only from here. Only grows.
+    exact_horizon: u64,
     /// The newest version seen (events, listings, bookmarks), as sent.
     latest: String,
     /// `latest` as an integer; only grows (0 when versions are not numeric).
@@ -118,6 +165,7 @@ impl Cache {
             history: VecDeque::new(),
             limits,
             horizon: 0,
+            exact_horizon: 0,
             latest: String::new(),
             latest_num: 0,
             numeric: true,
@@ -140,6 +188,16 @@ impl Cache {
     /// all held.
     pub fn horizon(&self) -> u64 {
         self.horizon
+    }
+
+    /// The horizon for a subscriber that is filtered (see `exact_horizon`)
+    /// or not.
+    pub fn horizon_for(&self, filtered: bool) -> u64 {
+        if filtered {
+            self.exact_horizon.max(self.horizon)
+        } else {
+            self.horizon
+        }
     }
 
     /// Kind and apiVersion of the objects, learned from the list.
@@ -177,7 +235,7 @@ impl Cache {
     /// Replaces the contents with a listing. Returns the differences against
     /// what was held before (empty for the first listing), already applied
     /// and recorded in the history.
-    pub fn reset(&mut self, listing: Listing, first: bool) -> Vec<Arc<WatchEvent>> {
+    pub fn reset(&mut self, listing: Listing, first: bool) -> Vec<Arc<Change>> {
         self.item_kind = listing.item_kind;
         self.api_version = listing.api_version;
         let list_rv = listing.resource_version;
@@ -188,6 +246,7 @@ impl Cache {
             }
             self.note_version(&list_rv);
             self.horizon = self.latest_num;
+            self.exact_horizon = self.latest_num;
             return Vec::new();
         }
         let mut fresh: BTreeMap<Box<str>, WatchEvent> = listing
@@ -213,7 +272,7 @@ impl Cache {
         // last, so a client tracking the latest version never goes back.
         changed.sort_by_key(|ev| ev.rv());
         let list_position = list_rv.parse::<u64>().unwrap_or(self.latest_num);
-        let out: Vec<Arc<WatchEvent>> = changed
+        let out: Vec<Arc<Change>> = changed
             .into_iter()
             .chain(gone)
             .map(|ev| {
@@ -225,8 +284,8 @@ impl Cache {
         out
     }
 
-    /// Applies a live event; returns it shared.
-    pub fn apply(&mut self, event: WatchEvent) -> Arc<WatchEvent> {
+    /// Applies a live event; returns it shared, with the object it replaced.
+    pub fn apply(&mut self, event: WatchEvent) -> Arc<Change> {
         let position = event.rv().unwrap_or(self.latest_num);
         if event.rv().is_none() {
             self.numeric = false;
@@ -234,28 +293,26 @@ impl Cache {
         self.apply_at(event, position)
     }
 
-    fn apply_at(&mut self, event: WatchEvent, position: u64) -> Arc<WatchEvent> {
+    fn apply_at(&mut self, event: WatchEvent, position: u64) -> Arc<Change> {
         let event = Arc::new(event);
-        match event.kind() {
-            EventType::Added | EventType::Modified => {
-                self.objects
-                    .insert(event.key().into(), Stored::new(event.clone()));
-            }
-            EventType::Deleted => {
-                self.objects.remove(event.key());
-            }
-            EventType::Bookmark | EventType::Error => return event,
-        }
+        let prev = match event.kind() {
+            EventType::Added | EventType::Modified => self
+                .objects
+                .insert(event.key().into(), Stored::new(event.clone())),
+            EventType::Deleted => self.objects.remove(event.key()),
+            EventType::Bookmark | EventType::Error => return Arc::new(Change::new(event, None)),
+        };
+        let change = Arc::new(Change::new(event, prev.map(|stored| stored.last)));
         let position = position.max(self.history.back().map_or(0, |e| e.position));
-        self.note_version(event.resource_version());
+        self.note_version(change.event.resource_version());
         self.history.push_back(Entry {
             position,
             at: Instant::now(),
-            event: event.clone(),
+            change: change.clone(),
             backfilled: false,
         });
         self.trim(Instant::now());
-        event
+        change
     }
 
     /// Records progress without a change.
@@ -278,12 +335,20 @@ impl Cache {
                 break;
             }
             self.horizon = self.horizon.max(front.position);
+            self.exact_horizon = self.exact_horizon.max(front.position);
             self.history.pop_front();
         }
     }
 
-    /// Decides how a subscriber asking for `resource_version` starts.
-    pub fn start(&self, resource_version: Option<&str>, initial_events: bool) -> Start {
+    /// Decides how a subscriber asking for `resource_version` starts;
+    /// a `filtered` one is replayed only from changes that know the
+    /// object they replaced.
+    pub fn start(
+        &self,
+        resource_version: Option<&str>,
+        initial_events: bool,
+        filtered: bool,
+    ) -> Start {
         let rv = match resource_version {
             None | Some("0") | Some("") => return Start::Snapshot(self.snapshot()),
             Some(rv) => rv,
@@ -310,19 +375,19 @@ impl Cache {
         if !self.numeric {
             return Start::Forward(rv.to_string());
         }
-        if n < self.horizon {
+        if n < self.horizon_for(filtered) {
             return Start::Backfill(n);
         }
         Start::Replay(self.replay_after(n))
     }
 
-    /// The history's events after version `n` (which must not be older
+    /// The history's changes after version `n` (which must not be older
     /// than the horizon).
-    pub fn replay_after(&self, n: u64) -> Vec<Arc<WatchEvent>> {
+    pub fn replay_after(&self, n: u64) -> Vec<Arc<Change>> {
         let from = self.history.partition_point(|e| e.position <= n);
         self.history
             .range(from..)
-            .map(|e| e.event.clone())
+            .map(|e| e.change.clone())
             .collect()
     }
 
@@ -345,7 +410,7 @@ impl Cache {
                 (rv > from && rv <= horizon).then(|| Entry {
                     position: rv,
                     at: now,
-                    event: event.clone(),
+                    change: Arc::new(Change::new(event.clone(), None)),
                     backfilled: true,
                 })
             })
@@ -409,9 +474,10 @@ pub(super) mod tests {
         }
     }
 
-    fn names(events: &[Arc<WatchEvent>]) -> Vec<String> {
-        events
+    fn names(changes: &[Arc<Change>]) -> Vec<String> {
+        changes
             .iter()
+            .map(|c| &c.event)
             .map(|e| format!("{}:{}@{}", e.kind(), e.key(), e.resource_version()))
             .collect()
     }
@@ -426,22 +492,34 @@ pub(super) mod tests {
         for (i, name) in ["b", "c", "d", "e"].iter().enumerate() {
             c.apply(pod(EventType::Added, name, 11 + i as u64));
         }
-        assert!(matches!(c.start(None, false), Start::Snapshot(s) if s.len() == 5));
-        assert!(matches!(c.start(Some("0"), false), Start::Snapshot(_)));
-        match c.start(Some("12"), false) {
+        assert!(matches!(c.start(None, false, false), Start::Snapshot(s) if s.len() == 5));
+        assert!(matches!(
+            c.start(Some("0"), false, false),
+            Start::Snapshot(_)
+        ));
+        match c.start(Some("12"), false, false) {
             Start::Replay(r) => assert_eq!(names(&r), ["ADDED:d/d@13", "ADDED:d/e@14"]),
             _ => panic!("expected replay"),
         }
-        assert!(matches!(c.start(Some("14"), false), Start::Replay(r) if r.is_empty()));
-        assert!(matches!(c.start(Some("10"), false), Start::Backfill(10)));
-        assert!(matches!(c.start(Some("11"), false), Start::Replay(r) if r.len() == 3));
-        assert!(matches!(c.start(Some("99"), false), Start::Future(99)));
-        assert!(matches!(c.start(Some("12"), true), Start::Snapshot(_)));
+        assert!(matches!(c.start(Some("14"), false, false), Start::Replay(r) if r.is_empty()));
+        assert!(matches!(
+            c.start(Some("10"), false, false),
+            Start::Backfill(10)
+        ));
+        assert!(matches!(c.start(Some("11"), false, false), Start::Replay(r) if r.len() == 3));
+        assert!(matches!(
+            c.start(Some("99"), false, false),
+            Start::Future(99)
+        ));
+        assert!(matches!(
+            c.start(Some("12"), true, false),
+            Start::Snapshot(_)
+        ));
         assert!(
-            matches!(c.start(Some("opaque"), false), Start::Invalid(m) if m.contains("invalid syntax"))
+            matches!(c.start(Some("opaque"), false, false), Start::Invalid(m) if m.contains("invalid syntax"))
         );
         assert!(
-            matches!(c.start(Some("99999999999999999999"), false), Start::Invalid(m) if m.contains("out of range"))
+            matches!(c.start(Some("99999999999999999999"), false, false), Start::Invalid(m) if m.contains("out of range"))
         );
     }
 
@@ -457,8 +535,12 @@ pub(super) mod tests {
             },
             true,
         );
-        assert!(matches!(c.start(Some("opaque-3"), false), Start::Forward(v) if v == "opaque-3"));
-        assert!(matches!(c.start(Some("opaque-7"), false), Start::Replay(r) if r.is_empty()));
+        assert!(
+            matches!(c.start(Some("opaque-3"), false, false), Start::Forward(v) if v == "opaque-3")
+        );
+        assert!(
+            matches!(c.start(Some("opaque-7"), false, false), Start::Replay(r) if r.is_empty())
+        );
     }
 
     #[test]
@@ -472,7 +554,10 @@ pub(super) mod tests {
             c.apply(pod(EventType::Added, name, 11 + i as u64));
         }
         assert_eq!(c.horizon(), 12);
-        assert!(matches!(c.start(Some("10"), false), Start::Backfill(10)));
+        assert!(matches!(
+            c.start(Some("10"), false, false),
+            Start::Backfill(10)
+        ));
         let fetched: Vec<Arc<WatchEvent>> = ["a", "b", "c"]
             .iter()
             .enumerate()
@@ -480,7 +565,7 @@ pub(super) mod tests {
             .collect();
         c.prepend(10, &fetched);
         assert_eq!(c.horizon(), 10);
-        match c.start(Some("10"), false) {
+        match c.start(Some("10"), false, false) {
             Start::Replay(r) => assert_eq!(
                 names(&r),
                 [
@@ -516,9 +601,9 @@ pub(super) mod tests {
         );
         assert_eq!(c.objects().count(), 3);
         assert_eq!(c.latest(), "20");
-        assert!(matches!(c.start(Some("15"), false), Start::Replay(r) if r.len() == 2));
-        assert!(matches!(c.start(Some("10"), false), Start::Replay(r) if r.len() == 3));
-        assert!(matches!(c.start(Some("20"), false), Start::Replay(r) if r.is_empty()));
+        assert!(matches!(c.start(Some("15"), false, false), Start::Replay(r) if r.len() == 2));
+        assert!(matches!(c.start(Some("10"), false, false), Start::Replay(r) if r.len() == 3));
+        assert!(matches!(c.start(Some("20"), false, false), Start::Replay(r) if r.is_empty()));
     }
 
     #[test]
@@ -527,10 +612,10 @@ pub(super) mod tests {
         c.reset(listing(1, vec![]), true);
         c.apply(pod(EventType::Added, "a", 2));
         c.apply(pod(EventType::Modified, "a", 3));
-        let Start::Snapshot(first) = c.start(None, false) else {
+        let Start::Snapshot(first) = c.start(None, false, false) else {
             panic!()
         };
-        let Start::Snapshot(second) = c.start(None, false) else {
+        let Start::Snapshot(second) = c.start(None, false, false) else {
             panic!()
         };
         assert!(Arc::ptr_eq(&first[0], &second[0]));

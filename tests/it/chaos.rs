@@ -377,7 +377,8 @@ async fn run(mode: AuthMode) {
     };
 
     // One upstream watch per distinct key: per user and namespace when
-    // watching as each user, per namespace when kubemux watches for all.
+    // watching as each user; when kubemux watches for all, one cluster-wide
+    // watch of pods that every namespace is filtered from.
     let keys: HashSet<(usize, &str)> = conns
         .iter()
         .flat_map(|c| {
@@ -385,13 +386,9 @@ async fn run(mode: AuthMode) {
                 .lock()
                 .iter()
                 .filter(|s| s.open)
-                .map(|s| {
-                    let who = if mode == AuthMode::Passthrough {
-                        s.user
-                    } else {
-                        0
-                    };
-                    (who, s.ns)
+                .map(|s| match mode {
+                    AuthMode::Passthrough => (s.user, s.ns),
+                    _ => (0, "every namespace"),
                 })
                 .collect::<Vec<_>>()
         })

@@ -83,7 +83,7 @@ async fn selectors_split_keys_only_when_they_differ() {
         "labelSelector=tier==front,app=web&watch=true",
         "watch=1&labelSelector=app%3Ddb",
     ] {
-        c.request("/api/v1/pods", q).await;
+        c.request("/api/v1/pods", &format!("{q}&{OWN_WATCH}")).await;
     }
     let expect_watches = 2;
     env.eventually("two upstream watches", || {
@@ -138,20 +138,30 @@ async fn random_concurrent_churn_leaves_exactly_the_live_keys() {
         ServerConfig::default(),
     )
     .await;
-    let keys: Vec<(String, String)> = (0..8)
+    // Each key with the upstream watch that serves it: half have one of
+    // their own, half are filtered from their resource type's one
+    // cluster-wide watch.
+    let keys: Vec<(String, String, String)> = (0..8)
         .map(|i| match i % 4 {
             0 => (
                 "/api/v1/pods".to_string(),
-                format!("labelSelector=k{i}%3Dv"),
+                format!("labelSelector=k{i}%3Dv&{OWN_WATCH}"),
+                format!("pods, key {i}"),
             ),
             1 => (
                 "/api/v1/namespaces/default/pods".to_string(),
                 format!("labelSelector=k{i}%3Dv"),
+                "every pod".to_string(),
             ),
-            2 => ("/api/v1/nodes".to_string(), format!("labelSelector=k{i}")),
+            2 => (
+                "/api/v1/nodes".to_string(),
+                format!("labelSelector=k{i}&fieldSelector=spec.unschedulable%3Dfalse"),
+                format!("nodes, key {i}"),
+            ),
             _ => (
                 "/apis/apps/v1/deployments".to_string(),
                 format!("labelSelector=!k{i}"),
+                "every deployment".to_string(),
             ),
         })
         .collect();
@@ -199,10 +209,15 @@ async fn random_concurrent_churn_leaves_exactly_the_live_keys() {
             clients.push(c);
         }
     }
-    let want = live_keys.len();
-    env.eventually("upstream watches equal the distinct live keys", || {
-        env.hub.watch_count() == want
-    })
+    let want = live_keys
+        .iter()
+        .map(|k| &keys[*k].2)
+        .collect::<HashSet<_>>()
+        .len();
+    env.eventually(
+        "upstream watches equal the distinct live keys' watches",
+        || env.hub.watch_count() == want,
+    )
     .await;
     env.eventually("simulated server agrees", || {
         ["pods", "nodes", "deployments"]

@@ -336,8 +336,11 @@ async fn new_keys_beyond_the_upstream_watch_limit_are_refused_by_name() {
     .await;
     let mut c = env.client().await;
     for i in 0..3 {
-        c.request("/api/v1/pods", &format!("watch=1&labelSelector=k%3D{i}"))
-            .await;
+        c.request(
+            "/api/v1/pods",
+            &format!("watch=1&labelSelector=k%3D{i}&{OWN_WATCH}"),
+        )
+        .await;
     }
     env.eventually("three upstream watches", || {
         env.sim.active_watches("pods") == 3
@@ -345,7 +348,10 @@ async fn new_keys_beyond_the_upstream_watch_limit_are_refused_by_name() {
     .await;
     let mut other = env.client().await;
     other
-        .request("/api/v1/pods", "watch=1&labelSelector=k%3D3")
+        .request(
+            "/api/v1/pods",
+            &format!("watch=1&labelSelector=k%3D3&{OWN_WATCH}"),
+        )
         .await;
     let err = error_of(&other.frame().await);
     assert!(
@@ -361,7 +367,7 @@ async fn new_keys_beyond_the_upstream_watch_limit_are_refused_by_name() {
     other
         .request(
             "/api/v1/pods",
-            "watch=1&labelSelector=k%3D0&timeoutSeconds=600",
+            &format!("watch=1&labelSelector=k%3D0&timeoutSeconds=600&{OWN_WATCH}"),
         )
         .await;
     env.eventually("the join is served", || {
@@ -369,13 +375,20 @@ async fn new_keys_beyond_the_upstream_watch_limit_are_refused_by_name() {
     })
     .await;
     // A watch that lingered out frees its place.
-    c.close("/api/v1/pods", "watch=1&labelSelector=k%3D2").await;
+    c.close(
+        "/api/v1/pods",
+        &format!("watch=1&labelSelector=k%3D2&{OWN_WATCH}"),
+    )
+    .await;
     env.eventually("the closed key's watch stopped", || {
         env.hub.watch_count() == 2
     })
     .await;
     other
-        .request("/api/v1/pods", "watch=1&labelSelector=k%3D3")
+        .request(
+            "/api/v1/pods",
+            &format!("watch=1&labelSelector=k%3D3&{OWN_WATCH}"),
+        )
         .await;
     env.eventually("the new key got its watch", || env.hub.watch_count() == 3)
         .await;

@@ -9,6 +9,7 @@ mod support;
 
 mod admission;
 mod auth;
+mod cacher;
 mod chaos;
 mod clusters;
 mod dashboard;

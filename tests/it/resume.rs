@@ -596,15 +596,16 @@ async fn headlamps_first_viewer_is_served_from_the_lists_version() {
         ServerConfig::default(),
     )
     .await;
-    // Twenty first viewers, each of a list of its own (a selector every pod
-    // matches), starting a quarter second apart under the same churn, each
-    // followed for 10 s of it.
+    // Twenty first viewers, each of a list of its own (selectors every pod
+    // matches, one of them evaluated by the cluster alone, so the list is
+    // its own upstream watch), starting a quarter second apart under the
+    // same churn, each followed for 10 s of it.
     env.sim.set_churn_rate(20.0);
     let viewer = |round: u64| {
         let env = &env;
         async move {
             tokio::time::sleep(Duration::from_millis(round * 250)).await;
-            let selector = format!("labelSelector=viewer%21%3Dv{round}");
+            let selector = format!("labelSelector=viewer%21%3Dv{round}&{OWN_WATCH}");
             let body = http_get_body(
                 env.server.addr(),
                 &format!("/clusters/{CLUSTER}/api/v1/pods?{selector}"),
@@ -787,6 +788,7 @@ async fn opaque_cluster() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
             }),
         )
         .route("/api/v1/namespaces/default/pods", get(pods))
+        .route("/api/v1/pods", get(pods))
         .with_state(watches.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

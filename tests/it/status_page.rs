@@ -61,7 +61,7 @@ async fn status_page_shows_the_cluster_and_its_shared_watches() {
     let mut c = env.client().await;
     c.request(
         "/api/v1/pods",
-        "watch=1&labelSelector=app%3Dweb%2Ctier+in+(a%2Cb)",
+        &format!("watch=1&labelSelector=app%3Dweb%2Ctier+in+(a%2Cb)&{OWN_WATCH}"),
     )
     .await;
     env.eventually("the watch is shared", || !env.hub.watches().is_empty())
@@ -81,7 +81,9 @@ async fn status_page_shows_the_cluster_and_its_shared_watches() {
         "the shared watch: {dom}"
     );
     assert!(
-        dom.contains("<td>labelSelector: app=web,tier in (a,b)</td>"),
+        dom.contains(
+            "<td>fieldSelector: spec.hostNetwork=false; labelSelector: app=web,tier in (a,b)</td>"
+        ),
         "the selectors, decoded: {dom}"
     );
     assert!(dom.contains("1 shared watch(es)"), "totals: {dom}");

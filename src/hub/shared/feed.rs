@@ -71,8 +71,8 @@ impl WatchSink for Upstream {
             return;
         }
         let before = st.holders();
-        let event = st.cache.apply(event);
-        watch.fan_out(&mut st, std::slice::from_ref(&event));
+        let change = st.cache.apply(event);
+        watch.fan_out(&mut st, std::slice::from_ref(&change));
         watch.linger_if_emptied(st, before);
     }
 
@@ -116,6 +116,8 @@ impl WatchSink for Upstream {
             return;
         };
         watch.count(&watch.metrics.upstream_failures);
-        watch.shutdown(EndReason::Failed(error.to_string()));
+        if !watch.fall_back(&error) {
+            watch.shutdown(EndReason::Failed(error.to_string()));
+        }
     }
 }

@@ -105,7 +105,12 @@ impl SharedWatch {
         if Self::take(&mut st, id).is_some() {
             self.metrics.subscribers.dec();
             self.linger_if_unheld(st, linger);
+            return;
         }
+        st.moving.remove(&id);
+        let moved = st.moved.remove(&id);
+        drop(st);
+        drop(moved);
     }
 
     /// Ends one subscriber with a reason (its own `timeoutSeconds`).

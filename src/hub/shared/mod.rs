@@ -13,6 +13,7 @@
 //! under one lock, so a joiner gets its replay and then the live events
 //! with nothing lost or duplicated in between.
 
+mod fallback;
 mod feed;
 mod lifecycle;
 mod side;
@@ -20,8 +21,8 @@ mod side;
 mod tests;
 mod watcher;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -31,11 +32,12 @@ use prometheus_client::metrics::family::Family;
 use tokio::task::AbortHandle;
 use tracing::info;
 
-use super::HubInner;
+use super::filter::{Change, Filter};
 use super::key::{ClientParams, WatchKey};
 use super::store::Snapshot;
 use super::subscriber::{EndReason, Subscriber};
 use super::watch_cache::{Cache, Start};
+use super::{HubInner, Subscription};
 use crate::metrics::{ClusterLabel, Metrics};
 use crate::upstream::event::WatchEvent;
 use crate::upstream::{UpstreamConfig, UpstreamError, WatchTarget};
@@ -72,6 +74,12 @@ struct State {
     linger_generation: u64,
     /// The upstream task and the bookmark ticker; aborted on stop.
     tasks: Vec<AbortHandle>,
+    /// Subscribers being moved to watches of their own (see `fallback`);
+    /// one that unsubscribes meanwhile is taken out, and not kept.
+    moving: HashSet<SubscriberId>,
+    /// Subscribers moved to watches of their own, by the id their handles
+    /// hold; unsubscribing drops the moved subscription.
+    moved: HashMap<SubscriberId, Subscription>,
 }
 
 impl State {
@@ -95,6 +103,9 @@ pub struct SharedWatch {
     metrics: Arc<Metrics>,
     label: ClusterLabel,
     events: AtomicU64,
+    /// Set once the cluster refused this watch and its filtered holders
+    /// moved to watches of their own.
+    fell_back: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -112,6 +123,7 @@ impl SharedWatch {
             hub,
             metrics,
             events: AtomicU64::new(0),
+            fell_back: AtomicBool::new(false),
             state: Mutex::new(State {
                 cache,
                 phase: Lifecycle::new(),
@@ -123,6 +135,8 @@ impl SharedWatch {
                 outage_reported: false,
                 linger_generation: 0,
                 tasks: Vec::new(),
+                moving: HashSet::new(),
+                moved: HashMap::new(),
             }),
         }
     }
@@ -186,6 +200,7 @@ impl SharedWatch {
         self: &Arc<Self>,
         sink: Arc<dyn Subscriber>,
         params: ClientParams,
+        filter: Option<Arc<Filter>>,
     ) -> Option<SubscriberId> {
         let mut st = self.state.lock();
         if st.phase.is_stopped() {
@@ -194,7 +209,7 @@ impl SharedWatch {
         let id = st.next_id;
         st.next_id += 1;
         st.linger_generation += 1;
-        let mut sub = Watcher::new(sink, params);
+        let mut sub = Watcher::new(sink, params, filter);
         if let Some(after) = sub.deadline() {
             sub.arm(self.timer(after, id, EndReason::Timeout));
         }
@@ -270,15 +285,16 @@ impl SharedWatch {
         let plan = st.cache.start(
             sub.params.resource_version.as_deref(),
             sub.params.send_initial_events,
+            sub.needs_prev(),
         );
         let mut events = match plan {
             Start::Snapshot(events) => {
                 self.resumed("snapshot");
-                events
+                sub.select(events)
             }
-            Start::Replay(events) => {
+            Start::Replay(changes) => {
                 self.resumed("history");
-                events
+                sub.view(&changes)
             }
             Start::Invalid(message) => {
                 self.resumed("invalid");
@@ -369,14 +385,14 @@ impl SharedWatch {
         }
     }
 
-    /// Offers events just applied to the store to every live subscriber,
+    /// Offers changes just applied to the store to every live subscriber,
     /// cuts those that cannot take them, and places those whose version
     /// the store has now reached.
-    fn fan_out(self: &Arc<Self>, st: &mut State, events: &[Arc<WatchEvent>]) {
+    fn fan_out(self: &Arc<Self>, st: &mut State, changes: &[Arc<Change>]) {
         let slow: Vec<SubscriberId> = st
             .watchers
             .iter()
-            .filter(|(_, sub)| sub.is_live() && sub.deliver(events).is_err())
+            .filter(|(_, sub)| sub.is_live() && sub.deliver(changes).is_err())
             .map(|(id, _)| *id)
             .collect();
         self.cut_slow(st, slow);

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use super::watcher::{Cursor, SubscriberId, Watcher};
 use super::{SharedWatch, State, outage_message};
+use crate::hub::key::WatchKey;
 use crate::hub::subscriber::EndReason;
 use crate::upstream::event::WatchEvent;
 use crate::upstream::{
@@ -47,6 +48,12 @@ pub(super) enum SideKind {
 /// An extra upstream watch serving subscribers the store cannot serve alone.
 pub(super) struct Side {
     kind: SideKind,
+    /// The request of the filtered subscribers it serves, which it makes
+    /// to the cluster as they asked it (so the cluster filters, and the
+    /// selector transitions are its own); `None` for the shared watch's
+    /// own request. Only subscribers of the same scope share a side stream,
+    /// and only an unscoped backfill extends the history.
+    scope: Option<WatchKey>,
     /// What the side stream delivered so far, for subscribers joining late.
     /// A backfill holds only events the history lacks (versions in
     /// `(from, horizon]`), in order; a forward at most
@@ -105,10 +112,15 @@ impl SharedWatch {
         wanted: SideKind,
         upstream: (WatchTarget, UpstreamConfig),
     ) -> Option<Watcher> {
+        let scope = sub
+            .filter
+            .as_ref()
+            .filter(|filter| filter.needs_prev())
+            .map(|filter| filter.narrow().clone());
         let joinable = st
             .sides
             .iter()
-            .filter(|(_, side)| side.takes(&wanted))
+            .filter(|(_, side)| side.scope == scope && side.takes(&wanted))
             .max_by_key(|(_, side)| side.backfilled_to())
             .map(|(side_id, _)| *side_id);
         let side_id = match joinable {
@@ -118,7 +130,12 @@ impl SharedWatch {
                     SideKind::Backfill { from, .. } => from.to_string(),
                     SideKind::Forward { version } => version.clone(),
                 };
-                self.spawn_side(st, upstream, wanted.clone(), version)
+                let (mut target, config) = upstream;
+                if let Some(narrow) = &scope {
+                    target.path = narrow.path().to_string();
+                    target.selectors = narrow.selectors().to_string();
+                }
+                self.spawn_side(st, (target, config), wanted.clone(), version, scope)
             }
         };
         let side = self.side_for(st, side_id, &sub)?;
@@ -135,6 +152,10 @@ impl SharedWatch {
             }
             SideKind::Forward { .. } => (side.fetched.clone(), 0),
         };
+        let owed: Vec<Arc<WatchEvent>> = owed
+            .into_iter()
+            .filter(|event| sub.sees_on_side(event))
+            .collect();
         if !self.owed(&sub, owed) {
             return None;
         }
@@ -150,6 +171,7 @@ impl SharedWatch {
         (target, config): (WatchTarget, UpstreamConfig),
         kind: SideKind,
         version: String,
+        scope: Option<WatchKey>,
     ) -> SideId {
         let side_id = st.next_side;
         st.next_side += 1;
@@ -177,6 +199,7 @@ impl SharedWatch {
             side_id,
             Side {
                 kind,
+                scope,
                 fetched: Vec::new(),
                 subs: Vec::new(),
                 task: task.abort_handle(),
@@ -211,7 +234,10 @@ impl SharedWatch {
             return;
         }
         let before = st.holders();
-        let horizon = st.cache.horizon();
+        let Some(scoped) = st.sides.get(&side_id).map(|side| side.scope.is_some()) else {
+            return;
+        };
+        let horizon = st.cache.horizon_for(scoped);
         let event = Arc::new(event);
         let mut slow = Vec::new();
         let mut complete = false;
@@ -229,7 +255,7 @@ impl SharedWatch {
                     }
                     for id in &side.subs {
                         if let Some(sub) = watchers.get(id)
-                            && sub.sink.event(&event).is_err()
+                            && sub.offer(&event).is_err()
                         {
                             slow.push(*id);
                         }
@@ -256,12 +282,12 @@ impl SharedWatch {
                             let Some(sub) = watchers.get_mut(id) else {
                                 continue;
                             };
-                            if let Cursor::Side { at, .. } = &mut sub.cursor
-                                && *at < rv
+                            if let Cursor::Side { at, .. } = sub.cursor
+                                && at < rv
                             {
-                                if sub.sink.event(&event).is_err() {
+                                if sub.offer(&event).is_err() {
                                     slow.push(*id);
-                                } else {
+                                } else if let Cursor::Side { at, .. } = &mut sub.cursor {
                                     *at = rv;
                                 }
                             }
@@ -285,7 +311,8 @@ impl SharedWatch {
             return;
         };
         let covered = st.sides.get(&side_id).is_some_and(|side| {
-            matches!(side.kind, SideKind::Backfill { .. }) && rv >= st.cache.horizon()
+            matches!(side.kind, SideKind::Backfill { .. })
+                && rv >= st.cache.horizon_for(side.scope.is_some())
         });
         if covered {
             self.complete_backfill(&mut st, side_id);
@@ -302,7 +329,9 @@ impl SharedWatch {
             let Some(side) = st.sides.remove(&side_id) else {
                 continue;
             };
-            if let SideKind::Backfill { from, .. } = side.kind {
+            if let SideKind::Backfill { from, .. } = side.kind
+                && side.scope.is_none()
+            {
                 st.cache.prepend(from, &side.fetched);
             }
             for id in &side.subs {
@@ -313,17 +342,20 @@ impl SharedWatch {
                     st.watchers.insert(*id, sub);
                     continue;
                 };
-                if !self.owed(&sub, st.cache.replay_after(at)) {
+                if !self.owed(&sub, sub.view(&st.cache.replay_after(at))) {
                     continue;
                 }
                 sub.cursor = Cursor::Live;
                 st.watchers.insert(*id, sub);
             }
-            let horizon = st.cache.horizon();
+            let cache = &st.cache;
             done.extend(
                 st.sides
                     .iter()
-                    .filter(|(_, s)| s.backfilled_to().is_some_and(|c| c >= horizon))
+                    .filter(|(_, s)| {
+                        s.backfilled_to()
+                            .is_some_and(|c| c >= cache.horizon_for(s.scope.is_some()))
+                    })
                     .map(|(id, _)| *id),
             );
         }

@@ -14,9 +14,10 @@ use std::time::Duration;
 use tokio::task::AbortHandle;
 
 use super::side::SideId;
+use crate::hub::filter::{Change, Filter};
 use crate::hub::key::ClientParams;
 use crate::hub::subscriber::{Overflow, Subscriber};
-use crate::upstream::event::WatchEvent;
+use crate::upstream::event::{EventType, WatchEvent};
 
 /// Identifies a subscriber within its shared watch.
 pub type SubscriberId = u64;
@@ -48,6 +49,9 @@ pub(super) struct Watcher {
     pub(super) sink: Arc<dyn Subscriber>,
     /// What the client asked for: its version, bookmarks, initial events.
     pub(super) params: ClientParams,
+    /// What it sees of a watch wider than its request; `None` when it sees
+    /// every event.
+    pub(super) filter: Option<Arc<Filter>>,
     pub(super) cursor: Cursor,
     /// Ends the subscription at the client's own `timeoutSeconds`; aborted
     /// when the watcher is dropped, so a timer never outlives its watcher.
@@ -56,10 +60,15 @@ pub(super) struct Watcher {
 
 impl Watcher {
     /// A watcher not yet placed.
-    pub(super) fn new(sink: Arc<dyn Subscriber>, params: ClientParams) -> Self {
+    pub(super) fn new(
+        sink: Arc<dyn Subscriber>,
+        params: ClientParams,
+        filter: Option<Arc<Filter>>,
+    ) -> Self {
         Watcher {
             sink,
             params,
+            filter,
             cursor: Cursor::Pending,
             timeout: None,
         }
@@ -89,9 +98,64 @@ impl Watcher {
         self.params.allow_bookmarks && self.is_live()
     }
 
-    /// Offers `events` in order, stopping at the first it cannot take.
-    pub(super) fn deliver(&self, events: &[Arc<WatchEvent>]) -> Result<(), Overflow> {
-        events.iter().try_for_each(|event| self.sink.event(event))
+    /// Whether it must be served from changes that know the object they
+    /// replaced (see [`Filter::needs_prev`]).
+    pub(super) fn needs_prev(&self) -> bool {
+        self.filter
+            .as_ref()
+            .is_some_and(|filter| filter.needs_prev())
+    }
+
+    /// Offers what it sees of `changes` in order, stopping at the first
+    /// event it cannot take.
+    pub(super) fn deliver(&self, changes: &[Arc<Change>]) -> Result<(), Overflow> {
+        changes.iter().try_for_each(|change| match &self.filter {
+            None => self.sink.event(&change.event),
+            Some(filter) => filter
+                .view(change)
+                .map_or(Ok(()), |event| self.sink.event(event)),
+        })
+    }
+
+    /// Offers one event of a side stream: one made as it asked, or, for a
+    /// filter that needs no previous objects, the shared watch's own.
+    pub(super) fn offer(&self, event: &Arc<WatchEvent>) -> Result<(), Overflow> {
+        if self.sees_on_side(event) {
+            self.sink.event(event)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether it sees an event of its side stream.
+    pub(super) fn sees_on_side(&self, event: &WatchEvent) -> bool {
+        match (&self.filter, event.kind()) {
+            (Some(filter), EventType::Added | EventType::Modified | EventType::Deleted)
+                if !filter.needs_prev() =>
+            {
+                filter.passes(event)
+            }
+            _ => true,
+        }
+    }
+
+    /// What it sees of `changes` (a replay from the history).
+    pub(super) fn view(&self, changes: &[Arc<Change>]) -> Vec<Arc<WatchEvent>> {
+        changes
+            .iter()
+            .filter_map(|change| match &self.filter {
+                None => Some(change.event.clone()),
+                Some(filter) => filter.view(change).cloned(),
+            })
+            .collect()
+    }
+
+    /// The objects of a snapshot it sees.
+    pub(super) fn select(&self, mut objects: Vec<Arc<WatchEvent>>) -> Vec<Arc<WatchEvent>> {
+        if let Some(filter) = &self.filter {
+            objects.retain(|object| filter.passes(object));
+        }
+        objects
     }
 }
 

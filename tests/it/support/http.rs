@@ -262,3 +262,66 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// A watch stream read as it arrives: a GET whose chunked answer stays
+/// open, its events taken line by line.
+pub struct WatchStream {
+    stream: TcpStream,
+    /// Received and not yet de-chunked.
+    raw: Vec<u8>,
+    /// De-chunked and not yet a whole line.
+    body: Vec<u8>,
+}
+
+impl WatchStream {
+    /// Opens the watch `target` on `addr`, which must answer 200.
+    pub async fn open(addr: SocketAddr, target: &str) -> WatchStream {
+        let upgraded = Request::get(target).upgrade(addr).await;
+        assert!(
+            upgraded.text.starts_with("HTTP/1.1 200"),
+            "{target}: {}",
+            upgraded.text
+        );
+        WatchStream {
+            stream: upgraded.stream,
+            raw: upgraded.rest,
+            body: Vec::new(),
+        }
+    }
+
+    /// The events that arrived by now (waiting a moment for more).
+    pub async fn read_available(&mut self) -> Vec<serde_json::Value> {
+        let mut chunk = [0u8; 16 * 1024];
+        while let Ok(Ok(n)) = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            self.stream.read(&mut chunk),
+        )
+        .await
+        {
+            if n == 0 {
+                break;
+            }
+            self.raw.extend_from_slice(&chunk[..n]);
+        }
+        while let Some(end) = self.raw.windows(2).position(|w| w == b"\r\n") {
+            let size = std::str::from_utf8(&self.raw[..end])
+                .ok()
+                .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+                .expect("a chunk size");
+            if self.raw.len() < end + 2 + size + 2 {
+                break;
+            }
+            self.body
+                .extend_from_slice(&self.raw[end + 2..end + 2 + size]);
+            self.raw.drain(..end + 2 + size + 2);
+        }
+        let mut events = Vec::new();
+        while let Some(end) = self.body.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.body.drain(..=end).collect();
+            if line.len() > 1 {
+                events.push(serde_json::from_slice(&line).expect("a JSON watch event"));
+            }
+        }
+        events
+    }
+}

@@ -24,6 +24,12 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// The cluster name every single-cluster test's kubeconfig uses.
 pub const CLUSTER: &str = "sim";
 
+/// A pod field selector the API server (and the simulator) evaluates and
+/// kubemux does not, and that every simulated pod matches: a query with it
+/// keeps an upstream watch of its own instead of being filtered from the
+/// pods' one cluster-wide watch, for tests of what happens per key.
+pub const OWN_WATCH: &str = "fieldSelector=spec.hostNetwork%3Dfalse";
+
 /// How often [`eventually`] polls.
 const POLL: Duration = Duration::from_millis(20);
 

@@ -1,0 +1,419 @@
+//! The cacher's model: one upstream watch per resource type, each
+//! subscriber's namespace and selectors evaluated by kubemux, and what
+//! every subscriber receives compared, event by event, with a watch of the
+//! same query made straight to the simulated API server.
+
+use std::time::Duration;
+
+use crate::support::*;
+use kubemux::server::ServerConfig;
+use kubemux_sim::{Rule, SimAuth, SimConfig, UserInfo};
+use serde_json::{Value, json};
+
+/// Namespaces, label selectors and field selectors of one resource.
+const VIEWS: &[(&str, &str)] = &[
+    ("/api/v1/namespaces/a/pods", "watch=1"),
+    ("/api/v1/pods", "watch=1&labelSelector=app%3Dweb"),
+    (
+        "/api/v1/namespaces/b/pods",
+        "watch=1&labelSelector=app%20in%20(web,db)",
+    ),
+    (
+        "/api/v1/pods",
+        "watch=1&fieldSelector=status.phase%3DRunning",
+    ),
+    ("/api/v1/pods", "watch=1&labelSelector=app!%3Dweb,tier"),
+    (
+        "/api/v1/pods",
+        "watch=1&fieldSelector=metadata.namespace%3Da,spec.nodeName!%3Dn1",
+    ),
+];
+
+/// The hub of the tests, sharing one watch per resource type.
+fn quiet_sim() -> SimConfig {
+    SimConfig {
+        churn_rate: 0.0,
+        initial_pods: 0,
+        initial_nodes: 0,
+        ..SimConfig::default()
+    }
+}
+
+fn create_namespaces(env: &Env) {
+    for ns in ["a", "b"] {
+        env.sim
+            .store()
+            .create("namespaces", None, json!({"metadata": {"name": ns}}))
+            .unwrap();
+    }
+}
+
+fn pod(ns: &str, name: &str, labels: Value, node: &str, phase: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "nginx"}]},
+        "status": {"phase": phase}
+    })
+}
+
+/// Creates, relabels, moves between phases and nodes, and deletes pods, so
+/// that objects move into and out of every view. Returns the version after
+/// the first half, to resume from.
+fn mutate(env: &Env) -> String {
+    let store = env.sim.store();
+    store
+        .create(
+            "pods",
+            Some("a"),
+            pod(
+                "a",
+                "p1",
+                json!({"app": "web", "tier": "fe"}),
+                "n1",
+                "Pending",
+            ),
+        )
+        .unwrap();
+    store
+        .create(
+            "pods",
+            Some("b"),
+            pod("b", "p2", json!({"app": "db"}), "n2", "Running"),
+        )
+        .unwrap();
+    store
+        .create(
+            "pods",
+            Some("a"),
+            pod(
+                "a",
+                "p3",
+                json!({"app": "cache", "tier": "be"}),
+                "n2",
+                "Running",
+            ),
+        )
+        .unwrap();
+    let half = store
+        .update(
+            "pods",
+            Some("a"),
+            pod(
+                "a",
+                "p1",
+                json!({"app": "web", "tier": "fe"}),
+                "n1",
+                "Running",
+            ),
+        )
+        .unwrap();
+    store
+        .update(
+            "pods",
+            Some("a"),
+            pod(
+                "a",
+                "p1",
+                json!({"app": "api", "tier": "fe"}),
+                "n1",
+                "Running",
+            ),
+        )
+        .unwrap();
+    store
+        .update(
+            "pods",
+            Some("b"),
+            pod("b", "p2", json!({"app": "web"}), "n2", "Running"),
+        )
+        .unwrap();
+    store
+        .update(
+            "pods",
+            Some("a"),
+            pod(
+                "a",
+                "p3",
+                json!({"app": "cache", "tier": "be"}),
+                "n2",
+                "Failed",
+            ),
+        )
+        .unwrap();
+    store
+        .update(
+            "pods",
+            Some("a"),
+            pod(
+                "a",
+                "p3",
+                json!({"app": "cache", "tier": "be"}),
+                "n1",
+                "Failed",
+            ),
+        )
+        .unwrap();
+    store.delete("pods", Some("b"), "p2").unwrap();
+    store.delete("pods", Some("a"), "p1").unwrap();
+    half["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// What is compared of an event: type, object, version and labels.
+fn summary(event: &Value) -> String {
+    let meta = &event["object"]["metadata"];
+    format!(
+        "{} {}/{}@{} {}",
+        event["type"].as_str().unwrap_or_default(),
+        meta["namespace"].as_str().unwrap_or_default(),
+        meta["name"].as_str().unwrap_or_default(),
+        meta["resourceVersion"].as_str().unwrap_or_default(),
+        meta["labels"],
+    )
+}
+
+/// One view seen both ways: through kubemux and straight from the simulator.
+struct Pair {
+    view: (&'static str, &'static str),
+    ours: Client,
+    theirs: WatchStream,
+    ours_seen: Vec<String>,
+    theirs_seen: Vec<String>,
+}
+
+impl Pair {
+    async fn open(env: &Env, view: (&'static str, &'static str), from: Option<&str>) -> Pair {
+        let query = match from {
+            Some(rv) => format!("{}&resourceVersion={rv}", view.1),
+            None => view.1.to_string(),
+        };
+        let mut ours = env.client().await;
+        ours.request(view.0, &query).await;
+        let theirs = WatchStream::open(env.sim.addr(), &format!("{}?{query}", view.0)).await;
+        Pair {
+            view,
+            ours,
+            theirs,
+            ours_seen: Vec::new(),
+            theirs_seen: Vec::new(),
+        }
+    }
+
+    /// Reads what arrived on both sides; whether they now agree.
+    async fn agree(&mut self) -> bool {
+        while let Some(frame) = self.ours.next_within(Duration::from_millis(20)).await {
+            assert_eq!(frame["type"], "DATA", "{:?}: {frame}", self.view);
+            let event: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+            self.ours_seen.push(summary(&event));
+        }
+        for event in self.theirs.read_available().await {
+            self.theirs_seen.push(summary(&event));
+        }
+        self.ours_seen == self.theirs_seen
+    }
+}
+
+/// Waits until every pair agrees; panics naming the first that does not.
+async fn all_agree(pairs: &mut [Pair]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut disagreeing = None;
+        for (i, pair) in pairs.iter_mut().enumerate() {
+            if !pair.agree().await && disagreeing.is_none() {
+                disagreeing = Some(i);
+            }
+        }
+        let Some(i) = disagreeing else { return };
+        if tokio::time::Instant::now() > deadline {
+            let pair = &pairs[i];
+            panic!(
+                "{:?}: kubemux sent\n{:#?}\nthe API server sent\n{:#?}",
+                pair.view, pair.ours_seen, pair.theirs_seen
+            );
+        }
+    }
+}
+
+async fn subscribers(env: &Env) -> f64 {
+    metric(&env.metrics_text().await, "kubemux_subscribers").unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_upstream_watch_serves_every_namespace_and_selector_as_the_api_server_would() {
+    let env = start(quiet_sim(), quick_hub(), ServerConfig::default()).await;
+    create_namespaces(&env);
+    let mut pairs = Vec::new();
+    for view in VIEWS {
+        pairs.push(Pair::open(&env, *view, None).await);
+    }
+    eventually_ok("every subscriber is placed", async || {
+        let n = subscribers(&env).await;
+        if n == VIEWS.len() as f64 && env.sim.active_watches("pods") == VIEWS.len() as i64 + 1 {
+            Ok(())
+        } else {
+            Err(format!("{n} subscribers"))
+        }
+    })
+    .await;
+    let half = mutate(&env);
+    all_agree(&mut pairs).await;
+
+    // The cacher's transitions, as the simulator (and a real API server)
+    // sends them: in by a relabel as ADDED, out by one as DELETED.
+    let by_label: Vec<&str> = pairs[1]
+        .ours_seen
+        .iter()
+        .map(|s| s.split('@').next().unwrap())
+        .collect();
+    assert_eq!(
+        by_label,
+        [
+            "ADDED a/p1",
+            "MODIFIED a/p1",
+            "DELETED a/p1",
+            "ADDED b/p2",
+            "DELETED b/p2"
+        ]
+    );
+    assert!(pairs.iter().all(|p| !p.ours_seen.is_empty()));
+
+    assert_eq!(env.hub.watch_count(), 1, "one shared watch for the pods");
+    assert_eq!(
+        env.sim.watch_requests("pods"),
+        VIEWS.len() as u64 + 1,
+        "the direct watches and kubemux's one"
+    );
+    let text = env.metrics_text().await;
+    assert_eq!(
+        metric(
+            &text,
+            &format!("kubemux_upstream_watches{{cluster=\"{CLUSTER}\"}}")
+        ),
+        Some(1.0)
+    );
+
+    // Resumes from the middle are served from the history, filtered with
+    // the same transitions.
+    let mut resumed = Vec::new();
+    for view in VIEWS {
+        resumed.push(Pair::open(&env, *view, Some(&half)).await);
+    }
+    all_agree(&mut resumed).await;
+    assert!(resumed.iter().any(|p| !p.ours_seen.is_empty()));
+    assert_eq!(
+        env.sim.watch_requests("pods"),
+        2 * VIEWS.len() as u64 + 1,
+        "kubemux asked the cluster nothing more"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_list_is_served_from_the_resource_watch_as_the_api_server_lists_it() {
+    let env = start(quiet_sim(), quick_hub(), ServerConfig::default()).await;
+    create_namespaces(&env);
+    mutate(&env);
+    let store = env.sim.store();
+    store
+        .create(
+            "pods",
+            Some("b"),
+            pod("b", "p4", json!({"app": "web"}), "n1", "Running"),
+        )
+        .unwrap();
+    let mut watcher = env.client().await;
+    watcher.request("/api/v1/pods", "watch=1").await;
+    watcher.events(2).await;
+    for (path, query) in [
+        ("/api/v1/namespaces/a/pods", ""),
+        ("/api/v1/namespaces/b/pods", "labelSelector=app%3Dweb"),
+        ("/api/v1/pods", "fieldSelector=status.phase%3DFailed"),
+    ] {
+        let target = format!("{path}?{query}");
+        let lists = env.sim.list_requests("pods");
+        let ours = Request::get(&format!("/clusters/{CLUSTER}{target}"))
+            .send(env.server.addr())
+            .await
+            .json();
+        assert_eq!(
+            env.sim.list_requests("pods"),
+            lists,
+            "{target}: the list was the store's"
+        );
+        let theirs = Request::get(&target).send(env.sim.addr()).await.json();
+        let names = |list: &Value| -> Vec<String> {
+            let mut names: Vec<String> = list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| format!("{}@{}", object_key(o), o["metadata"]["resourceVersion"]))
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(&ours), names(&theirs), "{target}");
+        assert!(!names(&ours).is_empty(), "{target}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_limited_to_namespaces_gets_watches_of_their_own() {
+    let auth = SimAuth::new().with_admin_token("admin-token").with_token(
+        "limited-token",
+        UserInfo::new("limited", "uid-limited", ["team"]),
+    );
+    let auth = auth.with_rule(
+        Rule::allow(["get", "list", "watch"], ["pods"])
+            .users(["limited"])
+            .api_groups([""])
+            .namespaces(["a"]),
+    );
+    let sim = kubemux_sim::SimServer::start(SimConfig {
+        auth: Some(auth),
+        ..quiet_sim()
+    })
+    .await
+    .unwrap();
+    let admin = sim.kubeconfig(CLUSTER);
+    let limited = admin.replace("\"token\":\"admin-token\"", "\"token\":\"limited-token\"");
+    assert_ne!(admin, limited, "the kubeconfig names the limited user");
+    let (server, hub) = start_proxy_with(&limited, quick_hub(), |_| ServerConfig::default()).await;
+    let env = Env { sim, server, hub };
+    create_namespaces(&env);
+
+    let mut client = env.client().await;
+    client
+        .request(
+            "/api/v1/namespaces/a/pods",
+            "watch=1&labelSelector=app%3Dweb",
+        )
+        .await;
+    env.sim
+        .store()
+        .create(
+            "pods",
+            Some("a"),
+            pod("a", "p1", json!({"app": "web"}), "n1", "Running"),
+        )
+        .unwrap();
+    let (_, event) = client.event().await;
+    assert_eq!(summary(&event).split('@').next(), Some("ADDED a/p1"));
+    assert_eq!(env.hub.watch_count(), 1);
+    let watches = env.hub.watches();
+    assert_eq!(watches[0].key.path(), "/api/v1/namespaces/a/pods");
+
+    // A second view after the refusal goes straight to a watch of its own.
+    let mut second = env.client().await;
+    second.request("/api/v1/namespaces/a/pods", "watch=1").await;
+    let (_, event) = second.event().await;
+    assert_eq!(summary(&event).split('@').next(), Some("ADDED a/p1"));
+    assert_eq!(env.hub.watch_count(), 2);
+
+    // Who asks for every namespace gets the cluster's own refusal.
+    let mut wide = env.client().await;
+    wide.request("/api/v1/pods", "watch=1").await;
+    let message = error_of(&wide.frame().await);
+    assert!(message.contains("403"), "{message}");
+}
