@@ -443,6 +443,8 @@ impl Kind for Flag {
     }
 }
 
+land!(Flag: bool, |v| *v, |f| *f);
+
 /// One of an enum's values, spelled as clap spells them.
 pub struct Choice<T>(PhantomData<T>);
 

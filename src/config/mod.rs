@@ -82,6 +82,11 @@ settings! {
         max_upstream_watches: Count [1, 1_000_000] => hub.max_watches_per_cluster;
         /// With --auth passthrough, shared watches one caller's token may hold on one cluster.
         max_watches_per_identity: Count [1, 1_000_000] => hub.max_watches_per_identity;
+        /// Drop metadata.managedFields from every object a shared watch lists or watches,
+        /// before it is cached or sent (client-go's TransformStripManagedFields): watches,
+        /// snapshots and LISTs served from the cache lack it; requests kubemux forwards
+        /// to the cluster keep it.
+        strip_managed_fields: Flag => hub.upstream.transform.strip_managed_fields;
     }
     "Connections (every dialect)" {
         /// Bytes waiting in one connection's outbound queue (and one REST watch stream's)
