@@ -757,6 +757,43 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Wherever `managedFields` sorts among the other members, and
+        /// however the object is spaced, the stripped event is the object
+        /// without that member, every other member as it was.
+        #[test]
+        fn stripping_is_removing_the_member(
+            members in proptest::collection::btree_map("[a-z]{1,14}", "[a-z0-9 ]{0,8}", 0..5),
+            pretty in proptest::bool::ANY,
+            last in proptest::bool::ANY,
+        ) {
+            let mut metadata: serde_json::Map<String, serde_json::Value> =
+                members.into_iter().map(|(k, v)| (k, v.into())).collect();
+            metadata.insert("name".into(), "a".into());
+            metadata.insert("managedFields".into(), serde_json::json!([{"manager": "kubelet"}]));
+            let mut object = serde_json::json!({"metadata": metadata});
+            if !last {
+                object["spec"] = serde_json::json!({});
+            }
+            let text = if pretty {
+                serde_json::to_string_pretty(&object).unwrap()
+            } else {
+                object.to_string()
+            };
+            let line = format!("{{\"type\":\"ADDED\",\"object\":{text}}}");
+            let ev = WatchEvent::parse_line_with(Bytes::from(line), STRIP).unwrap();
+            let stripped: serde_json::Value = serde_json::from_slice(ev.object()).unwrap();
+            proptest::prop_assert_eq!(stripped, without_managed_fields(&text));
+            // The rest is verbatim: the object is the text with one cut.
+            let (ours, theirs) = (&ev.object()[..], text.as_bytes());
+            let same_start = ours.iter().zip(theirs).take_while(|(a, b)| a == b).count();
+            let same_end = ours.iter().rev().zip(theirs.iter().rev()).take_while(|(a, b)| a == b).count();
+            proptest::prop_assert!(same_start + same_end >= ours.len());
+            let whole: serde_json::Value = serde_json::from_slice(ev.line()).unwrap();
+            proptest::prop_assert_eq!(&whole["object"], &without_managed_fields(&text));
+        }
+    }
+
     #[test]
     fn an_escaped_managed_fields_key_is_stripped_too() {
         let object = r#"{"metadata":{"name":"a","\u006danagedFields":[{}],"uid":"u"}}"#;
