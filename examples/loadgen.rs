@@ -122,6 +122,10 @@ struct Args {
     /// managedFields and full status, changed by status updates).
     #[arg(long, default_value = "small")]
     object_profile: kubemux_sim::ObjectProfile,
+    /// Pods the simulated server starts with (`kubemux sim --pods`): the
+    /// size of every shared watch's cache.
+    #[arg(long, default_value_t = kubemux_sim::SimConfig::default().initial_pods)]
+    pods: usize,
     /// Seconds of churn before the measured window.
     #[arg(long, default_value_t = 3.0)]
     warmup: f64,
@@ -896,7 +900,12 @@ const FIELDS: &[(&str, &str)] = &[
     ("balancer_cpu_percent", "HAProxy CPU, % of a core"),
     ("loadgen_cpu_percent", "loadgen CPU, % of a core"),
     ("load_average", "machine load average (1 min)"),
+    ("pods", "pods in the cluster"),
     ("server_rss_base_mib", "server RSS before clients, MiB"),
+    (
+        "server_rss_synced_mib",
+        "server RSS with every initial state sent, MiB",
+    ),
     (
         "server_rss_per_idle_connection_kib",
         "server RSS per idle connection, KiB",
@@ -982,6 +991,8 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
                 &args.object_size.to_string(),
                 "--object-profile",
                 args.object_profile.as_str(),
+                "--pods",
+                &args.pods.to_string(),
                 "--stamp-sent-at",
             ]
             .iter()
@@ -1045,6 +1056,7 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     report.set("churn_rate", args.rate);
     report.set("object_size", args.object_size);
     report.set("object_profile", args.object_profile.as_str());
+    report.set("pods", args.pods);
     report.set("deflate", args.deflate && !direct);
     report.set("storms", args.storms);
 
@@ -1110,6 +1122,7 @@ async fn run(args: Arc<Args>, mode: Mode) -> Result<Report> {
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     if let (Some(base), Some(conns), Some(subs)) = (rss_base, rss_conns, rss_subs) {
         report.set("server_rss_base_mib", round(mib(base), 1));
+        report.set("server_rss_synced_mib", round(mib(subs), 1));
         let per_conn = conns.saturating_sub(base) as f64 / 1024.0 / args.connections.max(1) as f64;
         let per_sub = subs.saturating_sub(conns) as f64 / 1024.0 / total_subs.max(1) as f64;
         if direct {

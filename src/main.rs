@@ -66,6 +66,9 @@ enum Command {
         /// Stamp every change with the annotation `kubemux.io/sent-at` (Unix µs).
         #[arg(long)]
         stamp_sent_at: bool,
+        /// Pods in the initial population (and the count churn keeps it near).
+        #[arg(long, default_value_t = SimConfig::default().initial_pods)]
+        pods: usize,
         /// Static tokens and RBAC-like rules (YAML/JSON); without it every request is admin.
         #[arg(long)]
         auth_file: Option<PathBuf>,
@@ -231,6 +234,7 @@ async fn main() -> anyhow::Result<()> {
             object_size,
             object_profile,
             stamp_sent_at,
+            pods,
             compaction_interval,
         } => {
             init_logs(LogFormat::Human);
@@ -248,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
                 object_profile,
                 stamp_sent_at,
                 compaction_interval,
+                initial_pods: pods,
                 ..SimConfig::default()
             })
             .await?;

@@ -87,6 +87,11 @@ settings! {
         /// cluster-wide watch, filtered per subscriber as the API server's cacher does
         /// (auth none and shared; passthrough always watches per query).
         watch_per_query: Flag => hub.watch_per_query;
+        /// Drop metadata.managedFields from every object a shared watch lists or watches,
+        /// before it is cached or sent (client-go's TransformStripManagedFields): watches,
+        /// snapshots and LISTs served from the cache lack it; requests kubemux forwards
+        /// to the cluster keep it.
+        strip_managed_fields: Flag => hub.upstream.transform.strip_managed_fields;
     }
     "Connections (every dialect)" {
         /// Bytes waiting in one connection's outbound queue (and one REST watch stream's)

@@ -233,6 +233,20 @@ fn the_defaults_are_the_subsystems_own() {
 }
 
 #[test]
+fn stripping_managed_fields_is_off_unless_asked_and_reaches_the_upstream_watches() {
+    let strips = |s: Settings| s.hub_config().upstream.transform.strip_managed_fields;
+    assert!(!strips(Settings::default()));
+    assert!(strips(file("strip_managed_fields = true\n").unwrap()));
+    let args = ProxyArgs {
+        strip_managed_fields: Some(true),
+        ..ProxyArgs::default()
+    };
+    assert!(strips(
+        Settings::from_toml(&args, "strip_managed_fields = false\n", "t").unwrap()
+    ));
+}
+
+#[test]
 fn dialect_settings_reach_their_dialect_from_the_file_and_flags() {
     let file = "console_max_subscriptions = 2\ndashboard_message_rate = 120\n\
                 notifications_pong_timeout = \"7s\"\nbacklog_messages = 9\n\

@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use tracing::{debug, info, warn};
 
 pub use backoff::Backoff;
-use event::{EventType, ListPage, ParseError, WatchEvent};
+use event::{EventType, ListPage, ParseError, Transform, WatchEvent};
 
 /// What to watch: a collection path and its selectors on one cluster.
 #[derive(Clone)]
@@ -46,6 +46,9 @@ pub struct UpstreamConfig {
     pub backoff_max: Duration,
     /// Delay before re-watching after the server ended a watch normally.
     pub rewatch_delay: Duration,
+    /// What is changed in every listed or watched object before it is
+    /// reported (and so before it is stored or fanned out).
+    pub transform: Transform,
 }
 
 impl Default for UpstreamConfig {
@@ -57,6 +60,7 @@ impl Default for UpstreamConfig {
             backoff_initial: Duration::from_millis(800),
             backoff_max: Duration::from_secs(30),
             rewatch_delay: Duration::from_millis(100),
+            transform: Transform::default(),
         }
     }
 }
@@ -461,7 +465,7 @@ async fn list_all(
             .await
             .map_err(|e| UpstreamError::Transport(e.to_string()))?
             .to_bytes();
-        let page: ListPage = event::parse_list(&body)?;
+        let page: ListPage = event::parse_list_with(&body, config.transform)?;
         objects.extend(page.items);
         match page.continue_token {
             Some(token) => continue_token = Some(token),
@@ -506,7 +510,7 @@ async fn watch_once(
         buf.extend_from_slice(&data);
         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
             let line = buf.split_to(pos + 1).freeze();
-            if let Some(end) = handle_line(line, version, sink)? {
+            if let Some(end) = handle_line(line, config.transform, version, sink)? {
                 return Ok(end);
             }
         }
@@ -515,6 +519,7 @@ async fn watch_once(
 
 fn handle_line(
     line: Bytes,
+    transform: Transform,
     version: &mut String,
     sink: &dyn WatchSink,
 ) -> Result<Option<WatchEnd>, UpstreamError> {
@@ -522,7 +527,7 @@ fn handle_line(
     if trimmed.is_empty() {
         return Ok(None);
     }
-    let event = WatchEvent::parse_line(trimmed)?;
+    let event = WatchEvent::parse_line_with(trimmed, transform)?;
     match event.kind() {
         EventType::Error => {
             let status: kube::core::Status =

@@ -15,7 +15,7 @@ use kubemux::config::{ProxyArgs, Settings};
 use kubemux::dialect::console::events as console_events;
 use kubemux::dialect::dashboard::view as dashboard_view;
 use kubemux::hub::key::{normalize, parse_path};
-use kubemux::upstream::event::{WatchEvent, parse_list};
+use kubemux::upstream::event::{Transform, WatchEvent, parse_list};
 use proptest::prelude::*;
 
 fn cases() -> u32 {
@@ -94,6 +94,20 @@ proptest! {
         if let Ok(ev) = WatchEvent::parse_line(Bytes::from(text.clone())) {
             let s: String = serde_json::from_slice(ev.json_string()).expect("the encoded event is a JSON string");
             prop_assert_eq!(s.as_bytes(), &ev.line()[..]);
+        }
+        let strip = Transform { strip_managed_fields: true };
+        let whole = WatchEvent::parse_line(Bytes::from(text.clone()))
+            .ok()
+            .and_then(|ev| serde_json::from_slice::<serde_json::Value>(ev.object()).ok());
+        if let (Some(mut whole), Ok(ev)) = (whole, WatchEvent::parse_line_with(Bytes::from(text.clone()), strip)) {
+            // Stripping removes the member from valid JSON and nothing else.
+            let stripped: serde_json::Value = serde_json::from_slice(ev.object()).expect("a stripped object is JSON");
+            if let Some(metadata) = whole.get_mut("metadata").and_then(serde_json::Value::as_object_mut) {
+                if metadata.get("managedFields").is_some_and(|m| !m.is_null()) {
+                    metadata.remove("managedFields");
+                }
+            }
+            prop_assert_eq!(stripped, whole);
         }
         if let Ok(page) = parse_list(text.as_bytes()) {
             for item in page.items {

@@ -20,6 +20,7 @@ mod headlamp;
 mod headlamp_client;
 mod layering;
 mod limits;
+mod managed_fields;
 mod notifications;
 mod operations;
 mod property;
