@@ -166,6 +166,9 @@ fn deflate_with(compressor: &RefCell<Compress>, input: &[u8]) -> Vec<u8> {
     })
 }
 
+/// Bytes [`Inflating`] reads from the socket at once.
+const READ_CHUNK: usize = 4096;
+
 /// What [`Inflating`] is doing with the bytes after the last frame header.
 enum State {
     /// Expecting a frame header.
@@ -187,6 +190,12 @@ enum State {
 /// A socket reader that inflates permessage-deflate client messages into
 /// plain frames, or passes everything through when compression was not
 /// negotiated.
+///
+/// It reads the socket [`READ_CHUNK`] bytes at a time into the stack and
+/// keeps only what its reader has not taken yet, released once taken: so
+/// tungstenite's own read buffer, which every connection holds for its whole
+/// life, can be small (`WebSocketUpgrade::lean`) without a system call per
+/// few bytes, and an idle connection holds no read buffer here.
 ///
 /// A compressed message that inflates beyond `max_message` bytes is
 /// replaced by a frame header announcing `max_message + 1` bytes, so
@@ -420,9 +429,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.enabled {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        }
         loop {
             if !this.ready.is_empty() {
                 let n = this.ready.len().min(buf.remaining());
@@ -433,10 +439,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inflating<S> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            let mut chunk = [0u8; 4096];
+            if !this.enabled && buf.remaining() >= READ_CHUNK {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut chunk = [0u8; READ_CHUNK];
             let mut read = ReadBuf::new(&mut chunk);
             match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
                 Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) if !this.enabled => {
+                    let filled = read.filled();
+                    let n = filled.len().min(buf.remaining());
+                    buf.put_slice(&filled[..n]);
+                    this.ready.extend_from_slice(&filled[n..]);
+                    return Poll::Ready(Ok(()));
+                }
                 Poll::Ready(Ok(())) => {
                     this.raw.extend_from_slice(read.filled());
                     this.transcode();
@@ -688,5 +704,29 @@ mod tests {
         let mut out = Vec::new();
         reader.read_to_end(&mut out).await.expect("read");
         assert_eq!(out, wire);
+    }
+
+    /// tungstenite asks for a few bytes at a time (its read buffer is
+    /// small): what one read of the socket brought beyond them is kept,
+    /// handed out in order, and released once taken.
+    #[tokio::test]
+    async fn small_reads_get_every_byte_in_order_and_keep_nothing_after() {
+        let wire: Vec<u8> = (0..3 * READ_CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        for enabled in [false, true] {
+            let plain = client_frame(0x81, &wire);
+            let mut reader = Inflating::new(Cursor::new(plain.clone()), enabled, 1 << 20);
+            let mut out = Vec::new();
+            let mut small = [0u8; 14];
+            loop {
+                let n = reader.read(&mut small).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&small[..n]);
+            }
+            assert_eq!(out, plain, "enabled: {enabled}");
+            assert_eq!(reader.ready.capacity(), 0, "enabled: {enabled}");
+            assert_eq!(reader.raw.capacity(), 0, "enabled: {enabled}");
+        }
     }
 }

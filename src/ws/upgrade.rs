@@ -28,6 +28,14 @@ pub(super) type Stream = WebSocketStream<Inflating<ReadSide<ReadHalf<Io>>>>;
 /// The socket's write half, owned by the connection's writer.
 pub(super) type Sink = WriteHalf<Io>;
 
+/// tungstenite's read buffer: allocated for every connection when it opens
+/// and kept for its life (128 KiB by default), and also the most it reads
+/// at once. Client messages are small (a Headlamp REQUEST is ~200 bytes), a
+/// larger one grows it, and [`Inflating`] under it reads the socket in
+/// larger chunks, so idle connections stay cheap without a system call per
+/// few bytes.
+const READ_BUFFER: usize = 256;
+
 /// An upgraded client connection.
 pub struct WebSocket {
     pub(super) stream: Stream,
@@ -184,15 +192,14 @@ impl WebSocketUpgrade {
     }
 
     /// Limits a message (and a frame) to `max` bytes, with a small read
-    /// buffer: tungstenite preallocates it (128 KiB by default) for every
-    /// connection, and client messages are small, so idle connections stay
-    /// cheap. (tungstenite writes nothing: see `ws::writer`.)
+    /// buffer (see [`READ_BUFFER`]). (tungstenite writes nothing: see
+    /// `ws::writer`.)
     pub fn lean(mut self, max: usize) -> Self {
         self.config = self
             .config
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(READ_BUFFER)
             .write_buffer_size(0);
         self
     }
