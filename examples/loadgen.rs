@@ -17,7 +17,11 @@
 //!
 //! Every key is `/api/v1/pods` with a label selector that matches every pod
 //! (`lg-key!=N`), so each subscription receives every pod event and
-//! delivered frames/s ≈ pod events/s × subscriptions. Latency is measured from
+//! delivered frames/s ≈ pod events/s × subscriptions. kubemux evaluates
+//! label selectors itself, so all keys are one upstream watch of pods,
+//! filtered per subscriber; loadgen starts `kubemux serve` with its own
+//! environment, so `KUBEMUX_WATCH_PER_QUERY=true` gives each key an
+//! upstream watch of its own. Latency is measured from
 //! the `kubemux.io/sent-at` stamp the simulated server puts on each change
 //! when it commits it, to the moment the client has the frame; events that
 //! were committed before their subscription was (re)requested (initial state,

@@ -85,7 +85,7 @@ settings! {
         /// Give every namespace and selector an upstream watch of its own, instead of
         /// serving those kubemux can evaluate from their resource type's one
         /// cluster-wide watch, filtered per subscriber as the API server's cacher does
-        /// (auth none and shared; passthrough always watches per query).
+        /// (in passthrough, one such watch per token that may watch every namespace).
         watch_per_query: Flag => hub.watch_per_query;
         /// Drop metadata.managedFields from every object a shared watch lists or watches,
         /// before it is cached or sent (client-go's TransformStripManagedFields): watches,

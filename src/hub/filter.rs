@@ -153,9 +153,6 @@ pub struct Filter {
 /// The shared watch a request is served from, with the subscriber's filter
 /// over it when that watch is wider than the request.
 pub(super) fn widen(key: &WatchKey, resource: &ResourcePath) -> Option<(WatchKey, Arc<Filter>)> {
-    if key.identity().is_some() {
-        return None;
-    }
     let mut labels = Vec::new();
     let mut fields = Vec::new();
     let extra = extra_fields(resource);
@@ -193,7 +190,8 @@ pub(super) fn widen(key: &WatchKey, resource: &ResourcePath) -> Option<(WatchKey
     if resource.namespace.is_none() && labels.is_empty() && fields.is_empty() {
         return None;
     }
-    let wide = WatchKey::collection(key.cluster(), &cluster_wide_path(resource));
+    let wide = WatchKey::collection(key.cluster(), &cluster_wide_path(resource))
+        .with_identity(key.identity().map(Into::into));
     Some((
         wide,
         Arc::new(Filter {
@@ -425,9 +423,11 @@ mod tests {
         );
         assert!(filter("/api/v1/pods", "fieldSelector=status.phase%3DRunning").is_some());
         let (key, resource, _) = normalize("c", "/api/v1/namespaces/a/pods", "").unwrap();
-        assert!(
-            widen(&key.with_identity(Some("h".into())), &resource).is_none(),
-            "a caller's own watches stay its own"
+        let (wide, _) = widen(&key.with_identity(Some("h".into())), &resource).unwrap();
+        assert_eq!(
+            wide.identity(),
+            Some("h"),
+            "a caller's wide watch stays its own"
         );
     }
 

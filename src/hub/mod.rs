@@ -275,36 +275,40 @@ impl Hub {
     }
 
     /// Subscribes `sink` to the watch of its own that a filtered
-    /// subscriber would have had (the cluster refused the wide one).
+    /// subscriber would have had (the cluster refused the wide one), made
+    /// with `client`, the wide watch's (so with the same identity).
     fn subscribe_narrow(
         &self,
         filter: &Filter,
+        client: kube::Client,
         sink: Arc<dyn Subscriber>,
         params: ClientParams,
     ) -> Result<Subscription, SubscribeError> {
-        let placed = self.narrow_placement(filter)?;
+        let placed = self.narrow_placement(filter, client)?;
         self.subscribe_placed(placed, sink, params, None)
     }
 
     /// A read handle on the watch of its own that a filtered reader would
-    /// have had.
-    fn store_narrow(&self, filter: &Filter) -> Result<Store, SubscribeError> {
-        let Placement { key, client, .. } = self.narrow_placement(filter)?;
+    /// have had, made with `client` as [`Hub::subscribe_narrow`].
+    fn store_narrow(&self, filter: &Filter, client: kube::Client) -> Result<Store, SubscribeError> {
+        let Placement { key, client, .. } = self.narrow_placement(filter, client)?;
         let (_, store) = self.join(key, client, None, |watch| Store::hold(watch.clone(), None))?;
         Ok(store)
     }
 
-    fn narrow_placement(&self, filter: &Filter) -> Result<Placement, SubscribeError> {
+    fn narrow_placement(
+        &self,
+        filter: &Filter,
+        client: kube::Client,
+    ) -> Result<Placement, SubscribeError> {
         let key = filter.narrow().clone();
-        let cluster = self
-            .inner
-            .clusters
-            .get(key.cluster())
-            .ok_or_else(|| SubscribeError::UnknownCluster(key.cluster().into()))?;
+        if self.inner.clusters.get(key.cluster()).is_none() {
+            return Err(SubscribeError::UnknownCluster(key.cluster().into()));
+        }
         Ok(Placement {
             key,
             filter: None,
-            client: cluster.client(),
+            client,
         })
     }
 
@@ -537,20 +541,19 @@ struct Placement {
 }
 
 impl HubInner {
-    /// The shared watch a request for `key` is served from: in
-    /// `passthrough`, the caller's own (scoped to its identity); otherwise
-    /// the resource type's cluster-wide watch, filtered, when kubemux can
-    /// evaluate the request's selectors and the cluster has not refused
-    /// that watch lately; else the request's own.
+    /// The shared watch a request for `key` is served from: the resource
+    /// type's cluster-wide watch, filtered, when kubemux can evaluate the
+    /// request's selectors and the cluster has not refused that watch
+    /// lately; else the request's own. In `passthrough` either is scoped to
+    /// the caller's identity, so the widest scope a token may watch is
+    /// shared among that token's subscriptions, and never with another's.
     fn place(
         &self,
         identity: &Identity,
         key: WatchKey,
         resource: &ResourcePath,
     ) -> (WatchKey, Option<Arc<Filter>>) {
-        if identity.hash().is_some() {
-            return (scope(identity, key), None);
-        }
+        let key = scope(identity, key);
         if self.config.watch_per_query {
             return (key, None);
         }

@@ -417,3 +417,112 @@ async fn a_service_account_limited_to_namespaces_gets_watches_of_their_own() {
     let message = error_of(&wide.frame().await);
     assert!(message.contains("403"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_passthrough_each_token_shares_the_widest_scope_it_may_watch() {
+    use kubemux::auth::policy::Policy;
+    use kubemux::auth::review::Reviewer;
+    let everywhere = Rule::allow(["get", "list", "watch"], ["pods"])
+        .users(["alice", "bob"])
+        .api_groups([""]);
+    let in_a = Rule::allow(["get", "list", "watch"], ["pods"])
+        .users(["carol"])
+        .api_groups([""])
+        .namespaces(["a"]);
+    let auth = SimAuth::new()
+        .with_admin_token("admin-token")
+        .with_token("token-a", UserInfo::new("alice", "uid-a", ["team"]))
+        .with_token("token-b", UserInfo::new("bob", "uid-b", ["team"]))
+        .with_token("token-c", UserInfo::new("carol", "uid-c", ["team"]))
+        .with_rule(everywhere)
+        .with_rule(in_a);
+    let policy = Policy::passthrough(
+        std::sync::Arc::new(Reviewer::new(
+            Duration::from_secs(30),
+            std::sync::Arc::new(kubemux::metrics::Metrics::new()),
+        )),
+        Duration::from_secs(30),
+    );
+    let env = start(
+        SimConfig {
+            auth: Some(auth),
+            ..quiet_sim()
+        },
+        quick_hub(),
+        ServerConfig {
+            policy,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    create_namespaces(&env);
+    let connect = |token: &'static str| {
+        let url = env.ws_url();
+        async move { WsConnect::new(&url).bearer(token).client().await.unwrap() }
+    };
+    let mut alice = connect("token-a").await;
+    for (path, query) in [
+        ("/api/v1/namespaces/a/pods", "watch=1"),
+        (
+            "/api/v1/namespaces/b/pods",
+            "watch=1&labelSelector=app%3Dweb",
+        ),
+        (
+            "/api/v1/pods",
+            "watch=1&fieldSelector=status.phase%3DRunning",
+        ),
+    ] {
+        alice.request(path, query).await;
+    }
+    let mut bob = connect("token-b").await;
+    bob.request("/api/v1/namespaces/a/pods", "watch=1").await;
+    let mut carol = connect("token-c").await;
+    carol.request("/api/v1/namespaces/a/pods", "watch=1").await;
+    carol
+        .request(
+            "/api/v1/namespaces/a/pods",
+            "watch=1&labelSelector=app%3Dweb",
+        )
+        .await;
+    env.eventually(
+        "one watch per token that may watch every namespace, one per query for the token that may not",
+        || {
+            env.sim.active_watches_by("alice", "pods") == 1
+                && env.sim.active_watches_by("bob", "pods") == 1
+                && env.sim.active_watches_by("carol", "pods") == 2
+        },
+    )
+    .await;
+    assert_eq!(env.hub.watch_count(), 4, "{:?}", env.hub.watches());
+
+    let store = env.sim.store();
+    store
+        .create(
+            "pods",
+            Some("a"),
+            pod("a", "p1", json!({"app": "web"}), "n1", "Running"),
+        )
+        .unwrap();
+    store
+        .create(
+            "pods",
+            Some("b"),
+            pod("b", "p2", json!({"app": "web"}), "n1", "Pending"),
+        )
+        .unwrap();
+    let names = |events: Vec<Value>| -> Vec<String> {
+        let mut names: Vec<String> = events
+            .iter()
+            .map(|e| summary(e).split('@').next().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        names(alice.events(3).await),
+        ["ADDED a/p1", "ADDED a/p1", "ADDED b/p2"],
+        "namespace a, Running pods; app=web in b"
+    );
+    assert_eq!(names(bob.events(1).await), ["ADDED a/p1"]);
+    assert_eq!(names(carol.events(2).await), ["ADDED a/p1", "ADDED a/p1"]);
+}

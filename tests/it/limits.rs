@@ -435,12 +435,19 @@ async fn one_passthrough_identity_cannot_take_every_upstream_watch() {
     };
     let mut a = connect("token-a").await;
     for ns in ["default", "team-a"] {
-        a.request(&format!("/api/v1/namespaces/{ns}/pods"), "watch=1")
-            .await;
+        a.request(
+            &format!("/api/v1/namespaces/{ns}/pods"),
+            &format!("watch=1&{OWN_WATCH}"),
+        )
+        .await;
     }
     env.eventually("a's two watches", || env.hub.watch_count() == 2)
         .await;
-    a.request("/api/v1/namespaces/team-b/pods", "watch=1").await;
+    a.request(
+        "/api/v1/namespaces/team-b/pods",
+        &format!("watch=1&{OWN_WATCH}"),
+    )
+    .await;
     let refused = loop {
         let frame = a.frame().await;
         if frame["type"] == "ERROR" {
@@ -449,7 +456,11 @@ async fn one_passthrough_identity_cannot_take_every_upstream_watch() {
     };
     assert!(refused.contains("--max-watches-per-identity"), "{refused}");
     let mut b = connect("token-b").await;
-    b.request("/api/v1/namespaces/team-b/pods", "watch=1").await;
+    b.request(
+        "/api/v1/namespaces/team-b/pods",
+        &format!("watch=1&{OWN_WATCH}"),
+    )
+    .await;
     env.eventually("b still gets a watch of its own", || {
         env.hub.watch_count() == 3
     })

@@ -31,6 +31,9 @@ impl SharedWatch {
         let Some(inner) = self.hub.upgrade() else {
             return false;
         };
+        let Some(client) = self.client() else {
+            return false;
+        };
         let moving: Vec<(SubscriberId, Watcher)> = {
             let mut st = self.state.lock();
             if st.phase.get() != Phase::Listing {
@@ -55,7 +58,8 @@ impl SharedWatch {
         let hub = Hub { inner };
         for (id, sub) in moving {
             let Some(filter) = &sub.filter else { continue };
-            let moved = hub.subscribe_narrow(filter, sub.sink.clone(), sub.params.clone());
+            let moved =
+                hub.subscribe_narrow(filter, client.clone(), sub.sink.clone(), sub.params.clone());
             let mut st = self.state.lock();
             let still_wanted = st.moving.remove(&id);
             match moved {
@@ -81,6 +85,11 @@ impl SharedWatch {
         let hub = Hub {
             inner: self.hub.upgrade()?,
         };
-        hub.store_narrow(filter).ok()
+        hub.store_narrow(filter, self.client()?).ok()
+    }
+
+    /// The client the watch runs with (its identity), once launched.
+    fn client(&self) -> Option<kube::Client> {
+        self.target.get().map(|(target, _)| target.client.clone())
     }
 }
