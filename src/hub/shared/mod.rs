@@ -46,7 +46,7 @@ use lifecycle::Lifecycle;
 pub(super) use lifecycle::Phase;
 use side::{Side, SideId, SideKind};
 pub(super) use watcher::SubscriberId;
-use watcher::{Cursor, Watcher};
+use watcher::{Cursor, Views, Watcher};
 
 /// Everything behind the shared watch's lock.
 struct State {
@@ -80,6 +80,43 @@ struct State {
     /// Subscribers moved to watches of their own, by the id their handles
     /// hold; unsubscribing drops the moved subscription.
     moved: HashMap<SubscriberId, Subscription>,
+    /// The filters of the subscribers, one per request (narrow key), so
+    /// subscribers that asked the same share one [`Filter`] (its memory,
+    /// and its evaluation per event: see `Views`). Entries whose filter
+    /// nobody holds any more are pruned when the table has doubled.
+    filters: Filters,
+}
+
+/// [`State::filters`].
+struct Filters {
+    by_request: HashMap<WatchKey, Weak<Filter>>,
+    /// Size at which dead entries are pruned next.
+    prune_at: usize,
+}
+
+impl Filters {
+    const MIN_PRUNE_AT: usize = 64;
+
+    fn new() -> Self {
+        Filters {
+            by_request: HashMap::new(),
+            prune_at: Self::MIN_PRUNE_AT,
+        }
+    }
+
+    /// The filter already in use for the same request, or `filter`.
+    fn intern(&mut self, filter: Arc<Filter>) -> Arc<Filter> {
+        if let Some(same) = self.by_request.get(filter.narrow()).and_then(Weak::upgrade) {
+            return same;
+        }
+        if self.by_request.len() >= self.prune_at {
+            self.by_request.retain(|_, weak| weak.strong_count() > 0);
+            self.prune_at = (2 * self.by_request.len()).max(Self::MIN_PRUNE_AT);
+        }
+        self.by_request
+            .insert(filter.narrow().clone(), Arc::downgrade(&filter));
+        filter
+    }
 }
 
 impl State {
@@ -137,6 +174,7 @@ impl SharedWatch {
                 tasks: Vec::new(),
                 moving: HashSet::new(),
                 moved: HashMap::new(),
+                filters: Filters::new(),
             }),
         }
     }
@@ -209,6 +247,7 @@ impl SharedWatch {
         let id = st.next_id;
         st.next_id += 1;
         st.linger_generation += 1;
+        let filter = filter.map(|filter| st.filters.intern(filter));
         let mut sub = Watcher::new(sink, params, filter);
         if let Some(after) = sub.deadline() {
             sub.arm(self.timer(after, id, EndReason::Timeout));
@@ -389,10 +428,11 @@ impl SharedWatch {
     /// cuts those that cannot take them, and places those whose version
     /// the store has now reached.
     fn fan_out(self: &Arc<Self>, st: &mut State, changes: &[Arc<Change>]) {
+        let mut views = Views::new(changes);
         let slow: Vec<SubscriberId> = st
             .watchers
             .iter()
-            .filter(|(_, sub)| sub.is_live() && sub.deliver(changes).is_err())
+            .filter(|(_, sub)| sub.is_live() && sub.deliver(&mut views).is_err())
             .map(|(id, _)| *id)
             .collect();
         self.cut_slow(st, slow);

@@ -8,6 +8,7 @@
 //! and from then on takes live events. Because placing and fan-out happen
 //! under the same lock, nothing is lost or sent twice in between.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,15 +107,19 @@ impl Watcher {
             .is_some_and(|filter| filter.needs_prev())
     }
 
-    /// Offers what it sees of `changes` in order, stopping at the first
-    /// event it cannot take.
-    pub(super) fn deliver(&self, changes: &[Arc<Change>]) -> Result<(), Overflow> {
-        changes.iter().try_for_each(|change| match &self.filter {
-            None => self.sink.event(&change.event),
-            Some(filter) => filter
-                .view(change)
-                .map_or(Ok(()), |event| self.sink.event(event)),
-        })
+    /// Offers what it sees of the changes of `views` in order, stopping at
+    /// the first event it cannot take.
+    pub(super) fn deliver(&self, views: &mut Views<'_>) -> Result<(), Overflow> {
+        match &self.filter {
+            None => views
+                .changes
+                .iter()
+                .try_for_each(|change| self.sink.event(&change.event)),
+            Some(filter) => views
+                .of(filter)
+                .iter()
+                .try_for_each(|event| self.sink.event(event)),
+        }
     }
 
     /// Offers one event of a side stream: one made as it asked, or, for a
@@ -156,6 +161,36 @@ impl Watcher {
             objects.retain(|object| filter.passes(object));
         }
         objects
+    }
+}
+
+/// What each filter sees of one batch of changes, worked out for the
+/// first subscriber with that filter and reused for the others (interned
+/// filters make subscribers with the same request share one): one event
+/// costs one evaluation per distinct request, not one per subscriber.
+pub(super) struct Views<'c> {
+    changes: &'c [Arc<Change>],
+    /// By the filter's address; the filters outlive the batch (every
+    /// watcher holding one is borrowed for it).
+    seen: HashMap<*const Filter, Vec<&'c Arc<WatchEvent>>>,
+}
+
+impl<'c> Views<'c> {
+    pub(super) fn new(changes: &'c [Arc<Change>]) -> Self {
+        Views {
+            changes,
+            seen: HashMap::new(),
+        }
+    }
+
+    fn of(&mut self, filter: &Arc<Filter>) -> &[&'c Arc<WatchEvent>] {
+        let changes = self.changes;
+        self.seen.entry(Arc::as_ptr(filter)).or_insert_with(|| {
+            changes
+                .iter()
+                .filter_map(|change| filter.view(change))
+                .collect()
+        })
     }
 }
 
