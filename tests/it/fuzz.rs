@@ -102,10 +102,10 @@ proptest! {
         if let (Some(mut whole), Ok(ev)) = (whole, WatchEvent::parse_line_with(Bytes::from(text.clone()), strip)) {
             // Stripping removes the member from valid JSON and nothing else.
             let stripped: serde_json::Value = serde_json::from_slice(ev.object()).expect("a stripped object is JSON");
-            if let Some(metadata) = whole.get_mut("metadata").and_then(serde_json::Value::as_object_mut) {
-                if metadata.get("managedFields").is_some_and(|m| !m.is_null()) {
-                    metadata.remove("managedFields");
-                }
+            if let Some(metadata) = whole.get_mut("metadata").and_then(serde_json::Value::as_object_mut)
+                && metadata.get("managedFields").is_some_and(|m| !m.is_null())
+            {
+                metadata.remove("managedFields");
             }
             prop_assert_eq!(stripped, whole);
         }
