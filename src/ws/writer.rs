@@ -53,8 +53,9 @@ const MAX_SLICES: usize = 1024;
 const MAX_CONTROL: usize = 125;
 
 /// Capacity of the header buffer kept between writes; more is released, so
-/// an idle connection does not keep what a burst needed.
-const KEEP_ARENA: usize = 4096;
+/// an idle connection does not keep what a burst needed. A live event's
+/// batch is a few headers and prefixes (~200 bytes each).
+const KEEP_ARENA: usize = 1024;
 
 /// One piece of what is gathered for the next write.
 enum Chunk {

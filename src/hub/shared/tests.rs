@@ -324,3 +324,46 @@ async fn a_client_timeout_ends_its_subscriber_alone() {
     assert_eq!(long.ends(), 0);
     assert_eq!(hub.watches()[0].subscribers, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn subscribers_with_the_same_request_share_one_filter_and_see_only_their_namespace() {
+    let (hub, feed) = listed_watch().await;
+    let at = |path: &'static str| {
+        let recorder = Arc::new(Recorder::default());
+        let request = SubscribeRequest {
+            cluster: "c",
+            path,
+            query: "watch=1",
+            identity: &Identity::Proxy,
+        };
+        let subscription = hub.subscribe(request, recorder.clone()).unwrap();
+        (recorder, subscription)
+    };
+    let (first, _first) = at("/api/v1/namespaces/d/pods");
+    let (second, _second) = at("/api/v1/namespaces/d/pods");
+    let (other, _other) = at("/api/v1/namespaces/e/pods");
+    assert_eq!(
+        hub.watch_count(),
+        1,
+        "all three are served by the pods' watch"
+    );
+    let watch = hub.inner.watches.iter().next().unwrap().clone();
+    {
+        let st = watch.state.lock();
+        let filters: std::collections::HashSet<*const crate::hub::filter::Filter> = st
+            .watchers
+            .values()
+            .filter_map(|w| w.filter.as_ref().map(Arc::as_ptr))
+            .collect();
+        assert_eq!(st.watchers.len(), 3);
+        assert_eq!(
+            filters.len(),
+            2,
+            "the two requests for namespace d share one"
+        );
+    }
+    feed.event(pod(EventType::Added, "a", 11));
+    assert_eq!(first.seen(), ["ADDED:d/a@11"]);
+    assert_eq!(second.seen(), first.seen());
+    assert!(other.seen().is_empty(), "{:?}", other.seen());
+}
