@@ -191,15 +191,21 @@ pub struct ConnContext {
 }
 
 /// Serves one upgraded socket with `dialect` until either side closes.
-pub async fn run<D: Dialect, R: Notices<D::Notice>>(
+///
+/// Not an `async fn`, and so are the dialects' `serve`s that call it: a
+/// future keeps its arguments for its whole life, so each async layer
+/// around the connection loop would hold a dead copy of the socket and
+/// the dialect for as long as the connection lives (a few KiB per idle
+/// connection).
+pub fn run<D: Dialect, R: Notices<D::Notice>>(
     socket: WebSocket,
     ctx: ConnContext,
     notices: R,
     dialect: D,
-) {
+) -> impl Future<Output = ()> {
     let conn_id = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let span = tracing::info_span!("conn", id = conn_id, dialect = ctx.dialect);
-    serve(socket, ctx, notices, dialect).instrument(span).await
+    serve(socket, ctx, notices, dialect).instrument(span)
 }
 
 async fn serve<D: Dialect, R: Notices<D::Notice>>(

@@ -79,13 +79,13 @@ impl Default for Settings {
     }
 }
 
-/// Serves one upgraded connection.
-pub async fn serve(
+/// Serves one upgraded connection (a plain `fn`: see [`conn::run`]).
+pub fn serve(
     socket: WebSocket,
     services: Services,
     settings: Arc<Settings>,
     credentials: Credentials,
-) {
+) -> impl Future<Output = ()> {
     let (hub, policy, shutdown) = (services.hub, services.policy, services.shutdown);
     let outbound = Arc::new(socket.outbound(hub.metrics().clone()));
     let liveness = settings.liveness;
@@ -118,13 +118,16 @@ pub async fn serve(
         metrics: hub.metrics().clone(),
         shutdown,
     };
-    conn::run(socket, ctx, notices_rx, dialect).await
+    conn::run(socket, ctx, notices_rx, dialect)
 }
 
 /// A subscription as the client names it.
 type SubKey = (String, String, String);
 
-/// What comes back to the connection's task from elsewhere.
+/// What comes back to the connection's task from elsewhere, boxed on its
+/// way: the channel allocates room for 32 of what it carries when it is
+/// made, which for this enum (three strings and more) was ~3 KiB of every
+/// idle connection.
 enum Notice {
     /// The hub ended this subscription (its frames were already queued).
     Ended(SubKey, u64),
@@ -164,7 +167,7 @@ struct Headlamp {
     policy: Policy,
     hub: Hub,
     outbound: Arc<Outbound>,
-    notices: mpsc::UnboundedSender<Notice>,
+    notices: mpsc::UnboundedSender<Box<Notice>>,
     subs: HashMap<SubKey, Slot>,
     next_token: u64,
     /// Client messages other than CLOSE spend a token; CLOSE only ever
@@ -234,7 +237,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
 }
 
 impl Dialect for Headlamp {
-    type Notice = Notice;
+    type Notice = Box<Notice>;
 
     fn on_text(&mut self, text: &str) {
         let parsed = parse_client_message(text);
@@ -259,8 +262,8 @@ impl Dialect for Headlamp {
         self.drain();
     }
 
-    fn on_notice(&mut self, notice: Notice) {
-        match notice {
+    fn on_notice(&mut self, notice: Box<Notice>) {
+        match *notice {
             Notice::Ended(key, token) => {
                 if self.subs.get(&key).is_some_and(|s| s.token() == token) {
                     self.subs.remove(&key);
@@ -464,7 +467,7 @@ impl Headlamp {
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string());
-            let _ = notices.send(Notice::Reviewed(checked_key, token, verdict));
+            let _ = notices.send(Box::new(Notice::Reviewed(checked_key, token, verdict)));
         });
         self.subs.insert(
             key,
@@ -528,7 +531,7 @@ impl Headlamp {
             principal,
             Access::list_and_watch(resource),
             move |e| {
-                let _ = notices.send(Notice::Revoked(key.clone(), token, e.to_string()));
+                let _ = notices.send(Box::new(Notice::Revoked(key.clone(), token, e.to_string())));
             },
         ))
     }
@@ -661,7 +664,7 @@ struct HeadlampSink {
     head: Head,
     key: SubKey,
     token: u64,
-    notices: mpsc::UnboundedSender<Notice>,
+    notices: mpsc::UnboundedSender<Box<Notice>>,
 }
 
 /// A DATA frame, with the blocks that send it compressed: the
@@ -728,7 +731,7 @@ impl Deliver for HeadlampSink {
     fn ended(&self) {
         let _ = self
             .notices
-            .send(Notice::Ended(self.key.clone(), self.token));
+            .send(Box::new(Notice::Ended(self.key.clone(), self.token)));
     }
 }
 
