@@ -57,109 +57,97 @@ fn pod(ns: &str, name: &str, labels: Value, node: &str, phase: &str) -> Value {
     })
 }
 
+/// One change `mutate` makes, to the pod `name` in `namespace`.
+enum Step {
+    Create(
+        &'static str,
+        &'static str,
+        Value,
+        &'static str,
+        &'static str,
+    ),
+    Update(
+        &'static str,
+        &'static str,
+        Value,
+        &'static str,
+        &'static str,
+    ),
+    Delete(&'static str, &'static str),
+}
+
 /// Creates, relabels, moves between phases and nodes, and deletes pods, so
 /// that objects move into and out of every view. Returns the version after
 /// the first half, to resume from.
 fn mutate(env: &Env) -> String {
+    use Step::*;
+    let steps = [
+        Create(
+            "a",
+            "p1",
+            json!({"app": "web", "tier": "fe"}),
+            "n1",
+            "Pending",
+        ),
+        Create("b", "p2", json!({"app": "db"}), "n2", "Running"),
+        Create(
+            "a",
+            "p3",
+            json!({"app": "cache", "tier": "be"}),
+            "n2",
+            "Running",
+        ),
+        Update(
+            "a",
+            "p1",
+            json!({"app": "web", "tier": "fe"}),
+            "n1",
+            "Running",
+        ),
+        Update(
+            "a",
+            "p1",
+            json!({"app": "api", "tier": "fe"}),
+            "n1",
+            "Running",
+        ),
+        Update("b", "p2", json!({"app": "web"}), "n2", "Running"),
+        Update(
+            "a",
+            "p3",
+            json!({"app": "cache", "tier": "be"}),
+            "n2",
+            "Failed",
+        ),
+        Update(
+            "a",
+            "p3",
+            json!({"app": "cache", "tier": "be"}),
+            "n1",
+            "Failed",
+        ),
+        Delete("b", "p2"),
+        Delete("a", "p1"),
+    ];
     let store = env.sim.store();
-    store
-        .create(
-            "pods",
-            Some("a"),
-            pod(
-                "a",
-                "p1",
-                json!({"app": "web", "tier": "fe"}),
-                "n1",
-                "Pending",
-            ),
-        )
-        .unwrap();
-    store
-        .create(
-            "pods",
-            Some("b"),
-            pod("b", "p2", json!({"app": "db"}), "n2", "Running"),
-        )
-        .unwrap();
-    store
-        .create(
-            "pods",
-            Some("a"),
-            pod(
-                "a",
-                "p3",
-                json!({"app": "cache", "tier": "be"}),
-                "n2",
-                "Running",
-            ),
-        )
-        .unwrap();
-    let half = store
-        .update(
-            "pods",
-            Some("a"),
-            pod(
-                "a",
-                "p1",
-                json!({"app": "web", "tier": "fe"}),
-                "n1",
-                "Running",
-            ),
-        )
-        .unwrap();
-    store
-        .update(
-            "pods",
-            Some("a"),
-            pod(
-                "a",
-                "p1",
-                json!({"app": "api", "tier": "fe"}),
-                "n1",
-                "Running",
-            ),
-        )
-        .unwrap();
-    store
-        .update(
-            "pods",
-            Some("b"),
-            pod("b", "p2", json!({"app": "web"}), "n2", "Running"),
-        )
-        .unwrap();
-    store
-        .update(
-            "pods",
-            Some("a"),
-            pod(
-                "a",
-                "p3",
-                json!({"app": "cache", "tier": "be"}),
-                "n2",
-                "Failed",
-            ),
-        )
-        .unwrap();
-    store
-        .update(
-            "pods",
-            Some("a"),
-            pod(
-                "a",
-                "p3",
-                json!({"app": "cache", "tier": "be"}),
-                "n1",
-                "Failed",
-            ),
-        )
-        .unwrap();
-    store.delete("pods", Some("b"), "p2").unwrap();
-    store.delete("pods", Some("a"), "p1").unwrap();
-    half["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    let mut half = None;
+    for (i, step) in steps.into_iter().enumerate() {
+        let object = match step {
+            Create(ns, name, labels, node, phase) => store
+                .create("pods", Some(ns), pod(ns, name, labels, node, phase))
+                .unwrap(),
+            Update(ns, name, labels, node, phase) => store
+                .update("pods", Some(ns), pod(ns, name, labels, node, phase))
+                .unwrap(),
+            Delete(ns, name) => store.delete("pods", Some(ns), name).unwrap(),
+        };
+        if i == 3 {
+            half = object["metadata"]["resourceVersion"]
+                .as_str()
+                .map(str::to_string);
+        }
+    }
+    half.expect("the first half's version")
 }
 
 /// What is compared of an event: type, object, version and labels.

@@ -6,8 +6,6 @@
 //! asked of kubemux and of the simulator over sockets, with realistic
 //! (kubelet-managed) pods.
 
-use std::net::SocketAddr;
-
 use crate::support::*;
 use kubemux::hub::HubConfig;
 use kubemux::server::ServerConfig;
@@ -29,21 +27,6 @@ fn hub(strip_managed_fields: bool) -> HubConfig {
     let mut hub = quick_hub();
     hub.upstream.transform.strip_managed_fields = strip_managed_fields;
     hub
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Answer {
-    Request::get(path).send(addr).await
-}
-
-/// The same request of kubemux (through `/clusters/sim`) and of the simulator.
-async fn both(env: &Env, path_and_query: &str) -> (Answer, Answer) {
-    let ours = get(
-        env.server.addr(),
-        &format!("/clusters/{CLUSTER}{path_and_query}"),
-    )
-    .await;
-    let theirs = get(env.sim.addr(), path_and_query).await;
-    (ours, theirs)
 }
 
 /// `object` without `metadata.managedFields`, which it must have had (so

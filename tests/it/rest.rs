@@ -20,18 +20,6 @@ async fn get(addr: SocketAddr, path: &str) -> Answer {
     Request::get(path).send(addr).await
 }
 
-/// The same request of kubemux (through `/clusters/sim`) and of the
-/// simulator itself.
-async fn both(env: &Env, path_and_query: &str) -> (Answer, Answer) {
-    let ours = get(
-        env.server.addr(),
-        &format!("/clusters/{CLUSTER}{path_and_query}"),
-    )
-    .await;
-    let theirs = get(env.sim.addr(), path_and_query).await;
-    (ours, theirs)
-}
-
 fn pod(name: &str) -> Value {
     json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"containers": []}})
 }

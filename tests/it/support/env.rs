@@ -11,7 +11,7 @@ use kubemux::server::{Server, ServerConfig};
 use kubemux_sim::{SimConfig, SimServer};
 use serde_json::{Value, json};
 
-use super::{CLUSTER, Client, eventually, http_get_body, metric};
+use super::{Answer, CLUSTER, Client, Request, eventually, http_get_body, metric};
 
 /// A simulator, and a proxy (with its hub) whose only cluster, [`CLUSTER`], it is.
 pub struct Env {
@@ -159,4 +159,14 @@ pub fn write_kubeconfig(path: &Path, sims: &[(&str, &SimServer)]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_string(&merged.unwrap()).unwrap()).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The same GET of kubemux (through `/clusters/sim`) and of the simulator
+/// itself, for comparing what the two answer.
+pub async fn both(env: &Env, path_and_query: &str) -> (Answer, Answer) {
+    let ours = Request::get(&format!("/clusters/{CLUSTER}{path_and_query}"))
+        .send(env.server.addr())
+        .await;
+    let theirs = Request::get(path_and_query).send(env.sim.addr()).await;
+    (ours, theirs)
 }
