@@ -7,7 +7,7 @@ a CSV, a markdown table and an SVG plot drawn here (standard library
 only, so the sweep needs nothing but the release build):
 
     cargo build --release --locked --bin kubemux --example loadgen
-    python3 benches/sweep.py                 # the whole grid (~30 min)
+    python3 benches/sweep.py                 # the whole grid (~5 min, 20 points)
     python3 benches/sweep.py --plot-only     # redraw from the CSV
 
 Every point delivers about the same frames per second (--frames-per-sec):
