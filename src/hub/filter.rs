@@ -22,7 +22,7 @@ use std::sync::Arc;
 use kubemux_vocab::path::ResourcePath;
 use serde::Deserialize;
 
-use super::key::WatchKey;
+use super::key::{WatchKey, selector};
 pub(super) use super::watch_cache::Change;
 use crate::upstream::event::{EventType, WatchEvent};
 
@@ -159,7 +159,10 @@ pub(super) fn widen(key: &WatchKey, resource: &ResourcePath) -> Option<(WatchKey
     for (name, value) in form_urlencoded::parse(key.selectors().as_bytes()) {
         match name.as_ref() {
             "labelSelector" => {
-                for term in split_terms(&value) {
+                for term in selector::terms(&value)?
+                    .into_iter()
+                    .filter(|t| !t.is_empty())
+                {
                     labels.push(LabelTerm::read(term)?);
                 }
             }
@@ -202,27 +205,6 @@ pub(super) fn widen(key: &WatchKey, resource: &ResourcePath) -> Option<(WatchKey
             fields,
         }),
     ))
-}
-
-/// Splits a canonical label selector at commas outside parentheses.
-fn split_terms(selector: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut depth = 0usize;
-    let mut start = 0;
-    for (i, c) in selector.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
-            ',' if depth == 0 => {
-                out.push(&selector[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&selector[start..]);
-    out.retain(|t| !t.is_empty());
-    out
 }
 
 /// The collection of every object of `resource`'s type, in all namespaces.

@@ -387,11 +387,12 @@ fn read(
 
 /// Canonical forms of label and field selectors, so that equivalent selectors
 /// written differently share one upstream watch.
-mod selector {
+pub(super) mod selector {
     use super::KeyError;
 
-    /// Splits at commas outside parentheses.
-    fn terms(s: &str) -> Option<Vec<&str>> {
+    /// Splits at commas outside parentheses (each term trimmed); `None`
+    /// when the parentheses do not balance.
+    pub(in crate::hub) fn terms(s: &str) -> Option<Vec<&str>> {
         let mut out = Vec::new();
         let mut depth = 0i32;
         let mut start = 0;
