@@ -154,7 +154,9 @@ pub(crate) struct HubInner {
     pub(crate) watches: DashMap<WatchKey, Arc<SharedWatch>>,
     /// Cluster-wide watches the cluster refused (403) before they listed,
     /// and when: requests they would serve filtered get watches of their
-    /// own until [`NARROW_FOR`] has passed.
+    /// own until [`NARROW_FOR`] has passed. In `passthrough` there is an
+    /// entry per refused token, so expired entries are dropped whenever one
+    /// is added.
     narrow_only: DashMap<WatchKey, Instant>,
     /// Shared watches held per cluster and per (cluster, identity), for the
     /// limits; a watch is counted from its creation until it stops.
@@ -573,6 +575,8 @@ impl HubInner {
     /// The cluster refused the cluster-wide watch `wide`: requests it would
     /// serve filtered get watches of their own for a while.
     pub(crate) fn refused_wide(&self, wide: &WatchKey) {
+        self.narrow_only
+            .retain(|_, since| since.elapsed() < NARROW_FOR);
         self.narrow_only.insert(wide.clone(), Instant::now());
     }
 
