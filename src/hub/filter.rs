@@ -150,9 +150,44 @@ pub struct Filter {
     fields: Vec<FieldTerm>,
 }
 
-/// The shared watch a request is served from, with the subscriber's filter
-/// over it when that watch is wider than the request.
-pub(super) fn widen(key: &WatchKey, resource: &ResourcePath) -> Option<(WatchKey, Arc<Filter>)> {
+/// The wider shared watches a request can be served from, widest first,
+/// each with the subscriber's filter over it: the resource type's
+/// cluster-wide watch, then (for a request with selectors in one
+/// namespace) that namespace's whole collection. Empty when kubemux cannot
+/// evaluate a term of the request's selectors, or nothing is wider.
+pub(super) fn widen(key: &WatchKey, resource: &ResourcePath) -> Vec<(WatchKey, Arc<Filter>)> {
+    let Some((labels, fields)) = terms(key, resource) else {
+        return Vec::new();
+    };
+    let selects = !labels.is_empty() || !fields.is_empty();
+    let namespace: Option<Box<str>> = resource.namespace.as_deref().map(Into::into);
+    let filter = |namespace| {
+        Arc::new(Filter {
+            narrow: key.clone(),
+            resource: resource.clone(),
+            namespace,
+            labels: labels.clone(),
+            fields: fields.clone(),
+        })
+    };
+    let wide = |path: &str| {
+        WatchKey::collection(key.cluster(), path).with_identity(key.identity().map(Into::into))
+    };
+    let mut scopes = Vec::new();
+    if namespace.is_some() || selects {
+        scopes.push((
+            wide(&cluster_wide_path(resource)),
+            filter(namespace.clone()),
+        ));
+    }
+    if namespace.is_some() && selects {
+        scopes.push((wide(key.path()), filter(None)));
+    }
+    scopes
+}
+
+/// The terms of a request's selectors, if kubemux evaluates every one.
+fn terms(key: &WatchKey, resource: &ResourcePath) -> Option<(Vec<LabelTerm>, Vec<FieldTerm>)> {
     let mut labels = Vec::new();
     let mut fields = Vec::new();
     let extra = extra_fields(resource);
@@ -190,21 +225,7 @@ pub(super) fn widen(key: &WatchKey, resource: &ResourcePath) -> Option<(WatchKey
             _ => return None,
         }
     }
-    if resource.namespace.is_none() && labels.is_empty() && fields.is_empty() {
-        return None;
-    }
-    let wide = WatchKey::collection(key.cluster(), &cluster_wide_path(resource))
-        .with_identity(key.identity().map(Into::into));
-    Some((
-        wide,
-        Arc::new(Filter {
-            narrow: key.clone(),
-            resource: resource.clone(),
-            namespace: resource.namespace.as_deref().map(Into::into),
-            labels,
-            fields,
-        }),
-    ))
+    Some((labels, fields))
 }
 
 /// The collection of every object of `resource`'s type, in all namespaces.
@@ -223,6 +244,11 @@ impl Filter {
     /// The key of the watch the subscriber asked for.
     pub(super) fn narrow(&self) -> &WatchKey {
         &self.narrow
+    }
+
+    /// The resource it asked for.
+    pub(super) fn resource(&self) -> &ResourcePath {
+        &self.resource
     }
 
     /// Whether what it selects on can change over an object's life
@@ -375,9 +401,10 @@ mod tests {
     use super::*;
     use crate::hub::key::normalize;
 
+    /// The widest scope a request is served from, if any is wider.
     fn filter(path: &str, query: &str) -> Option<(WatchKey, Arc<Filter>)> {
         let (key, resource, _) = normalize("c", path, query).unwrap();
-        widen(&key, &resource)
+        widen(&key, &resource).into_iter().next()
     }
 
     fn pod(namespace: &str, labels: &str, phase: &str) -> WatchEvent {
@@ -405,11 +432,40 @@ mod tests {
         );
         assert!(filter("/api/v1/pods", "fieldSelector=status.phase%3DRunning").is_some());
         let (key, resource, _) = normalize("c", "/api/v1/namespaces/a/pods", "").unwrap();
-        let (wide, _) = widen(&key.with_identity(Some("h".into())), &resource).unwrap();
+        let (wide, _) = widen(&key.with_identity(Some("h".into())), &resource)
+            .into_iter()
+            .next()
+            .unwrap();
         assert_eq!(
             wide.identity(),
             Some("h"),
             "a caller's wide watch stays its own"
+        );
+    }
+
+    #[test]
+    fn selectors_in_a_namespace_are_served_from_the_cluster_then_from_the_namespace() {
+        let (key, resource, _) =
+            normalize("c", "/api/v1/namespaces/a/pods", "labelSelector=app%3Dweb").unwrap();
+        let scopes: Vec<(String, String)> = widen(&key, &resource)
+            .iter()
+            .map(|(wide, _)| (wide.path().to_string(), wide.selectors().to_string()))
+            .collect();
+        assert_eq!(
+            scopes,
+            [
+                ("/api/v1/pods".to_string(), String::new()),
+                ("/api/v1/namespaces/a/pods".to_string(), String::new()),
+            ]
+        );
+        let (_, in_namespace) = &widen(&key, &resource)[1];
+        assert!(in_namespace.passes(&pod("a", r#""app":"web""#, "Running")));
+        assert!(!in_namespace.passes(&pod("a", r#""app":"db""#, "Running")));
+        let (key, resource, _) = normalize("c", "/api/v1/namespaces/a/pods", "").unwrap();
+        assert_eq!(
+            widen(&key, &resource).len(),
+            1,
+            "a whole namespace is its own narrower scope"
         );
     }
 

@@ -152,9 +152,10 @@ const NARROW_FOR: Duration = Duration::from_secs(600);
 pub(crate) struct HubInner {
     pub(crate) config: HubConfig,
     pub(crate) watches: DashMap<WatchKey, Arc<SharedWatch>>,
-    /// Cluster-wide watches the cluster refused (403) before they listed,
-    /// and when: requests they would serve filtered get watches of their
-    /// own until [`NARROW_FOR`] has passed. In `passthrough` there is an
+    /// Wide watches (cluster-wide, or a namespace's whole collection) the
+    /// cluster refused (403) before they listed, and when: requests they
+    /// would serve filtered get narrower watches until [`NARROW_FOR`] has
+    /// passed. In `passthrough` there is an
     /// entry per refused token, so expired entries are dropped whenever one
     /// is added.
     narrow_only: DashMap<WatchKey, Instant>,
@@ -276,9 +277,10 @@ impl Hub {
         })
     }
 
-    /// Subscribes `sink` to the watch of its own that a filtered
-    /// subscriber would have had (the cluster refused the wide one), made
-    /// with `client`, the wide watch's (so with the same identity).
+    /// Subscribes `sink`, a filtered subscriber of a wide watch the cluster
+    /// refused, where it is placed now: a narrower wide watch, or a watch
+    /// of its own request; made with `client`, the refused watch's (so with
+    /// the same identity).
     fn subscribe_narrow(
         &self,
         filter: &Filter,
@@ -290,11 +292,17 @@ impl Hub {
         self.subscribe_placed(placed, sink, params, None)
     }
 
-    /// A read handle on the watch of its own that a filtered reader would
-    /// have had, made with `client` as [`Hub::subscribe_narrow`].
+    /// A read handle for a filtered reader of a refused wide watch, placed
+    /// as [`Hub::subscribe_narrow`] places a subscriber.
     fn store_narrow(&self, filter: &Filter, client: kube::Client) -> Result<Store, SubscribeError> {
-        let Placement { key, client, .. } = self.narrow_placement(filter, client)?;
-        let (_, store) = self.join(key, client, None, |watch| Store::hold(watch.clone(), None))?;
+        let Placement {
+            key,
+            filter,
+            client,
+        } = self.narrow_placement(filter, client)?;
+        let (_, store) = self.join(key, client, None, |watch| {
+            Store::hold(watch.clone(), filter.clone())
+        })?;
         Ok(store)
     }
 
@@ -303,13 +311,14 @@ impl Hub {
         filter: &Filter,
         client: kube::Client,
     ) -> Result<Placement, SubscribeError> {
-        let key = filter.narrow().clone();
-        if self.inner.clusters.get(key.cluster()).is_none() {
-            return Err(SubscribeError::UnknownCluster(key.cluster().into()));
+        let narrow = filter.narrow();
+        if self.inner.clusters.get(narrow.cluster()).is_none() {
+            return Err(SubscribeError::UnknownCluster(narrow.cluster().into()));
         }
+        let (key, filter) = self.inner.place_scoped(narrow.clone(), filter.resource());
         Ok(Placement {
             key,
-            filter: None,
+            filter,
             client,
         })
     }
@@ -543,37 +552,43 @@ struct Placement {
 }
 
 impl HubInner {
-    /// The shared watch a request for `key` is served from: the resource
-    /// type's cluster-wide watch, filtered, when kubemux can evaluate the
-    /// request's selectors and the cluster has not refused that watch
-    /// lately; else the request's own. In `passthrough` either is scoped to
-    /// the caller's identity, so the widest scope a token may watch is
-    /// shared among that token's subscriptions, and never with another's.
+    /// The shared watch a request for `key` is served from: the widest of
+    /// its resource type's cluster-wide watch and its namespace's whole
+    /// collection (see [`filter::widen`]) that the cluster has not refused
+    /// lately, filtered; else the request's own. In `passthrough` every
+    /// key is scoped to the caller's identity, so the widest scope a token
+    /// may watch is shared among that token's subscriptions, and never
+    /// with another's.
     fn place(
         &self,
         identity: &Identity,
         key: WatchKey,
         resource: &ResourcePath,
     ) -> (WatchKey, Option<Arc<Filter>>) {
-        let key = scope(identity, key);
+        self.place_scoped(scope(identity, key), resource)
+    }
+
+    /// [`HubInner::place`] for a key already scoped to its identity.
+    fn place_scoped(
+        &self,
+        key: WatchKey,
+        resource: &ResourcePath,
+    ) -> (WatchKey, Option<Arc<Filter>>) {
         if self.config.watch_per_query {
             return (key, None);
         }
-        let Some((wide, filter)) = filter::widen(&key, resource) else {
-            return (key, None);
-        };
-        let refused = self
-            .narrow_only
-            .get(&wide)
-            .is_some_and(|since| since.elapsed() < NARROW_FOR);
-        if refused {
-            return (key, None);
-        }
-        (wide, Some(filter))
+        filter::widen(&key, resource)
+            .into_iter()
+            .find(|(wide, _)| {
+                self.narrow_only
+                    .get(wide)
+                    .is_none_or(|since| since.elapsed() >= NARROW_FOR)
+            })
+            .map_or((key, None), |(wide, filter)| (wide, Some(filter)))
     }
 
-    /// The cluster refused the cluster-wide watch `wide`: requests it would
-    /// serve filtered get watches of their own for a while.
+    /// The cluster refused the wide watch `wide`: requests it would serve
+    /// filtered get narrower watches for a while.
     pub(crate) fn refused_wide(&self, wide: &WatchKey) {
         self.narrow_only
             .retain(|_, since| since.elapsed() < NARROW_FOR);

@@ -347,7 +347,7 @@ async fn a_namespaced_list_is_served_from_the_resource_watch_as_the_api_server_l
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_account_limited_to_namespaces_gets_watches_of_their_own() {
+async fn a_service_account_limited_to_a_namespace_shares_that_namespaces_watch() {
     let auth = SimAuth::new().with_admin_token("admin-token").with_token(
         "limited-token",
         UserInfo::new("limited", "uid-limited", ["team"]),
@@ -388,22 +388,51 @@ async fn a_service_account_limited_to_namespaces_gets_watches_of_their_own() {
         .unwrap();
     let (_, event) = client.event().await;
     assert_eq!(summary(&event).split('@').next(), Some("ADDED a/p1"));
-    assert_eq!(env.hub.watch_count(), 1);
-    let watches = env.hub.watches();
-    assert_eq!(watches[0].key.path(), "/api/v1/namespaces/a/pods");
+    let only_namespace_a = || {
+        let watches = env.hub.watches();
+        watches.len() == 1
+            && watches[0].key.path() == "/api/v1/namespaces/a/pods"
+            && watches[0].key.selectors().is_empty()
+    };
+    assert!(only_namespace_a(), "{:?}", env.hub.watches());
 
-    // A second view after the refusal goes straight to a watch of its own.
-    let mut second = env.client().await;
-    second.request("/api/v1/namespaces/a/pods", "watch=1").await;
-    let (_, event) = second.event().await;
+    // Other views of namespace a, after the refusal, share that
+    // namespace's watch: the widest the service account may make.
+    let mut others = Vec::new();
+    for query in ["watch=1", "watch=1&labelSelector=app%3Ddb"] {
+        let mut other = env.client().await;
+        other.request("/api/v1/namespaces/a/pods", query).await;
+        others.push(other);
+    }
+    let (_, event) = others[0].event().await;
     assert_eq!(summary(&event).split('@').next(), Some("ADDED a/p1"));
-    assert_eq!(env.hub.watch_count(), 2);
+    env.sim
+        .store()
+        .create(
+            "pods",
+            Some("a"),
+            pod("a", "p2", json!({"app": "db"}), "n1", "Running"),
+        )
+        .unwrap();
+    let (_, event) = others[1].event().await;
+    assert_eq!(summary(&event).split('@').next(), Some("ADDED a/p2"));
+    assert!(only_namespace_a(), "{:?}", env.hub.watches());
+    assert_eq!(env.sim.active_watches("pods"), 1);
 
-    // Who asks for every namespace gets the cluster's own refusal.
-    let mut wide = env.client().await;
-    wide.request("/api/v1/pods", "watch=1").await;
-    let message = error_of(&wide.frame().await);
-    assert!(message.contains("403"), "{message}");
+    // Who asks for every namespace, or for one it may not see, gets the
+    // cluster's own refusal.
+    for (path, query) in [
+        ("/api/v1/pods", "watch=1"),
+        (
+            "/api/v1/namespaces/b/pods",
+            "watch=1&labelSelector=app%3Dweb",
+        ),
+    ] {
+        let mut refused = env.client().await;
+        refused.request(path, query).await;
+        let message = error_of(&refused.frame().await);
+        assert!(message.contains("403"), "{path}?{query}: {message}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,15 +502,15 @@ async fn in_passthrough_each_token_shares_the_widest_scope_it_may_watch() {
         )
         .await;
     env.eventually(
-        "one watch per token that may watch every namespace, one per query for the token that may not",
+        "one watch per token that may watch every namespace, one per namespace for the token that may watch one",
         || {
             env.sim.active_watches_by("alice", "pods") == 1
                 && env.sim.active_watches_by("bob", "pods") == 1
-                && env.sim.active_watches_by("carol", "pods") == 2
+                && env.sim.active_watches_by("carol", "pods") == 1
         },
     )
     .await;
-    assert_eq!(env.hub.watch_count(), 4, "{:?}", env.hub.watches());
+    assert_eq!(env.hub.watch_count(), 3, "{:?}", env.hub.watches());
 
     let store = env.sim.store();
     store
