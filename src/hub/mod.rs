@@ -144,9 +144,9 @@ pub enum SubscribeError {
     },
 }
 
-/// How long kubemux keeps serving a resource type with watches of their
-/// own after the cluster refused the cluster-wide watch, before trying it
-/// again (its RBAC may have changed).
+/// How long kubemux serves requests from narrower watches after the
+/// cluster refused a wide one, before trying it again (its RBAC may have
+/// changed).
 const NARROW_FOR: Duration = Duration::from_secs(600);
 
 pub(crate) struct HubInner {
@@ -155,9 +155,8 @@ pub(crate) struct HubInner {
     /// Wide watches (cluster-wide, or a namespace's whole collection) the
     /// cluster refused (403) before they listed, and when: requests they
     /// would serve filtered get narrower watches until [`NARROW_FOR`] has
-    /// passed. In `passthrough` there is an
-    /// entry per refused token, so expired entries are dropped whenever one
-    /// is added.
+    /// passed. In `passthrough` there is an entry per refused token, so
+    /// expired entries are dropped whenever one is added.
     narrow_only: DashMap<WatchKey, Instant>,
     /// Shared watches held per cluster and per (cluster, identity), for the
     /// limits; a watch is counted from its creation until it stops.
@@ -295,15 +294,7 @@ impl Hub {
     /// A read handle for a filtered reader of a refused wide watch, placed
     /// as [`Hub::subscribe_narrow`] places a subscriber.
     fn store_narrow(&self, filter: &Filter, client: kube::Client) -> Result<Store, SubscribeError> {
-        let Placement {
-            key,
-            filter,
-            client,
-        } = self.narrow_placement(filter, client)?;
-        let (_, store) = self.join(key, client, None, |watch| {
-            Store::hold(watch.clone(), filter.clone())
-        })?;
-        Ok(store)
+        self.store_placed(self.narrow_placement(filter, client)?)
     }
 
     fn narrow_placement(
@@ -329,6 +320,12 @@ impl Hub {
     /// parameters are ignored: a store is always at its latest version).
     pub fn store(&self, request: SubscribeRequest<'_>) -> Result<Store, SubscribeError> {
         let (placed, _) = self.resolve(&request)?;
+        self.store_placed(placed)
+    }
+
+    /// A read handle on the shared watch `placed` names, joined (and
+    /// started) as a subscriber joins it.
+    fn store_placed(&self, placed: Placement) -> Result<Store, SubscribeError> {
         let Placement {
             key,
             filter,

@@ -81,51 +81,16 @@ enum Step {
 /// the first half, to resume from.
 fn mutate(env: &Env) -> String {
     use Step::*;
+    #[rustfmt::skip]
     let steps = [
-        Create(
-            "a",
-            "p1",
-            json!({"app": "web", "tier": "fe"}),
-            "n1",
-            "Pending",
-        ),
+        Create("a", "p1", json!({"app": "web", "tier": "fe"}), "n1", "Pending"),
         Create("b", "p2", json!({"app": "db"}), "n2", "Running"),
-        Create(
-            "a",
-            "p3",
-            json!({"app": "cache", "tier": "be"}),
-            "n2",
-            "Running",
-        ),
-        Update(
-            "a",
-            "p1",
-            json!({"app": "web", "tier": "fe"}),
-            "n1",
-            "Running",
-        ),
-        Update(
-            "a",
-            "p1",
-            json!({"app": "api", "tier": "fe"}),
-            "n1",
-            "Running",
-        ),
+        Create("a", "p3", json!({"app": "cache", "tier": "be"}), "n2", "Running"),
+        Update("a", "p1", json!({"app": "web", "tier": "fe"}), "n1", "Running"),
+        Update("a", "p1", json!({"app": "api", "tier": "fe"}), "n1", "Running"),
         Update("b", "p2", json!({"app": "web"}), "n2", "Running"),
-        Update(
-            "a",
-            "p3",
-            json!({"app": "cache", "tier": "be"}),
-            "n2",
-            "Failed",
-        ),
-        Update(
-            "a",
-            "p3",
-            json!({"app": "cache", "tier": "be"}),
-            "n1",
-            "Failed",
-        ),
+        Update("a", "p3", json!({"app": "cache", "tier": "be"}), "n2", "Failed"),
+        Update("a", "p3", json!({"app": "cache", "tier": "be"}), "n1", "Failed"),
         Delete("b", "p2"),
         Delete("a", "p1"),
     ];

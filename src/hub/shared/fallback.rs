@@ -1,13 +1,15 @@
-//! A cluster-wide watch the cluster refused (403) before it listed.
+//! A wide watch the cluster refused (403) before it listed.
 //!
-//! kubemux serves a namespace or a selector of a resource type from that
-//! type's cluster-wide watch, but a service account may be allowed to
-//! watch only some namespaces. Then the subscribers that asked for less
-//! than the whole collection move, unseen, to watches of their own, as
-//! they would have had without sharing (the cluster then answers each as
-//! it would answer them directly); the hub keeps placing such requests on
-//! watches of their own for a while. Only those who asked for the whole
-//! collection get the cluster's refusal.
+//! kubemux serves a namespace or a selector of a resource type from a
+//! wider watch (the type's cluster-wide one, or a namespace's whole
+//! collection), but a service account or a token may be allowed to watch
+//! only some namespaces. Then the subscribers that asked for less than the
+//! refused scope move, unseen, to where the hub places them now: a
+//! narrower wide watch, or a watch of their own request, as they would
+//! have had without sharing (the cluster then answers each as it would
+//! answer them directly); the hub keeps placing such requests there for a
+//! while. Only those who asked for exactly the refused scope get the
+//! cluster's refusal.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -74,10 +74,10 @@ struct State {
     linger_generation: u64,
     /// The upstream task and the bookmark ticker; aborted on stop.
     tasks: Vec<AbortHandle>,
-    /// Subscribers being moved to watches of their own (see `fallback`);
-    /// one that unsubscribes meanwhile is taken out, and not kept.
+    /// Subscribers being moved to narrower watches (see `fallback`); one
+    /// that unsubscribes meanwhile is taken out, and not kept.
     moving: HashSet<SubscriberId>,
-    /// Subscribers moved to watches of their own, by the id their handles
+    /// Subscribers moved to narrower watches, by the id their handles
     /// hold; unsubscribing drops the moved subscription.
     moved: HashMap<SubscriberId, Subscription>,
     /// The filters of the subscribers, one per request (narrow key), so
@@ -141,7 +141,7 @@ pub struct SharedWatch {
     label: ClusterLabel,
     events: AtomicU64,
     /// Set once the cluster refused this watch and its filtered holders
-    /// moved to watches of their own.
+    /// moved to narrower watches.
     fell_back: AtomicBool,
     state: Mutex<State>,
 }
