@@ -108,12 +108,17 @@ pub struct Metrics {
     pub backfill_events: Family<ClusterLabel, Counter>,
     /// Subscriptions ended because their client could not keep up.
     pub slow_consumers: Counter,
-    /// Frames handed to connection queues.
+    /// Frames taken from connection queues by their writers (counted per
+    /// batch taken, not per frame queued, for the reason `queue_bytes`
+    /// gives).
     pub frames_out: Counter,
     /// Frames not delivered: refused by a full queue, or still queued when a
     /// connection closed.
     pub frames_dropped: Counter,
-    /// Bytes waiting in connection outbound queues.
+    /// Bytes waiting in the outbound queues of connections that are behind
+    /// (more than `min(queue_max_bytes / 8, 64 KiB)` queued): the backlog
+    /// the memory budgets are about. A connection keeping up is not counted,
+    /// so its pushes touch no counter shared with the others.
     pub queue_bytes: Gauge,
     /// Auth decisions (shared mode) by kind and outcome, cache hits included.
     pub auth_decisions: Family<AuthLabel, Counter>,
@@ -236,7 +241,7 @@ impl Metrics {
         );
         registry.register(
             "frames_out",
-            "Frames queued to clients",
+            "Frames taken from connection queues to be written to clients",
             m.frames_out.clone(),
         );
         registry.register(
@@ -246,7 +251,7 @@ impl Metrics {
         );
         registry.register(
             "queue_bytes",
-            "Bytes waiting in connection outbound queues",
+            "Bytes waiting in the outbound queues of connections that are behind (more than min(queue_max_bytes/8, 64 KiB) queued)",
             m.queue_bytes.clone(),
         );
         registry.register(

@@ -152,6 +152,10 @@ impl super::lane::Lane for std::sync::Arc<Outbound> {
     fn control(&self, frame: Frame) {
         self.push_forced(frame);
     }
+
+    fn connection(&self) -> usize {
+        std::sync::Arc::as_ptr(self) as usize
+    }
 }
 
 /// Frames produced one by one as the writer takes them: the cost of a
@@ -249,6 +253,10 @@ pub const KEEP_CAPACITY: usize = 8;
 struct Queue {
     items: VecDeque<Out>,
     bytes: usize,
+    /// Of `bytes`, those counted in the global gauge and the address's
+    /// share: all of them once the connection is behind, none before (see
+    /// [`Outbound::enqueue`]).
+    accounted: usize,
     closed: bool,
     /// The payload of the latest ping the client sent, not yet answered:
     /// only the latest is answered (RFC 6455 §5.5.3), so a flood of pings
@@ -273,6 +281,7 @@ impl Outbound {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 bytes: 0,
+                accounted: 0,
                 closed: false,
                 pong: None,
             }),
@@ -313,6 +322,13 @@ impl Outbound {
         }
     }
 
+    /// Empties the queue's byte count, and the counters it was counted in.
+    fn release(&self, q: &mut Queue) {
+        self.account(-(q.accounted as isize));
+        q.accounted = 0;
+        q.bytes = 0;
+    }
+
     /// Queues a frame if it fits within the bounds.
     pub fn push(&self, frame: Frame) -> Result<(), Overflow> {
         let len = frame.len();
@@ -344,8 +360,9 @@ impl Outbound {
         // Over the global budget, connections that are behind are cut and
         // those keeping up (a few frames in flight) are not, so the budget
         // may be exceeded by at most `behind` bytes per connection.
-        let total = self.metrics.queue_bytes.get().max(0) as usize;
-        if q.bytes >= self.limits.behind() && total + len > self.limits.budget {
+        if q.bytes >= self.limits.behind()
+            && self.metrics.queue_bytes.get().max(0) as usize + len > self.limits.budget
+        {
             self.metrics.frames_dropped.inc();
             self.metrics.refused(limit::QUEUE_BUDGET);
             return Err(Overflow);
@@ -389,8 +406,7 @@ impl Outbound {
     /// thing written after what the socket already holds.
     fn cut(&self, q: &mut Queue, reason: String) {
         self.metrics.frames_dropped.inc_by(dropped(&q.items));
-        self.account(-(q.bytes as isize));
-        q.bytes = 0;
+        self.release(q);
         q.items.clear();
         q.items.push_back(Out::Close(super::close::POLICY, reason));
         q.closed = true;
@@ -462,11 +478,20 @@ impl Outbound {
         }
     }
 
+    /// Adds `out` to the queue. Its bytes reach the global gauge and the
+    /// address's share only once the connection is behind: those are the
+    /// bytes the budgets are about (only a connection that is behind is
+    /// ever cut for them), and a connection keeping up, a few frames in
+    /// flight, then queues without touching a counter shared with every
+    /// other connection, which threads fanning one event out to thousands
+    /// of connections at once would otherwise all contend for.
     fn enqueue(&self, q: &mut Queue, out: Out, len: usize) {
         q.items.push_back(out);
         q.bytes += len;
-        self.account(len as isize);
-        self.metrics.frames_out.inc();
+        if q.bytes >= self.limits.behind() {
+            self.account((q.bytes - q.accounted) as isize);
+            q.accounted = q.bytes;
+        }
         if q.items.len() == 1 {
             self.ready.notify_one();
         }
@@ -483,12 +508,13 @@ impl Outbound {
                     return;
                 }
                 if !q.items.is_empty() {
+                    let texts = q.items.iter().filter(|o| matches!(o, Out::Text(_))).count();
+                    self.metrics.frames_out.inc_by(texts as u64);
                     batch.extend(q.items.drain(..));
                     // Do not keep the capacity of a burst (an initial state)
                     // for the life of an idle connection.
                     q.items.shrink_to(KEEP_CAPACITY);
-                    self.account(-(q.bytes as isize));
-                    q.bytes = 0;
+                    self.release(&mut q);
                     return;
                 }
             }
@@ -501,9 +527,8 @@ impl Outbound {
     pub fn shut(&self) {
         let mut q = self.queue.lock();
         q.closed = true;
-        self.account(-(q.bytes as isize));
+        self.release(&mut q);
         self.metrics.frames_dropped.inc_by(dropped(&q.items));
-        q.bytes = 0;
         q.items.clear();
         drop(q);
         self.closed.notify_waiters();
@@ -572,7 +597,18 @@ mod tests {
             keeping_up.push(Frame::text("1234")).is_ok(),
             "a short queue may still send"
         );
-        assert_eq!(metrics.queue_bytes.get(), 18);
+        assert_eq!(
+            metrics.queue_bytes.get(),
+            14,
+            "the connection that is behind is counted, the one keeping up is not"
+        );
+        let mut batch = Vec::new();
+        futures::executor::block_on(behind.next_batch(&mut batch));
+        assert_eq!(
+            metrics.queue_bytes.get(),
+            0,
+            "a drained queue counts nothing"
+        );
         let refused = metrics.encode();
         assert!(
             refused.contains("kubemux_limit_refusals_total{limit=\"queue_budget\"} 1"),
