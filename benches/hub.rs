@@ -41,6 +41,9 @@ impl Subscriber for Sink {
     }
     fn warning(&self, _: &str) {}
     fn end(&self, _: EndReason) {}
+    fn affinity(&self) -> usize {
+        Arc::as_ptr(&self.outbound) as usize
+    }
 }
 
 /// A pod of about `size` bytes of JSON at resourceVersion `rv`.
@@ -66,7 +69,7 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new(subscribers: usize, history: usize) -> Self {
+    fn new(subscribers: usize, history: usize, threads: usize) -> Self {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -75,6 +78,7 @@ impl Fixture {
         let (wkey, _, _) = key::normalize("bench", "/api/v1/pods", "").unwrap();
         let mut config = HubConfig::default();
         config.history.max_events = history;
+        config.fan_out.threads = threads;
         let watch = LocalWatch::new(wkey, config, metrics.clone());
         let _ = watch.feed().listed(Listing {
             item_kind: "Pod".into(),
@@ -125,10 +129,25 @@ impl Fixture {
 
 fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("fan_out");
-    for subscribers in [1usize, 100, 10_000] {
-        let mut fx = Fixture::new(subscribers, 1000);
+    // One thread, then the batch spread over two (`--fan-out-threads 2`;
+    // by default a watch spreads from 16,384 subscribers up).
+    for (subscribers, threads) in [
+        (1usize, 1),
+        (100, 1),
+        (10_000, 1),
+        (10_000, 2),
+        (30_000, 1),
+        (30_000, 2),
+        (100_000, 1),
+        (100_000, 2),
+    ] {
+        let mut fx = Fixture::new(subscribers, 1000, threads);
+        let name = match threads {
+            1 => "1KiB_event".to_string(),
+            n => format!("1KiB_event_{n}_threads"),
+        };
         group.throughput(Throughput::Elements(subscribers as u64));
-        group.bench_function(BenchmarkId::new("1KiB_event", subscribers), |b| {
+        group.bench_function(BenchmarkId::new(name, subscribers), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
@@ -149,7 +168,7 @@ fn replay(c: &mut Criterion) {
     let mut group = c.benchmark_group("history_replay");
     let events = 1000u64;
     // One live subscriber keeps the watch from stopping between resumes.
-    let mut fx = Fixture::new(1, 10_000);
+    let mut fx = Fixture::new(1, 10_000, 1);
     let from = fx.rv;
     for _ in 0..events {
         let event = fx.next_event(1024);

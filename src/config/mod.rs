@@ -92,6 +92,10 @@ settings! {
         /// snapshots and LISTs served from the cache lack it; requests kubemux forwards
         /// to the cluster keep it.
         strip_managed_fields: Flag => hub.upstream.transform.strip_managed_fields;
+        /// Threads one event's delivery to a shared watch's subscribers is spread over,
+        /// at least 8,192 subscribers each (a watch with fewer than 16,384 uses one);
+        /// 0: one per worker thread, i.e. per core.
+        fan_out_threads: Count [0 "one per worker thread", 1024] => hub.fan_out.threads;
     }
     "Connections (every dialect)" {
         /// Bytes waiting in one connection's outbound queue (and one REST watch stream's)

@@ -62,6 +62,10 @@ impl<D: Deliver> Subscriber for Sink<D> {
         }
         self.0.ended();
     }
+
+    fn affinity(&self) -> usize {
+        self.0.lane().connection()
+    }
 }
 
 /// What the hub said about one subscription, for a dialect whose

@@ -29,6 +29,7 @@ impl LocalWatch {
             Weak::new(),
             metrics,
             Cache::new(config.history.clone()),
+            config.fan_out,
         ));
         let feed = Upstream(Arc::downgrade(&watch));
         LocalWatch {

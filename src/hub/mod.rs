@@ -35,6 +35,7 @@ pub use kubemux_vocab::path::ResourcePath;
 pub use list::CachedList;
 pub use local::LocalWatch;
 pub use nodes::{NodeCounts, NodesUnknown};
+pub use shared::FanOut;
 use shared::{SharedWatch, SubscriberId, Upstream};
 pub use store::{Snapshot, Store, StoreEnded};
 pub use subscriber::{EndReason, Overflow, Subscriber};
@@ -64,6 +65,9 @@ pub struct HubConfig {
     /// cluster-wide watch, filtered per subscriber (see `filter`), as the
     /// API server's cacher serves its watchers.
     pub watch_per_query: bool,
+    /// How one event's delivery to a shared watch's subscribers is spread
+    /// over threads.
+    pub fan_out: FanOut,
 }
 
 impl Default for HubConfig {
@@ -76,6 +80,7 @@ impl Default for HubConfig {
             max_watches_per_cluster: 2_000,
             max_watches_per_identity: 200,
             watch_per_query: false,
+            fan_out: FanOut::default(),
         }
     }
 }
@@ -414,6 +419,7 @@ impl Hub {
             Arc::downgrade(&self.inner),
             self.inner.metrics.clone(),
             watch_cache::Cache::new(self.inner.config.history.clone()),
+            self.inner.config.fan_out,
         ))
     }
 

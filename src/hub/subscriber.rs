@@ -46,4 +46,11 @@ pub trait Subscriber: Send + Sync {
     fn warning(&self, message: &str);
     /// The subscription has ended.
     fn end(&self, reason: EndReason);
+    /// Subscribers with the same affinity are offered a batch by the same
+    /// thread when its delivery is spread over threads: those feeding one
+    /// connection's queue give the same, so two threads never contend for
+    /// one queue. The default keeps each subscriber on its own.
+    fn affinity(&self) -> usize {
+        std::ptr::from_ref(self).cast::<()>() as usize
+    }
 }

@@ -79,6 +79,13 @@ impl Change {
         }
     }
 
+    /// The same change around [`WatchEvent::detached`] copies, for a
+    /// thread of a fan-out spread over threads.
+    pub fn detached(&self) -> Change {
+        let detach = |event: &Arc<WatchEvent>| Arc::new(event.detached());
+        Change::new(detach(&self.event), self.prev.as_ref().map(detach))
+    }
+
     /// The event as an `ADDED` (an object that came into a selection),
     /// built once for every subscriber that needs it.
     pub fn as_added(&self) -> &Arc<WatchEvent> {

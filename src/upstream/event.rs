@@ -432,6 +432,33 @@ impl WatchEvent {
         &self.line
     }
 
+    /// A copy that shares no memory with this one: its bytes copied,
+    /// nothing derived yet. A thread offering an event to many subscribers
+    /// while another offers the same event to others takes a copy, so the
+    /// two do not contend for one reference count (see the hub's shards).
+    pub fn detached(&self) -> WatchEvent {
+        let line = Bytes::copy_from_slice(&self.line);
+        let start = (self.object.as_ptr() as usize).wrapping_sub(self.line.as_ptr() as usize);
+        let object = match start.checked_add(self.object.len()) {
+            Some(end) if end <= line.len() => line.slice(start..end),
+            _ => Bytes::copy_from_slice(&self.object),
+        };
+        let json_string = OnceLock::new();
+        if let Some(done) = self.json_string.get() {
+            let _ = json_string.set(Bytes::copy_from_slice(done));
+        }
+        WatchEvent {
+            kind: self.kind,
+            key: self.key.clone(),
+            resource_version: self.resource_version.clone(),
+            rv: self.rv,
+            line,
+            object,
+            json_string,
+            derived: parking_lot::Mutex::new(Vec::new()),
+        }
+    }
+
     /// The whole event encoded as a JSON string literal (quotes included),
     /// computed once and shared by every subscriber that embeds it.
     pub fn json_string(&self) -> &Bytes {

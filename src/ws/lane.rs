@@ -31,4 +31,7 @@ pub trait Lane: Send + Sync + 'static {
     fn replay(&self, replay: Self::Replay);
     /// Queues a control item; never refused.
     fn control(&self, item: Self::Item);
+    /// The same for every lane into one connection (see
+    /// [`crate::hub::Subscriber::affinity`]).
+    fn connection(&self) -> usize;
 }

@@ -88,6 +88,10 @@ impl<N: Send + 'static> super::lane::Lane for NoticeSender<N> {
     fn control(&self, notice: N) {
         NoticeSender::control(self, notice);
     }
+
+    fn connection(&self) -> usize {
+        Arc::as_ptr(&self.pending) as usize
+    }
 }
 
 /// The receiving half, read by the connection's task.

@@ -16,6 +16,7 @@
 mod fallback;
 mod feed;
 mod lifecycle;
+mod shards;
 mod side;
 #[cfg(test)]
 mod tests;
@@ -44,9 +45,10 @@ use crate::upstream::{UpstreamConfig, UpstreamError, WatchTarget};
 pub(super) use feed::Upstream;
 use lifecycle::Lifecycle;
 pub(super) use lifecycle::Phase;
+pub use shards::FanOut;
 use side::{Side, SideId, SideKind};
 pub(super) use watcher::SubscriberId;
-use watcher::{Cursor, Views, Watcher};
+use watcher::{Cursor, Watcher};
 
 /// Everything behind the shared watch's lock.
 struct State {
@@ -143,6 +145,8 @@ pub struct SharedWatch {
     /// Set once the cluster refused this watch and its filtered holders
     /// moved to narrower watches.
     fell_back: AtomicBool,
+    /// How a batch's delivery is spread over threads.
+    fan_out: FanOut,
     state: Mutex<State>,
 }
 
@@ -152,6 +156,7 @@ impl SharedWatch {
         hub: Weak<HubInner>,
         metrics: Arc<Metrics>,
         cache: Cache,
+        fan_out: FanOut,
     ) -> Self {
         SharedWatch {
             label: Metrics::cluster(key.cluster()),
@@ -161,6 +166,7 @@ impl SharedWatch {
             metrics,
             events: AtomicU64::new(0),
             fell_back: AtomicBool::new(false),
+            fan_out,
             state: Mutex::new(State {
                 cache,
                 phase: Lifecycle::new(),
@@ -428,13 +434,7 @@ impl SharedWatch {
     /// cuts those that cannot take them, and places those whose version
     /// the store has now reached.
     fn fan_out(self: &Arc<Self>, st: &mut State, changes: &[Arc<Change>]) {
-        let mut views = Views::new(changes);
-        let slow: Vec<SubscriberId> = st
-            .watchers
-            .iter()
-            .filter(|(_, sub)| sub.is_live() && sub.deliver(&mut views).is_err())
-            .map(|(id, _)| *id)
-            .collect();
+        let slow = self.fan_out.deliver(&st.watchers, changes);
         self.cut_slow(st, slow);
         self.release_waiters(st);
     }

@@ -54,6 +54,9 @@ pub(super) struct Watcher {
     /// every event.
     pub(super) filter: Option<Arc<Filter>>,
     pub(super) cursor: Cursor,
+    /// Its sink's [`Subscriber::affinity`], mixed so that neighbouring
+    /// addresses fall into different shards.
+    affinity: u64,
     /// Ends the subscription at the client's own `timeoutSeconds`; aborted
     /// when the watcher is dropped, so a timer never outlives its watcher.
     timeout: Option<AbortHandle>,
@@ -66,13 +69,23 @@ impl Watcher {
         params: ClientParams,
         filter: Option<Arc<Filter>>,
     ) -> Self {
+        // Fibonacci hashing: the top bits of the product depend on every
+        // bit of the (aligned) address.
+        let affinity = (sink.affinity() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         Watcher {
             sink,
             params,
             filter,
             cursor: Cursor::Pending,
+            affinity,
             timeout: None,
         }
+    }
+
+    /// Which of `shards` shards it is offered batches in; the same for
+    /// every subscriber of one connection.
+    pub(super) fn shard(&self, shards: usize) -> usize {
+        ((self.affinity >> 32) % shards as u64) as usize
     }
 
     /// The client's own deadline, if it gave one.
