@@ -33,7 +33,9 @@
 //! the report gives the mean pod and delivered-frame sizes either way.
 //!
 //! `--deflate` has the WebSocket clients offer permessage-deflate, as
-//! browsers do, and inflate what arrives compressed under tungstenite (which
+//! browsers do (`--deflate-offer` changes the offer: with
+//! `server_no_context_takeover` every message comes deflated on its own),
+//! and inflate what arrives compressed under tungstenite (which
 //! cannot); every run reports the bytes its clients read from their sockets
 //! per delivered frame (`wire_bytes_per_frame`), compressed or not.
 
@@ -151,6 +153,9 @@ struct Args {
     /// inflate what comes compressed; `wire_bytes_per_frame` shows the saving.
     #[arg(long)]
     deflate: bool,
+    /// The `Sec-WebSocket-Extensions` offer `--deflate` makes.
+    #[arg(long, default_value = "permessage-deflate; client_max_window_bits")]
+    deflate_offer: String,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -373,7 +378,13 @@ async fn ws_client(
         .map(|j| SubState::new(sub_query(c, j, &args).1))
         .collect();
     let permit = gate.acquire().await;
-    let mut ws = match connect(proxy, args.deflate, &shared).await {
+    let mut ws = match connect(
+        proxy,
+        args.deflate.then_some(args.deflate_offer.as_str()),
+        &shared,
+    )
+    .await
+    {
         Ok(ws) => ws,
         Err(_) => {
             shared.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -443,7 +454,7 @@ async fn ws_client(
                     let _ = ws.close(None).await;
                     drop(ws);
                     let permit = gate.acquire().await;
-                    ws = match connect(proxy, args.deflate, &shared).await {
+                    ws = match connect(proxy, args.deflate.then_some(args.deflate_offer.as_str()), &shared).await {
                         Ok(ws) => ws,
                         Err(_) => {
                             shared.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -464,10 +475,10 @@ async fn ws_client(
 }
 
 /// Opens `/wsMultiplexer` at `proxy` over a [`Counted`] socket, offering
-/// permessage-deflate when `deflate`.
+/// permessage-deflate with the `deflate` offer.
 async fn connect(
     proxy: SocketAddr,
-    deflate: bool,
+    deflate: Option<&str>,
     shared: &Arc<Shared>,
 ) -> Result<tokio_tungstenite::WebSocketStream<Counted>> {
     ws_connect(proxy, deflate, |tcp| Counted::new(tcp, shared.clone())).await
@@ -475,7 +486,9 @@ async fn connect(
 
 /// A client socket that counts the bytes it reads (in the window) and
 /// inflates the server's compressed messages into plain frames for
-/// tungstenite, which has no permessage-deflate of its own.
+/// tungstenite, which has no permessage-deflate of its own: keeping its
+/// window between messages, as browsers do, unless the server answered
+/// `server_no_context_takeover`.
 struct Counted {
     tcp: TcpStream,
     shared: Arc<Shared>,
@@ -486,6 +499,10 @@ struct Counted {
     ready: Vec<u8>,
     sent: usize,
     inflater: flate2::Decompress,
+    /// The response head, until it has been read.
+    response: Vec<u8>,
+    /// Whether the server keeps its context between messages.
+    takeover: bool,
 }
 
 impl Counted {
@@ -498,6 +515,8 @@ impl Counted {
             ready: Vec::new(),
             sent: 0,
             inflater: flate2::Decompress::new(false),
+            response: Vec::new(),
+            takeover: false,
         }
     }
 
@@ -516,11 +535,16 @@ impl Counted {
                 at += 1;
             }
             self.ready.extend_from_slice(&bytes[..at]);
+            self.response.extend_from_slice(&bytes[..at]);
             bytes = &bytes[at..];
             self.head = (matched < end.len()).then_some(matched);
             if self.head.is_some() {
                 return;
             }
+            let response = String::from_utf8_lossy(&self.response).to_ascii_lowercase();
+            self.takeover = response.contains("permessage-deflate")
+                && !response.contains("server_no_context_takeover");
+            self.response = Vec::new();
         }
         self.raw.extend_from_slice(bytes);
         let mut start = 0;
@@ -531,11 +555,16 @@ impl Counted {
             } else {
                 let mut payload = frame[header..].to_vec();
                 payload.extend_from_slice(&[0, 0, 0xff, 0xff]);
-                self.inflater.reset(false);
+                if !self.takeover {
+                    self.inflater.reset(false);
+                }
+                let before = self.inflater.total_in();
                 let mut plain = Vec::with_capacity(payload.len() * 6);
-                while (self.inflater.total_in() as usize) < payload.len() {
+                // Until the input is taken and the output was not cut
+                // short: the inflater may hold output for a fuller buffer.
+                loop {
                     plain.reserve(plain.capacity().max(4096));
-                    let consumed = self.inflater.total_in() as usize;
+                    let consumed = (self.inflater.total_in() - before) as usize;
                     if self
                         .inflater
                         .decompress_vec(
@@ -545,6 +574,10 @@ impl Counted {
                         )
                         .is_err()
                     {
+                        break;
+                    }
+                    let consumed = (self.inflater.total_in() - before) as usize;
+                    if consumed == payload.len() && plain.len() < plain.capacity() {
                         break;
                     }
                 }

@@ -155,7 +155,7 @@ async fn client(
     let mut first = true;
     loop {
         let permit = gate.acquire().await;
-        let Ok(mut ws) = ws_connect(proxy, false, |tcp| tcp).await else {
+        let Ok(mut ws) = ws_connect(proxy, None, |tcp| tcp).await else {
             counters.connect_failures.fetch_add(1, Ordering::Relaxed);
             return;
         };

@@ -236,7 +236,7 @@ pub fn event_resource_version(frame: &[u8]) -> Option<u64> {
 /// refuse a burst of connects).
 pub async fn ws_connect<S>(
     addr: SocketAddr,
-    deflate: bool,
+    deflate: Option<&str>,
     wrap: impl Fn(TcpStream) -> S,
 ) -> Result<tokio_tungstenite::WebSocketStream<S>>
 where
@@ -248,11 +248,10 @@ where
     for attempt in 0..20 {
         let once = async {
             let mut request = format!("ws://{addr}/wsMultiplexer").into_client_request()?;
-            if deflate {
-                request.headers_mut().insert(
-                    "Sec-WebSocket-Extensions",
-                    HeaderValue::from_static("permessage-deflate; client_max_window_bits"),
-                );
+            if let Some(offer) = deflate {
+                request
+                    .headers_mut()
+                    .insert("Sec-WebSocket-Extensions", HeaderValue::from_str(offer)?);
             }
             let tcp = TcpStream::connect(addr).await?;
             let (ws, _) = tokio_tungstenite::client_async(request, wrap(tcp)).await?;

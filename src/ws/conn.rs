@@ -225,13 +225,13 @@ async fn serve<D: Dialect, R: Notices<D::Notice>>(
     metrics.connections.get_or_create(&label).inc();
     metrics.connections_opened.get_or_create(&label).inc();
     info!("connection opened");
-    let compress = socket.compress;
+    let compression = socket.compression;
     let mut stream = socket.stream;
     let writer = tokio::spawn(write_loop(
         socket.sink,
         outbound.clone(),
         liveness.write_timeout,
-        compress,
+        compression,
     ));
     let mut heartbeat = Heartbeat::new(liveness, Instant::now());
     let beat = tokio::time::sleep_until(heartbeat.deadline(dialect.is_idle()));

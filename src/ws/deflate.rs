@@ -1,15 +1,20 @@
 //! permessage-deflate (RFC 7692) on top of tungstenite, which has no
 //! extension support of its own.
 //!
-//! kubemux always answers an offer with `server_no_context_takeover` and
-//! `client_no_context_takeover`: every message is compressed on its own.
-//! That costs some ratio, but no connection holds a compressor or a 32 KiB
-//! window between messages, so a thousand idle dashboards stay as cheap as
-//! uncompressed ones; the compressor is one per worker thread.
+//! kubemux always answers an offer with `client_no_context_takeover`: each
+//! client message is inflated on its own, so no connection holds an
+//! inflater's 32 KiB window between messages. It keeps its own context
+//! (no `server_no_context_takeover`) unless the client asks otherwise
+//! ([`Compression::Takeover`]): the client then keeps the window, and a
+//! message may refer back into the one before it, which is how a stream of
+//! similar objects shrinks far below what one object deflated alone can
+//! (see `ws::takeover`). Either way no connection holds a compressor:
+//! compressors are one per worker thread.
 //!
 //! Outgoing: [`compress`] produces the payload of a frame whose RSV1 bit
 //! the writer sets; [`block`] a piece of one, compressed once and shared by
-//! every frame that contains the piece (an event's body). Incoming: [`Inflating`] sits between the socket and
+//! every frame that contains the piece (an event's body); [`after`] a
+//! payload that refers back into the previous message. Incoming: [`Inflating`] sits between the socket and
 //! tungstenite, inflates compressed client messages and hands tungstenite
 //! plain frames, so tungstenite's own checks (masking, UTF-8, size limits)
 //! still apply to what the client really sent.
@@ -20,7 +25,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, BytesMut};
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use flate2::{Compress, Compression as Level, Decompress, FlushCompress, FlushDecompress, Status};
 use http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tungstenite::protocol::frame::FrameHeader;
@@ -29,35 +34,68 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 /// The extension's name in `Sec-WebSocket-Extensions`.
 const EXTENSION: &str = "permessage-deflate";
 
-/// The negotiated answer kubemux sends.
-pub const RESPONSE: &str =
-    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+/// The most a message may refer back (RFC 7692 §7.1.2.1: kubemux accepts
+/// only the full 15-bit window from a client).
+pub const WINDOW: usize = 32 * 1024;
+
+/// How a connection's messages to the client are compressed, as negotiated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// permessage-deflate was not negotiated (or not offered acceptably).
+    Off,
+    /// Every message deflated on its own: the client's offer said
+    /// `server_no_context_takeover`.
+    Independent,
+    /// The client keeps its inflater's window between messages, so a
+    /// message may refer back into the previous one.
+    Takeover,
+}
+
+impl Compression {
+    /// Whether messages may be sent compressed.
+    pub fn is_on(self) -> bool {
+        self != Compression::Off
+    }
+
+    /// The `Sec-WebSocket-Extensions` answer, when compression is on.
+    pub fn response(self) -> Option<&'static str> {
+        match self {
+            Compression::Off => None,
+            Compression::Independent => {
+                Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+            }
+            Compression::Takeover => Some("permessage-deflate; client_no_context_takeover"),
+        }
+    }
+}
 
 /// The empty stored block a sync flush ends with; RFC 7692 §7.2.1 strips it
 /// from each message and the receiver puts it back.
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// Whether one of the client's `Sec-WebSocket-Extensions` offers is a
-/// permessage-deflate kubemux can accept.
+/// What kubemux agrees to for the client's `Sec-WebSocket-Extensions`
+/// offers: the first permessage-deflate offer it can accept, in the
+/// client's order of preference (RFC 7692 §5).
 ///
 /// Offers asking kubemux to compress with a window below 15 bits are
 /// declined (the compressor always uses 32 KiB); unknown or repeated
 /// parameters make an offer invalid, as RFC 7692 §5 requires.
-pub fn accepts<'a>(offers: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
+pub fn accepts<'a>(offers: impl IntoIterator<Item = &'a HeaderValue>) -> Compression {
     offers
         .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(acceptable_offer)
+        .find_map(acceptable_offer)
+        .unwrap_or(Compression::Off)
 }
 
-fn acceptable_offer(offer: &str) -> bool {
+fn acceptable_offer(offer: &str) -> Option<Compression> {
     let mut parts = offer.split(';').map(str::trim);
     if !parts
         .next()
         .is_some_and(|name| name.eq_ignore_ascii_case(EXTENSION))
     {
-        return false;
+        return None;
     }
     let mut seen: Vec<String> = Vec::new();
     for param in parts {
@@ -69,7 +107,7 @@ fn acceptable_offer(offer: &str) -> bool {
             None => (param.to_ascii_lowercase(), None),
         };
         if seen.contains(&name) {
-            return false;
+            return None;
         }
         let ok = match (name.as_str(), value) {
             ("server_no_context_takeover" | "client_no_context_takeover", None) => true,
@@ -79,11 +117,17 @@ fn acceptable_offer(offer: &str) -> bool {
             _ => false,
         };
         if !ok {
-            return false;
+            return None;
         }
         seen.push(name);
     }
-    true
+    // A client that asks kubemux not to keep its context must be obeyed
+    // (RFC 7692 §7.1.1.1); otherwise it keeps its window for kubemux.
+    Some(if seen.iter().any(|n| n == "server_no_context_takeover") {
+        Compression::Independent
+    } else {
+        Compression::Takeover
+    })
 }
 
 fn window_bits(value: &str) -> Option<u8> {
@@ -91,10 +135,13 @@ fn window_bits(value: &str) -> Option<u8> {
 }
 
 thread_local! {
-    static COMPRESSOR: RefCell<Compress> = RefCell::new(Compress::new(Compression::fast(), false));
+    static COMPRESSOR: RefCell<Compress> = RefCell::new(Compress::new(Level::fast(), false));
     /// For pieces shared by many frames: see [`shared_block`].
     static SHARED_COMPRESSOR: RefCell<Compress> =
-        RefCell::new(Compress::new(Compression::default(), false));
+        RefCell::new(Compress::new(Level::default(), false));
+    /// For messages that refer back into the one before: see [`after`].
+    static CONTINUING_COMPRESSOR: RefCell<Compress> =
+        RefCell::new(Compress::new(Level::default(), false));
     /// Output room for one compression, reused: see [`block`].
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -132,6 +179,60 @@ pub fn block(input: &[u8]) -> Vec<u8> {
 /// in every frame.
 pub fn shared_block(input: &[u8]) -> Vec<u8> {
     SHARED_COMPRESSOR.with(|compressor| deflate_with(compressor, input))
+}
+
+/// Blocks of `piece` for a client whose inflater holds, as the last bytes
+/// before the piece, `earlier` followed by `gap` bytes kubemux does not
+/// refer to (with context takeover: `earlier` the end of the previous
+/// message, the gap the start of this one, deflated by its own block).
+/// Back-references may reach into `earlier`, so a piece much like what
+/// came before costs a fraction of its own compressed size. Sync-flushed
+/// with the trailer removed, as [`compress`] makes a message's last block.
+///
+/// The compressor deflates `earlier` and the gap first, sync-flushed, and
+/// keeps only what it writes for `piece` after that flush: the flush ends
+/// on a byte boundary with the window intact. The gap is primed as `0xFF`
+/// bytes, which UTF-8 never contains, so `piece` (text) never refers into
+/// it: what the client really has there may be anything of that length.
+pub fn after(earlier: &[u8], gap: usize, piece: &[u8]) -> Vec<u8> {
+    let gap = gap.min(WINDOW);
+    let earlier = &earlier[earlier.len().saturating_sub(WINDOW - gap)..];
+    let primer: Vec<u8> = earlier
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(0xFF, gap))
+        .collect();
+    CONTINUING_COMPRESSOR.with(|compressor| {
+        SCRATCH.with(|scratch| {
+            let (mut compressor, mut out) = (compressor.borrow_mut(), scratch.borrow_mut());
+            let whole = primer.len() + piece.len();
+            // As in `deflate_with`: each flush must complete in its call.
+            let mut room = whole + whole / 256 + 128;
+            let start = loop {
+                compressor.reset();
+                out.clear();
+                out.reserve(room);
+                let _ = compressor.compress_vec(&primer, &mut out, FlushCompress::Sync);
+                let primed = compressor.total_in() as usize == primer.len()
+                    && out.len() < out.capacity()
+                    && out.ends_with(&TAIL);
+                let start = out.len();
+                let _ = compressor.compress_vec(piece, &mut out, FlushCompress::Sync);
+                if primed
+                    && compressor.total_in() as usize == whole
+                    && out.len() < out.capacity()
+                    && out.ends_with(&TAIL)
+                {
+                    break start;
+                }
+                room = out.capacity() * 2;
+            };
+            let payload = out[start..out.len() - TAIL.len()].to_vec();
+            out.clear();
+            out.shrink_to(KEEP_SCRATCH);
+            payload
+        })
+    })
 }
 
 fn deflate_with(compressor: &RefCell<Compress>, input: &[u8]) -> Vec<u8> {
@@ -552,22 +653,42 @@ mod tests {
     #[test]
     fn offers_are_parsed_like_rfc_7692() {
         let accept = |s: &str| accepts([&HeaderValue::from_str(s).expect("header")]);
-        assert!(accept("permessage-deflate"));
-        assert!(accept("permessage-deflate; client_max_window_bits"));
-        assert!(accept(
-            "x-webkit-deflate-frame, permessage-deflate; client_max_window_bits=10"
-        ));
-        assert!(accept(
-            "permessage-deflate; server_max_window_bits=15; server_no_context_takeover"
-        ));
-        assert!(!accept("permessage-deflate; server_max_window_bits=10"));
-        assert!(!accept("permessage-deflate; client_max_window_bits=16"));
-        assert!(!accept("permessage-deflate; mystery"));
-        assert!(!accept(
-            "permessage-deflate; client_no_context_takeover; client_no_context_takeover"
-        ));
-        assert!(!accept("x-webkit-deflate-frame"));
-        assert!(!accepts(&[]));
+        use Compression::{Independent, Off, Takeover};
+        assert_eq!(accept("permessage-deflate"), Takeover);
+        assert_eq!(
+            accept("permessage-deflate; client_max_window_bits"),
+            Takeover
+        );
+        assert_eq!(
+            accept("x-webkit-deflate-frame, permessage-deflate; client_max_window_bits=10"),
+            Takeover
+        );
+        assert_eq!(
+            accept("permessage-deflate; server_max_window_bits=15; server_no_context_takeover"),
+            Independent
+        );
+        assert_eq!(
+            accept(
+                "permessage-deflate; server_max_window_bits=10, permessage-deflate; server_no_context_takeover"
+            ),
+            Independent,
+            "the first acceptable offer decides"
+        );
+        assert_eq!(accept("permessage-deflate; server_max_window_bits=10"), Off);
+        assert_eq!(accept("permessage-deflate; client_max_window_bits=16"), Off);
+        assert_eq!(accept("permessage-deflate; mystery"), Off);
+        assert_eq!(
+            accept("permessage-deflate; client_no_context_takeover; client_no_context_takeover"),
+            Off
+        );
+        assert_eq!(accept("x-webkit-deflate-frame"), Off);
+        assert_eq!(accepts(&[]), Off);
+        assert_eq!(Off.response(), None);
+        assert!(
+            Takeover
+                .response()
+                .is_some_and(|r| !r.contains("server_no_context_takeover"))
+        );
     }
 
     #[test]
@@ -694,6 +815,58 @@ mod tests {
             message.extend_from_slice(&TAIL);
             let whole: Vec<u8> = pieces.concat();
             proptest::prop_assert_eq!(inflate(&message, 1 << 20).expect("inflates"), whole);
+        }
+
+        /// A client inflating one stream with context takeover gets every
+        /// message back, whether it came deflated on its own or as a start
+        /// block of its own followed by blocks that refer back past it into
+        /// the end of the message before.
+        #[test]
+        fn pieces_after_the_previous_message_inflate_with_its_window(
+            messages in proptest::collection::vec(
+                (
+                    "[a-z\\\\\":{}]{0,80}",
+                    proptest::prop_oneof![
+                        "[a-z\\\\\":{}]{1,64}",
+                        "[ab\\\\\"]{1,40000}",
+                    ],
+                ),
+                1..6,
+            ),
+            continued in proptest::collection::vec(proptest::prelude::any::<bool>(), 6),
+        ) {
+            let mut inflater = Decompress::new(false);
+            let mut previous: Option<&str> = None;
+            for ((start, rest), after_previous) in messages.iter().zip(continued) {
+                let message = [start.as_bytes(), rest.as_bytes()].concat();
+                let mut payload = match previous {
+                    Some(earlier) if after_previous => {
+                        let mut payload = block(start.as_bytes());
+                        payload.extend(after(earlier.as_bytes(), start.len(), rest.as_bytes()));
+                        payload
+                    }
+                    _ => compress(&message),
+                };
+                payload.extend_from_slice(&TAIL);
+                // Into a buffer that starts small, so output the inflater
+                // holds back for a fuller buffer is asked for again.
+                let mut out = Vec::with_capacity(16);
+                let before = inflater.total_in();
+                loop {
+                    let from = (inflater.total_in() - before) as usize;
+                    inflater
+                        .decompress_vec(&payload[from..], &mut out, FlushDecompress::Sync)
+                        .expect("inflates");
+                    if (inflater.total_in() - before) as usize == payload.len()
+                        && out.len() < out.capacity()
+                    {
+                        break;
+                    }
+                    out.reserve(out.capacity());
+                }
+                proptest::prop_assert_eq!(&out, &message);
+                previous = Some(rest);
+            }
         }
     }
 

@@ -57,6 +57,10 @@ pub struct Blocks {
     pub body: Arc<dyn Block>,
     /// The last block (from [`deflate::compress`](super::deflate::compress)).
     pub last: Bytes,
+    /// How many of the frame's leading parts the prefix block covers: the
+    /// parts that differ between subscribers. The others (the body and
+    /// what follows it) are the same in every frame of the event.
+    pub private: usize,
 }
 
 impl Blocks {
@@ -108,6 +112,15 @@ impl Frame {
     /// The cached deflate blocks, if the frame has them.
     pub fn blocks(&self) -> Option<&Blocks> {
         self.blocks.as_ref()
+    }
+
+    /// For a frame with blocks: the length of its subscriber's own start
+    /// (the parts the prefix block covers), and the parts after it, which
+    /// every frame of the event shares.
+    pub fn shared_end(&self) -> Option<(usize, &[Bytes])> {
+        let private = self.blocks.as_ref()?.private.min(self.parts.len());
+        let start = self.parts[..private].iter().map(Bytes::len).sum();
+        Some((start, &self.parts[private..]))
     }
 
     /// Total length in bytes.

@@ -13,7 +13,7 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::deflate::{self, Inflating};
+use super::deflate::{self, Compression, Inflating};
 use super::limits::{Admitted, QueueShare};
 use super::outbound::{Outbound, QueueLimits};
 use super::writer::ReadSide;
@@ -40,9 +40,9 @@ const READ_BUFFER: usize = 256;
 pub struct WebSocket {
     pub(super) stream: Stream,
     pub(super) sink: Sink,
-    /// Whether permessage-deflate was negotiated, so large frames may be
-    /// sent compressed.
-    pub(super) compress: bool,
+    /// Whether permessage-deflate was negotiated, and in which form, so
+    /// large frames may be sent compressed.
+    pub(super) compression: Compression,
     /// The client address's share of the outbound budget.
     share: Option<QueueShare>,
     /// Bounds of the socket's outbound queue, set by the router.
@@ -53,7 +53,7 @@ impl WebSocket {
     /// Whether permessage-deflate was negotiated, so a dialect can attach
     /// cached deflate blocks to its frames (see `outbound::Blocks`).
     pub fn compresses(&self) -> bool {
-        self.compress
+        self.compression.is_on()
     }
 
     /// The socket's outbound queue, bounded as the router set at upgrade and
@@ -103,8 +103,8 @@ pub struct WebSocketUpgrade {
     on_upgrade: OnUpgrade,
     protocols: Vec<HeaderValue>,
     protocol: Option<HeaderValue>,
-    deflate_offered: bool,
-    deflate: bool,
+    deflate_offered: Compression,
+    deflate: Compression,
     config: WebSocketConfig,
     queue: QueueLimits,
     /// The client address's connection slot, held while the socket lives.
@@ -156,7 +156,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
             deflate_offered: deflate::accepts(
                 parts.headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS),
             ),
-            deflate: false,
+            deflate: Compression::Off,
             config: WebSocketConfig::default(),
             queue: QueueLimits::default(),
             admitted: parts.extensions.remove(),
@@ -237,12 +237,12 @@ impl WebSocketUpgrade {
                 }
             };
             let (read, sink) = tokio::io::split(TokioIo::new(upgraded));
-            let io = Inflating::new(ReadSide(read), deflate, max);
+            let io = Inflating::new(ReadSide(read), deflate.is_on(), max);
             let stream = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             serve(WebSocket {
                 stream,
                 sink,
-                compress: deflate,
+                compression: deflate,
                 share: admitted.as_deref().map(QueueShare::of),
                 queue,
             })
@@ -266,10 +266,10 @@ impl WebSocketUpgrade {
         if let Some(protocol) = protocol {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
         }
-        if deflate {
+        if let Some(answer) = deflate.response() {
             headers.insert(
                 header::SEC_WEBSOCKET_EXTENSIONS,
-                HeaderValue::from_static(deflate::RESPONSE),
+                HeaderValue::from_static(answer),
             );
         }
         response

@@ -19,8 +19,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::close;
-use super::deflate;
+use super::deflate::{self, Compression};
 use super::outbound::{Frame, KEEP_CAPACITY, Out, Outbound};
+use super::takeover::Recent;
 
 const FIN: u8 = 0x80;
 /// Set on the first frame of a compressed message (RFC 7692 §6).
@@ -115,11 +116,25 @@ impl Wire {
     }
 
     /// A text frame, compressed (RSV1 set) when that was negotiated and
-    /// worth it: from the blocks its parts cached when it has them,
-    /// otherwise deflated here.
-    fn text(&mut self, frame: &Frame, compress: bool) {
+    /// worth it: with context takeover, as a payload after the connection's
+    /// previous message when one is cached for the pair (see
+    /// `ws::takeover`); otherwise from the blocks its parts cached when it
+    /// has them, or deflated here.
+    fn text(&mut self, frame: &Frame, compression: Compression, recent: &mut Recent) {
         let len = frame.len();
-        if compress && len >= COMPRESS_FROM {
+        if compression.is_on() && len >= COMPRESS_FROM {
+            if compression == Compression::Takeover {
+                let after = frame
+                    .blocks()
+                    .and_then(|blocks| Some((blocks.prefix.block(), recent.rest(frame)?)));
+                recent.sent(frame);
+                if let Some((prefix, rest)) = after {
+                    self.header(FIN | RSV1 | TEXT, prefix.len() + rest.len());
+                    self.part(&prefix);
+                    self.part(&rest);
+                    return;
+                }
+            }
             if let Some(blocks) = frame.blocks() {
                 let blocks = blocks.parts();
                 self.header(FIN | RSV1 | TEXT, blocks.iter().map(Bytes::len).sum());
@@ -219,10 +234,11 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut io: W,
     outbound: Arc<Outbound>,
     write_timeout: Duration,
-    compress: bool,
+    compression: Compression,
 ) {
     let mut batch = Vec::new();
     let mut wire = Wire::default();
+    let mut recent = Recent::default();
     'outer: loop {
         outbound.next_batch(&mut batch).await;
         if let Some(payload) = outbound.take_pong() {
@@ -231,10 +247,10 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         let mut last = false;
         for out in batch.drain(..) {
             match out {
-                Out::Text(frame) => wire.text(&frame, compress),
+                Out::Text(frame) => wire.text(&frame, compression, &mut recent),
                 Out::Replay(replay) => {
                     for frame in replay {
-                        wire.text(&frame, compress);
+                        wire.text(&frame, compression, &mut recent);
                         if wire.len >= WRITE_AT && !wire.write_to(&mut io, write_timeout).await {
                             break 'outer;
                         }
@@ -318,7 +334,7 @@ mod tests {
 
     /// A writer over a pipe that takes at most `chunk` bytes per write, so
     /// writes are partial and cut slices anywhere.
-    async fn written(outs: Vec<Out>, compress: bool, chunk: usize) -> Vec<u8> {
+    async fn written(outs: Vec<Out>, compression: Compression, chunk: usize) -> Vec<u8> {
         let outbound = Arc::new(Outbound::new(
             QueueLimits::default(),
             Arc::new(Metrics::new()),
@@ -336,7 +352,7 @@ mod tests {
             server,
             outbound,
             Duration::from_secs(5),
-            compress,
+            compression,
         ));
         let mut out = Vec::new();
         let mut client = client;
@@ -362,7 +378,7 @@ mod tests {
                 Out::Text(Frame::text("x".repeat(70_000))),
                 Out::Close(1012, "restarting".into()),
             ],
-            false,
+            Compression::Off,
             777,
         )
         .await;
@@ -386,7 +402,7 @@ mod tests {
                 Out::Text(Frame::text("small")),
                 Out::Close(close::NO_STATUS, String::new()),
             ],
-            true,
+            Compression::Independent,
             1 << 16,
         )
         .await;
@@ -403,9 +419,126 @@ mod tests {
         assert_eq!(frames[2], (0x88, Vec::new()), "a close without a status");
     }
 
+    struct Piece(Bytes);
+
+    impl crate::ws::outbound::Block for Piece {
+        fn block(&self) -> Bytes {
+            Bytes::from(deflate::block(&self.0))
+        }
+    }
+
+    /// A frame with its blocks, as a dialect makes one: `body` shared.
+    fn shared_frame(prefix: &str, body: &Bytes) -> Frame {
+        let (prefix, tail) = (Bytes::from(prefix.to_string()), Bytes::from_static(b"\"}"));
+        Frame::from_parts([prefix.clone(), body.clone(), tail.clone(), Bytes::new()]).with_blocks(
+            crate::ws::outbound::Blocks {
+                prefix: Arc::new(Piece(prefix)),
+                body: Arc::new(Piece(body.clone())),
+                last: Bytes::from(deflate::compress(&tail)),
+                private: 1,
+            },
+        )
+    }
+
+    /// Inflates a connection's compressed messages as a client keeping its
+    /// window does; the plain ones as they are.
+    fn inflate_stream(frames: &[(u8, Vec<u8>)]) -> Vec<Vec<u8>> {
+        let mut inflater = flate2::Decompress::new(false);
+        frames
+            .iter()
+            .map(|(first, payload)| {
+                if first & RSV1 == 0 {
+                    return payload.clone();
+                }
+                let mut input = payload.clone();
+                input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+                let (before, mut out) = (inflater.total_in(), Vec::with_capacity(64));
+                loop {
+                    let from = (inflater.total_in() - before) as usize;
+                    inflater
+                        .decompress_vec(&input[from..], &mut out, flate2::FlushDecompress::Sync)
+                        .expect("inflates");
+                    if (inflater.total_in() - before) as usize == input.len()
+                        && out.len() < out.capacity()
+                    {
+                        return out;
+                    }
+                    out.reserve(out.capacity());
+                }
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn with_context_takeover_frames_others_sent_in_the_same_order_refer_back() {
+        let pod = |i: usize| {
+            Bytes::from(format!(
+                r#"{{\"type\":\"MODIFIED\",\"object\":{{\"metadata\":{{\"name\":\"web-{i}\",\"uid\":\"{:x}\"}},\"spec\":{{\"containers\":[{{\"image\":\"nginx\"}}]}}}}}}"#,
+                i * 7_919_993
+            ).repeat(12))
+        };
+        let bodies: Vec<Bytes> = (0..4).map(pod).collect();
+        let prefix = r#"{"clusterId":"c","path":"/api/v1/pods","data":""#;
+        let sequence = || {
+            let mut outs: Vec<Out> = bodies
+                .iter()
+                .map(|b| Out::Text(shared_frame(prefix, b)))
+                .collect();
+            outs.insert(2, Out::Text(Frame::text("short, sent plain")));
+            outs.push(Out::Close(close::NO_STATUS, String::new()));
+            outs
+        };
+        let mut sizes = Vec::new();
+        for connection in 0..3 {
+            let frames = frames(&written(sequence(), Compression::Takeover, 1 << 16).await);
+            let messages = inflate_stream(&frames[..5]);
+            let expected: Vec<Vec<u8>> = sequence()
+                .into_iter()
+                .filter_map(|out| match out {
+                    Out::Text(frame) => Some(frame.to_vec()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(messages, expected, "connection {connection}");
+            sizes.push(frames.iter().map(|f| f.1.len()).collect::<Vec<_>>());
+        }
+        // The first connection asks for each pair once: its own blocks.
+        // The second asks again, so the pairs are compressed; the third
+        // gets the same payloads.
+        assert!(sizes[1][1] * 2 < sizes[0][1], "{sizes:?}");
+        assert!(
+            sizes[1][3] * 2 < sizes[0][3],
+            "after the plain frame too: {sizes:?}"
+        );
+        assert!(sizes[1][4] * 2 < sizes[0][4], "{sizes:?}");
+        assert_eq!(sizes[0][0], sizes[1][0], "nothing before the first frame");
+        assert_eq!(sizes[1], sizes[2]);
+    }
+
+    #[tokio::test]
+    async fn without_context_takeover_every_frame_is_its_own_blocks() {
+        let body = Bytes::from("{\\\"kind\\\":\\\"Pod\\\"}".repeat(200));
+        let outs = || {
+            vec![
+                Out::Text(shared_frame("{\"data\":\"", &body)),
+                Out::Text(shared_frame("{\"data\":\"", &body)),
+                Out::Close(close::NO_STATUS, String::new()),
+            ]
+        };
+        for _ in 0..3 {
+            let frames = frames(&written(outs(), Compression::Independent, 1 << 16).await);
+            assert_eq!(frames[0], frames[1], "the same blocks, no reference back");
+        }
+    }
+
     #[tokio::test]
     async fn a_long_close_reason_is_cut_to_fit_a_control_frame() {
-        let out = written(vec![Out::Close(1008, "ü".repeat(100))], false, 64).await;
+        let out = written(
+            vec![Out::Close(1008, "ü".repeat(100))],
+            Compression::Off,
+            64,
+        )
+        .await;
         let frames = frames(&out);
         assert_eq!(frames[0].0, 0x88);
         assert!(frames[0].1.len() <= MAX_CONTROL, "{}", frames[0].1.len());
@@ -421,7 +554,13 @@ mod tests {
         ));
         outbound.push_forced(Frame::text("y".repeat(10_000)));
         let (_client, server) = tokio::io::duplex(100);
-        write_loop(server, outbound.clone(), Duration::from_secs(3), false).await;
+        write_loop(
+            server,
+            outbound.clone(),
+            Duration::from_secs(3),
+            Compression::Off,
+        )
+        .await;
         assert!(outbound.is_closed(), "the writer shut the queue");
     }
 }

@@ -430,25 +430,44 @@ async fn refused_requests_end_with_complete_after_the_error() {
     assert!(c.next_within(Duration::from_millis(300)).await.is_none());
 }
 
-/// A client offering permessage-deflate gets DATA frames compressed, and
+/// Clients offering permessage-deflate get DATA frames compressed, and
 /// they inflate to exactly the bytes a client without compression gets for
-/// the same events: the initial state and live churn, frame by frame.
+/// the same events: the initial state and live churn, frame by frame. A
+/// browser's offer keeps the server's context, so frames that several
+/// clients get in the same order refer back into the one before; a client
+/// asking for `server_no_context_takeover` gets every message on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_frames_inflate_to_what_an_uncompressed_client_gets() {
     let env = start_default().await;
     let addr = env.server.addr();
-    let offer = [(
+    let browser = [(
         "Sec-WebSocket-Extensions",
         "permessage-deflate; client_max_window_bits",
     )];
-    let (mut deflating, head) = RawWs::connect_head(addr, "/wsMultiplexer", &offer).await;
-    assert!(
-        head.to_ascii_lowercase().contains(
-            "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover"
-        ),
-        "{head}"
-    );
-    let (mut plain, head) = RawWs::connect_head(addr, "/wsMultiplexer", &[]).await;
+    let independent = [(
+        "Sec-WebSocket-Extensions",
+        "permessage-deflate; server_no_context_takeover",
+    )];
+    /// A client, its inflater, and whether it keeps its window.
+    struct Client(RawWs, Inflater, bool);
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let (offer, takeover) = if i < 3 {
+            (&browser, true)
+        } else {
+            (&independent, false)
+        };
+        let (ws, head) = RawWs::connect_head(addr, "/wsMultiplexer", offer).await;
+        let expected = if takeover {
+            "sec-websocket-extensions: permessage-deflate; client_no_context_takeover\r\n"
+        } else {
+            "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+        };
+        assert!(head.to_ascii_lowercase().contains(expected), "{head}");
+        clients.push(Client(ws, Inflater::default(), takeover));
+    }
+    let (plain, head) = RawWs::connect_head(addr, "/wsMultiplexer", &[]).await;
+    let mut plain = Client(plain, Inflater::default(), false);
     assert!(
         !head
             .to_ascii_lowercase()
@@ -456,50 +475,90 @@ async fn compressed_frames_inflate_to_what_an_uncompressed_client_gets() {
         "{head}"
     );
     let request = json!({"clusterId": CLUSTER, "path": "/api/v1/pods", "query": "watch=1", "type": "REQUEST"});
-    deflating.send_text(&request.to_string()).await;
-    plain.send_text(&request.to_string()).await;
+    for c in &mut clients {
+        c.0.send_text(&request.to_string()).await;
+    }
+    plain.0.send_text(&request.to_string()).await;
     let (pods, _) = env.sim.store().list("pods", None, None, None).unwrap();
     let initial = pods.len();
-    /// The next `n` text messages, inflated when compressed, and how many
-    /// came compressed.
-    async fn texts(ws: &mut RawWs, n: usize) -> (Vec<String>, usize) {
-        let (mut out, mut compressed) = (Vec::new(), 0);
+    /// What a client read of one message: the text, and the payload's
+    /// length when it came compressed.
+    struct Read {
+        text: String,
+        compressed: Option<usize>,
+    }
+    /// The next `n` text messages, inflated when compressed.
+    async fn texts(c: &mut Client, n: usize) -> Vec<Read> {
+        let mut out = Vec::new();
         while out.len() < n {
-            let frame = ws.next_frame().await.expect("the connection stays open");
+            let frame = c.0.next_frame().await.expect("the connection stays open");
             if frame.opcode != 1 {
                 continue;
             }
-            let payload = if frame.rsv1 {
-                compressed += 1;
-                deflate_raw(&frame.payload, false)
-            } else {
-                frame.payload
+            let (payload, compressed) = match (frame.rsv1, c.2) {
+                (false, _) => (frame.payload, None),
+                (true, true) => (c.1.inflate(&frame.payload), Some(frame.payload.len())),
+                (true, false) => (
+                    deflate_raw(&frame.payload, false),
+                    Some(frame.payload.len()),
+                ),
             };
-            out.push(String::from_utf8(payload).expect("UTF-8 text"));
+            let text = String::from_utf8(payload).expect("UTF-8 text");
+            out.push(Read { text, compressed });
         }
-        (out, compressed)
+        out
     }
-    let (first, _) = texts(&mut deflating, initial).await;
-    let (expected, none) = texts(&mut plain, initial).await;
-    assert_eq!(
-        none, 0,
-        "nothing compressed for a client that did not offer it"
-    );
-    assert_eq!(first, expected, "the initial state");
+    async fn plain_texts(c: &mut Client, n: usize) -> Vec<String> {
+        let reads = texts(c, n).await;
+        assert!(
+            reads.iter().all(|r| r.compressed.is_none()),
+            "nothing compressed for a client that did not offer it"
+        );
+        reads.into_iter().map(|r| r.text).collect()
+    }
+    let expected = plain_texts(&mut plain, initial).await;
+    for c in &mut clients {
+        let got: Vec<String> = texts(c, initial)
+            .await
+            .into_iter()
+            .map(|r| r.text)
+            .collect();
+        assert_eq!(got, expected, "the initial state");
+    }
     env.sim.set_churn_rate(100.0);
-    let (live, compressed) = texts(&mut deflating, 200).await;
-    let (expected, none) = texts(&mut plain, 200).await;
+    let expected = plain_texts(&mut plain, 200).await;
+    let mut referring_back = 0;
+    for (i, c) in clients.iter_mut().enumerate() {
+        let live = texts(c, 200).await;
+        let got: Vec<&str> = live.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(got, expected, "client {i}: the live events");
+        let large = expected.iter().filter(|t| t.len() >= 1024).count();
+        assert!(large > 0, "some frames are over the threshold");
+        assert_eq!(
+            live.iter().filter(|r| r.compressed.is_some()).count(),
+            large,
+            "client {i}: exactly the frames over the threshold came compressed"
+        );
+        // A payload under half what the frame costs deflated on its own
+        // refers back into the message before it.
+        let back = live
+            .iter()
+            .filter(|r| {
+                r.compressed
+                    .is_some_and(|n| n * 2 < deflate_raw(r.text.as_bytes(), true).len())
+            })
+            .count();
+        if !c.2 {
+            assert_eq!(back, 0, "client {i} asked for no context takeover");
+        }
+        referring_back += back;
+    }
     env.sim.set_churn_rate(0.0);
-    assert_eq!(none, 0);
-    assert_eq!(live, expected, "the live events");
-    let sizes: Vec<usize> = expected.iter().map(String::len).collect();
-    let large = sizes.iter().filter(|n| **n >= 1024).count();
-    assert!(large > 0, "some frames are over the threshold: {sizes:?}");
-    assert_eq!(
-        compressed, large,
-        "exactly the frames over the threshold came compressed"
+    assert!(
+        referring_back > 0,
+        "frames the browsers got in the same order refer back"
     );
-    for text in &live {
+    for text in &expected {
         let frame: serde_json::Value = serde_json::from_str(text).expect("a JSON frame");
         assert_eq!(frame["type"], "DATA");
     }

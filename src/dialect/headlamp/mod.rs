@@ -684,6 +684,7 @@ fn data_frame(head: &Head, event: &Arc<WatchEvent>) -> Frame {
         prefix: head.0.clone(),
         body: event.clone(),
         last: DATA_TAIL_BLOCK.clone(),
+        private: 2,
     })
 }
 

@@ -319,8 +319,41 @@ pub async fn assert_closed_for_no_pong(addr: SocketAddr, path: &str) {
     assert!(closed.pings >= 1, "{path}: {closed:?}");
 }
 
+/// A client's inflater that keeps its window between messages, as one
+/// must when the server did not answer `server_no_context_takeover`.
+pub struct Inflater(flate2::Decompress);
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Inflater(flate2::Decompress::new(false))
+    }
+}
+
+impl Inflater {
+    /// One message's payload (RSV1 set), inflated.
+    pub fn inflate(&mut self, payload: &[u8]) -> Vec<u8> {
+        let mut input = payload.to_vec();
+        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let (before, mut out) = (self.0.total_in(), Vec::new());
+        // Until the input is taken and the output was not cut short (the
+        // inflater may hold output for a fuller buffer).
+        loop {
+            out.reserve(out.capacity().max(65536));
+            let consumed = (self.0.total_in() - before) as usize;
+            self.0
+                .decompress_vec(&input[consumed..], &mut out, flate2::FlushDecompress::Sync)
+                .expect("the payload inflates with the window of the messages before it");
+            let consumed = (self.0.total_in() - before) as usize;
+            if consumed == input.len() && out.len() < out.capacity() {
+                return out;
+            }
+        }
+    }
+}
+
 /// Raw deflate as RFC 7692 frames it: compress and strip the sync-flush
-/// tail, or put the tail back and inflate.
+/// tail, or put the tail back and inflate (a message compressed on its
+/// own).
 pub fn deflate_raw(data: &[u8], compress: bool) -> Vec<u8> {
     use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
     let mut out = Vec::with_capacity(data.len() * 8 + 1024);
