@@ -136,11 +136,8 @@ fn window_bits(value: &str) -> Option<u8> {
 
 thread_local! {
     static COMPRESSOR: RefCell<Compress> = RefCell::new(Compress::new(Level::fast(), false));
-    /// For pieces shared by many frames: see [`shared_block`].
+    /// For pieces shared by many frames: see [`shared_block`] and [`after`].
     static SHARED_COMPRESSOR: RefCell<Compress> =
-        RefCell::new(Compress::new(Level::default(), false));
-    /// For messages that refer back into the one before: see [`after`].
-    static CONTINUING_COMPRESSOR: RefCell<Compress> =
         RefCell::new(Compress::new(Level::default(), false));
     /// Output room for one compression, reused: see [`block`].
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -169,7 +166,7 @@ pub fn compress(input: &[u8]) -> Vec<u8> {
 /// compressed form of the pieces concatenated; the message's last block is
 /// made with [`compress`].
 pub fn block(input: &[u8]) -> Vec<u8> {
-    COMPRESSOR.with(|compressor| deflate_with(compressor, input))
+    COMPRESSOR.with(|compressor| deflate_with(compressor, &[], input))
 }
 
 /// [`block`] at zlib's default level (6) instead of the fastest, for a
@@ -178,7 +175,7 @@ pub fn block(input: &[u8]) -> Vec<u8> {
 /// block (a realistic pod's frame: ~3.4× smaller at level 1, ~3.8× at 6)
 /// in every frame.
 pub fn shared_block(input: &[u8]) -> Vec<u8> {
-    SHARED_COMPRESSOR.with(|compressor| deflate_with(compressor, input))
+    SHARED_COMPRESSOR.with(|compressor| deflate_with(compressor, &[], input))
 }
 
 /// Blocks of `piece` for a client whose inflater holds, as the last bytes
@@ -202,65 +199,46 @@ pub fn after(earlier: &[u8], gap: usize, piece: &[u8]) -> Vec<u8> {
         .copied()
         .chain(std::iter::repeat_n(0xFF, gap))
         .collect();
-    CONTINUING_COMPRESSOR.with(|compressor| {
-        SCRATCH.with(|scratch| {
-            let (mut compressor, mut out) = (compressor.borrow_mut(), scratch.borrow_mut());
-            let whole = primer.len() + piece.len();
-            // As in `deflate_with`: each flush must complete in its call.
-            let mut room = whole + whole / 256 + 128;
-            let start = loop {
-                compressor.reset();
-                out.clear();
-                out.reserve(room);
-                let _ = compressor.compress_vec(&primer, &mut out, FlushCompress::Sync);
-                let primed = compressor.total_in() as usize == primer.len()
-                    && out.len() < out.capacity()
-                    && out.ends_with(&TAIL);
-                let start = out.len();
-                let _ = compressor.compress_vec(piece, &mut out, FlushCompress::Sync);
-                if primed
-                    && compressor.total_in() as usize == whole
-                    && out.len() < out.capacity()
-                    && out.ends_with(&TAIL)
-                {
-                    break start;
-                }
-                room = out.capacity() * 2;
-            };
-            let payload = out[start..out.len() - TAIL.len()].to_vec();
-            out.clear();
-            out.shrink_to(KEEP_SCRATCH);
-            payload
-        })
-    })
+    let mut out = SHARED_COMPRESSOR.with(|compressor| deflate_with(compressor, &primer, piece));
+    out.truncate(out.len() - TAIL.len());
+    out
 }
 
-fn deflate_with(compressor: &RefCell<Compress>, input: &[u8]) -> Vec<u8> {
+/// `input` deflated and sync-flushed, trailer kept, by a compressor that
+/// has first deflated `primer` (nothing when empty), whose output is
+/// dropped: `input`'s blocks may refer back into it.
+fn deflate_with(compressor: &RefCell<Compress>, primer: &[u8], input: &[u8]) -> Vec<u8> {
     SCRATCH.with(|scratch| {
         let (mut compressor, mut out) = (compressor.borrow_mut(), scratch.borrow_mut());
-        // One call with room for the worst case: the sync flush must
-        // complete in the call that takes the input, because a flush
+        let flushed = |c: &Compress, out: &Vec<u8>, taken: usize| {
+            c.total_in() as usize == taken && out.len() < out.capacity() && out.ends_with(&TAIL)
+        };
+        // One call per flush with room for the worst case: a sync flush
+        // must complete in the call that takes the input, because a flush
         // the output cut short is not always resumed with its empty
         // stored block (miniz_oxide), which would leave the block
         // unaligned. A completed flush ends with the empty block; if
-        // it does not, the room was short and the piece is deflated
+        // either does not, the room was short and it is all deflated
         // again with twice as much.
-        let mut room = input.len() + input.len() / 256 + 64;
-        loop {
+        let whole = primer.len() + input.len();
+        let mut room = whole + whole / 256 + 128;
+        let start = loop {
             compressor.reset();
             out.clear();
             out.reserve(room);
             // Deflating into a Vec with spare capacity cannot fail.
+            let primed = primer.is_empty() || {
+                let _ = compressor.compress_vec(primer, &mut out, FlushCompress::Sync);
+                flushed(&compressor, &out, primer.len())
+            };
+            let start = out.len();
             let _ = compressor.compress_vec(input, &mut out, FlushCompress::Sync);
-            if compressor.total_in() as usize == input.len()
-                && out.len() < out.capacity()
-                && out.ends_with(&TAIL)
-            {
-                break;
+            if primed && flushed(&compressor, &out, whole) {
+                break start;
             }
             room = out.capacity() * 2;
-        }
-        let block = out.to_vec();
+        };
+        let block = out[start..].to_vec();
         out.clear();
         out.shrink_to(KEEP_SCRATCH);
         block
@@ -598,10 +576,30 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Inflating<S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
     use tungstenite::protocol::frame::coding::Control;
+
+    /// One message's payload inflated by a client that keeps `inflater`'s
+    /// window between messages (context takeover). The output starts small,
+    /// so output the inflater holds back for a fuller buffer is asked for
+    /// again.
+    pub(in crate::ws) fn inflate_continuing(inflater: &mut Decompress, payload: &[u8]) -> Vec<u8> {
+        let input = [payload, &TAIL].concat();
+        let (before, mut out) = (inflater.total_in(), Vec::with_capacity(16));
+        loop {
+            let from = (inflater.total_in() - before) as usize;
+            inflater
+                .decompress_vec(&input[from..], &mut out, FlushDecompress::Sync)
+                .expect("inflates");
+            if (inflater.total_in() - before) as usize == input.len() && out.len() < out.capacity()
+            {
+                return out;
+            }
+            out.reserve(out.capacity());
+        }
+    }
 
     fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
         let mask = [0x11, 0x22, 0x33, 0x44];
@@ -839,7 +837,7 @@ mod tests {
             let mut previous: Option<&str> = None;
             for ((start, rest), after_previous) in messages.iter().zip(continued) {
                 let message = [start.as_bytes(), rest.as_bytes()].concat();
-                let mut payload = match previous {
+                let payload = match previous {
                     Some(earlier) if after_previous => {
                         let mut payload = block(start.as_bytes());
                         payload.extend(after(earlier.as_bytes(), start.len(), rest.as_bytes()));
@@ -847,23 +845,7 @@ mod tests {
                     }
                     _ => compress(&message),
                 };
-                payload.extend_from_slice(&TAIL);
-                // Into a buffer that starts small, so output the inflater
-                // holds back for a fuller buffer is asked for again.
-                let mut out = Vec::with_capacity(16);
-                let before = inflater.total_in();
-                loop {
-                    let from = (inflater.total_in() - before) as usize;
-                    inflater
-                        .decompress_vec(&payload[from..], &mut out, FlushDecompress::Sync)
-                        .expect("inflates");
-                    if (inflater.total_in() - before) as usize == payload.len()
-                        && out.len() < out.capacity()
-                    {
-                        break;
-                    }
-                    out.reserve(out.capacity());
-                }
+                let out = inflate_continuing(&mut inflater, &payload);
                 proptest::prop_assert_eq!(&out, &message);
                 previous = Some(rest);
             }

@@ -450,21 +450,7 @@ mod tests {
                 if first & RSV1 == 0 {
                     return payload.clone();
                 }
-                let mut input = payload.clone();
-                input.extend_from_slice(&[0, 0, 0xff, 0xff]);
-                let (before, mut out) = (inflater.total_in(), Vec::with_capacity(64));
-                loop {
-                    let from = (inflater.total_in() - before) as usize;
-                    inflater
-                        .decompress_vec(&input[from..], &mut out, flate2::FlushDecompress::Sync)
-                        .expect("inflates");
-                    if (inflater.total_in() - before) as usize == input.len()
-                        && out.len() < out.capacity()
-                    {
-                        return out;
-                    }
-                    out.reserve(out.capacity());
-                }
+                crate::ws::deflate::tests::inflate_continuing(&mut inflater, payload)
             })
             .collect()
     }
